@@ -1,0 +1,29 @@
+//! The black-box scenario suite: one test binary, one module per area.
+//!
+//! Scenario tests are named after the acceptance list
+//! (`/work/shared/design/acceptance-scenarios.md` in the project's shared
+//! notes): `aNN_…` covers scenario NN. Each runs once per storage backend as
+//! `<module>::sqlite::aNN_…` and `<module>::postgres::aNN_…`. Tests without a
+//! number check the operational contract (configuration, shutdown, rate
+//! limits, shared-secret registration) and run on SQLite only where the
+//! backend does not matter.
+//!
+//! Handy filters: `cargo test -p complement-tests a07`,
+//! `cargo test -p complement-tests sqlite::`.
+
+#[path = "suite/account.rs"]
+mod account;
+#[path = "suite/config.rs"]
+mod config;
+#[path = "suite/devices.rs"]
+mod devices;
+#[path = "suite/errors.rs"]
+mod errors;
+#[path = "suite/login.rs"]
+mod login;
+#[path = "suite/register.rs"]
+mod register;
+#[path = "suite/restart.rs"]
+mod restart;
+#[path = "suite/versions.rs"]
+mod versions;

@@ -1,0 +1,65 @@
+//! Scenario 1 and other anonymous discovery endpoints.
+
+use complement_tests::{
+    assert_error, assert_ok, backend_tests, Backend, ServerOptions, TestServer,
+};
+use serde_json::Value;
+
+/// 1. An anonymous `GET /_matrix/client/versions` returns 200 with a
+///    non-empty `versions` list.
+async fn a01_versions_anonymous(backend: Backend) {
+    let Some(hs) = TestServer::start(backend, ServerOptions::default()).await else {
+        return;
+    };
+    let response = hs.client().get("/_matrix/client/versions").await;
+    let body = assert_ok(&response, "GET /versions");
+    let versions = body["versions"]
+        .as_array()
+        .unwrap_or_else(|| panic!("versions is not a list: {body}"));
+    assert!(!versions.is_empty(), "versions is empty: {body}");
+    assert!(
+        versions.iter().all(Value::is_string),
+        "versions must be strings: {body}"
+    );
+    assert!(
+        versions
+            .iter()
+            .any(|v| v.as_str().is_some_and(|v| v.starts_with("v1."))),
+        "no v1.x version advertised: {body}"
+    );
+    if let Some(unstable) = body.get("unstable_features") {
+        assert!(
+            unstable.is_object(),
+            "unstable_features must be an object: {body}"
+        );
+    }
+}
+
+/// `GET /capabilities` needs a token and answers with a `capabilities`
+/// object whose well-known entries have the spec's shape.
+async fn capabilities(backend: Backend) {
+    let Some(hs) = TestServer::start(backend, ServerOptions::default()).await else {
+        return;
+    };
+    let anonymous = hs.client().get("/_matrix/client/v3/capabilities").await;
+    assert_error(
+        &anonymous,
+        401,
+        "M_MISSING_TOKEN",
+        "anonymous GET /capabilities",
+    );
+
+    let alice = hs.register_user("alice").await;
+    let response = alice.get("/_matrix/client/v3/capabilities").await;
+    let body = assert_ok(&response, "GET /capabilities");
+    let caps = &body["capabilities"];
+    assert!(caps.is_object(), "capabilities must be an object: {body}");
+    if let Some(change_password) = caps.get("m.change_password") {
+        assert!(
+            change_password["enabled"].is_boolean(),
+            "m.change_password.enabled must be a boolean: {body}"
+        );
+    }
+}
+
+backend_tests!(a01_versions_anonymous, capabilities);
