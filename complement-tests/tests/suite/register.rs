@@ -150,6 +150,8 @@ async fn a04_username_in_use_and_invalid(backend: Backend) {
             "M_INVALID_USERNAME",
             &format!("registering {invalid:?}"),
         );
+        // The spec's answer; Synapse says 400 M_UNKNOWN for non-ASCII names
+        // here, which the spec does not list.
         let available = client.get(&available_path(invalid)).await;
         assert_error(
             &available,
@@ -191,11 +193,11 @@ async fn shared_secret_registration(backend: Backend) {
     let wrong = client
         .shared_secret_register_with_nonce("not the secret", &nonce, &name, "pw", false)
         .await;
-    assert_error(
-        &wrong,
-        403,
-        "M_FORBIDDEN",
-        "shared-secret registration, wrong mac",
+    // Myelin answers M_FORBIDDEN; Synapse, whose API this is, M_UNKNOWN.
+    let (status, body) = &wrong;
+    assert!(
+        *status == 403 && (body["errcode"] == "M_FORBIDDEN" || body["errcode"] == "M_UNKNOWN"),
+        "shared-secret registration, wrong mac: expected 403 M_FORBIDDEN, got {status} {body}"
     );
     assert_error(
         &client.login(&name, "pw").await,
