@@ -1,1 +1,130 @@
+//! Myelin, a Matrix homeserver: the server process as a library.
+//!
+//! `main.rs` only parses the command line and configuration, sets up logging and binds the
+//! listener; everything else starts here. [`AppState::init`] opens storage (running
+//! migrations) and loads or creates the server's signing key; [`serve`] runs the HTTP API on an
+//! already-bound listener until a shutdown future resolves, so tests can start the real server
+//! on port 0.
+//!
+//! Map: [`config`] (options, env overrides), [`api`] (routers and handlers, one module per spec
+//! chapter; `api::ruma` is the typed extractor), [`auth`] (tokens, passwords), [`uia`]
+//! (user-interactive auth), [`ratelimit`], [`error`] (the one mapping of errors to HTTP).
 
+pub mod api;
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod ratelimit;
+pub mod uia;
+
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
+
+use myelin_federation::keys::ServerSigningKey;
+use myelin_storage::{SigningKeyRow, Storage};
+use ruma::OwnedServerName;
+use tokio::net::TcpListener;
+
+pub use config::Config;
+
+/// Everything a handler may use. Cheap to clone; handlers receive it as `State<AppState>`.
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub server_name: OwnedServerName,
+    pub storage: Storage,
+    pub signing_key: Arc<ServerSigningKey>,
+    pub limits: Arc<ratelimit::RateLimiters>,
+    pub last_seen: Arc<auth::LastSeen>,
+}
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot create data directory {path}: {source}")]
+    DataDir {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot open the database: {0}")]
+    Storage(#[from] myelin_storage::Error),
+    #[error("the stored signing key is unusable: {0}")]
+    SigningKey(#[from] myelin_federation::keys::KeyError),
+    #[error("invalid server name: {0}")]
+    ServerName(String),
+    #[error("server error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl AppState {
+    /// Creates the data directory, opens storage and loads (or on first start creates) the
+    /// signing key.
+    pub async fn init(config: Config) -> Result<AppState, StartError> {
+        for dir in [config.data_dir.clone(), config.data_dir.join("media")] {
+            std::fs::create_dir_all(&dir)
+                .map_err(|source| StartError::DataDir { path: dir, source })?;
+        }
+        let storage = Storage::connect(&config.database_url()).await?;
+        let signing_key = match storage.current_signing_key().await? {
+            Some(row) => ServerSigningKey::from_stored(&row.key_id, &row.secret_key)?,
+            None => {
+                let key = ServerSigningKey::generate();
+                let row = SigningKeyRow {
+                    key_id: key.key_id().to_owned(),
+                    secret_key: key.seed_base64(),
+                };
+                // Another process may have won the race to create the key: use whichever is stored.
+                let stored = storage
+                    .insert_signing_key_if_none(&row, auth::now_ms())
+                    .await?;
+                ServerSigningKey::from_stored(&stored.key_id, &stored.secret_key)?
+            }
+        };
+        let server_name = OwnedServerName::try_from(config.server_name.as_str())
+            .map_err(|e| StartError::ServerName(e.to_string()))?;
+        Ok(AppState {
+            limits: Arc::new(ratelimit::RateLimiters::new(&config.rate_limits)),
+            config: Arc::new(config),
+            server_name,
+            storage,
+            signing_key: Arc::new(signing_key),
+            last_seen: Arc::new(auth::LastSeen::default()),
+        })
+    }
+}
+
+/// Periodic housekeeping: expire UIA sessions and registration nonces, drop idle rate-limit
+/// buckets.
+async fn housekeeping(state: AppState) {
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tick.tick().await;
+        if let Err(e) = state
+            .storage
+            .expire_transient(auth::now_ms() - uia::SESSION_LIFETIME_MS)
+            .await
+        {
+            tracing::warn!(error = %e, "housekeeping failed");
+        }
+        state.limits.forget_idle();
+    }
+}
+
+/// Serves the client API on `listener` until `shutdown` resolves, then lets in-flight requests
+/// finish and closes the database.
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), StartError> {
+    let housekeeping = tokio::spawn(housekeeping(state.clone()));
+    let app = api::router(state.clone());
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await?;
+    housekeeping.abort();
+    state.storage.close().await;
+    Ok(())
+}

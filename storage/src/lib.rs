@@ -1,1 +1,137 @@
-//! placeholder
+//! Myelin's storage layer: every SQL statement the server runs lives in this crate.
+//!
+//! One [`Storage`] handle (cheap to clone) fronts either PostgreSQL (production, and the way to
+//! run several server processes on one database) or SQLite (the embedded default, so one command
+//! starts a server). Queries are written once in the SQL both engines accept, with `$1`-style
+//! parameters, and run through sqlx's `Any` driver; where the dialects differ the code branches on
+//! [`Backend`]. Schema changes are append-only migrations under `migrations/{postgres,sqlite}/`,
+//! applied at start-up.
+//!
+//! This crate knows tables, transactions and migrations. It never decides whether something is
+//! allowed (that is the homeserver's job) and never calls upward.
+
+mod accounts;
+mod error;
+mod misc;
+
+pub use accounts::{DeviceRow, TokenOwner, UserRow};
+pub use error::{Error, Result};
+pub use misc::{RegistrationTokenRow, SigningKeyRow, UiaSessionRow};
+
+use std::{path::Path, str::FromStr, time::Duration};
+
+use sqlx::{
+    any::{AnyConnectOptions, AnyPoolOptions},
+    migrate::{MigrateError, Migrator},
+    AnyPool, ConnectOptions,
+};
+
+static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
+static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
+
+/// Which database engine a [`Storage`] talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Postgres,
+    Sqlite,
+}
+
+/// The handle to the database. Clone it freely: clones share one connection pool.
+#[derive(Clone, Debug)]
+pub struct Storage {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+impl Storage {
+    /// Opens the database at `url` (`postgres://…` or `sqlite://…`), creating a SQLite file if
+    /// needed, and applies pending migrations.
+    ///
+    /// Fails with [`Error::SchemaTooNew`] when the database was migrated by a newer Myelin: running
+    /// old code on a newer schema could corrupt data, so we refuse to start.
+    pub async fn connect(url: &str) -> Result<Self> {
+        sqlx::any::install_default_drivers();
+        let backend = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Backend::Postgres
+        } else if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else {
+            return Err(Error::UnsupportedUrl);
+        };
+        let options = AnyConnectOptions::from_str(url)
+            .map_err(Error::Database)?
+            .log_statements(tracing::log::LevelFilter::Trace)
+            .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(1));
+        let pool_options = match backend {
+            Backend::Postgres => AnyPoolOptions::new().max_connections(32),
+            // SQLite has one writer at a time; a handful of connections serve parallel reads.
+            Backend::Sqlite => AnyPoolOptions::new()
+                .max_connections(8)
+                .after_connect(|conn, _| {
+                    Box::pin(async move {
+                        // WAL lets readers proceed while a write commits; the busy timeout makes a
+                        // second writer wait instead of failing with SQLITE_BUSY.
+                        sqlx::query("PRAGMA journal_mode = WAL")
+                            .execute(&mut *conn)
+                            .await?;
+                        sqlx::query("PRAGMA busy_timeout = 10000")
+                            .execute(&mut *conn)
+                            .await?;
+                        sqlx::query("PRAGMA foreign_keys = ON")
+                            .execute(&mut *conn)
+                            .await?;
+                        Ok(())
+                    })
+                }),
+        };
+        let pool = pool_options
+            .acquire_timeout(Duration::from_secs(30))
+            .connect_with(options)
+            .await?;
+        let storage = Storage { pool, backend };
+        storage.migrate().await?;
+        Ok(storage)
+    }
+
+    /// The SQLite URL for a database file inside `data_dir`, created if missing.
+    pub fn sqlite_url_in(data_dir: &Path) -> String {
+        format!("sqlite://{}?mode=rwc", data_dir.join("myelin.db").display())
+    }
+
+    async fn migrate(&self) -> Result<()> {
+        let migrator = match self.backend {
+            Backend::Postgres => &POSTGRES_MIGRATIONS,
+            Backend::Sqlite => &SQLITE_MIGRATIONS,
+        };
+        match migrator.run(&self.pool).await {
+            Ok(()) => Ok(()),
+            Err(MigrateError::VersionMissing(version)) => Err(Error::SchemaTooNew(version)),
+            Err(e) => Err(Error::Migration(e)),
+        }
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Starts a write transaction. On SQLite it takes the write lock up front (`BEGIN
+    /// IMMEDIATE`): a deferred transaction that reads first and writes later can fail with
+    /// SQLITE_BUSY when another writer got in between, without waiting for the busy timeout.
+    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>> {
+        Ok(match self.backend {
+            Backend::Postgres => self.pool.begin().await?,
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+        })
+    }
+
+    /// Closes every connection; used at shutdown so SQLite checkpoints its WAL cleanly.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// A cheap round trip, used by `/health`.
+    pub async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+}

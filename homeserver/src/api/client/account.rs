@@ -1,0 +1,91 @@
+//! The account itself: `whoami`, password change, deactivation.
+//!
+//! <https://spec.matrix.org/latest/client-server-api/#account-registration-and-management>
+
+use axum::{extract::State, http::StatusCode};
+use ruma::api::client::account::{change_password, deactivate, whoami, ThirdPartyIdRemovalStatus};
+
+use crate::{
+    api::ruma::Ruma,
+    auth::hash_password,
+    error::{Error, Result},
+    uia, AppState,
+};
+
+/// GET /_matrix/client/v3/account/whoami
+///
+/// <https://spec.matrix.org/latest/client-server-api/#get_matrixclientv3accountwhoami>
+pub async fn whoami(
+    _: State<AppState>,
+    req: Ruma<whoami::v3::Request>,
+) -> Result<whoami::v3::Response> {
+    let sender = req.sender();
+    let mut response = whoami::v3::Response::new(sender.user_id.clone(), false);
+    response.device_id = Some(sender.device_id.clone());
+    Ok(response)
+}
+
+/// POST /_matrix/client/v3/account/password
+///
+/// Requires UIA with the current password. Other devices are logged out unless the client
+/// sends `logout_devices: false`.
+/// <https://spec.matrix.org/latest/client-server-api/#post_matrixclientv3accountpassword>
+pub async fn change_password(
+    State(state): State<AppState>,
+    req: Ruma<change_password::v3::Request>,
+) -> Result<change_password::v3::Response> {
+    let sender = req.sender();
+    uia::authorize(
+        &state,
+        req.body.auth.as_ref(),
+        &[&[uia::PASSWORD]],
+        Some(&sender.user_id),
+    )
+    .await?;
+    if req.body.new_password.is_empty() {
+        return Err(Error::new(
+            StatusCode::BAD_REQUEST,
+            "M_WEAK_PASSWORD",
+            "Password must not be empty",
+        ));
+    }
+    let hash = hash_password(req.body.new_password.clone()).await?;
+    state
+        .storage
+        .set_password_hash(sender.user_id.as_str(), &hash)
+        .await?;
+    if req.body.logout_devices {
+        state
+            .storage
+            .delete_other_devices(sender.user_id.as_str(), Some(sender.device_id.as_str()))
+            .await?;
+    }
+    Ok(change_password::v3::Response::new())
+}
+
+/// POST /_matrix/client/v3/account/deactivate
+///
+/// Requires UIA with the password. The account can never log in again and its user ID is
+/// never given to anyone else.
+/// <https://spec.matrix.org/latest/client-server-api/#post_matrixclientv3accountdeactivate>
+pub async fn deactivate(
+    State(state): State<AppState>,
+    req: Ruma<deactivate::v3::Request>,
+) -> Result<deactivate::v3::Response> {
+    let sender = req.sender();
+    uia::authorize(
+        &state,
+        req.body.auth.as_ref(),
+        &[&[uia::PASSWORD]],
+        Some(&sender.user_id),
+    )
+    .await?;
+    state
+        .storage
+        .deactivate_user(sender.user_id.as_str())
+        .await?;
+    tracing::info!(user_id = %sender.user_id, "deactivated account");
+    Ok(deactivate::v3::Response::new(
+        ThirdPartyIdRemovalStatus::NoSupport,
+    ))
+}

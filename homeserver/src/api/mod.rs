@@ -1,0 +1,118 @@
+//! HTTP routing: the client-server API (typed through [`ruma`]), the Synapse-compatible admin
+//! endpoints, server keys, `/health`, and the Matrix-shaped answers for unknown paths and
+//! methods.
+
+pub mod client;
+pub mod key;
+pub mod ruma;
+pub mod synapse_admin;
+
+use axum::{
+    extract::State,
+    http::{header, Method, StatusCode},
+    response::IntoResponse,
+    routing::get,
+    Router,
+};
+use serde::de::DeserializeOwned;
+use tower_http::cors::{Any, CorsLayer};
+
+use crate::{error::Error, AppState};
+
+/// The whole HTTP surface of the server.
+pub fn router(state: AppState) -> Router {
+    let router = Router::new().route("/health", get(health));
+    let router = client::routes(router);
+    let router = synapse_admin::routes(router);
+    let router = key::routes(router);
+    router
+        .fallback(unknown_endpoint)
+        .method_not_allowed_fallback(method_not_allowed)
+        // Browsers (Element Web) call the API cross-origin; the spec asks for these headers.
+        .layer(
+            CorsLayer::new()
+                .allow_origin(Any)
+                .allow_methods([
+                    Method::GET,
+                    Method::POST,
+                    Method::PUT,
+                    Method::DELETE,
+                    Method::OPTIONS,
+                ])
+                .allow_headers([
+                    header::AUTHORIZATION,
+                    header::CONTENT_TYPE,
+                    header::ACCEPT,
+                    "x-requested-with".parse().expect("valid header"),
+                ]),
+        )
+        .with_state(state)
+}
+
+/// `GET /health`: 200 once the server can reach its database, 503 otherwise.
+async fn health(State(state): State<AppState>) -> impl IntoResponse {
+    match state.storage.ping().await {
+        Ok(()) => (StatusCode::OK, "OK"),
+        Err(e) => {
+            tracing::warn!(error = %e, "health check failed");
+            (StatusCode::SERVICE_UNAVAILABLE, "database unavailable")
+        }
+    }
+}
+
+async fn unknown_endpoint() -> Error {
+    Error::unrecognized(StatusCode::NOT_FOUND, "Unrecognized request")
+}
+
+async fn method_not_allowed() -> Error {
+    Error::unrecognized(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "Method not allowed for this endpoint",
+    )
+}
+
+/// Reads and parses a JSON body for the endpoints ruma has no types for, with the same limits
+/// and errors as the typed ones.
+pub async fn json_body<T: DeserializeOwned>(
+    state: &AppState,
+    request: axum::extract::Request,
+) -> Result<T, Error> {
+    let (parts, body) = request.into_parts();
+    let bytes = ruma::read_body(body, &parts.headers, state.config.max_json_body_bytes).await?;
+    let bytes: &[u8] = if bytes.is_empty() { b"{}" } else { &bytes };
+    serde_json::from_slice(bytes).map_err(|e| Error::bad_json(format!("Invalid request body: {e}")))
+}
+
+/// The sender of a request to an endpoint outside ruma's types, which must be a server admin.
+/// Takes the request's parts so no borrow of the (non-`Sync`) body is held across the await.
+pub async fn require_admin(
+    state: &AppState,
+    parts: &http::request::Parts,
+) -> Result<ruma::Sender, Error> {
+    let (token, ip) = admin_credentials(parts)?;
+    let sender = crate::auth::authenticate(state, &token, ip).await?;
+    if !sender.is_admin {
+        return Err(Error::forbidden("You are not a server admin"));
+    }
+    Ok(sender)
+}
+
+fn admin_credentials(parts: &http::request::Parts) -> Result<(String, std::net::IpAddr), Error> {
+    let probe = http::Request::builder().uri(parts.uri.clone());
+    let probe = parts
+        .headers
+        .iter()
+        .fold(probe, |b, (k, v)| b.header(k, v))
+        .body(())
+        .map_err(Error::internal)?;
+    let token = ::ruma::api::auth_scheme::extract_bearer_or_query_token(&probe)
+        .ok()
+        .flatten()
+        .ok_or_else(Error::missing_token)?;
+    let ip = parts
+        .extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip())
+        .unwrap_or(std::net::Ipv6Addr::LOCALHOST.into());
+    Ok((token, ip))
+}

@@ -1,0 +1,290 @@
+//! The `Ruma<T>` extractor and route registration from ruma's endpoint metadata.
+//!
+//! A handler names the ruma request type it serves; this module does the rest once for every
+//! endpoint: it registers the handler on every path and method the metadata lists, reads the
+//! body (bounded, UTF-8, JSON, canonical-JSON number range), checks the access token the
+//! endpoint's `Authentication` scheme asks for, parses the typed request, and turns the typed
+//! response back into HTTP. Handlers therefore only see well-formed, authenticated requests.
+
+use std::{future::Future, net::SocketAddr};
+
+use axum::{
+    body::Body,
+    extract::{ConnectInfo, FromRequest, FromRequestParts, RawPathParams, Request, State},
+    http::{header, HeaderMap, StatusCode},
+    response::{IntoResponse, Response},
+    routing::{on, MethodFilter},
+    Router,
+};
+use bytes::BytesMut;
+use ruma::{
+    api::{
+        auth_scheme::{
+            extract_bearer_or_query_token, AccessToken, AccessTokenOptional,
+            AppserviceTokenOptional, NoAccessToken, NoAuthentication,
+        },
+        error::{DeserializationError, FromHttpRequestError},
+        path_builder::PathBuilder,
+        IncomingRequest, IncomingRequestExt, OutgoingResponse, OutgoingResponseExt,
+    },
+    OwnedDeviceId, OwnedUserId,
+};
+
+use crate::{error::Error, AppState};
+
+/// How an endpoint authenticates, derived from its ruma `Authentication` type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthKind {
+    /// No access token is looked at.
+    None,
+    /// A valid access token is required.
+    Required,
+    /// A token is used if present (and must then be valid).
+    Optional,
+}
+
+/// Maps ruma's authentication schemes onto what the server checks.
+pub trait AuthPolicy {
+    const KIND: AuthKind;
+}
+impl AuthPolicy for NoAuthentication {
+    const KIND: AuthKind = AuthKind::None;
+}
+impl AuthPolicy for NoAccessToken {
+    const KIND: AuthKind = AuthKind::None;
+}
+/// Used by `/register` and `/login`, where application services may identify themselves.
+/// Application services are not supported yet, so the token is not looked at.
+impl AuthPolicy for AppserviceTokenOptional {
+    const KIND: AuthKind = AuthKind::None;
+}
+impl AuthPolicy for AccessToken {
+    const KIND: AuthKind = AuthKind::Required;
+}
+impl AuthPolicy for AccessTokenOptional {
+    const KIND: AuthKind = AuthKind::Optional;
+}
+
+/// The authenticated sender of a request.
+#[derive(Debug, Clone)]
+pub struct Sender {
+    pub user_id: OwnedUserId,
+    pub device_id: OwnedDeviceId,
+    pub is_admin: bool,
+}
+
+/// A parsed, authenticated request for the ruma endpoint `T`.
+pub struct Ruma<T> {
+    pub body: T,
+    /// Set when the request carried a valid access token.
+    pub sender: Option<Sender>,
+    pub client_ip: std::net::IpAddr,
+}
+
+impl<T> Ruma<T> {
+    /// The sender of an endpoint whose metadata requires an access token.
+    pub fn sender(&self) -> &Sender {
+        self.sender
+            .as_ref()
+            .expect("the extractor checked the token this endpoint requires")
+    }
+}
+
+impl<T> std::ops::Deref for Ruma<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.body
+    }
+}
+
+/// A typed ruma response, turned into HTTP.
+pub struct RumaResponse<R>(pub R);
+
+impl<R: OutgoingResponse> IntoResponse for RumaResponse<R> {
+    fn into_response(self) -> Response {
+        match self.0.try_into_http_response::<BytesMut>() {
+            Ok(response) => response
+                .map(|body| Body::from(body.freeze()))
+                .into_response(),
+            Err(e) => Error::internal(format!("serializing response: {e}")).into_response(),
+        }
+    }
+}
+
+/// Whether a body should be checked as JSON. Client API bodies are JSON whatever the client
+/// labels them (curl sends form encoding, some SDKs text/plain); only bodies declared as media
+/// are passed through unchecked, for the endpoints that take raw bytes.
+fn is_json(headers: &HeaderMap) -> bool {
+    let Some(ct) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return true;
+    };
+    let ct = ct.to_ascii_lowercase();
+    !["image/", "video/", "audio/", "application/octet-stream"]
+        .iter()
+        .any(|p| ct.starts_with(p))
+}
+
+/// The largest integer canonical JSON allows (2^53 - 1); larger magnitudes cannot round-trip
+/// through every client's JSON parser and are refused.
+const MAX_SAFE_INT: u64 = (1 << 53) - 1;
+
+fn check_number_range(value: &serde_json::Value) -> Result<(), Error> {
+    match value {
+        serde_json::Value::Number(n) => {
+            let ok = if let Some(u) = n.as_u64() {
+                u <= MAX_SAFE_INT
+            } else if let Some(i) = n.as_i64() {
+                i.unsigned_abs() <= MAX_SAFE_INT
+            } else {
+                n.as_f64()
+                    .is_some_and(|f| f.is_finite() && f.abs() <= MAX_SAFE_INT as f64)
+            };
+            if ok {
+                Ok(())
+            } else {
+                Err(Error::bad_json(format!(
+                    "number {n} is outside the range of canonical JSON"
+                )))
+            }
+        }
+        serde_json::Value::Array(items) => items.iter().try_for_each(check_number_range),
+        serde_json::Value::Object(map) => map.values().try_for_each(check_number_range),
+        _ => Ok(()),
+    }
+}
+
+/// Reads the body up to `limit` bytes, and checks that a JSON body is UTF-8, valid JSON and
+/// within the canonical-JSON number range.
+pub(crate) async fn read_body(
+    body: Body,
+    headers: &HeaderMap,
+    limit: usize,
+) -> Result<bytes::Bytes, Error> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit as u64) {
+        return Err(Error::too_large("Request body too large"));
+    }
+    let bytes = axum::body::to_bytes(body, limit).await.map_err(|e| {
+        let too_large = std::error::Error::source(&e)
+            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+        if too_large {
+            Error::too_large("Request body too large")
+        } else {
+            Error::unknown(StatusCode::BAD_REQUEST, "Could not read request body")
+        }
+    })?;
+    if !bytes.is_empty() && is_json(headers) {
+        let text = std::str::from_utf8(&bytes)
+            .map_err(|_| Error::not_json("Request body is not UTF-8"))?;
+        let value: serde_json::Value = serde_json::from_str(text)
+            .map_err(|e| Error::not_json(format!("Request body is not valid JSON: {e}")))?;
+        check_number_range(&value)?;
+    }
+    Ok(bytes)
+}
+
+fn deserialization_error(e: FromHttpRequestError) -> Error {
+    match e {
+        FromHttpRequestError::Deserialization(DeserializationError::Json(e)) => {
+            Error::bad_json(format!("Invalid request body: {e}"))
+        }
+        FromHttpRequestError::Deserialization(DeserializationError::Query(e)) => {
+            Error::invalid_param(format!("Invalid query parameters: {e}"))
+        }
+        FromHttpRequestError::Deserialization(DeserializationError::Ident(e)) => {
+            Error::invalid_param(format!("Invalid identifier: {e}"))
+        }
+        FromHttpRequestError::Deserialization(e) => {
+            Error::bad_json(format!("Invalid request: {e}"))
+        }
+        FromHttpRequestError::MethodMismatch { .. } => {
+            Error::unrecognized(StatusCode::METHOD_NOT_ALLOWED, "Method not allowed")
+        }
+        // `FromHttpRequestError` is non-exhaustive.
+        #[allow(unreachable_patterns)]
+        e => Error::bad_json(format!("Invalid request: {e}")),
+    }
+}
+
+impl<T> FromRequest<AppState> for Ruma<T>
+where
+    T: IncomingRequest + Send + 'static,
+    T::Authentication: AuthPolicy,
+{
+    type Rejection = Error;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Error> {
+        let (mut parts, body) = req.into_parts();
+        let path_args: Vec<String> =
+            match RawPathParams::from_request_parts(&mut parts, state).await {
+                Ok(params) => params.iter().map(|(_, value)| value.to_owned()).collect(),
+                Err(_) => Vec::new(),
+            };
+        let client_ip = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|ConnectInfo(addr)| addr.ip())
+            .unwrap_or(std::net::Ipv6Addr::LOCALHOST.into());
+        let bytes = read_body(body, &parts.headers, state.config.max_json_body_bytes).await?;
+        let request = http::Request::from_parts(parts, &bytes[..]);
+
+        let sender = match <T::Authentication as AuthPolicy>::KIND {
+            AuthKind::None => None,
+            kind => match extract_bearer_or_query_token(&request) {
+                Ok(Some(token)) => Some(crate::auth::authenticate(state, &token, client_ip).await?),
+                Ok(None) | Err(_) if kind == AuthKind::Optional => None,
+                Ok(None) | Err(_) => return Err(Error::missing_token()),
+            },
+        };
+
+        let args: Vec<&str> = path_args.iter().map(String::as_str).collect();
+        let body = T::try_from_http_request(request, &args).map_err(deserialization_error)?;
+        Ok(Ruma {
+            body,
+            sender,
+            client_ip,
+        })
+    }
+}
+
+/// Registers `handler` for endpoint `T` on every path its metadata lists.
+pub fn route<T, F, Fut>(mut router: Router<AppState>, handler: F) -> Router<AppState>
+where
+    T: IncomingRequest + Send + 'static,
+    T::Authentication: AuthPolicy,
+    T::OutgoingResponse: Send,
+    F: Fn(State<AppState>, Ruma<T>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<T::OutgoingResponse, Error>> + Send + 'static,
+{
+    let filter = MethodFilter::try_from(T::METHOD).expect("ruma endpoints use standard methods");
+    let wrapped = move |state: State<AppState>, request: Ruma<T>| {
+        let handler = handler.clone();
+        async move { handler(state, request).await.map(RumaResponse) }
+    };
+    for path in T::PATH_BUILDER.all_paths() {
+        router = router.route(path, on(filter, wrapped.clone()));
+    }
+    router
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn canonical_number_range() {
+        assert!(check_number_range(&json!({"a": [1, -5, 9007199254740991_u64]})).is_ok());
+        assert!(check_number_range(&json!({"a": -9007199254740991_i64})).is_ok());
+        assert!(check_number_range(&json!({"a": 9007199254740992_u64})).is_err());
+        assert!(check_number_range(&json!({"a": {"b": [-9007199254740992_i64]}})).is_err());
+        assert!(check_number_range(&json!({"a": 1e300})).is_err());
+        assert!(check_number_range(&json!({"a": 1.5})).is_ok());
+    }
+}

@@ -1,0 +1,471 @@
+//! Configuration: a TOML file (`--config PATH`) with every key overridable by an environment
+//! variable, validated once at start-up.
+//!
+//! [`KEYS`] is the one list of options: it drives the environment overrides, the commented file
+//! that `myelin generate-config` prints, and the unit test that keeps both in step with
+//! [`Config`]. A top-level key `foo` is `MYELIN_FOO`; a key `bar` in section `[sec]` is
+//! `MYELIN_SEC_BAR`.
+
+use std::{fmt::Write as _, net::SocketAddr, path::PathBuf};
+
+use serde::Deserialize;
+
+/// The validated server configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub server_name: String,
+    pub client_listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub database_url: Option<String>,
+    pub public_baseurl: Option<String>,
+    pub federation_public_address: Option<String>,
+    pub registration_open: bool,
+    pub registration_shared_secret: Option<String>,
+    pub registration_token_required: bool,
+    pub max_json_body_bytes: usize,
+    pub log: String,
+    pub rate_limits: RateLimits,
+}
+
+/// Request rate limits (token buckets). `per_second` is the refill rate, `burst` the bucket size.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimits {
+    pub enabled: bool,
+    pub login_per_second: f64,
+    pub login_burst: u32,
+    pub failed_login_per_second: f64,
+    pub failed_login_burst: u32,
+    pub registration_per_second: f64,
+    pub registration_burst: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Kind {
+    Str,
+    Bool,
+    Int,
+    Float,
+}
+
+/// One configuration option: its dotted path, type, default (as TOML, `None` when unset by
+/// default) and the comment printed by `generate-config`.
+struct Key {
+    path: &'static str,
+    kind: Kind,
+    default: Option<&'static str>,
+    doc: &'static str,
+}
+
+const KEYS: &[Key] = &[
+    Key { path: "server_name", kind: Kind::Str, default: Some("\"localhost\""),
+          doc: "The server name: the part after the colon in @user:server_name. Cannot change once users exist." },
+    Key { path: "client_listen", kind: Kind::Str, default: Some("\"127.0.0.1:8008\""),
+          doc: "Address and port the client-server API listens on." },
+    Key { path: "data_dir", kind: Kind::Str, default: Some("\"./data\""),
+          doc: "Directory for the SQLite database (when database_url is unset) and media." },
+    Key { path: "database_url", kind: Kind::Str, default: None,
+          doc: "Database to use. Unset: SQLite at <data_dir>/myelin.db. postgres://user:pass@host/db selects PostgreSQL." },
+    Key { path: "public_baseurl", kind: Kind::Str, default: None,
+          doc: "URL clients reach this server at, advertised in /.well-known/matrix/client. Unset: http://<client_listen>." },
+    Key { path: "federation_public_address", kind: Kind::Str, default: None,
+          doc: "host:port other servers reach this server at, advertised in /.well-known/matrix/server. Unset: <server_name>:8448." },
+    Key { path: "registration_open", kind: Kind::Bool, default: Some("false"),
+          doc: "Let anyone register an account (m.login.dummy). Off by default: create accounts with myelin-admin." },
+    Key { path: "registration_shared_secret", kind: Kind::Str, default: None,
+          doc: "Secret for Synapse-compatible shared-secret registration (/_synapse/admin/v1/register), used by myelin-admin. Unset: disabled." },
+    Key { path: "registration_token_required", kind: Kind::Bool, default: Some("false"),
+          doc: "Require a registration token (m.login.registration_token) to register, even when registration_open is false." },
+    Key { path: "max_json_body_bytes", kind: Kind::Int, default: Some("8388608"),
+          doc: "Largest JSON request body accepted, in bytes; larger ones get 413 M_TOO_LARGE." },
+    Key { path: "log", kind: Kind::Str, default: Some("\"info\""),
+          doc: "Log filter in tracing's EnvFilter syntax, e.g. \"info\" or \"myelin=debug,sqlx=warn\"." },
+    Key { path: "rate_limits.enabled", kind: Kind::Bool, default: Some("true"),
+          doc: "Answer over-eager clients with 429 M_LIMIT_EXCEEDED. Turn off only for tests and benchmarks." },
+    Key { path: "rate_limits.login_per_second", kind: Kind::Float, default: Some("0.2"),
+          doc: "Login attempts per second per client IP address (and per account), refill rate." },
+    Key { path: "rate_limits.login_burst", kind: Kind::Int, default: Some("10"),
+          doc: "Login attempts allowed in a burst per IP address (and per account)." },
+    Key { path: "rate_limits.failed_login_per_second", kind: Kind::Float, default: Some("0.17"),
+          doc: "Failed logins per second per account, refill rate (guards against password guessing)." },
+    Key { path: "rate_limits.failed_login_burst", kind: Kind::Int, default: Some("3"),
+          doc: "Failed logins allowed in a burst per account." },
+    Key { path: "rate_limits.registration_per_second", kind: Kind::Float, default: Some("0.17"),
+          doc: "Registration requests per second per client IP address, refill rate." },
+    Key { path: "rate_limits.registration_burst", kind: Kind::Int, default: Some("5"),
+          doc: "Registration requests allowed in a burst per client IP address." },
+];
+
+/// Why the configuration was refused. The message always names the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid TOML: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+fn env_name(path: &str) -> String {
+    format!("MYELIN_{}", path.replace('.', "_").to_uppercase())
+}
+
+/// Parses an environment variable's text into the TOML value of the key's type.
+fn env_value(key: &Key, env: &str, raw: &str) -> Result<toml::Value, ConfigError> {
+    let bad = |what: &str| {
+        ConfigError::Invalid(format!(
+            "{env} (key `{}`): expected {what}, got {raw:?}",
+            key.path
+        ))
+    };
+    Ok(match key.kind {
+        Kind::Str => toml::Value::String(raw.to_owned()),
+        Kind::Bool => match raw.trim().to_ascii_lowercase().as_str() {
+            "true" | "1" | "yes" | "on" => toml::Value::Boolean(true),
+            "false" | "0" | "no" | "off" => toml::Value::Boolean(false),
+            _ => return Err(bad("true or false")),
+        },
+        Kind::Int => toml::Value::Integer(raw.trim().parse().map_err(|_| bad("an integer"))?),
+        Kind::Float => toml::Value::Float(raw.trim().parse().map_err(|_| bad("a number"))?),
+    })
+}
+
+fn set_path(table: &mut toml::Table, path: &str, value: toml::Value) -> Result<(), ConfigError> {
+    let mut parts: Vec<&str> = path.split('.').collect();
+    let last = parts.pop().expect("paths are non-empty");
+    let mut current = table;
+    for part in parts {
+        let entry = current
+            .entry(part.to_owned())
+            .or_insert_with(|| toml::Value::Table(Default::default()));
+        current = entry.as_table_mut().ok_or_else(|| {
+            ConfigError::Invalid(format!("`{part}` must be a table (a [{part}] section)"))
+        })?;
+    }
+    current.insert(last.to_owned(), value);
+    Ok(())
+}
+
+fn has_path(table: &toml::Table, path: &str) -> bool {
+    let mut current = table;
+    let mut parts = path.split('.').peekable();
+    while let Some(part) = parts.next() {
+        match current.get(part) {
+            Some(toml::Value::Table(t)) if parts.peek().is_some() => current = t,
+            Some(_) if parts.peek().is_none() => return true,
+            _ => return false,
+        }
+    }
+    false
+}
+
+fn get_path<'a>(table: &'a toml::Table, path: &str) -> Option<&'a toml::Value> {
+    let (section, name) = path.rsplit_once('.').unwrap_or(("", path));
+    let table = if section.is_empty() {
+        table
+    } else {
+        table.get(section)?.as_table()?
+    };
+    table.get(name)
+}
+
+/// Checks each known key's type before serde sees it, so that the error names the key.
+fn check_types(table: &toml::Table) -> Result<(), ConfigError> {
+    for key in KEYS {
+        let Some(value) = get_path(table, key.path) else {
+            continue;
+        };
+        let ok = match key.kind {
+            Kind::Str => value.is_str(),
+            Kind::Bool => value.is_bool(),
+            Kind::Int => value.as_integer().is_some_and(|i| i >= 0),
+            Kind::Float => value.is_float() || value.is_integer(),
+        };
+        if !ok {
+            let what = match key.kind {
+                Kind::Str => "a string",
+                Kind::Bool => "true or false",
+                Kind::Int => "a non-negative integer",
+                Kind::Float => "a number",
+            };
+            return Err(ConfigError::Invalid(format!(
+                "{} ({}): expected {what}, got {value}",
+                key.path,
+                env_name(key.path)
+            )));
+        }
+    }
+    if let Some(listen) = get_path(table, "client_listen").and_then(|v| v.as_str()) {
+        if listen.parse::<SocketAddr>().is_err() {
+            return Err(ConfigError::Invalid(format!(
+                "client_listen (MYELIN_CLIENT_LISTEN): {listen:?} is not an IP address and port like 127.0.0.1:8008"
+            )));
+        }
+    }
+    Ok(())
+}
+
+impl Config {
+    /// Loads the configuration: defaults, then the file (if any), then `MYELIN_*` variables from
+    /// `env`, then validation.
+    pub fn load(
+        file: Option<&std::path::Path>,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let mut table = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                })?;
+                text.parse::<toml::Table>()
+                    .map_err(|e| ConfigError::Parse {
+                        path: path.to_owned(),
+                        message: e.to_string(),
+                    })?
+            }
+            None => toml::Table::new(),
+        };
+        for key in KEYS {
+            let name = env_name(key.path);
+            if let Some(raw) = env(&name) {
+                set_path(&mut table, key.path, env_value(key, &name, &raw)?)?;
+            } else if let (Some(default), false) = (key.default, has_path(&table, key.path)) {
+                let value: toml::Table = format!("v = {default}")
+                    .parse()
+                    .expect("defaults are valid TOML");
+                set_path(&mut table, key.path, value["v"].clone())?;
+            }
+        }
+        check_types(&table)?;
+        let config: Config = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Invalid(e.message().to_owned()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if ruma::ServerName::parse(&self.server_name).is_err() {
+            return Err(ConfigError::Invalid(format!(
+                "server_name (MYELIN_SERVER_NAME): {:?} is not a valid Matrix server name",
+                self.server_name
+            )));
+        }
+        if let Some(url) = &self.database_url {
+            if !(url.starts_with("postgres://")
+                || url.starts_with("postgresql://")
+                || url.starts_with("sqlite:"))
+            {
+                return Err(ConfigError::Invalid(
+                    "database_url (MYELIN_DATABASE_URL): must start with postgres://, postgresql:// or sqlite:".into(),
+                ));
+            }
+        }
+        if let Some(url) = &self.public_baseurl {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(ConfigError::Invalid(
+                    "public_baseurl (MYELIN_PUBLIC_BASEURL): must start with http:// or https://"
+                        .into(),
+                ));
+            }
+        }
+        if matches!(&self.registration_shared_secret, Some(s) if s.is_empty()) {
+            return Err(ConfigError::Invalid(
+                "registration_shared_secret (MYELIN_REGISTRATION_SHARED_SECRET): must not be empty; leave it unset to disable".into(),
+            ));
+        }
+        if self.max_json_body_bytes < 1024 {
+            return Err(ConfigError::Invalid(
+                "max_json_body_bytes (MYELIN_MAX_JSON_BODY_BYTES): must be at least 1024".into(),
+            ));
+        }
+        let rl = &self.rate_limits;
+        for (name, rate) in [
+            ("rate_limits.login_per_second", rl.login_per_second),
+            (
+                "rate_limits.failed_login_per_second",
+                rl.failed_login_per_second,
+            ),
+            (
+                "rate_limits.registration_per_second",
+                rl.registration_per_second,
+            ),
+        ] {
+            if !(rate.is_finite() && rate > 0.0) {
+                return Err(ConfigError::Invalid(format!(
+                    "{name} ({}): must be a positive number",
+                    env_name(name)
+                )));
+            }
+        }
+        for (name, burst) in [
+            ("rate_limits.login_burst", rl.login_burst),
+            ("rate_limits.failed_login_burst", rl.failed_login_burst),
+            ("rate_limits.registration_burst", rl.registration_burst),
+        ] {
+            if burst == 0 {
+                return Err(ConfigError::Invalid(format!(
+                    "{name} ({}): must be at least 1",
+                    env_name(name)
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The database URL to connect to: the configured one, or SQLite inside the data directory.
+    pub fn database_url(&self) -> String {
+        self.database_url
+            .clone()
+            .unwrap_or_else(|| myelin_storage::Storage::sqlite_url_in(&self.data_dir))
+    }
+
+    /// The base URL clients should use, without a trailing slash.
+    pub fn public_baseurl(&self) -> String {
+        match &self.public_baseurl {
+            Some(url) => url.trim_end_matches('/').to_owned(),
+            None => format!("http://{}", self.client_listen),
+        }
+    }
+
+    pub fn federation_public_address(&self) -> String {
+        self.federation_public_address
+            .clone()
+            .unwrap_or_else(|| format!("{}:8448", self.server_name))
+    }
+}
+
+/// The complete, commented configuration file with every option at its default.
+pub fn generate_config() -> String {
+    let mut out = String::from(
+        "# Myelin configuration. Every option is shown with its default.\n\
+         # Each option can also be set by the environment variable named above it, which wins\n\
+         # over this file. Start the server with: myelin --config myelin.toml\n",
+    );
+    let mut section = "";
+    for key in KEYS {
+        let (sec, name) = key.path.rsplit_once('.').unwrap_or(("", key.path));
+        if sec != section {
+            let _ = write!(out, "\n[{sec}]\n");
+            section = sec;
+        }
+        let _ = write!(out, "\n# {}\n# env: {}\n", key.doc, env_name(key.path));
+        match key.default {
+            Some(default) => {
+                let _ = writeln!(out, "{name} = {default}");
+            }
+            None => {
+                let example = if key.kind == Kind::Str { "\"\"" } else { "" };
+                let _ = writeln!(out, "# {name} = {example}");
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn load_env(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::load(None, |k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn defaults_need_no_file() {
+        let c = load_env(&[]).unwrap();
+        assert_eq!(c.server_name, "localhost");
+        assert_eq!(c.client_listen.to_string(), "127.0.0.1:8008");
+        assert_eq!(c.data_dir, PathBuf::from("./data"));
+        assert!(!c.registration_open);
+        assert!(c.rate_limits.enabled);
+        assert!(c.database_url().starts_with("sqlite://"));
+    }
+
+    #[test]
+    fn generated_config_parses_back_to_the_defaults() {
+        let dir = tempfile_dir();
+        let path = dir.join("myelin.toml");
+        std::fs::write(&path, generate_config()).unwrap();
+        let c = Config::load(Some(&path), |_| None).unwrap();
+        assert_eq!(c.server_name, "localhost");
+        assert_eq!(c.rate_limits.registration_burst, 5);
+        // Every key of the generated file is documented with its environment variable.
+        for key in KEYS {
+            assert!(generate_config().contains(&env_name(key.path)));
+        }
+    }
+
+    #[test]
+    fn environment_overrides_file() {
+        let dir = tempfile_dir();
+        let path = dir.join("c.toml");
+        std::fs::write(
+            &path,
+            "server_name = \"file.example\"\n[rate_limits]\nenabled = true\n",
+        )
+        .unwrap();
+        let c = Config::load(Some(&path), |k| match k {
+            "MYELIN_SERVER_NAME" => Some("env.example".into()),
+            "MYELIN_RATE_LIMITS_ENABLED" => Some("false".into()),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(c.server_name, "env.example");
+        assert!(!c.rate_limits.enabled);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let e = load_env(&[("MYELIN_REGISTRATION_OPEN", "maybe")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("MYELIN_REGISTRATION_OPEN") && e.contains("maybe"),
+            "{e}"
+        );
+        let e = load_env(&[("MYELIN_CLIENT_LISTEN", "nowhere")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("client_listen"), "{e}");
+        let e = load_env(&[("MYELIN_SERVER_NAME", "bad name!")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("server_name"), "{e}");
+        let e = load_env(&[("MYELIN_DATABASE_URL", "mysql://x")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("database_url"), "{e}");
+        let e = load_env(&[("MYELIN_RATE_LIMITS_LOGIN_BURST", "0")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("rate_limits.login_burst"), "{e}");
+    }
+
+    #[test]
+    fn unknown_file_keys_are_refused() {
+        let dir = tempfile_dir();
+        let path = dir.join("c.toml");
+        std::fs::write(&path, "sever_name = \"typo\"\n").unwrap();
+        let e = Config::load(Some(&path), |_| None).unwrap_err().to_string();
+        assert!(e.contains("sever_name"), "{e}");
+    }
+
+    fn tempfile_dir() -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("myelin-config-test-{}", rand::random::<u64>()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+}

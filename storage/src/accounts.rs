@@ -1,0 +1,388 @@
+//! Users, devices, access tokens, profiles and account data.
+
+use sqlx::Row;
+
+use crate::{Result, Storage};
+
+/// A user as stored.
+#[derive(Debug, Clone)]
+pub struct UserRow {
+    pub user_id: String,
+    pub password_hash: Option<String>,
+    pub is_admin: bool,
+    pub deactivated: bool,
+}
+
+/// A device as stored.
+#[derive(Debug, Clone)]
+pub struct DeviceRow {
+    pub device_id: String,
+    pub display_name: Option<String>,
+    pub last_seen_ip: Option<String>,
+    pub last_seen_ts: Option<i64>,
+}
+
+/// Who an access token belongs to.
+#[derive(Debug, Clone)]
+pub struct TokenOwner {
+    pub user_id: String,
+    pub device_id: String,
+    pub is_admin: bool,
+}
+
+fn device_from_row(row: &sqlx::any::AnyRow) -> Result<DeviceRow> {
+    Ok(DeviceRow {
+        device_id: row.try_get("device_id")?,
+        display_name: row.try_get("display_name")?,
+        last_seen_ip: row.try_get("last_seen_ip")?,
+        last_seen_ts: row.try_get("last_seen_ts")?,
+    })
+}
+
+impl Storage {
+    /// Creates a user with an empty profile whose display name is `displayname`.
+    /// Fails with [`crate::Error::UniqueViolation`] if the user ID was ever taken, including by
+    /// a since-deactivated account.
+    pub async fn create_user(
+        &self,
+        user_id: &str,
+        password_hash: Option<&str>,
+        is_admin: bool,
+        displayname: &str,
+        now: i64,
+    ) -> Result<()> {
+        let mut tx = self.begin_write().await?;
+        sqlx::query(
+            "INSERT INTO users (user_id, password_hash, is_admin, deactivated, created_ts)
+             VALUES ($1, $2, $3, 0, $4)",
+        )
+        .bind(user_id)
+        .bind(password_hash)
+        .bind(i64::from(is_admin))
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("INSERT INTO profiles (user_id, displayname) VALUES ($1, $2)")
+            .bind(user_id)
+            .bind(displayname)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn get_user(&self, user_id: &str) -> Result<Option<UserRow>> {
+        let row = sqlx::query(
+            "SELECT user_id, password_hash, is_admin, deactivated FROM users WHERE user_id = $1",
+        )
+        .bind(user_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|row| {
+            Ok(UserRow {
+                user_id: row.try_get("user_id")?,
+                password_hash: row.try_get("password_hash")?,
+                is_admin: row.try_get::<i64, _>("is_admin")? != 0,
+                deactivated: row.try_get::<i64, _>("deactivated")? != 0,
+            })
+        })
+        .transpose()
+    }
+
+    pub async fn set_password_hash(&self, user_id: &str, password_hash: &str) -> Result<()> {
+        sqlx::query("UPDATE users SET password_hash = $1 WHERE user_id = $2")
+            .bind(password_hash)
+            .bind(user_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn set_admin(&self, user_id: &str, is_admin: bool) -> Result<()> {
+        sqlx::query("UPDATE users SET is_admin = $1 WHERE user_id = $2")
+            .bind(i64::from(is_admin))
+            .bind(user_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Deactivates a user for good: no password, no devices, no tokens. The row stays so the
+    /// user ID is never reused.
+    pub async fn deactivate_user(&self, user_id: &str) -> Result<()> {
+        let mut tx = self.begin_write().await?;
+        sqlx::query(
+            "UPDATE users SET deactivated = 1, password_hash = NULL, is_admin = 0
+             WHERE user_id = $1",
+        )
+        .bind(user_id)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM access_tokens WHERE user_id = $1")
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM devices WHERE user_id = $1")
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("UPDATE profiles SET displayname = NULL, avatar_url = NULL WHERE user_id = $1")
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Creates (or takes over) a device and issues an access token for it, in one transaction.
+    ///
+    /// Logging in with the `device_id` of an existing device re-uses that device, as the spec
+    /// asks, and invalidates the tokens it had: a device has one live session.
+    pub async fn create_device_with_token(
+        &self,
+        user_id: &str,
+        device_id: &str,
+        display_name: Option<&str>,
+        ip: Option<&str>,
+        token_hash: Option<&str>,
+        now: i64,
+    ) -> Result<()> {
+        let mut tx = self.begin_write().await?;
+        sqlx::query("DELETE FROM access_tokens WHERE user_id = $1 AND device_id = $2")
+            .bind(user_id)
+            .bind(device_id)
+            .execute(&mut *tx)
+            .await?;
+        let updated = sqlx::query(
+            "UPDATE devices SET last_seen_ip = $3, last_seen_ts = $4,
+                    display_name = COALESCE($5, display_name)
+             WHERE user_id = $1 AND device_id = $2",
+        )
+        .bind(user_id)
+        .bind(device_id)
+        .bind(ip)
+        .bind(now)
+        .bind(display_name)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if updated == 0 {
+            sqlx::query(
+                "INSERT INTO devices
+                    (user_id, device_id, display_name, last_seen_ip, last_seen_ts, created_ts)
+                 VALUES ($1, $2, $3, $4, $5, $5)",
+            )
+            .bind(user_id)
+            .bind(device_id)
+            .bind(display_name)
+            .bind(ip)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        if let Some(token_hash) = token_hash {
+            sqlx::query(
+                "INSERT INTO access_tokens (token_hash, user_id, device_id, created_ts)
+                 VALUES ($1, $2, $3, $4)",
+            )
+            .bind(token_hash)
+            .bind(user_id)
+            .bind(device_id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn find_token(&self, token_hash: &str) -> Result<Option<TokenOwner>> {
+        let row = sqlx::query(
+            "SELECT t.user_id, t.device_id, u.is_admin
+             FROM access_tokens t JOIN users u ON u.user_id = t.user_id
+             WHERE t.token_hash = $1 AND u.deactivated = 0",
+        )
+        .bind(token_hash)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|row| {
+            Ok(TokenOwner {
+                user_id: row.try_get("user_id")?,
+                device_id: row.try_get("device_id")?,
+                is_admin: row.try_get::<i64, _>("is_admin")? != 0,
+            })
+        })
+        .transpose()
+    }
+
+    pub async fn touch_device(
+        &self,
+        user_id: &str,
+        device_id: &str,
+        ip: &str,
+        now: i64,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE devices SET last_seen_ip = $3, last_seen_ts = $4
+             WHERE user_id = $1 AND device_id = $2",
+        )
+        .bind(user_id)
+        .bind(device_id)
+        .bind(ip)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn list_devices(&self, user_id: &str) -> Result<Vec<DeviceRow>> {
+        let rows = sqlx::query(
+            "SELECT device_id, display_name, last_seen_ip, last_seen_ts FROM devices
+             WHERE user_id = $1 ORDER BY device_id",
+        )
+        .bind(user_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(device_from_row).collect()
+    }
+
+    pub async fn get_device(&self, user_id: &str, device_id: &str) -> Result<Option<DeviceRow>> {
+        let row = sqlx::query(
+            "SELECT device_id, display_name, last_seen_ip, last_seen_ts FROM devices
+             WHERE user_id = $1 AND device_id = $2",
+        )
+        .bind(user_id)
+        .bind(device_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(device_from_row).transpose()
+    }
+
+    /// Renames a device; returns false if the device does not exist.
+    pub async fn set_device_display_name(
+        &self,
+        user_id: &str,
+        device_id: &str,
+        display_name: Option<&str>,
+    ) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE devices SET display_name = $3 WHERE user_id = $1 AND device_id = $2",
+        )
+        .bind(user_id)
+        .bind(device_id)
+        .bind(display_name)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// Deletes devices and their access tokens.
+    pub async fn delete_devices(&self, user_id: &str, device_ids: &[String]) -> Result<()> {
+        let mut tx = self.begin_write().await?;
+        for device_id in device_ids {
+            sqlx::query("DELETE FROM access_tokens WHERE user_id = $1 AND device_id = $2")
+                .bind(user_id)
+                .bind(device_id)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("DELETE FROM devices WHERE user_id = $1 AND device_id = $2")
+                .bind(user_id)
+                .bind(device_id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Deletes every device of `user_id` except `keep` (if given), with their tokens.
+    pub async fn delete_other_devices(&self, user_id: &str, keep: Option<&str>) -> Result<()> {
+        let mut tx = self.begin_write().await?;
+        let keep = keep.unwrap_or("");
+        sqlx::query("DELETE FROM access_tokens WHERE user_id = $1 AND device_id <> $2")
+            .bind(user_id)
+            .bind(keep)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM devices WHERE user_id = $1 AND device_id <> $2")
+            .bind(user_id)
+            .bind(keep)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn get_profile(
+        &self,
+        user_id: &str,
+    ) -> Result<Option<(Option<String>, Option<String>)>> {
+        let row = sqlx::query("SELECT displayname, avatar_url FROM profiles WHERE user_id = $1")
+            .bind(user_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|row| Ok((row.try_get("displayname")?, row.try_get("avatar_url")?)))
+            .transpose()
+    }
+
+    pub async fn set_displayname(&self, user_id: &str, displayname: Option<&str>) -> Result<()> {
+        sqlx::query("UPDATE profiles SET displayname = $2 WHERE user_id = $1")
+            .bind(user_id)
+            .bind(displayname)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn set_avatar_url(&self, user_id: &str, avatar_url: Option<&str>) -> Result<()> {
+        sqlx::query("UPDATE profiles SET avatar_url = $2 WHERE user_id = $1")
+            .bind(user_id)
+            .bind(avatar_url)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Account data: `room_id` is `None` for global account data. Content is JSON text.
+    pub async fn get_account_data(
+        &self,
+        user_id: &str,
+        room_id: Option<&str>,
+        data_type: &str,
+    ) -> Result<Option<String>> {
+        let row = sqlx::query(
+            "SELECT content FROM account_data
+             WHERE user_id = $1 AND room_id = $2 AND data_type = $3",
+        )
+        .bind(user_id)
+        .bind(room_id.unwrap_or(""))
+        .bind(data_type)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|r| r.try_get("content")).transpose()?)
+    }
+
+    pub async fn set_account_data(
+        &self,
+        user_id: &str,
+        room_id: Option<&str>,
+        data_type: &str,
+        content: &str,
+        now: i64,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO account_data (user_id, room_id, data_type, content, updated_ts)
+             VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (user_id, room_id, data_type)
+             DO UPDATE SET content = excluded.content, updated_ts = excluded.updated_ts",
+        )
+        .bind(user_id)
+        .bind(room_id.unwrap_or(""))
+        .bind(data_type)
+        .bind(content)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+}
