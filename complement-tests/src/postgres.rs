@@ -384,12 +384,23 @@ fn start_cluster(bindir: &Path) -> Result<u16, String> {
     Err(last_error)
 }
 
-/// A loopback port that was free a moment ago.
+/// A loopback port that was free a moment ago and has not been handed out
+/// before in this process. The kernel may offer a just-released port again
+/// before the server it was meant for has bound it (or while a restarting
+/// server is down), so ports are never handed out twice.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("could not bind a loopback port")
+    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("could not bind a loopback port");
+        if !handed_out.contains(&port) {
+            handed_out.push(port);
+            return port;
+        }
+    }
 }
 
 #[cfg(test)]

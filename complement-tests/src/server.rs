@@ -411,6 +411,8 @@ fn myelin_command(binary: &Path, env: &[(String, String)]) -> Command {
             cmd.env_remove(key);
         }
     }
+    // Logs go to files: plain text reads better there than colour codes.
+    cmd.env("NO_COLOR", "1");
     cmd.envs(env.iter().map(|(k, v)| (k, v)));
     cmd
 }
