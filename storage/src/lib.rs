@@ -135,3 +135,97 @@ impl Storage {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_sqlite_url() -> (std::path::PathBuf, String) {
+        let dir = std::env::temp_dir().join(format!(
+            "myelin-storage-test-{}-{}",
+            std::process::id(),
+            now_nanos()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let url = Storage::sqlite_url_in(&dir);
+        (dir, url)
+    }
+
+    fn now_nanos() -> u128 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    }
+
+    #[tokio::test]
+    async fn refuses_a_database_with_a_newer_schema() {
+        let (dir, url) = temp_sqlite_url();
+        let storage = Storage::connect(&url).await.unwrap();
+        // Pretend a newer Myelin applied a migration this build does not know.
+        sqlx::query(
+            "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time)
+             VALUES (99999, 'from the future', 1, X'00', 0)",
+        )
+        .execute(&storage.pool)
+        .await
+        .unwrap();
+        storage.close().await;
+        match Storage::connect(&url).await {
+            Err(Error::SchemaTooNew(99999)) => {}
+            other => panic!("expected SchemaTooNew, got {other:?}"),
+        }
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test]
+    async fn reopening_keeps_data_and_migrations_are_idempotent() {
+        let (dir, url) = temp_sqlite_url();
+        let storage = Storage::connect(&url).await.unwrap();
+        storage
+            .create_user("@a:x", Some("hash"), true, "a", 1)
+            .await
+            .unwrap();
+        assert!(matches!(
+            storage.create_user("@a:x", None, false, "a", 2).await,
+            Err(Error::UniqueViolation)
+        ));
+        storage.close().await;
+        let storage = Storage::connect(&url).await.unwrap();
+        let user = storage.get_user("@a:x").await.unwrap().unwrap();
+        assert!(user.is_admin && !user.deactivated);
+        assert_eq!(user.password_hash.as_deref(), Some("hash"));
+        storage.close().await;
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test]
+    async fn registration_token_uses_are_counted_atomically() {
+        let (dir, url) = temp_sqlite_url();
+        let storage = Storage::connect(&url).await.unwrap();
+        let token = RegistrationTokenRow {
+            token: "t".into(),
+            uses_allowed: Some(1),
+            completed: 0,
+            expiry_ts: None,
+        };
+        storage.create_registration_token(&token, 0).await.unwrap();
+        let (a, b) = tokio::join!(
+            storage.consume_registration_token("t", 1),
+            storage.consume_registration_token("t", 1)
+        );
+        assert_eq!(
+            u8::from(a.unwrap()) + u8::from(b.unwrap()),
+            1,
+            "exactly one use succeeds"
+        );
+        assert!(!storage
+            .get_registration_token("t")
+            .await
+            .unwrap()
+            .unwrap()
+            .is_usable(1));
+        storage.close().await;
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
