@@ -79,6 +79,11 @@ impl ServerSigningKey {
         Ok(Self { key_id, seed, pair })
     }
 
+    /// The key pair, for ruma's signing functions.
+    pub fn key_pair(&self) -> &Ed25519KeyPair {
+        &self.pair
+    }
+
     /// The key ID, e.g. `ed25519:a_AbCd`.
     pub fn key_id(&self) -> &str {
         &self.key_id

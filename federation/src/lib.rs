@@ -5,4 +5,6 @@
 //! will hold PDU building, hashing, redaction, authorization rules, state resolution and request
 //! signing. It has no HTTP server and no database: the homeserver crate passes in what it needs.
 
+pub mod auth;
 pub mod keys;
+pub mod pdu;
