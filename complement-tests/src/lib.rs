@@ -5,7 +5,9 @@
 //! workspace, so the tests can only see what a Matrix client (or a peer
 //! server) would see.
 //!
-//! - [`binary`] builds the `myelin` binary once per test process and finds it.
+//! - [`binary`] builds the `myelin` binary (and any other workspace binary,
+//!   such as `myelin-admin`) once per test process and finds it.
+//! - [`admin`] runs the `myelin-admin` CLI with a clean environment.
 //! - [`postgres`] provides a fresh PostgreSQL database per server: either on a
 //!   server named by `MYELIN_TEST_DATABASE_URL`, or on one throwaway cluster
 //!   that the test process starts lazily and that is removed when it exits.
@@ -22,6 +24,7 @@
 //! The scenarios themselves live in `tests/suite/`, named after the numbers in
 //! the acceptance scenario list (`a01_…`, `a42_…`).
 
+pub mod admin;
 pub mod assertions;
 pub mod binary;
 pub mod client;

@@ -417,7 +417,8 @@ fn myelin_command(binary: &Path, env: &[(String, String)]) -> Command {
     cmd
 }
 
-/// Output of a `myelin` run that is expected to exit by itself.
+/// Output of a `myelin` or `myelin-admin` run that is expected to exit by
+/// itself.
 #[derive(Debug)]
 pub struct Exited {
     pub status: ExitStatus,

@@ -13,6 +13,8 @@
 
 #[path = "suite/account.rs"]
 mod account;
+#[path = "suite/admin.rs"]
+mod admin;
 #[path = "suite/config.rs"]
 mod config;
 #[path = "suite/devices.rs"]

@@ -311,9 +311,165 @@ async fn account_data_round_trip(backend: Backend) {
     );
 }
 
+/// The avatar URL must be an `mxc://` URI, display names are bounded, only
+/// the owner edits a profile, and a deleted field is gone.
+async fn profile_avatar_and_other_users(backend: Backend) {
+    let Some(hs) = TestServer::start(backend, ServerOptions::default()).await else {
+        return;
+    };
+    let alice = hs.register_user("alice").await;
+    let bob = hs.register_user("bob").await;
+    let anonymous = hs.client();
+    let base = format!("/_matrix/client/v3/profile/{}", encode(alice.user_id()));
+    let displayname = format!("{base}/displayname");
+    let avatar_url = format!("{base}/avatar_url");
+
+    assert_ok_object(
+        &alice
+            .put(&displayname, &json!({ "displayname": "Alice" }))
+            .await,
+        "PUT displayname",
+    );
+    assert_ok_object(
+        &alice
+            .put(&avatar_url, &json!({ "avatar_url": "mxc://localhost/abc" }))
+            .await,
+        "PUT avatar_url",
+    );
+    let profile = anonymous.get(&base).await;
+    let body = assert_ok(&profile, "anonymous GET profile");
+    assert_eq!(body["displayname"], "Alice", "{body}");
+    assert_eq!(body["avatar_url"], "mxc://localhost/abc", "{body}");
+    let avatar = anonymous.get(&avatar_url).await;
+    assert_eq!(
+        assert_ok(&avatar, "anonymous GET avatar_url")["avatar_url"],
+        "mxc://localhost/abc"
+    );
+
+    // Invalid values are refused and change nothing.
+    assert_error(
+        &alice
+            .put(&avatar_url, &json!({ "avatar_url": "http://x" }))
+            .await,
+        400,
+        "M_INVALID_PARAM",
+        "avatar_url that is not an mxc URI",
+    );
+    let long_name = "n".repeat(257);
+    let (status, body) = alice
+        .put(&displayname, &json!({ "displayname": long_name }))
+        .await;
+    assert!(
+        status == 400 && body["errcode"].is_string(),
+        "display name of 257 characters: expected a 400 Matrix error, got {status} {body}"
+    );
+    assert_ok(
+        &alice
+            .put(&displayname, &json!({ "displayname": "a".repeat(256) }))
+            .await,
+        "display name of exactly 256 characters",
+    );
+    assert_ok_object(
+        &alice
+            .put(&displayname, &json!({ "displayname": "Alice" }))
+            .await,
+        "PUT displayname back",
+    );
+    let profile = anonymous.get(&base).await;
+    let body = assert_ok(&profile, "GET profile after refused changes");
+    assert_eq!(body["displayname"], "Alice", "{body}");
+    assert_eq!(body["avatar_url"], "mxc://localhost/abc", "{body}");
+
+    // Someone else may not edit it.
+    assert_error(
+        &bob.put(&displayname, &json!({ "displayname": "Not Alice" }))
+            .await,
+        403,
+        "M_FORBIDDEN",
+        "PUT another user's displayname",
+    );
+    assert_eq!(
+        assert_ok(&anonymous.get(&displayname).await, "GET displayname")["displayname"],
+        "Alice"
+    );
+
+    // Unknown local user.
+    let ghost = hs.user_id(&complement_tests::unique_name("ghost"));
+    assert_error(
+        &anonymous
+            .get(&format!("/_matrix/client/v3/profile/{}", encode(&ghost)))
+            .await,
+        404,
+        "M_NOT_FOUND",
+        "profile of an unknown local user",
+    );
+
+    // Deleting a field.
+    assert_ok_object(&alice.delete(&displayname).await, "DELETE own displayname");
+    assert_error(
+        &anonymous.get(&displayname).await,
+        404,
+        "M_NOT_FOUND",
+        "GET a deleted displayname",
+    );
+    let profile = anonymous.get(&base).await;
+    let body = assert_ok(&profile, "GET profile after deleting the displayname");
+    assert!(
+        body.get("displayname").is_none_or(|v| v.is_null()),
+        "deleted displayname still in the profile: {body}"
+    );
+    assert_eq!(body["avatar_url"], "mxc://localhost/abc", "{body}");
+}
+
+/// Server-managed account data types cannot be written by clients, content
+/// must be an object, and unset types are 404.
+async fn account_data_server_managed_types(backend: Backend) {
+    let Some(hs) = TestServer::start(backend, ServerOptions::default()).await else {
+        return;
+    };
+    let alice = hs.register_user("alice").await;
+    let path = |event_type: &str| {
+        format!(
+            "/_matrix/client/v3/user/{}/account_data/{}",
+            encode(alice.user_id()),
+            encode(event_type)
+        )
+    };
+
+    for event_type in ["m.push_rules", "m.fully_read"] {
+        assert_error(
+            &alice.put(&path(event_type), &json!({ "a": 1 })).await,
+            405,
+            "M_BAD_JSON",
+            &format!("PUT global account data of type {event_type}"),
+        );
+    }
+
+    assert_error(
+        &alice.put(&path("org.example.array"), &json!([])).await,
+        400,
+        "M_BAD_JSON",
+        "PUT account data whose content is an array",
+    );
+    assert_error(
+        &alice.get(&path("org.example.array")).await,
+        404,
+        "M_NOT_FOUND",
+        "GET account data after a refused PUT",
+    );
+    assert_error(
+        &alice.get(&path("org.example.never.set")).await,
+        404,
+        "M_NOT_FOUND",
+        "GET account data of a type never set",
+    );
+}
+
 backend_tests!(
     a08_password_change,
     deactivate_account,
     profile_set_and_read_without_auth,
     account_data_round_trip,
+    profile_avatar_and_other_users,
+    account_data_server_managed_types,
 );

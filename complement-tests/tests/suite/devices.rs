@@ -1,9 +1,11 @@
-//! Scenario 9: device management.
+//! Scenario 9: device management, and what a device records about itself.
 
 use complement_tests::{
     assert_error, assert_ok, assert_ok_object, backend_tests, encode, Backend, Client,
     ServerOptions, TestServer,
 };
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
 use reqwest::Method;
 use serde_json::json;
 
@@ -168,4 +170,97 @@ async fn a09_devices_list_rename_delete_uia(backend: Backend) {
     assert_ok(&bob.whoami().await, "bob is untouched");
 }
 
-backend_tests!(a09_devices_list_rename_delete_uia);
+/// A device records its display name from login and when and where it was
+/// last seen; logging out removes it.
+async fn device_last_seen_and_logout_removes_device(backend: Backend) {
+    let Some(hs) = TestServer::start(backend, ServerOptions::default()).await else {
+        return;
+    };
+    let main = hs.register_user("alice").await;
+    let password = main.password.clone().unwrap();
+    let before_login = now_ms();
+    let response = hs
+        .client()
+        .post(
+            "/_matrix/client/v3/login",
+            &json!({
+                "type": "m.login.password",
+                "identifier": { "type": "m.id.user", "user": main.user_id() },
+                "password": password,
+                "initial_device_display_name": "Phone",
+            }),
+        )
+        .await;
+    let phone = hs
+        .client()
+        .authed(assert_ok(&response, "login as Phone"), &password);
+    assert_ok(&phone.whoami().await, "whoami on the phone");
+
+    // Last-seen data may be written lazily ("a few minutes out of date" is
+    // allowed), so give the server a moment; the test server is idle.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let info = loop {
+        let response = phone.get(&device_path(phone.device_id())).await;
+        let info = assert_ok(&response, "GET own device").clone();
+        if info["last_seen_ts"].is_number() || Instant::now() > deadline {
+            break info;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(info["device_id"], phone.device_id(), "{info}");
+    assert_eq!(info["display_name"], "Phone", "{info}");
+    assert_eq!(info["last_seen_ip"], "127.0.0.1", "{info}");
+    let last_seen = info["last_seen_ts"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("last_seen_ts must be an integer: {info}"));
+    assert!(
+        last_seen + 5_000 >= before_login && last_seen <= now_ms() + 5_000,
+        "last_seen_ts {last_seen} is not around now ({before_login}): {info}"
+    );
+
+    // Another session sees the phone, until it logs out.
+    assert_eq!(device_ids(&main).await, sorted(&[&main, &phone]));
+    assert_ok_object(
+        &phone.post("/_matrix/client/v3/logout", &json!({})).await,
+        "POST /logout",
+    );
+    assert_eq!(
+        device_ids(&main).await,
+        sorted(&[&main]),
+        "a logged-out device is removed"
+    );
+    assert_error(
+        &main.get(&device_path(phone.device_id())).await,
+        404,
+        "M_NOT_FOUND",
+        "GET a logged-out device",
+    );
+
+    // Unknown devices.
+    assert_error(
+        &main.get(&device_path("UNKNOWN")).await,
+        404,
+        "M_NOT_FOUND",
+        "GET an unknown device",
+    );
+    assert_error(
+        &main
+            .put(&device_path("UNKNOWN"), &json!({ "display_name": "x" }))
+            .await,
+        404,
+        "M_NOT_FOUND",
+        "PUT an unknown device",
+    );
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_millis() as u64
+}
+
+backend_tests!(
+    a09_devices_list_rename_delete_uia,
+    device_last_seen_and_logout_removes_device,
+);
