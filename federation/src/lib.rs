@@ -8,3 +8,8 @@
 pub mod auth;
 pub mod keys;
 pub mod pdu;
+
+#[cfg(test)]
+mod auth_tests;
+#[cfg(test)]
+mod pdu_tests;

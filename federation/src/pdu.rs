@@ -322,7 +322,13 @@ impl ruma::state_res::Event for Pdu {
         &self.event_id
     }
     fn room_id(&self) -> Option<&RoomId> {
-        Some(&self.room_id)
+        // A create event whose room ID is derived from its own event ID (v12: `!` + the same
+        // reference hash) has no `room_id` field, and the authorization rules reject a v12
+        // create event that has one, so report none.
+        let room_derived_from_this_event = self.kind == TimelineEventType::RoomCreate
+            && self.state_key.as_deref() == Some("")
+            && self.room_id.strip_sigil() == &self.event_id.as_str()[1..];
+        (!room_derived_from_this_event).then_some(&self.room_id)
     }
     fn sender(&self) -> &UserId {
         &self.sender
