@@ -15,6 +15,7 @@ pub mod auth;
 pub mod config;
 pub mod error;
 pub mod ratelimit;
+pub mod rooms;
 pub mod uia;
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
@@ -35,6 +36,35 @@ pub struct AppState {
     pub signing_key: Arc<ServerSigningKey>,
     pub limits: Arc<ratelimit::RateLimiters>,
     pub last_seen: Arc<auth::LastSeen>,
+    pub room_locks: Arc<rooms::RoomLocks>,
+    /// State snapshots are immutable once written, so they can be cached without
+    /// invalidation; the cache is bounded by clearing it when full.
+    pub snapshots:
+        Arc<std::sync::Mutex<std::collections::HashMap<i64, Arc<myelin_storage::StateMap>>>>,
+}
+
+/// How many state snapshots [`AppState::snapshot`] keeps in memory.
+const SNAPSHOT_CACHE_ENTRIES: usize = 4096;
+
+impl AppState {
+    /// The full state of a snapshot, from the cache or storage.
+    pub async fn snapshot(&self, id: i64) -> Result<Arc<myelin_storage::StateMap>, error::Error> {
+        if let Some(map) = self
+            .snapshots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&id)
+        {
+            return Ok(map.clone());
+        }
+        let map = Arc::new(self.storage.load_snapshot(id).await?);
+        let mut cache = self.snapshots.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.len() >= SNAPSHOT_CACHE_ENTRIES {
+            cache.clear();
+        }
+        cache.insert(id, map.clone());
+        Ok(map)
+    }
 }
 
 /// Why the server could not start.
@@ -88,6 +118,8 @@ impl AppState {
             storage,
             signing_key: Arc::new(signing_key),
             last_seen: Arc::new(auth::LastSeen::default()),
+            room_locks: Arc::new(rooms::RoomLocks::default()),
+            snapshots: Default::default(),
         })
     }
 }

@@ -13,10 +13,12 @@
 mod accounts;
 mod error;
 mod misc;
+mod rooms;
 
 pub use accounts::{DeviceRow, TokenOwner, UserRow};
 pub use error::{Error, Result};
 pub use misc::{RegistrationTokenRow, SigningKeyRow, UiaSessionRow};
+pub use rooms::{Direction, EventRow, NewEvent, Persisted, RoomRow, StateMap, TopologicalPosition};
 
 use std::{path::Path, str::FromStr, time::Duration};
 

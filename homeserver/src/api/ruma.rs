@@ -17,6 +17,7 @@ use axum::{
     Router,
 };
 use bytes::BytesMut;
+use futures_util::StreamExt;
 use ruma::{
     api::{
         auth_scheme::{
@@ -168,17 +169,21 @@ pub(crate) async fn read_body(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|len| len > limit as u64) {
+        drain(body).await;
         return Err(Error::too_large("Request body too large"));
     }
-    let bytes = axum::body::to_bytes(body, limit).await.map_err(|e| {
-        let too_large = std::error::Error::source(&e)
-            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
-        if too_large {
-            Error::too_large("Request body too large")
-        } else {
-            Error::unknown(StatusCode::BAD_REQUEST, "Could not read request body")
+    let mut body = body.into_data_stream();
+    let mut bytes = BytesMut::new();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk
+            .map_err(|_| Error::unknown(StatusCode::BAD_REQUEST, "Could not read request body"))?;
+        if bytes.len() + chunk.len() > limit {
+            drain(Body::from_stream(body)).await;
+            return Err(Error::too_large("Request body too large"));
         }
-    })?;
+        bytes.extend_from_slice(&chunk);
+    }
+    let bytes = bytes.freeze();
     if !bytes.is_empty() && is_json(headers) {
         let text = std::str::from_utf8(&bytes)
             .map_err(|_| Error::not_json("Request body is not UTF-8"))?;
@@ -187,6 +192,26 @@ pub(crate) async fn read_body(
         check_number_range(&value)?;
     }
     Ok(bytes)
+}
+
+/// How much of an oversized body is read and thrown away before answering 413.
+const DRAIN_LIMIT: usize = 64 * 1024 * 1024;
+
+/// Reads and discards the rest of a rejected body (up to [`DRAIN_LIMIT`], for at most a few
+/// seconds). Closing a connection with unread data makes the kernel send a reset, which
+/// clients see instead of our 413.
+async fn drain(body: Body) {
+    let mut stream = body.into_data_stream();
+    let mut seen = 0usize;
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        while let Some(Ok(chunk)) = stream.next().await {
+            seen += chunk.len();
+            if seen > DRAIN_LIMIT {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 fn deserialization_error(e: FromHttpRequestError) -> Error {
@@ -243,6 +268,16 @@ where
             },
         };
 
+        // `/state/{type}` and `/state/{type}/` name the empty state key: routes registered
+        // without the last parameter leave it out, and ruma's parser wants it present.
+        let mut path_args = path_args;
+        let expected = T::PATH_BUILDER
+            .all_paths()
+            .next()
+            .map_or(0, |p| p.matches('{').count());
+        while path_args.len() < expected {
+            path_args.push(String::new());
+        }
         let args: Vec<&str> = path_args.iter().map(String::as_str).collect();
         let body = T::try_from_http_request(request, &args).map_err(deserialization_error)?;
         Ok(Ruma {
@@ -254,7 +289,7 @@ where
 }
 
 /// Registers `handler` for endpoint `T` on every path its metadata lists.
-pub fn route<T, F, Fut>(mut router: Router<AppState>, handler: F) -> Router<AppState>
+pub fn route<T, F, Fut>(router: Router<AppState>, handler: F) -> Router<AppState>
 where
     T: IncomingRequest + Send + 'static,
     T::Authentication: AuthPolicy,
@@ -262,13 +297,33 @@ where
     F: Fn(State<AppState>, Ruma<T>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Result<T::OutgoingResponse, Error>> + Send + 'static,
 {
-    let filter = MethodFilter::try_from(T::METHOD).expect("ruma endpoints use standard methods");
-    let wrapped = move |state: State<AppState>, request: Ruma<T>| {
+    route_raw::<T, _, _, _>(router, move |state, request| {
         let handler = handler.clone();
         async move { handler(state, request).await.map(RumaResponse) }
-    };
+    })
+}
+
+/// Like [`route`], for a handler that builds its HTTP response itself (where ruma's response
+/// type cannot say what the spec asks).
+pub fn route_raw<T, F, Fut, R>(mut router: Router<AppState>, handler: F) -> Router<AppState>
+where
+    T: IncomingRequest + Send + 'static,
+    T::Authentication: AuthPolicy,
+    F: Fn(State<AppState>, Ruma<T>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<R, Error>> + Send + 'static,
+    R: IntoResponse + 'static,
+{
+    let filter = MethodFilter::try_from(T::METHOD).expect("ruma endpoints use standard methods");
     for path in T::PATH_BUILDER.all_paths() {
-        router = router.route(path, on(filter, wrapped.clone()));
+        router = router.route(path, on(filter, handler.clone()));
+        // A trailing state key may be empty: serve `/state/{type}` and `/state/{type}/` too.
+        if let Some(prefix) = path
+            .strip_suffix("/{state_key}")
+            .or_else(|| path.strip_suffix("/{stateKey}"))
+        {
+            router = router.route(prefix, on(filter, handler.clone()));
+            router = router.route(&format!("{prefix}/"), on(filter, handler.clone()));
+        }
     }
     router
 }

@@ -5,22 +5,25 @@
 mod account;
 mod account_data;
 mod device;
-mod discovery;
+pub(crate) mod discovery;
+mod membership;
+mod message;
 mod profile;
 pub(crate) mod register;
+mod room;
 mod session;
 
 use axum::Router;
 
 pub use register::user_id_for_new_username;
 
-use super::ruma::route;
+use super::ruma::{route, route_raw};
 use crate::AppState;
 
 /// Every client-server endpoint, each registered from its ruma metadata.
 pub fn routes(r: Router<AppState>) -> Router<AppState> {
     let r = discovery::routes(r);
-    let r = route(r, register::register);
+    let r = route_raw(r, register::register_http);
     let r = route(r, register::get_username_availability);
     let r = route(r, register::check_registration_token_validity);
     let r = route(r, session::get_login_types);
@@ -40,5 +43,24 @@ pub fn routes(r: Router<AppState>) -> Router<AppState> {
     let r = route(r, profile::set_profile_field);
     let r = route(r, profile::delete_profile_field);
     let r = route(r, account_data::get_global_account_data);
-    route(r, account_data::set_global_account_data)
+    let r = route(r, account_data::set_global_account_data);
+    let r = route(r, room::create_room);
+    let r = route(r, membership::join_room_by_id);
+    let r = route(r, membership::join_room_by_id_or_alias);
+    let r = route(r, membership::invite_user);
+    let r = route(r, membership::leave_room);
+    let r = route(r, membership::kick_user);
+    let r = route(r, membership::ban_user);
+    let r = route(r, membership::unban_user);
+    let r = route(r, membership::forget_room);
+    let r = route(r, membership::joined_rooms);
+    let r = route(r, membership::joined_members);
+    let r = route(r, membership::get_member_events);
+    let r = route(r, message::send_message_event);
+    let r = route(r, message::send_state_event);
+    let r = route(r, message::get_state_event_for_key);
+    let r = route(r, message::get_state_events);
+    let r = route(r, message::get_room_event);
+    let r = route(r, message::get_message_events);
+    route(r, message::redact_event)
 }

@@ -1,0 +1,431 @@
+//! Room membership: join, invite, leave, kick, ban, unban, forget, and member lists.
+//!
+//! <https://spec.matrix.org/latest/client-server-api/#room-membership>
+//!
+//! Every change is an `m.room.member` event through the write pipeline; the authorization
+//! rules of the room version decide whether it is allowed (403 `M_FORBIDDEN` if not).
+
+use std::collections::BTreeMap;
+
+use axum::{extract::State, http::StatusCode};
+use ruma::{
+    api::client::membership::{
+        ban_user, forget_room, get_member_events, invite_user, join_room_by_id,
+        join_room_by_id_or_alias, joined_members, joined_rooms, kick_user, leave_room, unban_user,
+    },
+    OwnedMxcUri, OwnedRoomId, OwnedUserId, RoomId, RoomOrAliasId, UserId,
+};
+use serde_json::{json, Value};
+
+use super::room::{membership_of, raw, require_joined};
+use crate::{
+    api::ruma::Ruma,
+    error::{Error, Result},
+    rooms::{self, format::client_events, Send},
+    AppState,
+};
+
+fn member_content(membership: &str, reason: Option<&str>) -> Value {
+    let mut content = json!({ "membership": membership });
+    if let Some(reason) = reason {
+        content["reason"] = reason.into();
+    }
+    content
+}
+
+fn to_object(value: Value) -> ruma::CanonicalJsonObject {
+    match ruma::CanonicalJsonValue::try_from(value) {
+        Ok(ruma::CanonicalJsonValue::Object(o)) => o,
+        _ => ruma::CanonicalJsonObject::new(),
+    }
+}
+
+/// Sends a membership event for `target` by `sender`.
+async fn set_membership(
+    state: &AppState,
+    room_id: &RoomId,
+    sender: &UserId,
+    target: &UserId,
+    content: Value,
+) -> Result<()> {
+    if state.storage.get_room(room_id.as_str()).await?.is_none() {
+        return Err(Error::not_found("Room not found"));
+    }
+    rooms::send(
+        state,
+        room_id,
+        sender,
+        Send::state("m.room.member", target.as_str(), to_object(content)),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Joins `user` to a local room, with their profile. Joining a room one is in is a no-op.
+async fn join(
+    state: &AppState,
+    room_id: &RoomId,
+    user: &UserId,
+    reason: Option<&str>,
+) -> Result<()> {
+    if state.storage.get_room(room_id.as_str()).await?.is_none() {
+        return Err(Error::not_found(
+            "Room not found (joining rooms on other servers is not supported yet)",
+        ));
+    }
+    if membership_of(state, room_id, user).await?.as_deref() == Some("join") {
+        return Ok(());
+    }
+    let mut content = member_content("join", reason);
+    if let Some((displayname, avatar_url)) = state.storage.get_profile(user.as_str()).await? {
+        if let Some(name) = displayname {
+            content["displayname"] = name.into();
+        }
+        if let Some(url) = avatar_url {
+            content["avatar_url"] = url.into();
+        }
+    }
+    set_membership(state, room_id, user, user, content).await
+}
+
+/// POST /_matrix/client/v3/rooms/{roomId}/join
+///
+/// <https://spec.matrix.org/latest/client-server-api/#post_matrixclientv3roomsroomidjoin>
+pub async fn join_room_by_id(
+    State(state): State<AppState>,
+    req: Ruma<join_room_by_id::v3::Request>,
+) -> Result<join_room_by_id::v3::Response> {
+    join(
+        &state,
+        &req.body.room_id,
+        &req.sender().user_id,
+        req.body.reason.as_deref(),
+    )
+    .await?;
+    Ok(join_room_by_id::v3::Response::new(req.body.room_id.clone()))
+}
+
+/// POST /_matrix/client/v3/join/{roomIdOrAlias}
+///
+/// <https://spec.matrix.org/latest/client-server-api/#post_matrixclientv3joinroomidoralias>
+pub async fn join_room_by_id_or_alias(
+    State(state): State<AppState>,
+    req: Ruma<join_room_by_id_or_alias::v3::Request>,
+) -> Result<join_room_by_id_or_alias::v3::Response> {
+    let room_id = resolve_room(&state, &req.body.room_id_or_alias).await?;
+    join(
+        &state,
+        &room_id,
+        &req.sender().user_id,
+        req.body.reason.as_deref(),
+    )
+    .await?;
+    Ok(join_room_by_id_or_alias::v3::Response::new(room_id))
+}
+
+/// A room ID, or the room a local alias points at (404 if none).
+pub async fn resolve_room(state: &AppState, room: &RoomOrAliasId) -> Result<OwnedRoomId> {
+    match <&RoomId>::try_from(room) {
+        Ok(room_id) => Ok(room_id.to_owned()),
+        Err(alias) => {
+            let (room_id, _) = state
+                .storage
+                .resolve_alias(alias.as_str())
+                .await?
+                .ok_or_else(|| Error::not_found("Room alias not found"))?;
+            RoomId::parse(room_id).map_err(Error::internal)
+        }
+    }
+}
+
+/// POST /_matrix/client/v3/rooms/{roomId}/invite
+///
+/// <https://spec.matrix.org/latest/client-server-api/#post_matrixclientv3roomsroomidinvite>
+pub async fn invite_user(
+    State(state): State<AppState>,
+    req: Ruma<invite_user::v3::Request>,
+) -> Result<invite_user::v3::Response> {
+    let invite_user::v3::InvitationRecipient::UserId(recipient) = &req.body.recipient else {
+        return Err(Error::new(
+            StatusCode::BAD_REQUEST,
+            "M_UNRECOGNIZED",
+            "Third-party invites are not supported",
+        ));
+    };
+    let sender = &req.sender().user_id;
+    require_joined(&state, &req.body.room_id, sender).await?;
+    let mut content = member_content("invite", recipient.reason.as_deref());
+    if recipient.user_id.server_name() == state.server_name {
+        match state
+            .storage
+            .get_profile(recipient.user_id.as_str())
+            .await?
+        {
+            Some((displayname, avatar_url)) => {
+                if let Some(name) = displayname {
+                    content["displayname"] = name.into();
+                }
+                if let Some(url) = avatar_url {
+                    content["avatar_url"] = url.into();
+                }
+            }
+            None => return Err(Error::not_found("No such user")),
+        }
+    } else {
+        return Err(Error::forbidden(
+            "Inviting users on other servers is not supported yet",
+        ));
+    }
+    set_membership(
+        &state,
+        &req.body.room_id,
+        sender,
+        &recipient.user_id,
+        content,
+    )
+    .await?;
+    Ok(invite_user::v3::Response::new())
+}
+
+/// POST /_matrix/client/v3/rooms/{roomId}/leave
+///
+/// Also rejects an invite or withdraws a knock.
+/// <https://spec.matrix.org/latest/client-server-api/#post_matrixclientv3roomsroomidleave>
+pub async fn leave_room(
+    State(state): State<AppState>,
+    req: Ruma<leave_room::v3::Request>,
+) -> Result<leave_room::v3::Response> {
+    let user = &req.sender().user_id;
+    if membership_of(&state, &req.body.room_id, user)
+        .await?
+        .is_none()
+    {
+        return Err(Error::forbidden("You are not in this room"));
+    }
+    set_membership(
+        &state,
+        &req.body.room_id,
+        user,
+        user,
+        member_content("leave", req.body.reason.as_deref()),
+    )
+    .await?;
+    Ok(leave_room::v3::Response::new())
+}
+
+/// POST /_matrix/client/v3/rooms/{roomId}/kick
+///
+/// <https://spec.matrix.org/latest/client-server-api/#post_matrixclientv3roomsroomidkick>
+pub async fn kick_user(
+    State(state): State<AppState>,
+    req: Ruma<kick_user::v3::Request>,
+) -> Result<kick_user::v3::Response> {
+    let sender = &req.sender().user_id;
+    require_joined(&state, &req.body.room_id, sender).await?;
+    match membership_of(&state, &req.body.room_id, &req.body.user_id)
+        .await?
+        .as_deref()
+    {
+        Some("join") | Some("invite") | Some("knock") => {}
+        _ => return Err(Error::forbidden("The user is not in the room")),
+    }
+    let content = member_content("leave", req.body.reason.as_deref());
+    set_membership(
+        &state,
+        &req.body.room_id,
+        sender,
+        &req.body.user_id,
+        content,
+    )
+    .await?;
+    Ok(kick_user::v3::Response::new())
+}
+
+/// POST /_matrix/client/v3/rooms/{roomId}/ban
+///
+/// <https://spec.matrix.org/latest/client-server-api/#post_matrixclientv3roomsroomidban>
+pub async fn ban_user(
+    State(state): State<AppState>,
+    req: Ruma<ban_user::v3::Request>,
+) -> Result<ban_user::v3::Response> {
+    let sender = &req.sender().user_id;
+    require_joined(&state, &req.body.room_id, sender).await?;
+    let content = member_content("ban", req.body.reason.as_deref());
+    set_membership(
+        &state,
+        &req.body.room_id,
+        sender,
+        &req.body.user_id,
+        content,
+    )
+    .await?;
+    Ok(ban_user::v3::Response::new())
+}
+
+/// POST /_matrix/client/v3/rooms/{roomId}/unban
+///
+/// <https://spec.matrix.org/latest/client-server-api/#post_matrixclientv3roomsroomidunban>
+pub async fn unban_user(
+    State(state): State<AppState>,
+    req: Ruma<unban_user::v3::Request>,
+) -> Result<unban_user::v3::Response> {
+    let sender = &req.sender().user_id;
+    require_joined(&state, &req.body.room_id, sender).await?;
+    if membership_of(&state, &req.body.room_id, &req.body.user_id)
+        .await?
+        .as_deref()
+        != Some("ban")
+    {
+        return Err(Error::forbidden("The user is not banned"));
+    }
+    let content = member_content("leave", req.body.reason.as_deref());
+    set_membership(
+        &state,
+        &req.body.room_id,
+        sender,
+        &req.body.user_id,
+        content,
+    )
+    .await?;
+    Ok(unban_user::v3::Response::new())
+}
+
+/// POST /_matrix/client/v3/rooms/{roomId}/forget
+///
+/// <https://spec.matrix.org/latest/client-server-api/#post_matrixclientv3roomsroomidforget>
+pub async fn forget_room(
+    State(state): State<AppState>,
+    req: Ruma<forget_room::v3::Request>,
+) -> Result<forget_room::v3::Response> {
+    let user = &req.sender().user_id;
+    match membership_of(&state, &req.body.room_id, user)
+        .await?
+        .as_deref()
+    {
+        None => return Err(Error::not_found("You have never been in this room")),
+        Some("join") | Some("invite") | Some("knock") => {
+            return Err(Error::unknown(
+                StatusCode::BAD_REQUEST,
+                "You must leave the room before forgetting it",
+            ));
+        }
+        Some(_) => {}
+    }
+    state
+        .storage
+        .forget_room(req.body.room_id.as_str(), user.as_str())
+        .await?;
+    Ok(forget_room::v3::Response::new())
+}
+
+/// GET /_matrix/client/v3/joined_rooms
+///
+/// <https://spec.matrix.org/latest/client-server-api/#get_matrixclientv3joined_rooms>
+pub async fn joined_rooms(
+    State(state): State<AppState>,
+    req: Ruma<joined_rooms::v3::Request>,
+) -> Result<joined_rooms::v3::Response> {
+    let rooms = state
+        .storage
+        .rooms_for_user(req.sender().user_id.as_str(), "join")
+        .await?;
+    let rooms = rooms
+        .into_iter()
+        .map(|r| RoomId::parse(r).map_err(Error::internal))
+        .collect::<Result<_>>()?;
+    Ok(joined_rooms::v3::Response::new(rooms))
+}
+
+/// GET /_matrix/client/v3/rooms/{roomId}/joined_members
+///
+/// <https://spec.matrix.org/latest/client-server-api/#get_matrixclientv3roomsroomidjoined_members>
+pub async fn joined_members(
+    State(state): State<AppState>,
+    req: Ruma<joined_members::v3::Request>,
+) -> Result<joined_members::v3::Response> {
+    require_joined(&state, &req.body.room_id, &req.sender().user_id).await?;
+    let members = state
+        .storage
+        .room_members(req.body.room_id.as_str())
+        .await?;
+    let joined_ids: Vec<String> = members
+        .iter()
+        .filter(|(_, m, _)| m == "join")
+        .map(|(_, _, e)| e.clone())
+        .collect();
+    let rows = state.storage.get_events(&joined_ids).await?;
+    let mut joined = BTreeMap::new();
+    for row in rows {
+        let pdu: Value = serde_json::from_str(&row.pdu).map_err(Error::internal)?;
+        let user = OwnedUserId::try_from(row.state_key.clone().unwrap_or_default())
+            .map_err(Error::internal)?;
+        let mut member = joined_members::v3::RoomMember::new();
+        member.display_name = pdu["content"]["displayname"].as_str().map(str::to_owned);
+        member.avatar_url = pdu["content"]["avatar_url"].as_str().map(OwnedMxcUri::from);
+        joined.insert(user, member);
+    }
+    Ok(joined_members::v3::Response::new(joined))
+}
+
+/// GET /_matrix/client/v3/rooms/{roomId}/members
+///
+/// <https://spec.matrix.org/latest/client-server-api/#get_matrixclientv3roomsroomidmembers>
+pub async fn get_member_events(
+    State(state): State<AppState>,
+    req: Ruma<get_member_events::v3::Request>,
+) -> Result<get_member_events::v3::Response> {
+    let user = &req.sender().user_id;
+    let room_id = &req.body.room_id;
+    // Members see the current list; a user who left sees it as of their leave.
+    let member_ids: Vec<String> = match state
+        .storage
+        .membership(room_id.as_str(), user.as_str())
+        .await?
+    {
+        Some((m, _)) if m == "join" => state
+            .storage
+            .room_members(room_id.as_str())
+            .await?
+            .into_iter()
+            .map(|(_, _, e)| e)
+            .collect(),
+        Some((m, event_id)) if m == "leave" || m == "ban" => {
+            let leave = state
+                .storage
+                .get_event(&event_id)
+                .await?
+                .ok_or_else(|| Error::internal("missing leave event"))?;
+            let snapshot = leave
+                .state_after
+                .ok_or_else(|| Error::internal("leave event without state"))?;
+            let map = state.snapshot(snapshot).await?;
+            map.iter()
+                .filter(|((t, _), _)| t == "m.room.member")
+                .map(|(_, e)| e.clone())
+                .collect()
+        }
+        _ if state.storage.get_room(room_id.as_str()).await?.is_none() => {
+            return Err(Error::not_found("Room not found"))
+        }
+        _ => return Err(Error::forbidden("You are not a member of this room")),
+    };
+    let rows = state.storage.get_events(&member_ids).await?;
+    let membership_of_row = |row: &myelin_storage::EventRow| -> Option<String> {
+        let pdu: Value = serde_json::from_str(&row.pdu).ok()?;
+        pdu["content"]["membership"].as_str().map(str::to_owned)
+    };
+    let wanted = req.body.membership.as_ref().map(|m| m.to_string());
+    let unwanted = req.body.not_membership.as_ref().map(|m| m.to_string());
+    let rows: Vec<_> = rows
+        .into_iter()
+        .filter(|row| {
+            let m = membership_of_row(row);
+            wanted.as_ref().is_none_or(|w| m.as_ref() == Some(w))
+                && unwanted.as_ref().is_none_or(|u| m.as_ref() != Some(u))
+        })
+        .collect();
+    let sender = req.sender();
+    let events = client_events(&state, &rows, Some((&sender.user_id, &sender.device_id))).await?;
+    let chunk = events.iter().map(raw).collect::<Result<_>>()?;
+    Ok(get_member_events::v3::Response::new(chunk))
+}

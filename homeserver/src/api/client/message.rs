@@ -1,0 +1,458 @@
+//! Sending and reading room events: send, state, redaction, `/messages`, `/event`.
+//!
+//! <https://spec.matrix.org/latest/client-server-api/#sending-events-to-a-room>
+//! <https://spec.matrix.org/latest/client-server-api/#get_matrixclientv3roomsroomidmessages>
+
+use axum::{extract::State, http::StatusCode};
+use myelin_federation::pdu::redact_pdu;
+use myelin_storage::{Direction as StorageDirection, TopologicalPosition};
+use ruma::{
+    api::{
+        client::{
+            message::{get_message_events, send_message_event},
+            redact::redact_event,
+            room::get_room_event,
+            state::{get_state_event_for_key, get_state_events, send_state_event},
+        },
+        Direction,
+    },
+    CanonicalJsonObject, CanonicalJsonValue, OwnedEventId, RoomId, UserId,
+};
+use serde_json::Value;
+
+use super::room::{canonical_object, raw, require_joined};
+use crate::{
+    api::ruma::Ruma,
+    error::{Error, Result},
+    rooms::{self, format::client_events, room_rules, visibility::Visibility, Send},
+    AppState,
+};
+
+/// PUT /_matrix/client/v3/rooms/{roomId}/send/{eventType}/{txnId}
+///
+/// Idempotent per device and transaction ID.
+/// <https://spec.matrix.org/latest/client-server-api/#put_matrixclientv3roomsroomidsendeventtypetxnid>
+pub async fn send_message_event(
+    State(state): State<AppState>,
+    req: Ruma<send_message_event::v3::Request>,
+) -> Result<send_message_event::v3::Response> {
+    let sender = req.sender();
+    require_joined(&state, &req.body.room_id, &sender.user_id).await?;
+    let content = canonical_object(req.body.body.json().get(), "event content")?;
+    let mut send = Send::message(&req.body.event_type.to_string(), content);
+    send.txn = Some((sender.device_id.to_string(), req.body.txn_id.to_string()));
+    let event_id = rooms::send(&state, &req.body.room_id, &sender.user_id, send).await?;
+    Ok(send_message_event::v3::Response::new(event_id))
+}
+
+/// Checks `m.room.canonical_alias` content: every alias it names must point at this room.
+async fn check_canonical_alias(
+    state: &AppState,
+    room_id: &RoomId,
+    content: &CanonicalJsonObject,
+) -> Result<()> {
+    let mut aliases = Vec::new();
+    match content.get("alias") {
+        Some(CanonicalJsonValue::String(a)) => aliases.push(a.clone()),
+        None | Some(CanonicalJsonValue::Null) => {}
+        _ => return Err(Error::bad_json("alias must be a string")),
+    }
+    match content.get("alt_aliases") {
+        Some(CanonicalJsonValue::Array(items)) => {
+            for item in items {
+                match item {
+                    CanonicalJsonValue::String(a) => aliases.push(a.clone()),
+                    _ => return Err(Error::bad_json("alt_aliases must be strings")),
+                }
+            }
+        }
+        None => {}
+        _ => return Err(Error::bad_json("alt_aliases must be an array")),
+    }
+    for alias in aliases {
+        if ruma::RoomAliasId::parse(&alias).is_err() {
+            return Err(Error::invalid_param(format!(
+                "{alias} is not a valid room alias"
+            )));
+        }
+        let points_here = state
+            .storage
+            .resolve_alias(&alias)
+            .await?
+            .is_some_and(|(r, _)| r == room_id.as_str());
+        if !points_here {
+            return Err(Error::new(
+                StatusCode::BAD_REQUEST,
+                "M_BAD_ALIAS",
+                format!("{alias} does not point at this room"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// PUT /_matrix/client/v3/rooms/{roomId}/state/{eventType}/{stateKey}
+///
+/// Re-sending the current content is harmless: the existing event's ID is returned.
+/// <https://spec.matrix.org/latest/client-server-api/#put_matrixclientv3roomsroomidstateeventtypestatekey>
+pub async fn send_state_event(
+    State(state): State<AppState>,
+    req: Ruma<send_state_event::v3::Request>,
+) -> Result<send_state_event::v3::Response> {
+    let sender = &req.sender().user_id;
+    let room_id = &req.body.room_id;
+    require_joined(&state, room_id, sender).await?;
+    let event_type = req.body.event_type.to_string();
+    let content = canonical_object(req.body.body.json().get(), "event content")?;
+    if event_type == "m.room.canonical_alias" {
+        check_canonical_alias(&state, room_id, &content).await?;
+    }
+    // An identical state event from the same sender changes nothing: answer with it.
+    let current = state.storage.current_state(room_id.as_str()).await?;
+    if let Some(existing) = current.get(&(event_type.clone(), req.body.state_key.clone())) {
+        if let Some(row) = state.storage.get_event(existing).await? {
+            let pdu: Value = serde_json::from_str(&row.pdu).map_err(Error::internal)?;
+            let same_content =
+                serde_json::to_value(&content).map_err(Error::internal)? == pdu["content"];
+            if same_content && row.sender == sender.as_str() {
+                return Ok(send_state_event::v3::Response::new(
+                    OwnedEventId::try_from(row.event_id).map_err(Error::internal)?,
+                ));
+            }
+        }
+    }
+    let send = Send::state(&event_type, &req.body.state_key, content);
+    let event_id = rooms::send(&state, room_id, sender, send).await?;
+    Ok(send_state_event::v3::Response::new(event_id))
+}
+
+/// The state a user may see: the current state while joined (or if the room is world
+/// readable), the state when they left otherwise.
+async fn visible_state(
+    state: &AppState,
+    room_id: &RoomId,
+    user: &UserId,
+) -> Result<myelin_storage::StateMap> {
+    if state.storage.get_room(room_id.as_str()).await?.is_none() {
+        return Err(Error::not_found("Room not found"));
+    }
+    match state
+        .storage
+        .membership(room_id.as_str(), user.as_str())
+        .await?
+    {
+        Some((m, _)) if m == "join" => Ok(state.storage.current_state(room_id.as_str()).await?),
+        Some((m, event_id)) if m == "leave" || m == "ban" => {
+            let row = state
+                .storage
+                .get_event(&event_id)
+                .await?
+                .ok_or_else(|| Error::internal("missing member event"))?;
+            let snapshot = row
+                .state_after
+                .ok_or_else(|| Error::internal("member event without state"))?;
+            Ok((*state.snapshot(snapshot).await?).clone())
+        }
+        _ => {
+            let current = state.storage.current_state(room_id.as_str()).await?;
+            if history_visibility(state, &current).await? == "world_readable" {
+                Ok(current)
+            } else {
+                Err(Error::forbidden("You are not a member of this room"))
+            }
+        }
+    }
+}
+
+async fn history_visibility(state: &AppState, map: &myelin_storage::StateMap) -> Result<String> {
+    let Some(id) = map.get(&("m.room.history_visibility".to_owned(), String::new())) else {
+        return Ok("shared".into());
+    };
+    let row = state
+        .storage
+        .get_event(id)
+        .await?
+        .ok_or_else(|| Error::internal("missing state event"))?;
+    let pdu: Value = serde_json::from_str(&row.pdu).map_err(Error::internal)?;
+    Ok(pdu["content"]["history_visibility"]
+        .as_str()
+        .unwrap_or("shared")
+        .to_owned())
+}
+
+/// GET /_matrix/client/v3/rooms/{roomId}/state/{eventType}/{stateKey}
+///
+/// <https://spec.matrix.org/latest/client-server-api/#get_matrixclientv3roomsroomidstateeventtypestatekey>
+pub async fn get_state_event_for_key(
+    State(state): State<AppState>,
+    req: Ruma<get_state_event_for_key::v3::Request>,
+) -> Result<get_state_event_for_key::v3::Response> {
+    let sender = req.sender();
+    let map = visible_state(&state, &req.body.room_id, &sender.user_id).await?;
+    let event_id = map
+        .get(&(req.body.event_type.to_string(), req.body.state_key.clone()))
+        .ok_or_else(|| Error::not_found("Event not found"))?;
+    let row = state
+        .storage
+        .get_event(event_id)
+        .await?
+        .ok_or_else(|| Error::not_found("Event not found"))?;
+    let event =
+        rooms::format::client_event(&state, &row, Some((&sender.user_id, &sender.device_id)))
+            .await?;
+    let wants_event = req.body.format == get_state_event_for_key::v3::StateEventFormat::Event;
+    let value = if wants_event {
+        event
+    } else {
+        event["content"].clone()
+    };
+    Ok(get_state_event_for_key::v3::Response::new(
+        serde_json::value::to_raw_value(&value).map_err(Error::internal)?,
+    ))
+}
+
+/// GET /_matrix/client/v3/rooms/{roomId}/state
+///
+/// <https://spec.matrix.org/latest/client-server-api/#get_matrixclientv3roomsroomidstate>
+pub async fn get_state_events(
+    State(state): State<AppState>,
+    req: Ruma<get_state_events::v3::Request>,
+) -> Result<get_state_events::v3::Response> {
+    let sender = req.sender();
+    let map = visible_state(&state, &req.body.room_id, &sender.user_id).await?;
+    let ids: Vec<String> = map.values().cloned().collect();
+    let rows = state.storage.get_events(&ids).await?;
+    let events = client_events(&state, &rows, Some((&sender.user_id, &sender.device_id))).await?;
+    Ok(get_state_events::v3::Response::new(
+        events.iter().map(raw).collect::<Result<_>>()?,
+    ))
+}
+
+/// GET /_matrix/client/v3/rooms/{roomId}/event/{eventId}
+///
+/// 404 both for unknown events and for events the user may not see, so nothing leaks.
+/// <https://spec.matrix.org/latest/client-server-api/#get_matrixclientv3roomsroomideventeventid>
+pub async fn get_room_event(
+    State(state): State<AppState>,
+    req: Ruma<get_room_event::v3::Request>,
+) -> Result<get_room_event::v3::Response> {
+    let sender = req.sender();
+    let row = state
+        .storage
+        .get_event(req.body.event_id.as_str())
+        .await?
+        .filter(|row| {
+            row.room_id == req.body.room_id.as_str()
+                && !row.rejected
+                && row.stream_ordering.is_some()
+        })
+        .ok_or_else(|| Error::not_found("Event not found"))?;
+    let mut visibility =
+        Visibility::new(&state, &sender.user_id, req.body.room_id.as_str()).await?;
+    if !visibility.allows(&row).await? {
+        return Err(Error::not_found("Event not found"));
+    }
+    let event =
+        rooms::format::client_event(&state, &row, Some((&sender.user_id, &sender.device_id)))
+            .await?;
+    Ok(get_room_event::v3::Response::new(raw(&event)?))
+}
+
+/// A `/messages` token: `t<depth>_<stream>`, a position between events in topological order.
+/// Sync's `s<stream>` tokens are accepted too and mapped onto the room's topological order.
+async fn parse_token(
+    state: &AppState,
+    room_id: &RoomId,
+    token: &str,
+) -> Result<TopologicalPosition> {
+    if let Some(rest) = token.strip_prefix('t') {
+        let (depth, stream) = rest
+            .split_once('_')
+            .ok_or_else(|| Error::invalid_param("Invalid pagination token"))?;
+        let depth = depth
+            .parse()
+            .map_err(|_| Error::invalid_param("Invalid pagination token"))?;
+        let stream = stream
+            .parse()
+            .map_err(|_| Error::invalid_param("Invalid pagination token"))?;
+        return Ok(TopologicalPosition { depth, stream });
+    }
+    if let Some(rest) = token.strip_prefix('s') {
+        let stream: i64 = rest
+            .split('_')
+            .next()
+            .unwrap_or("")
+            .parse()
+            .map_err(|_| Error::invalid_param("Invalid pagination token"))?;
+        // Just after the newest event at or before the stream position.
+        return Ok(
+            match state
+                .storage
+                .topological_at_stream(room_id.as_str(), stream)
+                .await?
+            {
+                Some(pos) => TopologicalPosition {
+                    depth: pos.depth,
+                    stream: pos.stream + 1,
+                },
+                None => TopologicalPosition {
+                    depth: 0,
+                    stream: 0,
+                },
+            },
+        );
+    }
+    Err(Error::invalid_param("Invalid pagination token"))
+}
+
+fn format_token(pos: TopologicalPosition) -> String {
+    format!("t{}_{}", pos.depth, pos.stream)
+}
+
+/// The largest page `/messages` returns.
+const MAX_MESSAGES_LIMIT: u64 = 1000;
+
+/// GET /_matrix/client/v3/rooms/{roomId}/messages
+///
+/// <https://spec.matrix.org/latest/client-server-api/#get_matrixclientv3roomsroomidmessages>
+pub async fn get_message_events(
+    State(state): State<AppState>,
+    req: Ruma<get_message_events::v3::Request>,
+) -> Result<get_message_events::v3::Response> {
+    let sender = req.sender();
+    let room_id = &req.body.room_id;
+    room_rules(&state, room_id).await?;
+    let membership = state
+        .storage
+        .membership(room_id.as_str(), sender.user_id.as_str())
+        .await?;
+    if membership.is_none() {
+        let current = state.storage.current_state(room_id.as_str()).await?;
+        if history_visibility(&state, &current).await? != "world_readable" {
+            return Err(Error::forbidden("You are not a member of this room"));
+        }
+    }
+    let dir = match req.body.dir {
+        Direction::Backward => StorageDirection::Backward,
+        Direction::Forward => StorageDirection::Forward,
+    };
+    let from = match &req.body.from {
+        Some(token) => parse_token(&state, room_id, token).await?,
+        None => match dir {
+            StorageDirection::Backward => TopologicalPosition {
+                depth: i64::MAX,
+                stream: i64::MAX,
+            },
+            StorageDirection::Forward => TopologicalPosition {
+                depth: 0,
+                stream: 0,
+            },
+        },
+    };
+    let to = match &req.body.to {
+        Some(token) => Some(parse_token(&state, room_id, token).await?),
+        None => None,
+    };
+    let limit = u64::from(req.body.limit).clamp(1, MAX_MESSAGES_LIMIT) as i64;
+    let rows = state
+        .storage
+        .room_events_topological(room_id.as_str(), from, to, dir, limit)
+        .await?;
+    let full_page = rows.len() as i64 == limit;
+    let end = rows.last().and_then(|r| {
+        r.stream_ordering.map(|stream| TopologicalPosition {
+            depth: r.depth,
+            stream,
+        })
+    });
+
+    let filter = &req.body.filter;
+    let mut visibility = Visibility::new(&state, &sender.user_id, room_id.as_str()).await?;
+    let rows = visibility.filter(rows).await?;
+    let rows: Vec<_> = rows
+        .into_iter()
+        .filter(|row| {
+            let types_ok = filter
+                .types
+                .as_ref()
+                .is_none_or(|types| types.iter().any(|t| type_matches(t, &row.event_type)));
+            let not_types_ok = !filter
+                .not_types
+                .iter()
+                .any(|t| type_matches(t, &row.event_type));
+            types_ok && not_types_ok
+        })
+        .collect();
+    let events = client_events(&state, &rows, Some((&sender.user_id, &sender.device_id))).await?;
+    let mut response = get_message_events::v3::Response::new();
+    response.start = match &req.body.from {
+        Some(token) => token.clone(),
+        None => format_token(from),
+    };
+    // `end` is left out when there is nothing further to read.
+    response.end = if full_page {
+        end.map(format_token)
+    } else {
+        None
+    };
+    response.chunk = events.iter().map(raw).collect::<Result<_>>()?;
+    Ok(response)
+}
+
+/// Event type filters allow a trailing `*` wildcard.
+fn type_matches(pattern: &str, event_type: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => event_type.starts_with(prefix),
+        None => pattern == event_type,
+    }
+}
+
+/// PUT /_matrix/client/v3/rooms/{roomId}/redact/{eventId}/{txnId}
+///
+/// Anyone may redact their own events; redacting others' needs the `redact` power level.
+/// <https://spec.matrix.org/latest/client-server-api/#put_matrixclientv3roomsroomidredacteventidtxnid>
+pub async fn redact_event(
+    State(state): State<AppState>,
+    req: Ruma<redact_event::v3::Request>,
+) -> Result<redact_event::v3::Response> {
+    let sender = req.sender();
+    let room_id = &req.body.room_id;
+    require_joined(&state, room_id, &sender.user_id).await?;
+    let (_, rules) = room_rules(&state, room_id).await?;
+    let target = state
+        .storage
+        .get_event(req.body.event_id.as_str())
+        .await?
+        .filter(|row| row.room_id == room_id.as_str())
+        .ok_or_else(|| Error::not_found("Event not found"))?;
+    if target.sender != sender.user_id.as_str()
+        && !rooms::power::has_level(
+            &state,
+            room_id,
+            &sender.user_id,
+            rooms::power::Action::Redact,
+        )
+        .await?
+    {
+        return Err(Error::forbidden("You may not redact other users' events"));
+    }
+    let mut content = CanonicalJsonObject::new();
+    if let Some(reason) = &req.body.reason {
+        content.insert("reason".into(), CanonicalJsonValue::String(reason.clone()));
+    }
+    let mut send = Send::message("m.room.redaction", content);
+    send.redacts = Some(req.body.event_id.clone());
+    send.txn = Some((sender.device_id.to_string(), req.body.txn_id.to_string()));
+    let redaction_id = rooms::send(&state, room_id, &sender.user_id, send).await?;
+    if target.redacted_by.is_none() {
+        let pdu: CanonicalJsonObject =
+            serde_json::from_str(&target.pdu).map_err(Error::internal)?;
+        let redacted = redact_pdu(&pdu, &rules).map_err(Error::internal)?;
+        let text = serde_json::to_string(&redacted).map_err(Error::internal)?;
+        state
+            .storage
+            .redact_event(&target.event_id, &text, redaction_id.as_str())
+            .await?;
+    }
+    Ok(redact_event::v3::Response::new(redaction_id))
+}

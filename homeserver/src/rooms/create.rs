@@ -1,0 +1,338 @@
+//! Creating a room: the create event, then the creator's join, power levels, alias, preset
+//! state, initial state, name, topic and invites, each through the one write pipeline.
+//!
+//! <https://spec.matrix.org/latest/client-server-api/#post_matrixclientv3createroom>
+
+use std::collections::BTreeMap;
+
+use myelin_federation::{
+    auth,
+    pdu::{build_event, rules_for, NewEvent, Pdu, Placement},
+};
+use ruma::{
+    CanonicalJsonObject, CanonicalJsonValue, MilliSecondsSinceUnixEpoch, OwnedRoomId, OwnedUserId,
+    RoomId, RoomVersionId, UInt, UserId,
+};
+
+use super::{pdu_error, persist, send, Send};
+use crate::{auth::now_ms, error::Error, AppState};
+
+/// The presets of the spec.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Preset {
+    PrivateChat,
+    TrustedPrivateChat,
+    PublicChat,
+}
+
+/// Everything `createRoom` can ask for, already validated.
+#[derive(Debug, Clone)]
+pub struct CreateRoom {
+    pub version: RoomVersionId,
+    pub preset: Preset,
+    pub creation_content: CanonicalJsonObject,
+    pub power_level_override: Option<CanonicalJsonObject>,
+    /// `(type, state_key, content)`.
+    pub initial_state: Vec<(String, String, CanonicalJsonObject)>,
+    pub name: Option<String>,
+    pub topic: Option<String>,
+    /// A full alias (`#name:server`) already checked to be free.
+    pub alias: Option<String>,
+    pub invite: Vec<OwnedUserId>,
+    pub is_direct: bool,
+    pub publish: bool,
+}
+
+fn obj(value: serde_json::Value) -> CanonicalJsonObject {
+    match CanonicalJsonValue::try_from(value) {
+        Ok(CanonicalJsonValue::Object(o)) => o,
+        _ => CanonicalJsonObject::new(),
+    }
+}
+
+/// Merges `overlay` into `base`, recursing into objects (power level `users` and `events`).
+fn merge(base: &mut CanonicalJsonObject, overlay: CanonicalJsonObject) {
+    for (key, value) in overlay {
+        match (base.get_mut(&key), value) {
+            (Some(CanonicalJsonValue::Object(b)), CanonicalJsonValue::Object(o)) => merge(b, o),
+            (_, value) => {
+                base.insert(key, value);
+            }
+        }
+    }
+}
+
+/// The power levels a new room starts with (Synapse's defaults), before overrides.
+fn default_power_levels(
+    creator: &UserId,
+    create: &CreateRoom,
+    creators_privileged: bool,
+) -> CanonicalJsonObject {
+    let mut users = serde_json::Map::new();
+    // Since v12 creators are privileged by the create event and must not be listed.
+    if !creators_privileged {
+        users.insert(creator.to_string(), 100.into());
+    }
+    if create.preset == Preset::TrustedPrivateChat {
+        for invitee in &create.invite {
+            users.insert(invitee.to_string(), 100.into());
+        }
+    }
+    let invite = if create.preset == Preset::PublicChat {
+        50
+    } else {
+        0
+    };
+    obj(serde_json::json!({
+        "users": users,
+        "users_default": 0,
+        "events": {
+            "m.room.name": 50,
+            "m.room.power_levels": 100,
+            "m.room.history_visibility": 100,
+            "m.room.canonical_alias": 50,
+            "m.room.avatar": 50,
+            "m.room.tombstone": 100,
+            "m.room.server_acl": 100,
+            "m.room.encryption": 100,
+        },
+        "events_default": 0,
+        "state_default": 50,
+        "ban": 50,
+        "kick": 50,
+        "redact": 50,
+        "invite": invite,
+        "historical": 100,
+    }))
+}
+
+/// Creates the room and returns its ID.
+pub async fn create_room(
+    state: &AppState,
+    creator: &UserId,
+    create: CreateRoom,
+) -> Result<OwnedRoomId, Error> {
+    let rules = rules_for(&create.version).map_err(pdu_error)?;
+    let creators_privileged = rules.authorization.explicitly_privilege_room_creators;
+
+    // 1. m.room.create
+    let mut content = create.creation_content.clone();
+    content.insert(
+        "room_version".into(),
+        CanonicalJsonValue::String(create.version.to_string()),
+    );
+    if !rules.authorization.use_room_create_sender {
+        content.insert(
+            "creator".into(),
+            CanonicalJsonValue::String(creator.to_string()),
+        );
+    }
+    let provisional_room_id = if rules.authorization.room_create_event_id_as_room_id {
+        None
+    } else {
+        Some(RoomId::new_v1(&state.server_name))
+    };
+    let now = now_ms();
+    let built = build_event(
+        NewEvent {
+            event_type: "m.room.create".into(),
+            state_key: Some(String::new()),
+            content,
+            redacts: None,
+        },
+        Placement {
+            rules: &rules,
+            room_id: provisional_room_id.as_deref(),
+            sender: creator,
+            prev_events: Vec::new(),
+            auth_events: Vec::new(),
+            depth: 1,
+            origin_server_ts: MilliSecondsSinceUnixEpoch(UInt::new(now as u64).unwrap_or_default()),
+        },
+        state.server_name.as_str(),
+        &state.signing_key,
+    )
+    .map_err(pdu_error)?;
+    let pdu = Pdu::from_canonical(built.event_id.clone(), built.room_id.clone(), &built.pdu)
+        .map_err(pdu_error)?;
+    auth::check(
+        &rules.authorization,
+        &pdu,
+        |_| None::<&Pdu>,
+        |_, _| None::<&Pdu>,
+    )
+    .map_err(|e| Error::bad_json(format!("Invalid creation_content: {e}")))?;
+    let room_id = built.room_id.clone();
+    {
+        let lock = state.room_locks.get(&room_id);
+        let _guard = lock.lock().await;
+        persist(
+            state,
+            &built,
+            &pdu,
+            &[],
+            None,
+            Some((create.version.as_str(), creator.as_str())),
+            None,
+            now,
+        )
+        .await?;
+    }
+
+    // 2. The creator joins, with their profile.
+    let (displayname, avatar_url) = state
+        .storage
+        .get_profile(creator.as_str())
+        .await?
+        .unwrap_or((None, None));
+    let mut member = serde_json::json!({ "membership": "join" });
+    if let Some(name) = displayname {
+        member["displayname"] = name.into();
+    }
+    if let Some(url) = avatar_url {
+        member["avatar_url"] = url.into();
+    }
+    send(
+        state,
+        &room_id,
+        creator,
+        Send::state("m.room.member", creator.as_str(), obj(member)),
+    )
+    .await?;
+
+    // 3. Power levels, with the client's overrides.
+    let mut power_levels = default_power_levels(creator, &create, creators_privileged);
+    if let Some(overrides) = create.power_level_override.clone() {
+        merge(&mut power_levels, overrides);
+    }
+    send(
+        state,
+        &room_id,
+        creator,
+        Send::state("m.room.power_levels", "", power_levels),
+    )
+    .await?;
+
+    // 4. The canonical alias.
+    if let Some(alias) = &create.alias {
+        state
+            .storage
+            .create_alias(alias, room_id.as_str(), creator.as_str(), now_ms())
+            .await
+            .map_err(|e| match e {
+                myelin_storage::Error::UniqueViolation => Error::new(
+                    axum::http::StatusCode::BAD_REQUEST,
+                    "M_ROOM_IN_USE",
+                    "Room alias already taken",
+                ),
+                e => e.into(),
+            })?;
+        send(
+            state,
+            &room_id,
+            creator,
+            Send::state(
+                "m.room.canonical_alias",
+                "",
+                obj(serde_json::json!({ "alias": alias })),
+            ),
+        )
+        .await?;
+    }
+
+    // 5. The preset's state, unless initial_state sets the same keys.
+    let (join_rule, guest_access) = match create.preset {
+        Preset::PublicChat => ("public", "forbidden"),
+        Preset::PrivateChat | Preset::TrustedPrivateChat => ("invite", "can_join"),
+    };
+    let overridden = |t: &str| {
+        create
+            .initial_state
+            .iter()
+            .any(|(it, ik, _)| it == t && ik.is_empty())
+    };
+    let mut preset_state: BTreeMap<&str, serde_json::Value> = BTreeMap::new();
+    preset_state.insert(
+        "m.room.join_rules",
+        serde_json::json!({ "join_rule": join_rule }),
+    );
+    preset_state.insert(
+        "m.room.history_visibility",
+        serde_json::json!({ "history_visibility": "shared" }),
+    );
+    preset_state.insert(
+        "m.room.guest_access",
+        serde_json::json!({ "guest_access": guest_access }),
+    );
+    for event_type in [
+        "m.room.join_rules",
+        "m.room.history_visibility",
+        "m.room.guest_access",
+    ] {
+        if !overridden(event_type) {
+            send(
+                state,
+                &room_id,
+                creator,
+                Send::state(event_type, "", obj(preset_state[event_type].clone())),
+            )
+            .await?;
+        }
+    }
+
+    // 6. initial_state, 7. name and topic.
+    for (event_type, state_key, content) in &create.initial_state {
+        send(
+            state,
+            &room_id,
+            creator,
+            Send::state(event_type, state_key, content.clone()),
+        )
+        .await?;
+    }
+    if let Some(name) = &create.name {
+        send(
+            state,
+            &room_id,
+            creator,
+            Send::state("m.room.name", "", obj(serde_json::json!({ "name": name }))),
+        )
+        .await?;
+    }
+    if let Some(topic) = &create.topic {
+        let content = serde_json::json!({
+            "topic": topic,
+            "m.topic": { "m.text": [{ "body": topic, "mimetype": "text/plain" }] },
+        });
+        send(
+            state,
+            &room_id,
+            creator,
+            Send::state("m.room.topic", "", obj(content)),
+        )
+        .await?;
+    }
+
+    // 8. Invites.
+    for invitee in &create.invite {
+        let mut content = serde_json::json!({ "membership": "invite" });
+        if create.is_direct {
+            content["is_direct"] = true.into();
+        }
+        send(
+            state,
+            &room_id,
+            creator,
+            Send::state("m.room.member", invitee.as_str(), obj(content)),
+        )
+        .await?;
+    }
+    if create.publish {
+        state
+            .storage
+            .set_room_public(room_id.as_str(), true)
+            .await?;
+    }
+    tracing::info!(%room_id, %creator, version = %create.version, "created room");
+    Ok(room_id)
+}

@@ -1,0 +1,116 @@
+//! History visibility: which events of a room a user may read.
+//!
+//! <https://spec.matrix.org/latest/client-server-api/#history-visibility>
+//!
+//! For each event, the room's `m.room.history_visibility` and the user's membership *at that
+//! event* decide:
+//! - `world_readable`: anyone;
+//! - the user was joined at the event: yes;
+//! - `shared`: yes if the user is joined now (a user who left sees history up to their leave);
+//! - `invited`: yes if the user was invited at the event;
+//! - `joined`: only if joined at the event.
+//!
+//! A user's own membership events are judged by the state after them, so a user sees their
+//! own join, leave and invite.
+
+use std::collections::HashMap;
+
+use myelin_storage::{EventRow, StateMap};
+use ruma::UserId;
+
+use crate::{error::Error, AppState};
+
+/// A per-request checker; caches what it reads from snapshots.
+pub struct Visibility<'a> {
+    state: &'a AppState,
+    user: &'a UserId,
+    joined_now: bool,
+    /// snapshot → (history visibility, user's membership)
+    decided: HashMap<i64, (String, Option<String>)>,
+}
+
+fn content_field(row: &EventRow, field: &str) -> Option<String> {
+    let pdu: serde_json::Value = serde_json::from_str(&row.pdu).ok()?;
+    pdu.get("content")?.get(field)?.as_str().map(str::to_owned)
+}
+
+impl<'a> Visibility<'a> {
+    pub async fn new(
+        state: &'a AppState,
+        user: &'a UserId,
+        room_id: &str,
+    ) -> Result<Visibility<'a>, Error> {
+        let joined_now = state
+            .storage
+            .membership(room_id, user.as_str())
+            .await?
+            .is_some_and(|(m, _)| m == "join");
+        Ok(Visibility {
+            state,
+            user,
+            joined_now,
+            decided: HashMap::new(),
+        })
+    }
+
+    async fn at_snapshot(&mut self, snapshot: i64) -> Result<(String, Option<String>), Error> {
+        if let Some(decided) = self.decided.get(&snapshot) {
+            return Ok(decided.clone());
+        }
+        let map: std::sync::Arc<StateMap> = self.state.snapshot(snapshot).await?;
+        let mut wanted = Vec::new();
+        let hv_id = map
+            .get(&("m.room.history_visibility".to_owned(), String::new()))
+            .cloned();
+        let member_id = map
+            .get(&("m.room.member".to_owned(), self.user.to_string()))
+            .cloned();
+        wanted.extend(hv_id.clone());
+        wanted.extend(member_id.clone());
+        let rows = self.state.storage.get_events(&wanted).await?;
+        let find = |id: &Option<String>| {
+            id.as_ref()
+                .and_then(|id| rows.iter().find(|r| &r.event_id == id))
+        };
+        let history = find(&hv_id)
+            .and_then(|r| content_field(r, "history_visibility"))
+            .unwrap_or_else(|| "shared".to_owned());
+        let membership = find(&member_id).and_then(|r| content_field(r, "membership"));
+        let decided = (history, membership);
+        self.decided.insert(snapshot, decided.clone());
+        Ok(decided)
+    }
+
+    /// Whether the user may read `row`.
+    pub async fn allows(&mut self, row: &EventRow) -> Result<bool, Error> {
+        let own_membership = row.event_type == "m.room.member"
+            && row.state_key.as_deref() == Some(self.user.as_str());
+        let snapshot = if own_membership {
+            row.state_after
+        } else {
+            row.state_before.or(row.state_after)
+        };
+        let Some(snapshot) = snapshot else {
+            return Ok(false);
+        };
+        let (history, membership) = self.at_snapshot(snapshot).await?;
+        Ok(match (history.as_str(), membership.as_deref()) {
+            ("world_readable", _) => true,
+            (_, Some("join")) => true,
+            ("shared", _) => self.joined_now,
+            ("invited", Some("invite")) => true,
+            _ => false,
+        })
+    }
+
+    /// The subset of `rows` the user may read, in the same order.
+    pub async fn filter(&mut self, rows: Vec<EventRow>) -> Result<Vec<EventRow>, Error> {
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            if self.allows(&row).await? {
+                out.push(row);
+            }
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,697 @@
+//! Rooms: events, the DAG's edges and forward extremities, state snapshots, current state,
+//! memberships, transaction IDs and aliases.
+//!
+//! [`Storage::persist_event`] is the only way an event enters the database: one transaction
+//! that allocates the stream position, writes the event and its edges, moves the forward
+//! extremities, records the state snapshot after it and updates current state and
+//! membership. Deciding whether the event is allowed happens before, in the homeserver.
+
+use std::collections::HashMap;
+
+use sqlx::{any::AnyRow, Any, Row, Transaction};
+
+use crate::{Backend, Error, Result, Storage};
+
+/// After this many deltas a snapshot is written in full, bounding the walk a read needs.
+const MAX_SNAPSHOT_CHAIN: i64 = 32;
+
+/// A room as stored.
+#[derive(Debug, Clone)]
+pub struct RoomRow {
+    pub room_id: String,
+    pub room_version: String,
+    pub creator: String,
+    pub is_public: bool,
+}
+
+/// A stored event.
+#[derive(Debug, Clone)]
+pub struct EventRow {
+    pub event_id: String,
+    pub room_id: String,
+    pub stream_ordering: Option<i64>,
+    pub depth: i64,
+    pub event_type: String,
+    pub state_key: Option<String>,
+    pub sender: String,
+    pub origin_server_ts: i64,
+    pub pdu: String,
+    pub state_before: Option<i64>,
+    pub state_after: Option<i64>,
+    pub rejected: bool,
+    pub redacted_by: Option<String>,
+}
+
+const EVENT_COLUMNS: &str =
+    "event_id, room_id, stream_ordering, depth, event_type, state_key, sender, \
+     origin_server_ts, pdu, state_before, state_after, rejected_reason, redacted_by";
+
+fn event_from_row(row: &AnyRow) -> Result<EventRow> {
+    Ok(EventRow {
+        event_id: row.try_get("event_id")?,
+        room_id: row.try_get("room_id")?,
+        stream_ordering: row.try_get("stream_ordering")?,
+        depth: row.try_get("depth")?,
+        event_type: row.try_get("event_type")?,
+        state_key: row.try_get("state_key")?,
+        sender: row.try_get("sender")?,
+        origin_server_ts: row.try_get("origin_server_ts")?,
+        pdu: row.try_get("pdu")?,
+        state_before: row.try_get("state_before")?,
+        state_after: row.try_get("state_after")?,
+        rejected: row
+            .try_get::<Option<String>, _>("rejected_reason")?
+            .is_some(),
+        redacted_by: row.try_get("redacted_by")?,
+    })
+}
+
+/// A state map: (event type, state key) → event ID.
+pub type StateMap = HashMap<(String, String), String>;
+
+/// An event to persist, already built, signed and authorised.
+#[derive(Debug, Clone)]
+pub struct NewEvent<'a> {
+    pub event_id: &'a str,
+    pub room_id: &'a str,
+    pub depth: i64,
+    pub event_type: &'a str,
+    pub state_key: Option<&'a str>,
+    pub sender: &'a str,
+    pub origin_server_ts: i64,
+    pub pdu: &'a str,
+    pub prev_events: &'a [String],
+    /// The snapshot of the state the event was placed on; `None` for a room's create event.
+    pub state_before: Option<i64>,
+    /// For `m.room.member` events: the target's new membership.
+    pub membership: Option<&'a str>,
+    /// `(user, device, txn_id)` for a client send with a transaction ID.
+    pub txn: Option<(&'a str, &'a str, &'a str)>,
+    /// For a room's create event: `(room_version, creator)`; inserts the room.
+    pub new_room: Option<(&'a str, &'a str)>,
+}
+
+/// Where a persisted event landed.
+#[derive(Debug, Clone, Copy)]
+pub struct Persisted {
+    pub stream_ordering: i64,
+    pub state_after: i64,
+}
+
+/// A position in a room's topological order: between events, as `/messages` tokens name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TopologicalPosition {
+    pub depth: i64,
+    pub stream: i64,
+}
+
+/// Which way `/messages` walks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    Backward,
+    Forward,
+}
+
+impl Storage {
+    async fn next_stream_position(&self, tx: &mut Transaction<'static, Any>) -> Result<i64> {
+        let row = match self.backend {
+            Backend::Postgres => sqlx::query("SELECT nextval('stream_positions') AS position").fetch_one(&mut **tx).await?,
+            Backend::Sqlite => {
+                sqlx::query("UPDATE stream_positions SET position = position + 1 WHERE id = 1 RETURNING position")
+                    .fetch_one(&mut **tx)
+                    .await?
+            }
+        };
+        Ok(row.try_get("position")?)
+    }
+
+    /// The highest stream position handed out so far.
+    pub async fn current_stream_position(&self) -> Result<i64> {
+        let row = match self.backend {
+            Backend::Postgres => {
+                sqlx::query("SELECT CASE WHEN is_called THEN last_value ELSE 0 END AS position FROM stream_positions")
+                    .fetch_one(&self.pool)
+                    .await?
+            }
+            Backend::Sqlite => sqlx::query("SELECT position FROM stream_positions WHERE id = 1").fetch_one(&self.pool).await?,
+        };
+        Ok(row.try_get("position")?)
+    }
+
+    /// Writes a state snapshot: `parent` plus `changes`. Returns its ID.
+    async fn write_snapshot(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        room_id: &str,
+        parent: Option<i64>,
+        changes: &[(&str, &str, &str)],
+    ) -> Result<i64> {
+        let parent_chain = match parent {
+            Some(parent) => {
+                let row =
+                    sqlx::query("SELECT chain_length FROM state_snapshots WHERE snapshot_id = $1")
+                        .bind(parent)
+                        .fetch_optional(&mut **tx)
+                        .await?
+                        .ok_or_else(|| {
+                            Error::Corrupt(format!("missing state snapshot {parent}"))
+                        })?;
+                Some(row.try_get::<i64, _>("chain_length")?)
+            }
+            None => None,
+        };
+        // A long chain is cut by writing the whole state into the new snapshot.
+        let (parent, chain_length, entries): (Option<i64>, i64, Vec<(String, String, String)>) =
+            match (parent, parent_chain) {
+                (Some(parent), Some(len)) if len + 1 < MAX_SNAPSHOT_CHAIN => (
+                    Some(parent),
+                    len + 1,
+                    changes
+                        .iter()
+                        .map(|(t, k, e)| (t.to_string(), k.to_string(), e.to_string()))
+                        .collect(),
+                ),
+                (Some(parent), _) => {
+                    let mut full = self.load_snapshot_in(tx, parent).await?;
+                    for (t, k, e) in changes {
+                        full.insert((t.to_string(), k.to_string()), e.to_string());
+                    }
+                    (
+                        None,
+                        0,
+                        full.into_iter().map(|((t, k), e)| (t, k, e)).collect(),
+                    )
+                }
+                (None, _) => (
+                    None,
+                    0,
+                    changes
+                        .iter()
+                        .map(|(t, k, e)| (t.to_string(), k.to_string(), e.to_string()))
+                        .collect(),
+                ),
+            };
+        let row = sqlx::query(
+            "INSERT INTO state_snapshots (room_id, parent_id, chain_length) VALUES ($1, $2, $3) RETURNING snapshot_id",
+        )
+        .bind(room_id)
+        .bind(parent)
+        .bind(chain_length)
+        .fetch_one(&mut **tx)
+        .await?;
+        let snapshot_id: i64 = row.try_get("snapshot_id")?;
+        for (event_type, state_key, event_id) in entries {
+            sqlx::query(
+                "INSERT INTO state_snapshot_entries (snapshot_id, event_type, state_key, event_id) VALUES ($1, $2, $3, $4)",
+            )
+            .bind(snapshot_id)
+            .bind(event_type)
+            .bind(state_key)
+            .bind(event_id)
+            .execute(&mut **tx)
+            .await?;
+        }
+        Ok(snapshot_id)
+    }
+
+    async fn load_snapshot_in(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        snapshot_id: i64,
+    ) -> Result<StateMap> {
+        let mut state = StateMap::new();
+        let mut next = Some(snapshot_id);
+        while let Some(id) = next {
+            let rows = sqlx::query("SELECT event_type, state_key, event_id FROM state_snapshot_entries WHERE snapshot_id = $1")
+                .bind(id)
+                .fetch_all(&mut **tx)
+                .await?;
+            for row in rows {
+                state
+                    .entry((row.try_get("event_type")?, row.try_get("state_key")?))
+                    .or_insert(row.try_get("event_id")?);
+            }
+            next = sqlx::query("SELECT parent_id FROM state_snapshots WHERE snapshot_id = $1")
+                .bind(id)
+                .fetch_optional(&mut **tx)
+                .await?
+                .map(|row| row.try_get::<Option<i64>, _>("parent_id"))
+                .transpose()?
+                .flatten();
+        }
+        Ok(state)
+    }
+
+    /// The full state of a snapshot. Entries of nearer snapshots win over their ancestors'.
+    pub async fn load_snapshot(&self, snapshot_id: i64) -> Result<StateMap> {
+        let mut state = StateMap::new();
+        let mut next = Some(snapshot_id);
+        while let Some(id) = next {
+            let rows = sqlx::query("SELECT event_type, state_key, event_id FROM state_snapshot_entries WHERE snapshot_id = $1")
+                .bind(id)
+                .fetch_all(&self.pool)
+                .await?;
+            for row in rows {
+                state
+                    .entry((row.try_get("event_type")?, row.try_get("state_key")?))
+                    .or_insert(row.try_get("event_id")?);
+            }
+            next = sqlx::query("SELECT parent_id FROM state_snapshots WHERE snapshot_id = $1")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?
+                .map(|row| row.try_get::<Option<i64>, _>("parent_id"))
+                .transpose()?
+                .flatten();
+        }
+        Ok(state)
+    }
+
+    /// Persists an authorised event in one transaction (see the module docs).
+    pub async fn persist_event(&self, event: &NewEvent<'_>, now: i64) -> Result<Persisted> {
+        let mut tx = self.begin_write().await?;
+        if let Some((version, creator)) = event.new_room {
+            sqlx::query("INSERT INTO rooms (room_id, room_version, creator, is_public, created_ts) VALUES ($1, $2, $3, 0, $4)")
+                .bind(event.room_id)
+                .bind(version)
+                .bind(creator)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+        }
+        let stream_ordering = self.next_stream_position(&mut tx).await?;
+        let state_after = match (event.state_key, event.state_before) {
+            (Some(state_key), before) => {
+                self.write_snapshot(
+                    &mut tx,
+                    event.room_id,
+                    before,
+                    &[(event.event_type, state_key, event.event_id)],
+                )
+                .await?
+            }
+            (None, Some(before)) => before,
+            (None, None) => {
+                return Err(Error::Corrupt(
+                    "a non-state event needs the state it is placed on".into(),
+                ))
+            }
+        };
+        sqlx::query(
+            "INSERT INTO events (event_id, room_id, stream_ordering, depth, event_type, state_key, sender,
+                                 origin_server_ts, pdu, state_before, state_after)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+        )
+        .bind(event.event_id)
+        .bind(event.room_id)
+        .bind(stream_ordering)
+        .bind(event.depth)
+        .bind(event.event_type)
+        .bind(event.state_key)
+        .bind(event.sender)
+        .bind(event.origin_server_ts)
+        .bind(event.pdu)
+        .bind(event.state_before)
+        .bind(state_after)
+        .execute(&mut *tx)
+        .await?;
+        for prev in event.prev_events {
+            sqlx::query("INSERT INTO event_edges (event_id, prev_event_id) VALUES ($1, $2)")
+                .bind(event.event_id)
+                .bind(prev)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("DELETE FROM forward_extremities WHERE room_id = $1 AND event_id = $2")
+                .bind(event.room_id)
+                .bind(prev)
+                .execute(&mut *tx)
+                .await?;
+        }
+        sqlx::query("INSERT INTO forward_extremities (room_id, event_id) VALUES ($1, $2)")
+            .bind(event.room_id)
+            .bind(event.event_id)
+            .execute(&mut *tx)
+            .await?;
+        if let Some(state_key) = event.state_key {
+            sqlx::query(
+                "INSERT INTO current_state (room_id, event_type, state_key, event_id) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (room_id, event_type, state_key) DO UPDATE SET event_id = excluded.event_id",
+            )
+            .bind(event.room_id)
+            .bind(event.event_type)
+            .bind(state_key)
+            .bind(event.event_id)
+            .execute(&mut *tx)
+            .await?;
+            if let (Some(membership), "m.room.member") = (event.membership, event.event_type) {
+                sqlx::query(
+                    "INSERT INTO room_memberships (room_id, user_id, membership, event_id, stream_ordering, forgotten)
+                     VALUES ($1, $2, $3, $4, $5, 0)
+                     ON CONFLICT (room_id, user_id) DO UPDATE SET membership = excluded.membership,
+                        event_id = excluded.event_id, stream_ordering = excluded.stream_ordering, forgotten = 0",
+                )
+                .bind(event.room_id)
+                .bind(state_key)
+                .bind(membership)
+                .bind(event.event_id)
+                .bind(stream_ordering)
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+        if let Some((user, device, txn_id)) = event.txn {
+            sqlx::query(
+                "INSERT INTO event_txns (user_id, device_id, txn_id, event_id, created_ts) VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(user)
+            .bind(device)
+            .bind(txn_id)
+            .bind(event.event_id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(Persisted {
+            stream_ordering,
+            state_after,
+        })
+    }
+
+    pub async fn get_room(&self, room_id: &str) -> Result<Option<RoomRow>> {
+        let row = sqlx::query(
+            "SELECT room_id, room_version, creator, is_public FROM rooms WHERE room_id = $1",
+        )
+        .bind(room_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|row| {
+            Ok(RoomRow {
+                room_id: row.try_get("room_id")?,
+                room_version: row.try_get("room_version")?,
+                creator: row.try_get("creator")?,
+                is_public: row.try_get::<i64, _>("is_public")? != 0,
+            })
+        })
+        .transpose()
+    }
+
+    pub async fn set_room_public(&self, room_id: &str, public: bool) -> Result<()> {
+        sqlx::query("UPDATE rooms SET is_public = $2 WHERE room_id = $1")
+            .bind(room_id)
+            .bind(i64::from(public))
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// The room's forward extremities with their depths.
+    pub async fn forward_extremities(
+        &self,
+        room_id: &str,
+    ) -> Result<Vec<(String, i64, Option<i64>)>> {
+        let rows = sqlx::query(
+            "SELECT e.event_id, e.depth, e.state_after FROM forward_extremities f
+             JOIN events e ON e.event_id = f.event_id WHERE f.room_id = $1 ORDER BY e.depth DESC, e.stream_ordering DESC",
+        )
+        .bind(room_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok((
+                    row.try_get("event_id")?,
+                    row.try_get("depth")?,
+                    row.try_get("state_after")?,
+                ))
+            })
+            .collect()
+    }
+
+    /// The room's current state.
+    pub async fn current_state(&self, room_id: &str) -> Result<StateMap> {
+        let rows = sqlx::query(
+            "SELECT event_type, state_key, event_id FROM current_state WHERE room_id = $1",
+        )
+        .bind(room_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok((
+                    (row.try_get("event_type")?, row.try_get("state_key")?),
+                    row.try_get("event_id")?,
+                ))
+            })
+            .collect()
+    }
+
+    pub async fn get_event(&self, event_id: &str) -> Result<Option<EventRow>> {
+        let row = sqlx::query(&format!(
+            "SELECT {EVENT_COLUMNS} FROM events WHERE event_id = $1"
+        ))
+        .bind(event_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(event_from_row).transpose()
+    }
+
+    /// Events by ID, in no particular order; missing ones are left out.
+    pub async fn get_events(&self, event_ids: &[String]) -> Result<Vec<EventRow>> {
+        let mut out = Vec::with_capacity(event_ids.len());
+        for chunk in event_ids.chunks(100) {
+            let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+            let sql = format!(
+                "SELECT {EVENT_COLUMNS} FROM events WHERE event_id IN ({})",
+                placeholders.join(", ")
+            );
+            let mut query = sqlx::query(&sql);
+            for id in chunk {
+                query = query.bind(id);
+            }
+            for row in query.fetch_all(&self.pool).await? {
+                out.push(event_from_row(&row)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Up to `limit` events of a room from `from` in topological order (depth, then stream),
+    /// exclusive of `from`, not past `to` (exclusive). Rejected and outlier events are skipped.
+    pub async fn room_events_topological(
+        &self,
+        room_id: &str,
+        from: TopologicalPosition,
+        to: Option<TopologicalPosition>,
+        dir: Direction,
+        limit: i64,
+    ) -> Result<Vec<EventRow>> {
+        let (cmp, order, to_cmp) = match dir {
+            Direction::Backward => ("<", "DESC", ">"),
+            Direction::Forward => (">", "ASC", "<"),
+        };
+        let to_clause = if to.is_some() {
+            format!("AND (depth, stream_ordering) {to_cmp} ($5, $6)")
+        } else {
+            String::new()
+        };
+        // Row-value comparison keeps the page boundary exact when depths repeat.
+        let sql = format!(
+            "SELECT {EVENT_COLUMNS} FROM events
+             WHERE room_id = $1 AND stream_ordering IS NOT NULL AND rejected_reason IS NULL
+               AND (depth, stream_ordering) {cmp} ($2, $3) {to_clause}
+             ORDER BY depth {order}, stream_ordering {order} LIMIT $4"
+        );
+        let mut query = sqlx::query(&sql)
+            .bind(room_id)
+            .bind(from.depth)
+            .bind(from.stream)
+            .bind(limit);
+        if let Some(to) = to {
+            query = query.bind(to.depth).bind(to.stream);
+        }
+        query
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(event_from_row)
+            .collect()
+    }
+
+    /// The topological position just after the newest event of the room at or before stream
+    /// position `stream` (to turn a stream token into a `/messages` position).
+    pub async fn topological_at_stream(
+        &self,
+        room_id: &str,
+        stream: i64,
+    ) -> Result<Option<TopologicalPosition>> {
+        let row = sqlx::query(
+            "SELECT depth, stream_ordering FROM events WHERE room_id = $1 AND stream_ordering <= $2
+             ORDER BY stream_ordering DESC LIMIT 1",
+        )
+        .bind(room_id)
+        .bind(stream)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|row| {
+            Ok(TopologicalPosition {
+                depth: row.try_get("depth")?,
+                stream: row.try_get("stream_ordering")?,
+            })
+        })
+        .transpose()
+    }
+
+    /// `(membership, event_id)` of a user in a room.
+    pub async fn membership(
+        &self,
+        room_id: &str,
+        user_id: &str,
+    ) -> Result<Option<(String, String)>> {
+        let row = sqlx::query(
+            "SELECT membership, event_id FROM room_memberships WHERE room_id = $1 AND user_id = $2",
+        )
+        .bind(room_id)
+        .bind(user_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|row| Ok((row.try_get("membership")?, row.try_get("event_id")?)))
+            .transpose()
+    }
+
+    /// Rooms where the user's membership is `membership`.
+    pub async fn rooms_for_user(&self, user_id: &str, membership: &str) -> Result<Vec<String>> {
+        let rows = sqlx::query(
+            "SELECT room_id FROM room_memberships WHERE user_id = $1 AND membership = $2 ORDER BY stream_ordering",
+        )
+        .bind(user_id)
+        .bind(membership)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(|row| Ok(row.try_get("room_id")?)).collect()
+    }
+
+    /// `(user_id, membership, event_id)` of every member row of a room.
+    pub async fn room_members(&self, room_id: &str) -> Result<Vec<(String, String, String)>> {
+        let rows = sqlx::query("SELECT user_id, membership, event_id FROM room_memberships WHERE room_id = $1 ORDER BY user_id")
+            .bind(room_id)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                Ok((
+                    row.try_get("user_id")?,
+                    row.try_get("membership")?,
+                    row.try_get("event_id")?,
+                ))
+            })
+            .collect()
+    }
+
+    /// Marks a left room as forgotten by the user.
+    pub async fn forget_room(&self, room_id: &str, user_id: &str) -> Result<()> {
+        sqlx::query(
+            "UPDATE room_memberships SET forgotten = 1 WHERE room_id = $1 AND user_id = $2",
+        )
+        .bind(room_id)
+        .bind(user_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The event a client transaction produced, if any.
+    pub async fn find_txn(
+        &self,
+        user_id: &str,
+        device_id: &str,
+        txn_id: &str,
+    ) -> Result<Option<String>> {
+        let row = sqlx::query(
+            "SELECT event_id FROM event_txns WHERE user_id = $1 AND device_id = $2 AND txn_id = $3",
+        )
+        .bind(user_id)
+        .bind(device_id)
+        .bind(txn_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|r| r.try_get("event_id")).transpose()?)
+    }
+
+    /// The transaction ID and device of a user's own event, for `unsigned.transaction_id`.
+    pub async fn txn_for_event(&self, event_id: &str) -> Result<Option<(String, String)>> {
+        let row = sqlx::query("SELECT device_id, txn_id FROM event_txns WHERE event_id = $1")
+            .bind(event_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| Ok((r.try_get("device_id")?, r.try_get("txn_id")?)))
+            .transpose()
+    }
+
+    /// Replaces an event's stored PDU with its redacted form.
+    pub async fn redact_event(
+        &self,
+        event_id: &str,
+        redacted_pdu: &str,
+        redacted_by: &str,
+    ) -> Result<()> {
+        sqlx::query("UPDATE events SET pdu = $2, redacted_by = $3 WHERE event_id = $1")
+            .bind(event_id)
+            .bind(redacted_pdu)
+            .bind(redacted_by)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn create_alias(
+        &self,
+        alias: &str,
+        room_id: &str,
+        creator: &str,
+        now: i64,
+    ) -> Result<()> {
+        sqlx::query("INSERT INTO room_aliases (alias, room_id, creator, created_ts) VALUES ($1, $2, $3, $4)")
+            .bind(alias)
+            .bind(room_id)
+            .bind(creator)
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// `(room_id, creator)` of an alias.
+    pub async fn resolve_alias(&self, alias: &str) -> Result<Option<(String, String)>> {
+        let row = sqlx::query("SELECT room_id, creator FROM room_aliases WHERE alias = $1")
+            .bind(alias)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| Ok((r.try_get("room_id")?, r.try_get("creator")?)))
+            .transpose()
+    }
+
+    pub async fn delete_alias(&self, alias: &str) -> Result<bool> {
+        let done = sqlx::query("DELETE FROM room_aliases WHERE alias = $1")
+            .bind(alias)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    pub async fn aliases_for_room(&self, room_id: &str) -> Result<Vec<String>> {
+        let rows = sqlx::query("SELECT alias FROM room_aliases WHERE room_id = $1 ORDER BY alias")
+            .bind(room_id)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(|r| Ok(r.try_get("alias")?)).collect()
+    }
+
+    /// Rooms published in the directory.
+    pub async fn public_rooms(&self) -> Result<Vec<String>> {
+        let rows = sqlx::query("SELECT room_id FROM rooms WHERE is_public = 1 ORDER BY created_ts")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(|r| Ok(r.try_get("room_id")?)).collect()
+    }
+}
