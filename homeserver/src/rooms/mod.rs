@@ -16,6 +16,7 @@
 pub mod create;
 pub mod format;
 pub mod power;
+pub mod summary;
 pub mod visibility;
 
 use std::{

@@ -10,8 +10,10 @@ use crate::{error::Error, AppState};
 
 /// An action gated by a power level.
 #[derive(Debug, Clone, Copy)]
-pub enum Action {
+pub enum Action<'a> {
     Redact,
+    /// Sending a state event of this type.
+    State(&'a str),
 }
 
 async fn state_content(
@@ -35,7 +37,7 @@ pub async fn has_level(
     state: &AppState,
     room_id: &RoomId,
     user: &UserId,
-    action: Action,
+    action: Action<'_>,
 ) -> Result<bool, Error> {
     let (_, rules) = super::room_rules(state, room_id).await?;
     if rules.authorization.explicitly_privilege_room_creators {
@@ -66,6 +68,10 @@ pub async fn has_level(
     );
     let needed = match action {
         Action::Redact => int(&content["redact"], 50),
+        Action::State(event_type) => int(
+            &content["events"][event_type],
+            int(&content["state_default"], 50),
+        ),
     };
     Ok(user_level >= needed)
 }

@@ -5,6 +5,7 @@
 mod account;
 mod account_data;
 mod device;
+mod directory;
 pub(crate) mod discovery;
 mod membership;
 mod message;
@@ -62,5 +63,18 @@ pub fn routes(r: Router<AppState>) -> Router<AppState> {
     let r = route(r, message::get_state_events);
     let r = route(r, message::get_room_event);
     let r = route(r, message::get_message_events);
-    route(r, message::redact_event)
+    let r = route(r, message::redact_event);
+    let r = route(r, directory::create_alias);
+    let r = route(r, directory::get_alias);
+    let r = route(r, directory::delete_alias);
+    let r = route(r, directory::get_room_aliases);
+    let r = route(r, directory::get_room_visibility);
+    let r = route(r, directory::set_room_visibility);
+    let r = route(r, directory::get_public_rooms);
+    let r = route(r, directory::get_public_rooms_filtered);
+    let r = route(r, account_data::get_room_account_data);
+    let r = route(r, account_data::set_room_account_data);
+    let r = route(r, account_data::get_tags);
+    let r = route(r, account_data::create_tag);
+    route(r, account_data::delete_tag)
 }

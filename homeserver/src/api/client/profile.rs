@@ -2,9 +2,9 @@
 //!
 //! <https://spec.matrix.org/latest/client-server-api/#profiles>
 //!
-//! Profiles are public: reading one needs no access token. Only the user may change their own.
-//! (Profiles of users on other servers come with federation; sending a new member event into
-//! every joined room on change comes with rooms.)
+//! Profiles are public: reading one needs no access token. Only the user may change their own,
+//! and a change is carried into every room they are joined to by a new `m.room.member` event.
+//! (Profiles of users on other servers come with federation.)
 
 use axum::extract::State;
 use ruma::{
@@ -18,6 +18,7 @@ use ruma::{
 use crate::{
     api::ruma::Ruma,
     error::{Error, Result},
+    rooms::{self, Send},
     AppState,
 };
 
@@ -121,6 +122,7 @@ pub async fn set_profile_field(
             ))
         }
     }
+    propagate_to_rooms(&state, user_id).await?;
     Ok(set_profile_field::v3::Response::new())
 }
 
@@ -147,5 +149,63 @@ pub async fn delete_profile_field(
             ))
         }
     }
+    propagate_to_rooms(&state, user_id).await?;
     Ok(delete_profile_field::v3::Response::new())
+}
+
+/// Sends a new `m.room.member` event with the user's current profile into every room they are
+/// joined to, where it differs from what the room shows.
+async fn propagate_to_rooms(state: &AppState, user_id: &UserId) -> Result<()> {
+    let (displayname, avatar_url) = state
+        .storage
+        .get_profile(user_id.as_str())
+        .await?
+        .unwrap_or((None, None));
+    for room in state
+        .storage
+        .rooms_for_user(user_id.as_str(), "join")
+        .await?
+    {
+        let Ok(room_id) = ruma::RoomId::parse(&room) else {
+            continue;
+        };
+        let Some((_, event_id)) = state.storage.membership(&room, user_id.as_str()).await? else {
+            continue;
+        };
+        let Some(row) = state.storage.get_event(&event_id).await? else {
+            continue;
+        };
+        let pdu: serde_json::Value = serde_json::from_str(&row.pdu).map_err(Error::internal)?;
+        let mut content = pdu["content"].clone();
+        let unchanged = content["displayname"].as_str() == displayname.as_deref()
+            && content["avatar_url"].as_str() == avatar_url.as_deref();
+        if unchanged || content["membership"] != "join" {
+            continue;
+        }
+        let Some(object) = content.as_object_mut() else {
+            continue;
+        };
+        object.remove("reason");
+        match &displayname {
+            Some(name) => object.insert("displayname".into(), name.clone().into()),
+            None => object.remove("displayname"),
+        };
+        match &avatar_url {
+            Some(url) => object.insert("avatar_url".into(), url.clone().into()),
+            None => object.remove("avatar_url"),
+        };
+        let content = super::room::canonical_object(&content.to_string(), "member content")?;
+        // One room refusing the update (e.g. a power level change) must not fail the others.
+        if let Err(e) = rooms::send(
+            state,
+            &room_id,
+            user_id,
+            Send::state("m.room.member", user_id.as_str(), content),
+        )
+        .await
+        {
+            tracing::warn!(%room_id, %user_id, error = %e, "could not update the member event after a profile change");
+        }
+    }
+    Ok(())
 }
