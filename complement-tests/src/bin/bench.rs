@@ -1,0 +1,239 @@
+//! Myelin's room benchmark: drives a real `myelin` (release build) over HTTP on loopback.
+//!
+//! ```sh
+//! cargo run --release -p complement-tests --bin bench              # PostgreSQL (default)
+//! BENCH_BACKEND=sqlite cargo run --release -p complement-tests --bin bench
+//! ```
+//!
+//! It reports:
+//! 1. sustained sends per second with 50 concurrent senders spread over 10 rooms (each send
+//!    is acknowledged only after its transaction committed);
+//! 2. p50/p99 latency of a single send at light load (one sender);
+//! 3. p50/p99 of `/messages` pages of 50 events, walking back through a room of
+//!    `BENCH_HISTORY` events (default 100,000).
+//!
+//! Knobs: `BENCH_SECONDS` (duration of 1, default 20), `BENCH_HISTORY`, `BENCH_BACKEND`.
+//! PostgreSQL comes from `MYELIN_TEST_DATABASE_URL` or a throwaway cluster, as in the tests.
+
+use std::{
+    process::Command,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use complement_tests::{binary, encode, Backend, Client, ServerOptions, TestServer};
+use serde_json::json;
+
+fn env_num(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[index.min(sorted.len() - 1)]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+async fn create_room(client: &Client, name: &str) -> String {
+    let (status, body) = client
+        .post(
+            "/_matrix/client/v3/createRoom",
+            &json!({ "preset": "public_chat", "name": name }),
+        )
+        .await;
+    assert_eq!(status, 200, "createRoom: {body}");
+    body["room_id"].as_str().expect("room_id").to_owned()
+}
+
+async fn join(client: &Client, room_id: &str) {
+    let (status, body) = client
+        .post(
+            &format!("/_matrix/client/v3/rooms/{}/join", encode(room_id)),
+            &json!({}),
+        )
+        .await;
+    assert_eq!(status, 200, "join: {body}");
+}
+
+async fn send(client: &Client, room_id: &str, txn: &str) -> Duration {
+    let start = Instant::now();
+    let (status, body) = client
+        .put(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/send/m.room.message/{txn}",
+                encode(room_id)
+            ),
+            &json!({ "msgtype": "m.text", "body": "benchmark message" }),
+        )
+        .await;
+    assert_eq!(status, 200, "send: {body}");
+    start.elapsed()
+}
+
+fn build_release_server() {
+    if std::env::var_os("MYELIN_TEST_BINARY").is_some() {
+        return;
+    }
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    eprintln!("building myelin (release)...");
+    let status = Command::new(cargo)
+        .current_dir(binary::workspace_root())
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "myelin",
+            "--bin",
+            "myelin",
+            "--target-dir",
+        ])
+        .arg(binary::target_dir())
+        .status()
+        .expect("run cargo");
+    assert!(status.success(), "building myelin failed");
+    let path = binary::target_dir().join("release").join("myelin");
+    // Single-threaded at this point: no other thread reads the environment yet.
+    std::env::set_var("MYELIN_TEST_BINARY", path);
+}
+
+#[tokio::main]
+async fn main() {
+    build_release_server();
+    let backend = match std::env::var("BENCH_BACKEND").as_deref() {
+        Ok("sqlite") => Backend::Sqlite,
+        _ => Backend::Postgres,
+    };
+    let seconds = env_num("BENCH_SECONDS", 20);
+    let history = env_num("BENCH_HISTORY", 100_000);
+    let options = ServerOptions::default().env("MYELIN_LOG", "error");
+    let Some(hs) = TestServer::start(backend, options).await else {
+        eprintln!("PostgreSQL is not available; set BENCH_BACKEND=sqlite or install PostgreSQL");
+        std::process::exit(1);
+    };
+    println!("# Myelin room benchmark ({backend:?}, server {})", hs.url());
+
+    // 1. 50 senders over 10 rooms.
+    let mut senders = Vec::new();
+    let mut rooms = Vec::new();
+    for r in 0..10 {
+        let owner = hs.register_user(&format!("owner{r}")).await;
+        rooms.push(create_room(&owner, &format!("bench {r}")).await);
+    }
+    for s in 0..50 {
+        let user = hs.register_user(&format!("sender{s}")).await;
+        let room = rooms[s % rooms.len()].clone();
+        join(&user, &room).await;
+        senders.push((user, room));
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for (i, (user, room)) in senders.into_iter().enumerate() {
+        let stop = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                latencies.push(send(&user, &room, &format!("t{i}-{n}")).await);
+                n += 1;
+            }
+            latencies
+        }));
+    }
+    let start = Instant::now();
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut latencies = Vec::new();
+    for task in tasks {
+        latencies.extend(task.await.expect("sender task"));
+    }
+    let elapsed = start.elapsed();
+    latencies.sort();
+    println!(
+        "sustained sends: {:.0} messages/s ({} in {:.1} s, 50 senders, 10 rooms); latency p50 {:.2} ms, p99 {:.2} ms",
+        latencies.len() as f64 / elapsed.as_secs_f64(),
+        latencies.len(),
+        elapsed.as_secs_f64(),
+        ms(percentile(&latencies, 0.5)),
+        ms(percentile(&latencies, 0.99)),
+    );
+
+    // 2. One sender at light load.
+    let solo = hs.register_user("solo").await;
+    let room = create_room(&solo, "solo").await;
+    let mut single = Vec::new();
+    for n in 0..500 {
+        single.push(send(&solo, &room, &format!("solo-{n}")).await);
+    }
+    single.sort();
+    println!(
+        "single send at light load: p50 {:.2} ms, p99 {:.2} ms (500 sends)",
+        ms(percentile(&single, 0.5)),
+        ms(percentile(&single, 0.99))
+    );
+
+    // 3. /messages over a long history.
+    let writer = hs.register_user("historian").await;
+    let room = create_room(&writer, "history").await;
+    let filled = Arc::new(AtomicU64::new(0));
+    let fill_start = Instant::now();
+    let mut fillers = Vec::new();
+    for w in 0..16u64 {
+        let (writer, room, filled) = (writer.clone(), room.clone(), filled.clone());
+        fillers.push(tokio::spawn(async move {
+            let mut n = w;
+            while n < history {
+                send(&writer, &room, &format!("h{n}")).await;
+                filled.fetch_add(1, Ordering::Relaxed);
+                n += 16;
+            }
+        }));
+    }
+    for f in fillers {
+        f.await.expect("filler");
+    }
+    println!(
+        "filled a room with {} events in {:.1} s",
+        filled.load(Ordering::Relaxed),
+        fill_start.elapsed().as_secs_f64()
+    );
+    let mut pages = Vec::new();
+    let mut from: Option<String> = None;
+    let mut seen = 0usize;
+    loop {
+        let mut path = format!(
+            "/_matrix/client/v3/rooms/{}/messages?dir=b&limit=50",
+            encode(&room)
+        );
+        if let Some(token) = &from {
+            path.push_str(&format!("&from={}", encode(token)));
+        }
+        let start = Instant::now();
+        let (status, body) = writer.get(&path).await;
+        pages.push(start.elapsed());
+        assert_eq!(status, 200, "messages: {body}");
+        seen += body["chunk"].as_array().map_or(0, Vec::len);
+        match body["end"].as_str() {
+            Some(end) => from = Some(end.to_owned()),
+            None => break,
+        }
+    }
+    pages.sort();
+    println!(
+        "/messages, 50 events per page, walking back through {seen} events: p50 {:.2} ms, p99 {:.2} ms ({} pages)",
+        ms(percentile(&pages, 0.5)),
+        ms(percentile(&pages, 0.99)),
+        pages.len()
+    );
+}
