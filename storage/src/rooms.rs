@@ -89,6 +89,8 @@ pub struct NewEvent<'a> {
     pub txn: Option<(&'a str, &'a str, &'a str)>,
     /// For a room's create event: `(room_version, creator)`; inserts the room.
     pub new_room: Option<(&'a str, &'a str)>,
+    /// `(rel_type, parent event ID)` from the content's `m.relates_to`.
+    pub relates_to: Option<(&'a str, &'a str)>,
 }
 
 /// Where a persisted event landed.
@@ -358,6 +360,19 @@ impl Storage {
                 .execute(&mut *tx)
                 .await?;
             }
+        }
+        if let Some((rel_type, parent)) = event.relates_to {
+            sqlx::query(
+                "INSERT INTO event_relations (event_id, relates_to, rel_type, event_type, stream_ordering)
+                 VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(event.event_id)
+            .bind(parent)
+            .bind(rel_type)
+            .bind(event.event_type)
+            .bind(stream_ordering)
+            .execute(&mut *tx)
+            .await?;
         }
         if let Some((user, device, txn_id)) = event.txn {
             sqlx::query(
@@ -685,6 +700,39 @@ impl Storage {
             .fetch_all(&self.pool)
             .await?;
         rows.iter().map(|r| Ok(r.try_get("alias")?)).collect()
+    }
+
+    /// Events relating to `parent`, optionally of one relation and event type, paged by stream
+    /// position (exclusive `from`, newest first when walking backward).
+    pub async fn relations(
+        &self,
+        parent: &str,
+        rel_type: Option<&str>,
+        event_type: Option<&str>,
+        from: Option<i64>,
+        dir: Direction,
+        limit: i64,
+    ) -> Result<Vec<EventRow>> {
+        let (cmp, order, start) = match dir {
+            Direction::Backward => ("<", "DESC", i64::MAX),
+            Direction::Forward => (">", "ASC", 0),
+        };
+        let sql = format!(
+            "SELECT {cols} FROM event_relations r JOIN events e ON e.event_id = r.event_id
+             WHERE r.relates_to = $1 AND ($2 = '' OR r.rel_type = $2) AND ($3 = '' OR r.event_type = $3)
+               AND r.stream_ordering {cmp} $4 AND e.rejected_reason IS NULL
+             ORDER BY r.stream_ordering {order} LIMIT $5",
+            cols = EVENT_COLUMNS.split(", ").map(|c| format!("e.{c}")).collect::<Vec<_>>().join(", ")
+        );
+        let rows = sqlx::query(&sql)
+            .bind(parent)
+            .bind(rel_type.unwrap_or(""))
+            .bind(event_type.unwrap_or(""))
+            .bind(from.unwrap_or(start))
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(event_from_row).collect()
     }
 
     /// Rooms published in the directory.

@@ -275,6 +275,12 @@ async fn persist(
         None
     };
     let kind = pdu.kind.to_string();
+    let content = pdu.content_json();
+    let relation = &content["m.relates_to"];
+    let relates_to = match (relation["rel_type"].as_str(), relation["event_id"].as_str()) {
+        (Some(rel_type), Some(parent)) if pdu.state_key.is_none() => Some((rel_type, parent)),
+        _ => None,
+    };
     let persisted = state
         .storage
         .persist_event(
@@ -292,6 +298,7 @@ async fn persist(
                 membership: membership.as_deref(),
                 txn,
                 new_room,
+                relates_to,
             },
             now,
         )

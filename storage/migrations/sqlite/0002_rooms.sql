@@ -120,3 +120,14 @@ CREATE TABLE room_aliases (
     created_ts INTEGER NOT NULL
 );
 CREATE INDEX room_aliases_room ON room_aliases (room_id);
+
+-- Relations (`m.relates_to`: edits, replies in threads, reactions), for /relations and
+-- thread summaries. Keyed by the parent so "children of X" is one index range.
+CREATE TABLE event_relations (
+    event_id        TEXT PRIMARY KEY,
+    relates_to      TEXT NOT NULL,
+    rel_type        TEXT NOT NULL,
+    event_type      TEXT NOT NULL,
+    stream_ordering INTEGER NOT NULL
+);
+CREATE INDEX event_relations_parent ON event_relations (relates_to, rel_type, stream_ordering);

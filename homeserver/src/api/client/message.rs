@@ -380,9 +380,34 @@ pub async fn get_message_events(
                 .not_types
                 .iter()
                 .any(|t| type_matches(t, &row.event_type));
-            types_ok && not_types_ok
+            let url_ok = match filter.url_filter {
+                None => true,
+                Some(wanted) => {
+                    let has_url = serde_json::from_str::<Value>(&row.pdu)
+                        .is_ok_and(|pdu| pdu["content"].get("url").is_some());
+                    has_url == (wanted == ruma::api::client::filter::UrlFilter::EventsWithUrl)
+                }
+            };
+            types_ok && not_types_ok && url_ok
         })
         .collect();
+    // Lazy-loading members: the member events of the chunk's senders, as of its last event.
+    let lazy_state = match rows.last().and_then(|r| r.state_after) {
+        Some(snapshot) if !filter.lazy_load_options.is_disabled() => {
+            let map = state.snapshot(snapshot).await?;
+            let mut ids: Vec<String> = rows
+                .iter()
+                .filter_map(|r| {
+                    map.get(&("m.room.member".to_owned(), r.sender.clone()))
+                        .cloned()
+                })
+                .collect();
+            ids.sort();
+            ids.dedup();
+            state.storage.get_events(&ids).await?
+        }
+        _ => Vec::new(),
+    };
     let events = client_events(&state, &rows, Some((&sender.user_id, &sender.device_id))).await?;
     let mut response = get_message_events::v3::Response::new();
     response.start = match &req.body.from {
@@ -396,6 +421,9 @@ pub async fn get_message_events(
         None
     };
     response.chunk = events.iter().map(raw).collect::<Result<_>>()?;
+    let viewer = Some((&*sender.user_id, &*sender.device_id));
+    let members = client_events(&state, &lazy_state, viewer).await?;
+    response.state = members.iter().map(raw).collect::<Result<_>>()?;
     Ok(response)
 }
 

@@ -11,6 +11,7 @@ mod membership;
 mod message;
 mod profile;
 pub(crate) mod register;
+mod relations;
 mod room;
 mod session;
 
@@ -76,5 +77,12 @@ pub fn routes(r: Router<AppState>) -> Router<AppState> {
     let r = route(r, account_data::set_room_account_data);
     let r = route(r, account_data::get_tags);
     let r = route(r, account_data::create_tag);
-    route(r, account_data::delete_tag)
+    let r = route(r, account_data::delete_tag);
+    let r = route(r, relations::get_context);
+    let r = route(r, relations::get_relating_events);
+    let r = route(r, relations::get_relating_events_with_rel_type);
+    route(
+        r,
+        relations::get_relating_events_with_rel_type_and_event_type,
+    )
 }
