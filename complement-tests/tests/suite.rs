@@ -19,6 +19,8 @@ mod admin;
 mod config;
 #[path = "suite/devices.rs"]
 mod devices;
+#[path = "suite/directory.rs"]
+mod directory;
 #[path = "suite/errors.rs"]
 mod errors;
 #[path = "suite/login.rs"]
