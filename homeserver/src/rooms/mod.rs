@@ -17,6 +17,7 @@ pub mod create;
 pub mod format;
 pub mod power;
 pub mod summary;
+pub mod upgrade;
 pub mod visibility;
 
 use std::{

@@ -12,6 +12,7 @@ use crate::{error::Error, AppState};
 #[derive(Debug, Clone, Copy)]
 pub enum Action<'a> {
     Redact,
+    Invite,
     /// Sending a state event of this type.
     State(&'a str),
 }
@@ -68,6 +69,7 @@ pub async fn has_level(
     );
     let needed = match action {
         Action::Redact => int(&content["redact"], 50),
+        Action::Invite => int(&content["invite"], 0),
         Action::State(event_type) => int(
             &content["events"][event_type],
             int(&content["state_default"], 50),

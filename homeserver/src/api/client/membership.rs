@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 
 use axum::{extract::State, http::StatusCode};
 use ruma::{
+    api::client::knock::knock_room,
     api::client::membership::{
         ban_user, forget_room, get_member_events, invite_user, join_room_by_id,
         join_room_by_id_or_alias, joined_members, joined_rooms, kick_user, leave_room, unban_user,
@@ -77,6 +78,9 @@ async fn join(
         return Ok(());
     }
     let mut content = member_content("join", reason);
+    if let Some(authoriser) = restricted_join_authoriser(state, room_id, user).await? {
+        content["join_authorised_via_users_server"] = authoriser.into();
+    }
     if let Some((displayname, avatar_url)) = state.storage.get_profile(user.as_str()).await? {
         if let Some(name) = displayname {
             content["displayname"] = name.into();
@@ -86,6 +90,94 @@ async fn join(
         }
     }
     set_membership(state, room_id, user, user, content).await
+}
+
+/// For a `restricted` or `knock_restricted` room that the user is not invited to: a local
+/// member who may invite, vouching that the user is in one of the rooms the join rule allows
+/// (`join_authorised_via_users_server`). `None` when the rule does not apply or the user is
+/// not in an allowed room (the authorization rules then refuse the join).
+///
+/// <https://spec.matrix.org/latest/client-server-api/#restricted-rooms>
+async fn restricted_join_authoriser(
+    state: &AppState,
+    room_id: &RoomId,
+    user: &UserId,
+) -> Result<Option<String>> {
+    let current = state.storage.current_state(room_id.as_str()).await?;
+    let Some(rules_id) = current.get(&("m.room.join_rules".to_owned(), String::new())) else {
+        return Ok(None);
+    };
+    let Some(row) = state.storage.get_event(rules_id).await? else {
+        return Ok(None);
+    };
+    let pdu: Value = serde_json::from_str(&row.pdu).map_err(Error::internal)?;
+    let rule = pdu["content"]["join_rule"].as_str().unwrap_or("");
+    if !matches!(rule, "restricted" | "knock_restricted")
+        || membership_of(state, room_id, user).await?.as_deref() == Some("invite")
+    {
+        return Ok(None);
+    }
+    let mut in_allowed_room = false;
+    for allow in pdu["content"]["allow"].as_array().into_iter().flatten() {
+        if allow["type"] != "m.room_membership" {
+            continue;
+        }
+        let Some(allowed) = allow["room_id"].as_str() else {
+            continue;
+        };
+        if state
+            .storage
+            .membership(allowed, user.as_str())
+            .await?
+            .is_some_and(|(m, _)| m == "join")
+        {
+            in_allowed_room = true;
+            break;
+        }
+    }
+    if !in_allowed_room {
+        return Ok(None);
+    }
+    for (member, membership, _) in state.storage.room_members(room_id.as_str()).await? {
+        let Ok(member_id) = UserId::parse(&member) else {
+            continue;
+        };
+        if membership == "join"
+            && member_id.server_name() == state.server_name
+            && rooms::power::has_level(state, room_id, &member_id, rooms::power::Action::Invite)
+                .await?
+        {
+            return Ok(Some(member));
+        }
+    }
+    Ok(None)
+}
+
+/// POST /_matrix/client/v3/knock/{roomIdOrAlias}
+///
+/// <https://spec.matrix.org/latest/client-server-api/#post_matrixclientv3knockroomidoralias>
+pub async fn knock_room(
+    State(state): State<AppState>,
+    req: Ruma<knock_room::v3::Request>,
+) -> Result<knock_room::v3::Response> {
+    let room_id = resolve_room(&state, &req.body.room_id_or_alias).await?;
+    let user = &req.sender().user_id;
+    match membership_of(&state, &room_id, user).await?.as_deref() {
+        Some("join") => return Err(Error::forbidden("You are already in this room")),
+        Some("ban") => return Err(Error::forbidden("You are banned from this room")),
+        _ => {}
+    }
+    let mut content = member_content("knock", req.body.reason.as_deref());
+    if let Some((displayname, avatar_url)) = state.storage.get_profile(user.as_str()).await? {
+        if let Some(name) = displayname {
+            content["displayname"] = name.into();
+        }
+        if let Some(url) = avatar_url {
+            content["avatar_url"] = url.into();
+        }
+    }
+    set_membership(&state, &room_id, user, user, content).await?;
+    Ok(knock_room::v3::Response::new(room_id))
 }
 
 /// POST /_matrix/client/v3/rooms/{roomId}/join

@@ -45,12 +45,8 @@ pub async fn send_message_event(
     Ok(send_message_event::v3::Response::new(event_id))
 }
 
-/// Checks `m.room.canonical_alias` content: every alias it names must point at this room.
-async fn check_canonical_alias(
-    state: &AppState,
-    room_id: &RoomId,
-    content: &CanonicalJsonObject,
-) -> Result<()> {
+/// The aliases named by `m.room.canonical_alias` content (`alias` and `alt_aliases`).
+fn canonical_aliases(content: &CanonicalJsonObject) -> Result<Vec<String>> {
     let mut aliases = Vec::new();
     match content.get("alias") {
         Some(CanonicalJsonValue::String(a)) => aliases.push(a.clone()),
@@ -69,11 +65,36 @@ async fn check_canonical_alias(
         None => {}
         _ => return Err(Error::bad_json("alt_aliases must be an array")),
     }
-    for alias in aliases {
+    Ok(aliases)
+}
+
+/// Checks `m.room.canonical_alias` content: every alias it adds must point at this room.
+/// Aliases already in the current event are not checked again (the spec says servers do not
+/// validate aliases that are being removed or already present).
+async fn check_canonical_alias(
+    state: &AppState,
+    room_id: &RoomId,
+    content: &CanonicalJsonObject,
+) -> Result<()> {
+    let current = state.storage.current_state(room_id.as_str()).await?;
+    let mut present = Vec::new();
+    if let Some(id) = current.get(&("m.room.canonical_alias".to_owned(), String::new())) {
+        if let Some(row) = state.storage.get_event(id).await? {
+            let pdu: CanonicalJsonObject =
+                serde_json::from_str(&row.pdu).map_err(Error::internal)?;
+            if let Some(CanonicalJsonValue::Object(old)) = pdu.get("content") {
+                present = canonical_aliases(old).unwrap_or_default();
+            }
+        }
+    }
+    for alias in canonical_aliases(content)? {
         if ruma::RoomAliasId::parse(&alias).is_err() {
             return Err(Error::invalid_param(format!(
                 "{alias} is not a valid room alias"
             )));
+        }
+        if present.contains(&alias) {
+            continue;
         }
         let points_here = state
             .storage

@@ -81,8 +81,10 @@ pub fn routes(r: Router<AppState>) -> Router<AppState> {
     let r = route(r, relations::get_context);
     let r = route(r, relations::get_relating_events);
     let r = route(r, relations::get_relating_events_with_rel_type);
-    route(
+    let r = route(
         r,
         relations::get_relating_events_with_rel_type_and_event_type,
-    )
+    );
+    let r = route(r, membership::knock_room);
+    route(r, room::upgrade_room)
 }

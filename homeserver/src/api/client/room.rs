@@ -183,3 +183,31 @@ pub async fn create_room(
     .await?;
     Ok(create_room::v3::Response::new(room_id))
 }
+
+/// POST /_matrix/client/v3/rooms/{roomId}/upgrade
+///
+/// <https://spec.matrix.org/latest/client-server-api/#post_matrixclientv3roomsroomidupgrade>
+pub async fn upgrade_room(
+    State(state): State<AppState>,
+    req: Ruma<ruma::api::client::room::upgrade_room::v3::Request>,
+) -> Result<ruma::api::client::room::upgrade_room::v3::Response> {
+    let user = &req.sender().user_id;
+    require_joined(&state, &req.body.room_id, user).await?;
+    if !SUPPORTED_ROOM_VERSIONS.contains(&req.body.new_version) {
+        return Err(Error::new(
+            StatusCode::BAD_REQUEST,
+            "M_UNSUPPORTED_ROOM_VERSION",
+            format!("Room version {} is not supported", req.body.new_version),
+        ));
+    }
+    let new_room = rooms::upgrade::upgrade_room(
+        &state,
+        &req.body.room_id,
+        user,
+        req.body.new_version.clone(),
+    )
+    .await?;
+    Ok(ruma::api::client::room::upgrade_room::v3::Response::new(
+        new_room,
+    ))
+}
