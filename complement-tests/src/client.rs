@@ -334,6 +334,179 @@ impl Client {
         self.post("/_synapse/admin/v1/register", &body).await
     }
 
+    // ----- rooms --------------------------------------------------------
+
+    /// `/_matrix/client/v3/rooms/{room_id}{suffix}` with the room ID
+    /// percent-encoded; `suffix` starts with `/` (or is empty).
+    pub fn room_path(room_id: &str, suffix: &str) -> String {
+        format!("/_matrix/client/v3/rooms/{}{suffix}", encode(room_id))
+    }
+
+    /// `POST /createRoom` with `body`; returns the room ID. Panics on failure.
+    pub async fn create_room(&self, body: &Value) -> String {
+        let response = self.post("/_matrix/client/v3/createRoom", body).await;
+        let (status, answer) = &response;
+        assert_eq!(*status, 200, "createRoom {body} failed: {answer}");
+        answer["room_id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("createRoom answered without room_id: {answer}"))
+            .to_string()
+    }
+
+    /// `POST /join/{roomIdOrAlias}`.
+    pub async fn join(&self, room_id_or_alias: &str) -> (u16, Value) {
+        let path = format!("/_matrix/client/v3/join/{}", encode(room_id_or_alias));
+        self.post(&path, &json!({})).await
+    }
+
+    /// `POST /rooms/{roomId}/{action}` for `invite`, `kick`, `ban` and
+    /// `unban`, naming `user_id`.
+    pub async fn membership_action(
+        &self,
+        room_id: &str,
+        action: &str,
+        user_id: &str,
+    ) -> (u16, Value) {
+        let path = Self::room_path(room_id, &format!("/{action}"));
+        self.post(&path, &json!({ "user_id": user_id })).await
+    }
+
+    pub async fn invite(&self, room_id: &str, user_id: &str) -> (u16, Value) {
+        self.membership_action(room_id, "invite", user_id).await
+    }
+
+    /// `POST /rooms/{roomId}/leave`.
+    pub async fn leave(&self, room_id: &str) -> (u16, Value) {
+        self.post(&Self::room_path(room_id, "/leave"), &json!({}))
+            .await
+    }
+
+    /// `PUT /rooms/{roomId}/send/{eventType}/{txnId}`.
+    pub async fn send_event(
+        &self,
+        room_id: &str,
+        event_type: &str,
+        txn_id: &str,
+        content: &Value,
+    ) -> (u16, Value) {
+        let path = Self::room_path(
+            room_id,
+            &format!("/send/{}/{}", encode(event_type), encode(txn_id)),
+        );
+        self.put(&path, content).await
+    }
+
+    /// Sends an `m.text` message with a fresh transaction ID and returns its
+    /// event ID. Panics on failure.
+    pub async fn send_text(&self, room_id: &str, body: &str) -> String {
+        let txn = unique_name("txn");
+        let content = json!({ "msgtype": "m.text", "body": body });
+        let response = self
+            .send_event(room_id, "m.room.message", &txn, &content)
+            .await;
+        let (status, answer) = &response;
+        assert_eq!(*status, 200, "sending {body:?} failed: {answer}");
+        answer["event_id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("send answered without event_id: {answer}"))
+            .to_string()
+    }
+
+    /// `PUT /rooms/{roomId}/state/{eventType}/{stateKey}`.
+    pub async fn put_state(
+        &self,
+        room_id: &str,
+        event_type: &str,
+        state_key: &str,
+        content: &Value,
+    ) -> (u16, Value) {
+        let path = Self::room_path(
+            room_id,
+            &format!("/state/{}/{}", encode(event_type), encode(state_key)),
+        );
+        self.put(&path, content).await
+    }
+
+    /// `GET /rooms/{roomId}/state/{eventType}/{stateKey}` (the content).
+    pub async fn get_state(
+        &self,
+        room_id: &str,
+        event_type: &str,
+        state_key: &str,
+    ) -> (u16, Value) {
+        let path = Self::room_path(
+            room_id,
+            &format!("/state/{}/{}", encode(event_type), encode(state_key)),
+        );
+        self.get(&path).await
+    }
+
+    /// `GET /rooms/{roomId}/event/{eventId}`.
+    pub async fn get_event(&self, room_id: &str, event_id: &str) -> (u16, Value) {
+        let path = Self::room_path(room_id, &format!("/event/{}", encode(event_id)));
+        self.get(&path).await
+    }
+
+    /// `GET /rooms/{roomId}/messages` with `dir` (`"b"` or `"f"`) and the
+    /// optional `from`, `to`, `limit`.
+    pub async fn messages(
+        &self,
+        room_id: &str,
+        dir: &str,
+        from: Option<&str>,
+        to: Option<&str>,
+        limit: Option<u32>,
+    ) -> (u16, Value) {
+        let mut path = Self::room_path(room_id, &format!("/messages?dir={dir}"));
+        if let Some(from) = from {
+            path.push_str(&format!("&from={}", encode(from)));
+        }
+        if let Some(to) = to {
+            path.push_str(&format!("&to={}", encode(to)));
+        }
+        if let Some(limit) = limit {
+            path.push_str(&format!("&limit={limit}"));
+        }
+        self.get(&path).await
+    }
+
+    /// Pages through `/messages` in direction `dir` from the start (or from
+    /// the end, for `"b"`), `limit` events per page, following `end` until
+    /// the server omits it. Returns every event in the order received.
+    /// Panics on an error, an empty page that still has an `end`, or more
+    /// than 1000 pages.
+    pub async fn paginate_all(&self, room_id: &str, dir: &str, limit: u32) -> Vec<Value> {
+        let mut events = Vec::new();
+        let mut from: Option<String> = None;
+        for _ in 0..1000 {
+            let response = self
+                .messages(room_id, dir, from.as_deref(), None, Some(limit))
+                .await;
+            let (status, page) = &response;
+            assert_eq!(*status, 200, "/messages dir={dir} from={from:?}: {page}");
+            let chunk = page["chunk"]
+                .as_array()
+                .unwrap_or_else(|| panic!("/messages without chunk: {page}"));
+            assert!(
+                chunk.len() <= limit as usize,
+                "/messages returned {} events for limit {limit}: {page}",
+                chunk.len()
+            );
+            events.extend(chunk.iter().cloned());
+            match page.get("end").and_then(Value::as_str) {
+                None => return events,
+                Some(end) => {
+                    assert!(
+                        !chunk.is_empty() || from.as_deref() != Some(end),
+                        "/messages returned an empty page whose end repeats from: {page}"
+                    );
+                    from = Some(end.to_string());
+                }
+            }
+        }
+        panic!("/messages did not finish within 1000 pages");
+    }
+
     // ----- sync ---------------------------------------------------------
 
     /// One `/sync` call.

@@ -7,15 +7,24 @@
 /// is written once and `cargo test a07` runs it on both backends, while
 /// `cargo test sqlite::` runs one backend.
 ///
+/// Attributes before a name (such as `#[ignore = "server bug: …"]`) are put
+/// on both generated tests.
+///
 /// ```ignore
 /// async fn a01_versions(backend: Backend) { /* ... */ }
-/// complement_tests::backend_tests!(a01_versions);
+/// async fn a02_something(backend: Backend) { /* ... */ }
+/// complement_tests::backend_tests!(
+///     a01_versions,
+///     #[ignore = "server bug: …"]
+///     a02_something,
+/// );
 /// ```
 #[macro_export]
 macro_rules! backend_tests {
-    ($($name:ident),+ $(,)?) => {
+    ($($(#[$meta:meta])* $name:ident),+ $(,)?) => {
         mod sqlite {
             $(
+                $(#[$meta])*
                 #[tokio::test]
                 async fn $name() {
                     super::$name($crate::Backend::Sqlite).await
@@ -24,6 +33,7 @@ macro_rules! backend_tests {
         }
         mod postgres {
             $(
+                $(#[$meta])*
                 #[tokio::test]
                 async fn $name() {
                     super::$name($crate::Backend::Postgres).await

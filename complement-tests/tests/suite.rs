@@ -29,5 +29,7 @@ mod login;
 mod register;
 #[path = "suite/restart.rs"]
 mod restart;
+#[path = "suite/rooms.rs"]
+mod rooms;
 #[path = "suite/versions.rs"]
 mod versions;
