@@ -14,8 +14,10 @@ pub mod api;
 pub mod auth;
 pub mod config;
 pub mod error;
+pub mod notifier;
 pub mod ratelimit;
 pub mod rooms;
+pub mod sync;
 pub mod uia;
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
@@ -37,6 +39,7 @@ pub struct AppState {
     pub limits: Arc<ratelimit::RateLimiters>,
     pub last_seen: Arc<auth::LastSeen>,
     pub room_locks: Arc<rooms::RoomLocks>,
+    pub notifier: Arc<notifier::Notifier>,
     /// State snapshots are immutable once written, so they can be cached without
     /// invalidation; the cache is bounded by clearing it when full.
     pub snapshots:
@@ -119,6 +122,7 @@ impl AppState {
             signing_key: Arc::new(signing_key),
             last_seen: Arc::new(auth::LastSeen::default()),
             room_locks: Arc::new(rooms::RoomLocks::default()),
+            notifier: Arc::new(notifier::Notifier::default()),
             snapshots: Default::default(),
         })
     }
@@ -138,6 +142,7 @@ async fn housekeeping(state: AppState) {
             tracing::warn!(error = %e, "housekeeping failed");
         }
         state.limits.forget_idle();
+        state.notifier.prune();
     }
 }
 

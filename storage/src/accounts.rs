@@ -362,6 +362,7 @@ impl Storage {
         Ok(row.map(|r| r.try_get("content")).transpose()?)
     }
 
+    /// Stores account data at a new stream position, which it returns.
     pub async fn set_account_data(
         &self,
         user_id: &str,
@@ -369,20 +370,29 @@ impl Storage {
         data_type: &str,
         content: &str,
         now: i64,
-    ) -> Result<()> {
+    ) -> Result<i64> {
+        let mut tx = self.begin_write().await?;
+        let position = self.next_stream_position(&mut tx).await?;
+        let _in_flight = crate::stream::InFlight {
+            tracker: &self.stream,
+            position,
+        };
         sqlx::query(
-            "INSERT INTO account_data (user_id, room_id, data_type, content, updated_ts)
-             VALUES ($1, $2, $3, $4, $5)
+            "INSERT INTO account_data (user_id, room_id, data_type, content, updated_ts, stream_ordering)
+             VALUES ($1, $2, $3, $4, $5, $6)
              ON CONFLICT (user_id, room_id, data_type)
-             DO UPDATE SET content = excluded.content, updated_ts = excluded.updated_ts",
+             DO UPDATE SET content = excluded.content, updated_ts = excluded.updated_ts,
+                           stream_ordering = excluded.stream_ordering",
         )
         .bind(user_id)
         .bind(room_id.unwrap_or(""))
         .bind(data_type)
         .bind(content)
         .bind(now)
-        .execute(&self.pool)
+        .bind(position)
+        .execute(&mut *tx)
         .await?;
-        Ok(())
+        tx.commit().await?;
+        Ok(position)
     }
 }

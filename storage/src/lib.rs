@@ -14,11 +14,15 @@ mod accounts;
 mod error;
 mod misc;
 mod rooms;
+mod stream;
+mod sync;
 
 pub use accounts::{DeviceRow, TokenOwner, UserRow};
 pub use error::{Error, Result};
 pub use misc::{RegistrationTokenRow, SigningKeyRow, UiaSessionRow};
 pub use rooms::{Direction, EventRow, NewEvent, Persisted, RoomRow, StateMap, TopologicalPosition};
+pub use stream::StreamTracker;
+pub use sync::{AccountDataChange, MembershipRow};
 
 use std::{path::Path, str::FromStr, time::Duration};
 
@@ -43,6 +47,7 @@ pub enum Backend {
 pub struct Storage {
     pool: AnyPool,
     backend: Backend,
+    stream: std::sync::Arc<StreamTracker>,
 }
 
 impl Storage {
@@ -90,8 +95,15 @@ impl Storage {
             .acquire_timeout(Duration::from_secs(30))
             .connect_with(options)
             .await?;
-        let storage = Storage { pool, backend };
+        let mut storage = Storage {
+            pool,
+            backend,
+            stream: Default::default(),
+        };
         storage.migrate().await?;
+        storage.stream = std::sync::Arc::new(StreamTracker::starting_at(
+            storage.current_stream_position().await?,
+        ));
         Ok(storage)
     }
 
@@ -110,6 +122,11 @@ impl Storage {
             Err(MigrateError::VersionMissing(version)) => Err(Error::SchemaTooNew(version)),
             Err(e) => Err(Error::Migration(e)),
         }
+    }
+
+    /// The highest stream position whose writes are all visible; sync tokens stop here.
+    pub fn safe_stream_position(&self) -> i64 {
+        self.stream.safe_position()
     }
 
     pub fn backend(&self) -> Backend {

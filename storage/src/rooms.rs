@@ -42,11 +42,11 @@ pub struct EventRow {
     pub redacted_by: Option<String>,
 }
 
-const EVENT_COLUMNS: &str =
+pub(crate) const EVENT_COLUMNS: &str =
     "event_id, room_id, stream_ordering, depth, event_type, state_key, sender, \
      origin_server_ts, pdu, state_before, state_after, rejected_reason, redacted_by";
 
-fn event_from_row(row: &AnyRow) -> Result<EventRow> {
+pub(crate) fn event_from_row(row: &AnyRow) -> Result<EventRow> {
     Ok(EventRow {
         event_id: row.try_get("event_id")?,
         room_id: row.try_get("room_id")?,
@@ -115,7 +115,12 @@ pub enum Direction {
 }
 
 impl Storage {
-    async fn next_stream_position(&self, tx: &mut Transaction<'static, Any>) -> Result<i64> {
+    /// Hands out the next stream position and marks it in flight; the caller holds an
+    /// [`crate::stream::InFlight`] until its transaction has finished.
+    pub(crate) async fn next_stream_position(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+    ) -> Result<i64> {
         let row = match self.backend {
             Backend::Postgres => sqlx::query("SELECT nextval('stream_positions') AS position").fetch_one(&mut **tx).await?,
             Backend::Sqlite => {
@@ -124,7 +129,9 @@ impl Storage {
                     .await?
             }
         };
-        Ok(row.try_get("position")?)
+        let position: i64 = row.try_get("position")?;
+        self.stream.begin(position);
+        Ok(position)
     }
 
     /// The highest stream position handed out so far.
@@ -282,6 +289,10 @@ impl Storage {
                 .await?;
         }
         let stream_ordering = self.next_stream_position(&mut tx).await?;
+        let _in_flight = crate::stream::InFlight {
+            tracker: &self.stream,
+            position: stream_ordering,
+        };
         let state_after = match (event.state_key, event.state_before) {
             (Some(state_key), before) => {
                 self.write_snapshot(
@@ -491,8 +502,11 @@ impl Storage {
         Ok(out)
     }
 
-    /// Up to `limit` events of a room from `from` in topological order (depth, then stream),
-    /// exclusive of `from`, not past `to` (exclusive). Rejected and outlier events are skipped.
+    /// Up to `limit` events of a room from position `from` in topological order (depth, then
+    /// stream), walking `dir`, not reaching position `to`. A position lies just before the event
+    /// with the same `(depth, stream)`: walking backward from it excludes that event, walking
+    /// forward includes it, so a page's `start` and `end` bracket exactly its events.
+    /// Rejected and outlier events are skipped.
     pub async fn room_events_topological(
         &self,
         room_id: &str,
@@ -502,8 +516,8 @@ impl Storage {
         limit: i64,
     ) -> Result<Vec<EventRow>> {
         let (cmp, order, to_cmp) = match dir {
-            Direction::Backward => ("<", "DESC", ">"),
-            Direction::Forward => (">", "ASC", "<"),
+            Direction::Backward => ("<", "DESC", ">="),
+            Direction::Forward => (">=", "ASC", "<"),
         };
         let to_clause = if to.is_some() {
             format!("AND (depth, stream_ordering) {to_cmp} ($5, $6)")

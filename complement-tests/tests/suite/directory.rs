@@ -1031,41 +1031,8 @@ backend_tests!(
     a10_profile_change_updates_member_events,
     a19_alias_lifecycle,
     a19_server_admin_deletes_alias,
+    a20_canonical_alias_keeps_existing_aliases,
     a20_canonical_alias_validation,
     a40_public_rooms_directory,
     room_account_data_and_tags,
 );
-
-/// Known server deviations from the spec: these tests assert the spec and are
-/// ignored until the server is fixed (`cargo test -p complement-tests a20 --
-/// --ignored` runs them).
-///
-/// `PUT /rooms/{id}/state/m.room.canonical_alias/` re-validates every alias
-/// in the new content, including ones already present in the current event:
-/// after `#main` (the current `alias`) is deleted from the directory, adding
-/// a valid `alt_aliases` entry fails with 400 `M_BAD_ALIAS` "#main… does not
-/// point at this room". The spec: "Servers do not validate aliases which are
-/// being removed or are already present in the state event."
-mod spec_deviations {
-    mod sqlite {
-        #[tokio::test]
-        #[ignore = "server bug: m.room.canonical_alias re-validates aliases already present in the current event"]
-        async fn a20_canonical_alias_keeps_existing_aliases() {
-            super::super::a20_canonical_alias_keeps_existing_aliases(
-                complement_tests::Backend::Sqlite,
-            )
-            .await
-        }
-    }
-
-    mod postgres {
-        #[tokio::test]
-        #[ignore = "server bug: m.room.canonical_alias re-validates aliases already present in the current event"]
-        async fn a20_canonical_alias_keeps_existing_aliases() {
-            super::super::a20_canonical_alias_keeps_existing_aliases(
-                complement_tests::Backend::Postgres,
-            )
-            .await
-        }
-    }
-}

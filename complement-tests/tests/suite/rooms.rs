@@ -1628,19 +1628,16 @@ async fn rooms_concurrent_sends_no_loss(backend: Backend) {
 backend_tests!(
     a11_create_room_presets_and_options,
     a11_room_v12_creators,
-    #[ignore = "server gap (spec SHOULD): v12 trusted_private_chat invitees are not made additional_creators"]
     a11_v12_trusted_invitees_become_creators,
     a12_unsupported_room_version,
     a14_join_public_room_by_id_and_alias,
     a15_invite_only_room_join_rules,
     a16_reject_invite,
     a17_leave_then_history_up_to_leave,
-    #[ignore = "server bug: a user who left does not see their own leave event in /messages"]
     a17_left_user_sees_own_leave,
     a18_kick_ban_unban,
     a21_send_txn_idempotency,
     a23_messages_pagination,
-    #[ignore = "server bug: /messages `to` (and dir=f from a backward page's `end`) skips the event at the token"]
     a23_messages_to_bounds_page,
     a24_event_and_history_visibility,
     a29_state_put_get_repeat,

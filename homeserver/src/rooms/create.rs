@@ -73,7 +73,9 @@ fn default_power_levels(
     if !creators_privileged {
         users.insert(creator.to_string(), 100.into());
     }
-    if create.preset == Preset::TrustedPrivateChat {
+    // Trusted invitees get the creator's power; since v12 they are additional creators instead
+    // (see `create_room`), and creators must not be listed.
+    if create.preset == Preset::TrustedPrivateChat && !creators_privileged {
         for invitee in &create.invite {
             users.insert(invitee.to_string(), 100.into());
         }
@@ -121,6 +123,24 @@ pub async fn create_room(
         "room_version".into(),
         CanonicalJsonValue::String(create.version.to_string()),
     );
+    if create.preset == Preset::TrustedPrivateChat && rules.authorization.additional_room_creators {
+        let mut creators: Vec<CanonicalJsonValue> = match content.remove("additional_creators") {
+            Some(CanonicalJsonValue::Array(existing)) => existing,
+            _ => Vec::new(),
+        };
+        for invitee in &create.invite {
+            let id = CanonicalJsonValue::String(invitee.to_string());
+            if !creators.contains(&id) && invitee != creator {
+                creators.push(id);
+            }
+        }
+        if !creators.is_empty() {
+            content.insert(
+                "additional_creators".into(),
+                CanonicalJsonValue::Array(creators),
+            );
+        }
+    }
     if !rules.authorization.use_room_create_sender {
         content.insert(
             "creator".into(),

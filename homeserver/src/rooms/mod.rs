@@ -304,5 +304,18 @@ async fn persist(
             now,
         )
         .await?;
+    // Wake the room's members (and the target of a membership change) now that it is committed.
+    let members = state.storage.room_members(built.room_id.as_str()).await?;
+    let target = pdu
+        .state_key
+        .as_deref()
+        .filter(|_| pdu.kind == TimelineEventType::RoomMember);
+    state.notifier.notify(
+        members
+            .iter()
+            .filter(|(_, m, _)| matches!(m.as_str(), "join" | "invite" | "knock"))
+            .map(|(u, _, _)| u.as_str())
+            .chain(target),
+    );
     Ok(persisted)
 }

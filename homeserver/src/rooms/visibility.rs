@@ -10,8 +10,8 @@
 //! - `invited`: yes if the user was invited at the event;
 //! - `joined`: only if joined at the event.
 //!
-//! A user's own membership events are judged by the state after them, so a user sees their
-//! own join, leave and invite.
+//! A user's own membership events are visible if the membership before or after them allows
+//! it, so a user sees their own join, leave and invite.
 
 use std::collections::HashMap;
 
@@ -81,26 +81,37 @@ impl<'a> Visibility<'a> {
         Ok(decided)
     }
 
-    /// Whether the user may read `row`.
-    pub async fn allows(&mut self, row: &EventRow) -> Result<bool, Error> {
-        let own_membership = row.event_type == "m.room.member"
-            && row.state_key.as_deref() == Some(self.user.as_str());
-        let snapshot = if own_membership {
-            row.state_after
-        } else {
-            row.state_before.or(row.state_after)
-        };
-        let Some(snapshot) = snapshot else {
-            return Ok(false);
-        };
-        let (history, membership) = self.at_snapshot(snapshot).await?;
-        Ok(match (history.as_str(), membership.as_deref()) {
+    fn decide(&self, history: &str, membership: Option<&str>) -> bool {
+        match (history, membership) {
             ("world_readable", _) => true,
             (_, Some("join")) => true,
             ("shared", _) => self.joined_now,
             ("invited", Some("invite")) => true,
             _ => false,
-        })
+        }
+    }
+
+    /// Whether the user may read `row`.
+    pub async fn allows(&mut self, row: &EventRow) -> Result<bool, Error> {
+        let own_membership = row.event_type == "m.room.member"
+            && row.state_key.as_deref() == Some(self.user.as_str());
+        // A user's own membership event is visible if the membership before or after it
+        // allows it: they see their own leave, and the invite that brought them in.
+        let snapshots: Vec<i64> = if own_membership {
+            [row.state_before, row.state_after]
+                .into_iter()
+                .flatten()
+                .collect()
+        } else {
+            row.state_before.or(row.state_after).into_iter().collect()
+        };
+        for snapshot in snapshots {
+            let (history, membership) = self.at_snapshot(snapshot).await?;
+            if self.decide(&history, membership.as_deref()) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// The subset of `rows` the user may read, in the same order.

@@ -380,10 +380,18 @@ pub async fn get_message_events(
         .room_events_topological(room_id.as_str(), from, to, dir, limit)
         .await?;
     let full_page = rows.len() as i64 == limit;
+    // The position past the last event in the walking direction: just before it going
+    // backward, just after it going forward.
     let end = rows.last().and_then(|r| {
-        r.stream_ordering.map(|stream| TopologicalPosition {
-            depth: r.depth,
-            stream,
+        r.stream_ordering.map(|stream| match dir {
+            StorageDirection::Backward => TopologicalPosition {
+                depth: r.depth,
+                stream,
+            },
+            StorageDirection::Forward => TopologicalPosition {
+                depth: r.depth,
+                stream: stream + 1,
+            },
         })
     });
 

@@ -14,6 +14,7 @@ pub(crate) mod register;
 mod relations;
 mod room;
 mod session;
+mod sync;
 
 use axum::Router;
 
@@ -86,5 +87,8 @@ pub fn routes(r: Router<AppState>) -> Router<AppState> {
         relations::get_relating_events_with_rel_type_and_event_type,
     );
     let r = route(r, membership::knock_room);
-    route(r, room::upgrade_room)
+    let r = route(r, room::upgrade_room);
+    let r = route_raw(r, sync::sync_events);
+    let r = route(r, sync::create_filter);
+    route(r, sync::get_filter)
 }

@@ -83,9 +83,10 @@ pub async fn get_context(
     let start = before
         .last()
         .and_then(|r| r.stream_ordering.map(|s| format!("t{}_{}", r.depth, s)));
+    // Just after the newest event returned.
     let end = after
         .last()
-        .and_then(|r| r.stream_ordering.map(|s| format!("t{}_{}", r.depth, s)));
+        .and_then(|r| r.stream_ordering.map(|s| format!("t{}_{}", r.depth, s + 1)));
     let last_state = after.last().unwrap_or(&row).state_after;
     let before = visibility.filter(before).await?;
     let after = visibility.filter(after).await?;
@@ -109,7 +110,7 @@ pub async fn get_context(
         .map(raw)
         .collect::<Result<_>>()?;
     response.start = Some(start.unwrap_or_else(|| format!("t{}_{}", row.depth, stream)));
-    response.end = Some(end.unwrap_or_else(|| format!("t{}_{}", row.depth, stream)));
+    response.end = Some(end.unwrap_or_else(|| format!("t{}_{}", row.depth, stream + 1)));
     if let Some(snapshot) = last_state {
         let map = state.snapshot(snapshot).await?;
         let lazy = !req.body.filter.lazy_load_options.is_disabled();

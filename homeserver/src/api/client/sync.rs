@@ -1,0 +1,100 @@
+//! `GET /sync` and filters.
+//!
+//! <https://spec.matrix.org/latest/client-server-api/#get_matrixclientv3sync>
+//! <https://spec.matrix.org/latest/client-server-api/#filtering>
+
+use std::time::Duration;
+
+use axum::{extract::State, response::IntoResponse, Json};
+use ruma::api::client::{
+    filter::{create_filter, get_filter, FilterDefinition},
+    sync::sync_events,
+};
+
+use crate::{
+    api::ruma::Ruma,
+    error::{Error, Result},
+    sync::{filter::SyncFilter, parse_token, sync, SyncRequest},
+    AppState,
+};
+
+/// The longest a sync may wait; longer timeouts are shortened to this.
+const MAX_TIMEOUT: Duration = Duration::from_secs(60);
+
+async fn load_filter(state: &AppState, user: &str, filter_id: &str) -> Result<FilterDefinition> {
+    let id: i64 = filter_id
+        .parse()
+        .map_err(|_| Error::invalid_param("Unknown filter"))?;
+    let json = state
+        .storage
+        .get_filter(user, id)
+        .await?
+        .ok_or_else(|| Error::invalid_param("Unknown filter"))?;
+    serde_json::from_str(&json).map_err(Error::internal)
+}
+
+/// GET /_matrix/client/v3/sync
+pub async fn sync_events(
+    State(state): State<AppState>,
+    req: Ruma<sync_events::v3::Request>,
+) -> Result<axum::response::Response> {
+    let sender = req.sender();
+    let definition = match &req.body.filter {
+        None => FilterDefinition::default(),
+        Some(sync_events::v3::Filter::FilterDefinition(def)) => def.clone(),
+        Some(sync_events::v3::Filter::FilterId(id)) => {
+            load_filter(&state, sender.user_id.as_str(), id).await?
+        }
+        Some(_) => FilterDefinition::default(),
+    };
+    let since = req.body.since.as_deref().map(parse_token).transpose()?;
+    let request = SyncRequest {
+        user: &sender.user_id,
+        device: &sender.device_id,
+        since,
+        full_state: req.body.full_state,
+        filter: SyncFilter::from_definition(&definition),
+        timeout: req.body.timeout.unwrap_or_default().min(MAX_TIMEOUT),
+    };
+    let response = sync(&state, &request).await?;
+    Ok(Json(response).into_response())
+}
+
+/// POST /_matrix/client/v3/user/{userId}/filter
+pub async fn create_filter(
+    State(state): State<AppState>,
+    req: Ruma<create_filter::v3::Request>,
+) -> Result<create_filter::v3::Response> {
+    let user = &req.sender().user_id;
+    if *user != req.body.user_id {
+        return Err(Error::forbidden(
+            "You cannot create filters for other users",
+        ));
+    }
+    let json = serde_json::to_string(&req.body.filter).map_err(Error::internal)?;
+    let id = state.storage.create_filter(user.as_str(), &json).await?;
+    Ok(create_filter::v3::Response::new(id.to_string()))
+}
+
+/// GET /_matrix/client/v3/user/{userId}/filter/{filterId}
+pub async fn get_filter(
+    State(state): State<AppState>,
+    req: Ruma<get_filter::v3::Request>,
+) -> Result<get_filter::v3::Response> {
+    let user = &req.sender().user_id;
+    if *user != req.body.user_id {
+        return Err(Error::forbidden("You cannot read other users' filters"));
+    }
+    let id: i64 = req
+        .body
+        .filter_id
+        .parse()
+        .map_err(|_| Error::not_found("No such filter"))?;
+    let json = state
+        .storage
+        .get_filter(user.as_str(), id)
+        .await?
+        .ok_or_else(|| Error::not_found("No such filter"))?;
+    let def: FilterDefinition = serde_json::from_str(&json).map_err(Error::internal)?;
+    Ok(get_filter::v3::Response::new(def))
+}

@@ -1,0 +1,426 @@
+//! The sync engine: what a user's device needs to catch up from a token, computed once for
+//! both transports (long-poll `/sync` now, the WebSocket later).
+//!
+//! <https://spec.matrix.org/latest/client-server-api/#syncing>
+//!
+//! A token is `s<position>`: everything up to that position of the global stream has been
+//! delivered. A response covers `(since, upto]`, where `upto` is the highest position whose
+//! writes are all committed, so every change is returned once, never twice, never skipped —
+//! also across restarts, since positions live in the database.
+//!
+//! Per room:
+//! - joined, and already joined at `since`: the new events (the newest `limit`, `limited` if
+//!   there were more, `prev_batch` continuing exactly where the timeline starts in
+//!   `/messages`), and when limited the state that changed in the gap;
+//! - newly joined, initial sync, or `full_state`: the full state at the start of the timeline
+//!   (lazy-loaded members if asked);
+//! - invited: the stripped state of the invite;
+//! - left or banned since `since`: the timeline up to the leave.
+
+pub mod filter;
+
+use std::{collections::HashSet, time::Duration};
+
+use myelin_storage::{EventRow, MembershipRow, StateMap};
+use ruma::{DeviceId, UserId};
+use serde_json::{json, Map, Value};
+
+use crate::{
+    error::Error,
+    rooms::{format::client_events, visibility::Visibility},
+    AppState,
+};
+use filter::SyncFilter;
+
+/// What a device asks for.
+pub struct SyncRequest<'a> {
+    pub user: &'a UserId,
+    pub device: &'a DeviceId,
+    pub since: Option<i64>,
+    pub full_state: bool,
+    pub filter: SyncFilter,
+    pub timeout: Duration,
+}
+
+/// Parses an `s<position>` token.
+pub fn parse_token(token: &str) -> Result<i64, Error> {
+    token
+        .strip_prefix('s')
+        .and_then(|rest| rest.split('_').next())
+        .and_then(|n| n.parse::<i64>().ok())
+        .filter(|n| *n >= 0)
+        .ok_or_else(|| Error::invalid_param("Invalid sync token"))
+}
+
+/// Runs a sync: computes the response and, when there is nothing new, waits (up to the
+/// timeout) for the notifier to say something relevant was committed.
+pub async fn sync(state: &AppState, req: &SyncRequest<'_>) -> Result<Value, Error> {
+    let deadline = tokio::time::Instant::now() + req.timeout;
+    let handle = state.notifier.handle(req.user.as_str());
+    loop {
+        // Subscribe before reading, so a commit in between still wakes us.
+        let notified = handle.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+
+        let upto = state.storage.safe_stream_position();
+        if let Some(since) = req.since {
+            if since > upto {
+                // A token from the future (or another server): answer from where we are.
+                return Ok(empty_response(upto));
+            }
+        }
+        let nothing_new = req.since == Some(upto) && !req.full_state;
+        if !nothing_new {
+            let response = compute(state, req, upto).await?;
+            if req.since.is_none() || req.full_state || !is_empty(&response) {
+                return Ok(response);
+            }
+        }
+        tokio::select! {
+            _ = &mut notified => {}
+            _ = tokio::time::sleep_until(deadline) => {
+                return Ok(empty_response(state.storage.safe_stream_position().max(req.since.unwrap_or(0))));
+            }
+        }
+    }
+}
+
+fn empty_response(upto: i64) -> Value {
+    json!({ "next_batch": format!("s{upto}") })
+}
+
+fn is_empty(response: &Value) -> bool {
+    let rooms_empty = response["rooms"].as_object().is_none_or(|rooms| {
+        rooms
+            .values()
+            .all(|section| section.as_object().is_none_or(Map::is_empty))
+    });
+    let account_data_empty = response["account_data"]["events"]
+        .as_array()
+        .is_none_or(Vec::is_empty);
+    rooms_empty && account_data_empty
+}
+
+/// Computes the response for `(since, upto]`.
+async fn compute(state: &AppState, req: &SyncRequest<'_>, upto: i64) -> Result<Value, Error> {
+    let since = req.since.unwrap_or(0);
+    let initial = req.since.is_none();
+    let memberships = state
+        .storage
+        .memberships_for_user(req.user.as_str())
+        .await?;
+    let account_data = state
+        .storage
+        .account_data_changes(req.user.as_str(), since, upto)
+        .await?;
+
+    let mut join = Map::new();
+    let mut invite = Map::new();
+    let mut knock = Map::new();
+    let mut leave = Map::new();
+    for m in memberships
+        .iter()
+        .filter(|m| req.filter.wants_room(&m.room_id))
+    {
+        let room_account_data: Vec<Value> = account_data
+            .iter()
+            .filter(|a| a.room_id.as_deref() == Some(m.room_id.as_str()))
+            .filter_map(|a| {
+                serde_json::from_str::<Value>(&a.content)
+                    .ok()
+                    .map(|c| json!({ "type": a.data_type, "content": c }))
+            })
+            .collect();
+        match m.membership.as_str() {
+            "join" => {
+                // Joined within the window: the client has never seen this room's state.
+                let fresh = initial || req.full_state || m.stream_ordering > since;
+                if let Some(room) =
+                    joined_room(state, req, m, since, upto, fresh, room_account_data).await?
+                {
+                    join.insert(m.room_id.clone(), room);
+                }
+            }
+            "invite" if initial || m.stream_ordering > since => {
+                invite.insert(
+                    m.room_id.clone(),
+                    json!({ "invite_state": { "events": stripped_state(state, m).await? } }),
+                );
+            }
+            "knock" if initial || m.stream_ordering > since => {
+                knock.insert(
+                    m.room_id.clone(),
+                    json!({ "knock_state": { "events": stripped_state(state, m).await? } }),
+                );
+            }
+            "leave" | "ban"
+                if !m.forgotten
+                    && ((!initial && m.stream_ordering > since)
+                        || (initial && req.filter.include_leave)) =>
+            {
+                let room = left_room(state, req, m, since, upto, room_account_data).await?;
+                leave.insert(m.room_id.clone(), room);
+            }
+            _ => {}
+        }
+    }
+
+    let global: Vec<Value> = account_data
+        .iter()
+        .filter(|a| a.room_id.is_none() && req.filter.wants_account_data(&a.data_type))
+        .filter_map(|a| {
+            serde_json::from_str::<Value>(&a.content)
+                .ok()
+                .map(|c| json!({ "type": a.data_type, "content": c }))
+        })
+        .collect();
+
+    let mut rooms = Map::new();
+    for (name, section) in [
+        ("join", join),
+        ("invite", invite),
+        ("knock", knock),
+        ("leave", leave),
+    ] {
+        if !section.is_empty() {
+            rooms.insert(name.into(), Value::Object(section));
+        }
+    }
+    let mut response = json!({ "next_batch": format!("s{upto}") });
+    if !rooms.is_empty() {
+        response["rooms"] = Value::Object(rooms);
+    }
+    if !global.is_empty() {
+        response["account_data"] = json!({ "events": global });
+    }
+    Ok(response)
+}
+
+fn token_before(row: &EventRow) -> String {
+    // `/messages?dir=b&from=<this>` returns the events before `row`.
+    format!("t{}_{}", row.depth, row.stream_ordering.unwrap_or(0))
+}
+
+/// The timeline of a room for `(after, upto]`: the newest `limit` visible events in order,
+/// whether some were left out, and the snapshot at the timeline's start.
+async fn timeline(
+    state: &AppState,
+    req: &SyncRequest<'_>,
+    room_id: &str,
+    after: i64,
+    upto: i64,
+) -> Result<(Vec<EventRow>, bool), Error> {
+    let limit = req.filter.timeline_limit;
+    let mut rows = state
+        .storage
+        .room_events_in_range(room_id, after, upto, limit + 1)
+        .await?;
+    let limited = rows.len() as i64 > limit;
+    rows.truncate(limit as usize);
+    rows.reverse();
+    let mut visibility = Visibility::new(state, req.user, room_id).await?;
+    let rows = visibility.filter(rows).await?;
+    let rows = rows
+        .into_iter()
+        .filter(|r| req.filter.wants_timeline_event(r))
+        .collect();
+    Ok((rows, limited))
+}
+
+/// State events to send: `full` gives the whole state at `start_snapshot`; otherwise the
+/// entries that differ from the state at `since`. Events in the timeline are left out, and
+/// with lazy-loading only the members who appear in the timeline (and the user) are sent.
+async fn state_section(
+    state: &AppState,
+    req: &SyncRequest<'_>,
+    start_snapshot: Option<i64>,
+    since_snapshot: Option<i64>,
+    full: bool,
+    timeline: &[EventRow],
+) -> Result<Vec<EventRow>, Error> {
+    let Some(start) = start_snapshot else {
+        return Ok(Vec::new());
+    };
+    let at_start = state.snapshot(start).await?;
+    let before: Option<std::sync::Arc<StateMap>> = match (full, since_snapshot) {
+        (false, Some(s)) => Some(state.snapshot(s).await?),
+        _ => None,
+    };
+    let in_timeline: HashSet<&str> = timeline.iter().map(|r| r.event_id.as_str()).collect();
+    let senders: HashSet<&str> = timeline
+        .iter()
+        .map(|r| r.sender.as_str())
+        .chain(std::iter::once(req.user.as_str()))
+        .collect();
+    let lazy = req.filter.lazy_load_members;
+    let ids: Vec<String> = at_start
+        .iter()
+        .filter(|(key, id)| before.as_ref().is_none_or(|b| b.get(*key) != Some(*id)))
+        .filter(|(_, id)| !in_timeline.contains(id.as_str()))
+        .filter(|((event_type, state_key), _)| {
+            !lazy || event_type != "m.room.member" || senders.contains(state_key.as_str())
+        })
+        .map(|(_, id)| id.clone())
+        .collect();
+    Ok(state.storage.get_events(&ids).await?)
+}
+
+async fn format(
+    state: &AppState,
+    req: &SyncRequest<'_>,
+    rows: &[EventRow],
+) -> Result<Vec<Value>, Error> {
+    let mut events = client_events(state, rows, Some((req.user, req.device))).await?;
+    for event in &mut events {
+        if let Some(object) = event.as_object_mut() {
+            object.remove("room_id");
+        }
+    }
+    Ok(events)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn joined_room(
+    state: &AppState,
+    req: &SyncRequest<'_>,
+    m: &MembershipRow,
+    since: i64,
+    upto: i64,
+    fresh: bool,
+    account_data: Vec<Value>,
+) -> Result<Option<Value>, Error> {
+    let after = if fresh { 0 } else { since };
+    let (rows, limited) = timeline(state, req, &m.room_id, after, upto).await?;
+    if !fresh && rows.is_empty() && !limited && account_data.is_empty() {
+        return Ok(None);
+    }
+    let start_snapshot = match rows.first() {
+        Some(first) => first.state_before.or(first.state_after),
+        None => state.storage.snapshot_at(&m.room_id, upto).await?,
+    };
+    let state_rows = if fresh {
+        state_section(state, req, start_snapshot, None, true, &rows).await?
+    } else if limited {
+        let since_snapshot = state.storage.snapshot_at(&m.room_id, since).await?;
+        state_section(state, req, start_snapshot, since_snapshot, false, &rows).await?
+    } else {
+        Vec::new()
+    };
+    let prev_batch = rows
+        .first()
+        .map(token_before)
+        .unwrap_or_else(|| format!("s{upto}"));
+    let mut room = json!({
+        "timeline": { "events": format(state, req, &rows).await?, "limited": limited, "prev_batch": prev_batch },
+        "state": { "events": format(state, req, &state_rows).await? },
+        "account_data": { "events": account_data },
+        "ephemeral": { "events": [] },
+    });
+    let members_changed = rows
+        .iter()
+        .chain(state_rows.iter())
+        .any(|r| r.event_type == "m.room.member");
+    if fresh || members_changed {
+        room["summary"] = summary(state, req.user, &m.room_id).await?;
+    }
+    Ok(Some(room))
+}
+
+async fn left_room(
+    state: &AppState,
+    req: &SyncRequest<'_>,
+    m: &MembershipRow,
+    since: i64,
+    upto: i64,
+    account_data: Vec<Value>,
+) -> Result<Value, Error> {
+    // Nothing after the leave is theirs to see.
+    let end = m.stream_ordering.min(upto);
+    let (rows, limited) = timeline(state, req, &m.room_id, since, end).await?;
+    let start_snapshot = match rows.first() {
+        Some(first) => first.state_before.or(first.state_after),
+        None => state.storage.snapshot_at(&m.room_id, end).await?,
+    };
+    let since_snapshot = if since > 0 {
+        state.storage.snapshot_at(&m.room_id, since).await?
+    } else {
+        None
+    };
+    let state_rows = if limited || since == 0 {
+        state_section(
+            state,
+            req,
+            start_snapshot,
+            since_snapshot,
+            since == 0,
+            &rows,
+        )
+        .await?
+    } else {
+        Vec::new()
+    };
+    let prev_batch = rows
+        .first()
+        .map(token_before)
+        .unwrap_or_else(|| format!("s{end}"));
+    Ok(json!({
+        "timeline": { "events": format(state, req, &rows).await?, "limited": limited, "prev_batch": prev_batch },
+        "state": { "events": format(state, req, &state_rows).await? },
+        "account_data": { "events": account_data },
+    }))
+}
+
+/// Stripped state for an invite or knock: the room's name, avatar, join rules, create event,
+/// canonical alias, encryption and topic, plus the membership event itself.
+async fn stripped_state(state: &AppState, m: &MembershipRow) -> Result<Vec<Value>, Error> {
+    let current = state.storage.current_state(&m.room_id).await?;
+    let mut ids: Vec<String> = [
+        "m.room.create",
+        "m.room.name",
+        "m.room.avatar",
+        "m.room.join_rules",
+        "m.room.canonical_alias",
+        "m.room.encryption",
+        "m.room.topic",
+    ]
+    .iter()
+    .filter_map(|t| current.get(&(t.to_string(), String::new())).cloned())
+    .collect();
+    ids.push(m.event_id.clone());
+    let rows = state.storage.get_events(&ids).await?;
+    let mut out = Vec::new();
+    for row in rows {
+        let pdu: Value = serde_json::from_str(&row.pdu).map_err(Error::internal)?;
+        let mut stripped = json!({
+            "type": row.event_type,
+            "state_key": row.state_key,
+            "content": pdu["content"],
+            "sender": row.sender,
+        });
+        if row.event_id == m.event_id {
+            stripped["event_id"] = row.event_id.clone().into();
+            stripped["origin_server_ts"] = row.origin_server_ts.into();
+        }
+        out.push(stripped);
+    }
+    Ok(out)
+}
+
+/// Member counts and up to five heroes (other members, for naming unnamed rooms).
+async fn summary(state: &AppState, user: &UserId, room_id: &str) -> Result<Value, Error> {
+    let members = state.storage.room_members(room_id).await?;
+    let joined = members.iter().filter(|(_, m, _)| m == "join").count();
+    let invited = members.iter().filter(|(_, m, _)| m == "invite").count();
+    let heroes: Vec<&str> = members
+        .iter()
+        .filter(|(u, m, _)| u != user.as_str() && (m == "join" || m == "invite"))
+        .map(|(u, _, _)| u.as_str())
+        .take(5)
+        .collect();
+    Ok(json!({
+        "m.heroes": heroes,
+        "m.joined_member_count": joined,
+        "m.invited_member_count": invited,
+    }))
+}

@@ -1,0 +1,153 @@
+//! The reads `/sync` is built from: what changed for a user between two stream positions.
+
+use sqlx::Row;
+
+use crate::{rooms::EventRow, Backend, Result, Storage};
+
+/// A user's membership of a room, with where it changed.
+#[derive(Debug, Clone)]
+pub struct MembershipRow {
+    pub room_id: String,
+    pub membership: String,
+    pub event_id: String,
+    pub stream_ordering: i64,
+    pub forgotten: bool,
+}
+
+/// Account data that changed: `room_id` is `None` for global account data.
+#[derive(Debug, Clone)]
+pub struct AccountDataChange {
+    pub room_id: Option<String>,
+    pub data_type: String,
+    pub content: String,
+}
+
+impl Storage {
+    /// Every room the user has a membership in (any state).
+    pub async fn memberships_for_user(&self, user_id: &str) -> Result<Vec<MembershipRow>> {
+        let rows = sqlx::query(
+            "SELECT room_id, membership, event_id, stream_ordering, forgotten FROM room_memberships
+             WHERE user_id = $1 ORDER BY stream_ordering",
+        )
+        .bind(user_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(MembershipRow {
+                    room_id: row.try_get("room_id")?,
+                    membership: row.try_get("membership")?,
+                    event_id: row.try_get("event_id")?,
+                    stream_ordering: row.try_get("stream_ordering")?,
+                    forgotten: row.try_get::<i64, _>("forgotten")? != 0,
+                })
+            })
+            .collect()
+    }
+
+    /// Up to `limit` of a room's events with `after < stream <= upto`, newest first.
+    pub async fn room_events_in_range(
+        &self,
+        room_id: &str,
+        after: i64,
+        upto: i64,
+        limit: i64,
+    ) -> Result<Vec<EventRow>> {
+        let sql = format!(
+            "SELECT {} FROM events WHERE room_id = $1 AND stream_ordering > $2 AND stream_ordering <= $3
+               AND rejected_reason IS NULL ORDER BY stream_ordering DESC LIMIT $4",
+            crate::rooms::EVENT_COLUMNS
+        );
+        let rows = sqlx::query(&sql)
+            .bind(room_id)
+            .bind(after)
+            .bind(upto)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(crate::rooms::event_from_row).collect()
+    }
+
+    /// The state snapshot after the room's last event at or before `position`.
+    pub async fn snapshot_at(&self, room_id: &str, position: i64) -> Result<Option<i64>> {
+        let row = sqlx::query(
+            "SELECT state_after FROM events WHERE room_id = $1 AND stream_ordering <= $2
+             ORDER BY stream_ordering DESC LIMIT 1",
+        )
+        .bind(room_id)
+        .bind(position)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row
+            .map(|r| r.try_get::<Option<i64>, _>("state_after"))
+            .transpose()?
+            .flatten())
+    }
+
+    /// Account data of the user changed in `after < stream <= upto` (all of it when `after`
+    /// is 0).
+    pub async fn account_data_changes(
+        &self,
+        user_id: &str,
+        after: i64,
+        upto: i64,
+    ) -> Result<Vec<AccountDataChange>> {
+        let rows = sqlx::query(
+            "SELECT room_id, data_type, content FROM account_data
+             WHERE user_id = $1 AND stream_ordering > $2 AND stream_ordering <= $3",
+        )
+        .bind(user_id)
+        .bind(after)
+        .bind(upto)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let room: String = row.try_get("room_id")?;
+                Ok(AccountDataChange {
+                    room_id: Some(room).filter(|r| !r.is_empty()),
+                    data_type: row.try_get("data_type")?,
+                    content: row.try_get("content")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Stores a filter and returns its ID (per user, counting up from 0).
+    pub async fn create_filter(&self, user_id: &str, filter_json: &str) -> Result<i64> {
+        let mut tx = self.begin_write().await?;
+        // On PostgreSQL, lock the user's filters so two concurrent creations cannot pick the
+        // same ID (SQLite's BEGIN IMMEDIATE already serialises writers).
+        if self.backend == Backend::Postgres {
+            sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
+                .bind(user_id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        let next: i64 = sqlx::query(
+            "SELECT COALESCE(MAX(filter_id) + 1, 0) AS next FROM filters WHERE user_id = $1",
+        )
+        .bind(user_id)
+        .fetch_one(&mut *tx)
+        .await?
+        .try_get("next")?;
+        sqlx::query("INSERT INTO filters (user_id, filter_id, filter_json) VALUES ($1, $2, $3)")
+            .bind(user_id)
+            .bind(next)
+            .bind(filter_json)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(next)
+    }
+
+    pub async fn get_filter(&self, user_id: &str, filter_id: i64) -> Result<Option<String>> {
+        let row =
+            sqlx::query("SELECT filter_json FROM filters WHERE user_id = $1 AND filter_id = $2")
+                .bind(user_id)
+                .bind(filter_id)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(row.map(|r| r.try_get("filter_json")).transpose()?)
+    }
+}
