@@ -39,16 +39,81 @@ use ruma::{
 
 use crate::{auth::now_ms, error::Error, AppState};
 
-/// Per-room write locks. The outer std mutex is held only to find or insert a room's lock.
+/// What the write pipeline needs to know about a room's head: its rules, forward
+/// extremities, the state after them, and the parsed state events the authorization rules
+/// read. Every send reads it and only the pipeline changes it, under the room's lock, so it is
+/// kept in memory instead of being re-read from storage for each event. (With several server
+/// processes writing one room, the head will have to be revalidated inside the transaction.)
+pub struct RoomHead {
+    rules: RoomVersionRules,
+    /// `(event ID, depth)` of the forward extremities.
+    extremities: Vec<(OwnedEventId, i64)>,
+    state_after: Option<i64>,
+    current: myelin_storage::StateMap,
+    /// Parsed state events, filled as the authorization rules ask for them.
+    pdus: HashMap<String, Pdu>,
+    /// Current membership of every user with a member event, for waking sync waiters.
+    members: HashMap<String, String>,
+}
+
+impl RoomHead {
+    async fn load(state: &AppState, room_id: &RoomId) -> Result<RoomHead, Error> {
+        let (_, rules) = room_rules(state, room_id).await?;
+        let extremities = state.storage.forward_extremities(room_id.as_str()).await?;
+        let state_after = extremities.first().and_then(|(_, _, s)| *s);
+        let extremities = extremities
+            .into_iter()
+            .take(20)
+            .map(|(id, depth, _)| {
+                OwnedEventId::try_from(id)
+                    .map(|id| (id, depth))
+                    .map_err(Error::internal)
+            })
+            .collect::<Result<_, _>>()?;
+        let current = state.storage.current_state(room_id.as_str()).await?;
+        let members = state
+            .storage
+            .room_members(room_id.as_str())
+            .await?
+            .into_iter()
+            .map(|(user, membership, _)| (user, membership))
+            .collect();
+        Ok(RoomHead {
+            rules,
+            extremities,
+            state_after,
+            current,
+            pdus: HashMap::new(),
+            members,
+        })
+    }
+
+    /// Users whose syncs care about a new event in this room.
+    fn interested(&self) -> impl Iterator<Item = &str> {
+        self.members
+            .iter()
+            .filter(|(_, m)| matches!(m.as_str(), "join" | "invite" | "knock"))
+            .map(|(u, _)| u.as_str())
+    }
+}
+
+/// Per-room write locks, each guarding the room's cached [`RoomHead`] (loaded on first use).
+/// The outer std mutex is held only to find or insert a room's entry.
 #[derive(Default)]
 pub struct RoomLocks {
-    locks: Mutex<HashMap<OwnedRoomId, Arc<tokio::sync::Mutex<()>>>>,
+    locks: Mutex<HashMap<OwnedRoomId, Arc<tokio::sync::Mutex<Option<RoomHead>>>>>,
 }
 
 impl RoomLocks {
-    pub fn get(&self, room_id: &RoomId) -> Arc<tokio::sync::Mutex<()>> {
+    pub fn get(&self, room_id: &RoomId) -> Arc<tokio::sync::Mutex<Option<RoomHead>>> {
         let mut map = self.locks.lock().unwrap_or_else(|e| e.into_inner());
         map.entry(room_id.to_owned()).or_default().clone()
+    }
+
+    /// Drops the cached head (after a change made outside the pipeline, e.g. a redaction
+    /// rewriting a stored state event); the next send reloads it.
+    pub async fn invalidate(&self, room_id: &RoomId) {
+        *self.get(room_id).lock().await = None;
     }
 }
 
@@ -135,7 +200,7 @@ pub async fn send(
     send: Send,
 ) -> Result<OwnedEventId, Error> {
     let lock = state.room_locks.get(room_id);
-    let _guard = lock.lock().await;
+    let mut guard = lock.lock().await;
 
     // A retried client transaction returns the event it created the first time.
     if let Some((device, txn_id)) = &send.txn {
@@ -147,19 +212,18 @@ pub async fn send(
             return OwnedEventId::try_from(event_id).map_err(Error::internal);
         }
     }
-    let (_, rules) = room_rules(state, room_id).await?;
-    let extremities = state.storage.forward_extremities(room_id.as_str()).await?;
-    let depth = extremities.iter().map(|(_, d, _)| *d).max().unwrap_or(0) + 1;
+    if guard.is_none() {
+        *guard = Some(RoomHead::load(state, room_id).await?);
+    }
+    let head = guard.as_mut().expect("loaded above");
+    let rules = head.rules.clone();
+    let depth = head.extremities.iter().map(|(_, d)| *d).max().unwrap_or(0) + 1;
     // Local sends are serialised per room, so there is one extremity; should federation
     // leave several, the newest one's state is the base until state resolution lands.
-    let state_before = extremities.first().and_then(|(_, _, s)| *s);
-    let prev_events: Vec<OwnedEventId> = extremities
-        .iter()
-        .take(20)
-        .map(|(id, _, _)| OwnedEventId::try_from(id.as_str()).map_err(Error::internal))
-        .collect::<Result<_, _>>()?;
+    let state_before = head.state_after;
+    let prev_events: Vec<OwnedEventId> =
+        head.extremities.iter().map(|(id, _)| id.clone()).collect();
 
-    let current = state.storage.current_state(room_id.as_str()).await?;
     let content_raw = serde_json::value::to_raw_value(&send.content).map_err(Error::internal)?;
     let kind = TimelineEventType::from(send.event_type.as_str());
     let types = auth::auth_types(
@@ -170,23 +234,26 @@ pub async fn send(
         &content_raw,
     )
     .map_err(|e| Error::bad_json(format!("Invalid event content: {e}")))?;
+    let id_of = |key: (String, String)| head.current.get(&key).cloned();
     let auth_ids: Vec<String> = types
         .iter()
-        .filter_map(|(t, k)| current.get(&(t.to_string(), k.clone())).cloned())
+        .filter_map(|(t, k)| id_of((t.to_string(), k.clone())))
         .collect();
     // The create event is always needed by the checks, even in room versions (12+) where it
     // is not cited in `auth_events` because the room ID names it.
-    let mut fetch_ids = auth_ids.clone();
-    fetch_ids.extend(
-        current
-            .get(&("m.room.create".to_owned(), String::new()))
-            .cloned(),
-    );
-    let auth_rows = state.storage.get_events(&fetch_ids).await?;
-    let auth_pdus: HashMap<OwnedEventId, Pdu> = auth_rows
+    let mut needed = auth_ids.clone();
+    needed.extend(id_of(("m.room.create".to_owned(), String::new())));
+    let missing: Vec<String> = needed
         .iter()
-        .map(|row| parse_row(row).map(|p| (p.event_id.clone(), p)))
-        .collect::<Result<_, _>>()?;
+        .filter(|id| !head.pdus.contains_key(id.as_str()))
+        .cloned()
+        .collect();
+    if !missing.is_empty() {
+        for row in state.storage.get_events(&missing).await? {
+            let pdu = parse_row(&row)?;
+            head.pdus.insert(pdu.event_id.to_string(), pdu);
+        }
+    }
     let mut auth_events: Vec<OwnedEventId> = auth_ids
         .iter()
         .map(|id| OwnedEventId::try_from(id.as_str()).map_err(Error::internal))
@@ -218,38 +285,57 @@ pub async fn send(
     let pdu = Pdu::from_canonical(built.event_id.clone(), built.room_id.clone(), &built.pdu)
         .map_err(pdu_error)?;
 
-    let by_key: HashMap<(String, String), &Pdu> = auth_pdus
-        .values()
-        .filter_map(|p| {
-            p.state_key
-                .as_ref()
-                .map(|k| ((p.kind.to_string(), k.clone()), p))
-        })
-        .collect();
-    auth::check(
-        &rules.authorization,
-        &pdu,
-        |id| auth_pdus.get(id),
-        |t: &StateEventType, k: &str| by_key.get(&(t.to_string(), k.to_owned())).copied(),
-    )
-    .map_err(|reason| {
-        tracing::debug!(%reason, event_type = %send.event_type, "event refused by the authorization rules");
-        Error::forbidden(format!("Event not allowed: {reason}"))
-    })?;
+    {
+        let pdus = &head.pdus;
+        let current = &head.current;
+        auth::check(
+            &rules.authorization,
+            &pdu,
+            |id| pdus.get(id.as_str()),
+            |t: &StateEventType, k: &str| current.get(&(t.to_string(), k.to_owned())).and_then(|id| pdus.get(id)),
+        )
+        .map_err(|reason| {
+            tracing::debug!(%reason, event_type = %send.event_type, "event refused by the authorization rules");
+            Error::forbidden(format!("Event not allowed: {reason}"))
+        })?;
+    }
 
-    persist(
+    let txn = send
+        .txn
+        .as_ref()
+        .map(|(d, t)| (sender.as_str(), d.as_str(), t.as_str()));
+    let persisted = persist(
         state,
         &built,
         &pdu,
         &prev_events,
         state_before,
         None,
-        send.txn
-            .as_ref()
-            .map(|(d, t)| (sender.as_str(), d.as_str(), t.as_str())),
+        txn,
         now,
     )
     .await?;
+
+    // Move the head, then wake the room's members (and the target of a membership change).
+    head.extremities = vec![(built.event_id.clone(), depth)];
+    head.state_after = Some(persisted.state_after);
+    let mut target = None;
+    if let Some(state_key) = &pdu.state_key {
+        head.current.insert(
+            (pdu.kind.to_string(), state_key.clone()),
+            built.event_id.to_string(),
+        );
+        if pdu.kind == TimelineEventType::RoomMember {
+            let membership = pdu.content_json()["membership"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            head.members.insert(state_key.clone(), membership);
+            target = Some(state_key.as_str());
+        }
+        head.pdus.insert(built.event_id.to_string(), pdu.clone());
+    }
+    state.notifier.notify(head.interested().chain(target));
     Ok(built.event_id)
 }
 
@@ -304,18 +390,5 @@ async fn persist(
             now,
         )
         .await?;
-    // Wake the room's members (and the target of a membership change) now that it is committed.
-    let members = state.storage.room_members(built.room_id.as_str()).await?;
-    let target = pdu
-        .state_key
-        .as_deref()
-        .filter(|_| pdu.kind == TimelineEventType::RoomMember);
-    state.notifier.notify(
-        members
-            .iter()
-            .filter(|(_, m, _)| matches!(m.as_str(), "join" | "invite" | "knock"))
-            .map(|(u, _, _)| u.as_str())
-            .chain(target),
-    );
     Ok(persisted)
 }

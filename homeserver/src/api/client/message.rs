@@ -510,6 +510,10 @@ pub async fn redact_event(
             .storage
             .redact_event(&target.event_id, &text, redaction_id.as_str())
             .await?;
+        if target.state_key.is_some() {
+            // The pipeline caches parsed state events; drop the room's cache.
+            state.room_locks.invalidate(room_id).await;
+        }
     }
     Ok(redact_event::v3::Response::new(redaction_id))
 }
