@@ -511,9 +511,24 @@ impl Client {
 
     /// One `/sync` call.
     pub async fn sync(&self, since: Option<&str>, timeout_ms: u64) -> (u16, Value) {
+        self.sync_with(since, timeout_ms, &[]).await
+    }
+
+    /// One `/sync` call with extra query parameters, whose values are
+    /// percent-encoded here: `("filter", "{\"room\":…}")` (an inline filter
+    /// or a filter ID), `("full_state", "true")`, `("set_presence", …)`.
+    pub async fn sync_with(
+        &self,
+        since: Option<&str>,
+        timeout_ms: u64,
+        params: &[(&str, &str)],
+    ) -> (u16, Value) {
         let mut path = format!("/_matrix/client/v3/sync?timeout={timeout_ms}");
         if let Some(since) = since {
             path.push_str(&format!("&since={}", encode(since)));
+        }
+        for (name, value) in params {
+            path.push_str(&format!("&{name}={}", encode(value)));
         }
         self.get(&path).await
     }
@@ -527,12 +542,24 @@ impl Client {
         timeout: Duration,
         predicate: impl Fn(&Value) -> bool,
     ) -> Value {
+        self.sync_until_with(since, timeout, &[], predicate).await
+    }
+
+    /// [`Client::sync_until`] with extra query parameters for every call (see
+    /// [`Client::sync_with`]).
+    pub async fn sync_until_with(
+        &self,
+        since: Option<&str>,
+        timeout: Duration,
+        params: &[(&str, &str)],
+        predicate: impl Fn(&Value) -> bool,
+    ) -> Value {
         let deadline = Instant::now() + timeout;
         let mut since = since.map(str::to_string);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             let poll_ms = left.as_millis().min(1000) as u64;
-            let (status, body) = self.sync(since.as_deref(), poll_ms).await;
+            let (status, body) = self.sync_with(since.as_deref(), poll_ms, params).await;
             assert_eq!(status, 200, "/sync failed: {body}");
             if predicate(&body) {
                 return body;

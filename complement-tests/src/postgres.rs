@@ -352,9 +352,15 @@ fn start_cluster(bindir: &Path) -> Result<u16, String> {
     let mut last_error = String::new();
     for _ in 0..3 {
         let port = free_port();
+        // Tests trade durability for speed; the benchmark asks for a durable cluster
+        // (MYELIN_TEST_PG_DURABLE) so that "committed" means on disk, as in production.
+        let speed = if std::env::var_os("MYELIN_TEST_PG_DURABLE").is_some() {
+            ""
+        } else {
+            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+        };
         let options = format!(
-            "-p {port} -k {dir} -c listen_addresses=127.0.0.1 -c fsync=off \
-             -c synchronous_commit=off -c full_page_writes=off -c max_connections=300",
+            "-p {port} -k {dir} -c listen_addresses=127.0.0.1 {speed} -c max_connections=300",
             dir = sh_quote(&dir_str)
         );
         let mut start = server_command(as_postgres, &pg_ctl);

@@ -13,7 +13,8 @@
 //!    `BENCH_HISTORY` events (default 100,000).
 //!
 //! Knobs: `BENCH_SECONDS` (duration of 1, default 20), `BENCH_HISTORY`, `BENCH_BACKEND`.
-//! PostgreSQL comes from `MYELIN_TEST_DATABASE_URL` or a throwaway cluster, as in the tests.
+//! PostgreSQL comes from `MYELIN_TEST_DATABASE_URL` or a throwaway cluster as in the tests,
+//! but with durable settings (fsync and synchronous commit on).
 
 use std::{
     process::Command,
@@ -106,6 +107,8 @@ fn build_release_server() {
     let path = binary::target_dir().join("release").join("myelin");
     // Single-threaded at this point: no other thread reads the environment yet.
     std::env::set_var("MYELIN_TEST_BINARY", path);
+    // A PostgreSQL that really syncs its commits to disk, unlike the test clusters.
+    std::env::set_var("MYELIN_TEST_PG_DURABLE", "1");
 }
 
 #[tokio::main]
