@@ -31,5 +31,7 @@ mod register;
 mod restart;
 #[path = "suite/rooms.rs"]
 mod rooms;
+#[path = "suite/sync.rs"]
+mod sync;
 #[path = "suite/versions.rs"]
 mod versions;
