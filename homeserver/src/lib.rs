@@ -18,6 +18,7 @@ pub mod notifier;
 pub mod ratelimit;
 pub mod rooms;
 pub mod sync;
+pub mod typing;
 pub mod uia;
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
@@ -40,6 +41,7 @@ pub struct AppState {
     pub last_seen: Arc<auth::LastSeen>,
     pub room_locks: Arc<rooms::RoomLocks>,
     pub notifier: Arc<notifier::Notifier>,
+    pub typing: Arc<typing::Typing>,
     /// State snapshots are immutable once written, so they can be cached without
     /// invalidation; the cache is bounded by clearing it when full.
     pub snapshots:
@@ -123,6 +125,7 @@ impl AppState {
             last_seen: Arc::new(auth::LastSeen::default()),
             room_locks: Arc::new(rooms::RoomLocks::default()),
             notifier: Arc::new(notifier::Notifier::default()),
+            typing: Arc::new(typing::Typing::default()),
             snapshots: Default::default(),
         })
     }
@@ -146,6 +149,25 @@ async fn housekeeping(state: AppState) {
     }
 }
 
+/// Clears typing notifications that timed out and wakes the syncs of those rooms' members.
+async fn typing_sweeper(state: AppState) {
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tick.tick().await;
+        for room_id in state.typing.expire(std::time::Instant::now()) {
+            match state.storage.room_members(&room_id).await {
+                Ok(members) => state.notifier.notify(
+                    members
+                        .iter()
+                        .filter(|(_, m, _)| m == "join")
+                        .map(|(u, _, _)| u.as_str()),
+                ),
+                Err(e) => tracing::warn!(error = %e, "typing sweeper could not read members"),
+            }
+        }
+    }
+}
+
 /// Serves the client API on `listener` until `shutdown` resolves, then lets in-flight requests
 /// finish and closes the database.
 pub async fn serve(
@@ -154,6 +176,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
     let housekeeping = tokio::spawn(housekeeping(state.clone()));
+    let typing_sweeper = tokio::spawn(typing_sweeper(state.clone()));
     let app = api::router(state.clone());
     axum::serve(
         listener,
@@ -162,6 +185,7 @@ pub async fn serve(
     .with_graceful_shutdown(shutdown)
     .await?;
     housekeeping.abort();
+    typing_sweeper.abort();
     state.storage.close().await;
     Ok(())
 }

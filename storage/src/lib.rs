@@ -22,7 +22,7 @@ pub use error::{Error, Result};
 pub use misc::{RegistrationTokenRow, SigningKeyRow, UiaSessionRow};
 pub use rooms::{Direction, EventRow, NewEvent, Persisted, RoomRow, StateMap, TopologicalPosition};
 pub use stream::StreamTracker;
-pub use sync::{AccountDataChange, MembershipRow};
+pub use sync::{AccountDataChange, MembershipRow, ReceiptRow};
 
 use std::{path::Path, str::FromStr, time::Duration};
 

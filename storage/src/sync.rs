@@ -151,3 +151,81 @@ impl Storage {
         Ok(row.map(|r| r.try_get("filter_json")).transpose()?)
     }
 }
+
+/// A read receipt.
+#[derive(Debug, Clone)]
+pub struct ReceiptRow {
+    pub room_id: String,
+    pub user_id: String,
+    pub receipt_type: String,
+    pub thread_id: Option<String>,
+    pub event_id: String,
+    pub ts: i64,
+}
+
+fn receipt_from_row(row: &sqlx::any::AnyRow) -> Result<ReceiptRow> {
+    let thread: String = row.try_get("thread_id")?;
+    Ok(ReceiptRow {
+        room_id: row.try_get("room_id")?,
+        user_id: row.try_get("user_id")?,
+        receipt_type: row.try_get("receipt_type")?,
+        thread_id: Some(thread).filter(|t| !t.is_empty()),
+        event_id: row.try_get("event_id")?,
+        ts: row.try_get("ts")?,
+    })
+}
+
+impl Storage {
+    /// Moves a user's receipt forward to `event_id` at a new stream position, which it returns.
+    pub async fn set_receipt(&self, receipt: &ReceiptRow) -> Result<i64> {
+        let mut tx = self.begin_write().await?;
+        let position = self.next_stream_position(&mut tx).await?;
+        let _in_flight = crate::stream::InFlight {
+            tracker: &self.stream,
+            position,
+        };
+        sqlx::query(
+            "INSERT INTO receipts (room_id, user_id, receipt_type, thread_id, event_id, ts, stream_ordering)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)
+             ON CONFLICT (room_id, user_id, receipt_type, thread_id)
+             DO UPDATE SET event_id = excluded.event_id, ts = excluded.ts, stream_ordering = excluded.stream_ordering",
+        )
+        .bind(&receipt.room_id)
+        .bind(&receipt.user_id)
+        .bind(&receipt.receipt_type)
+        .bind(receipt.thread_id.as_deref().unwrap_or(""))
+        .bind(&receipt.event_id)
+        .bind(receipt.ts)
+        .bind(position)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(position)
+    }
+
+    /// Receipts that moved in `after < stream <= upto`, in any room.
+    pub async fn receipts_in_range(&self, after: i64, upto: i64) -> Result<Vec<ReceiptRow>> {
+        let rows = sqlx::query(
+            "SELECT room_id, user_id, receipt_type, thread_id, event_id, ts FROM receipts
+             WHERE stream_ordering > $1 AND stream_ordering <= $2",
+        )
+        .bind(after)
+        .bind(upto)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(receipt_from_row).collect()
+    }
+
+    /// The latest receipts of a room (at or before `upto`).
+    pub async fn receipts_for_room(&self, room_id: &str, upto: i64) -> Result<Vec<ReceiptRow>> {
+        let rows = sqlx::query(
+            "SELECT room_id, user_id, receipt_type, thread_id, event_id, ts FROM receipts
+             WHERE room_id = $1 AND stream_ordering <= $2",
+        )
+        .bind(room_id)
+        .bind(upto)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(receipt_from_row).collect()
+    }
+}

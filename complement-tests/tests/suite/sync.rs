@@ -1319,10 +1319,8 @@ backend_tests!(
     a26_long_poll_timeout_returns_empty,
     a27_limited_timeline_prev_batch_fills_gap,
     a28_filters_create_read_and_apply,
-    #[ignore = "server bug: lazy-loaded incremental sync omits member events of new timeline senders"]
     a28_lazy_load_members_incremental_adds_new_senders,
     a34_account_data_in_sync,
-    #[ignore = "server bug: full_state=true with since restarts the timeline from the room's beginning"]
     sync_full_state,
     sync_restart_resumes,
     sync_two_devices_same_order,

@@ -3,8 +3,9 @@
 //!
 //! <https://spec.matrix.org/latest/client-server-api/#syncing>
 //!
-//! A token is `s<position>`: everything up to that position of the global stream has been
-//! delivered. A response covers `(since, upto]`, where `upto` is the highest position whose
+//! A token is `s<position>_<typing>`: everything up to that position of the global stream
+//! has been delivered, and typing changes up to that typing serial (typing lives in memory,
+//! not on the stream). A response covers `(since, upto]`, where `upto` is the highest position whose
 //! writes are all committed, so every change is returned once, never twice, never skipped —
 //! also across restarts, since positions live in the database.
 //!
@@ -37,19 +38,32 @@ pub struct SyncRequest<'a> {
     pub user: &'a UserId,
     pub device: &'a DeviceId,
     pub since: Option<i64>,
+    /// The typing serial of the token (0 for an initial sync).
+    pub since_typing: u64,
     pub full_state: bool,
     pub filter: SyncFilter,
     pub timeout: Duration,
 }
 
-/// Parses an `s<position>` token.
-pub fn parse_token(token: &str) -> Result<i64, Error> {
-    token
-        .strip_prefix('s')
-        .and_then(|rest| rest.split('_').next())
+/// Parses an `s<position>[_<typing>]` token.
+pub fn parse_token(token: &str) -> Result<(i64, u64), Error> {
+    let bad = || Error::invalid_param("Invalid sync token");
+    let rest = token.strip_prefix('s').ok_or_else(bad)?;
+    let mut parts = rest.split('_');
+    let position = parts
+        .next()
         .and_then(|n| n.parse::<i64>().ok())
         .filter(|n| *n >= 0)
-        .ok_or_else(|| Error::invalid_param("Invalid sync token"))
+        .ok_or_else(bad)?;
+    let typing = match parts.next() {
+        Some(n) => n.parse::<u64>().map_err(|_| bad())?,
+        None => 0,
+    };
+    Ok((position, typing))
+}
+
+fn token(state: &AppState, upto: i64) -> String {
+    format!("s{upto}_{}", state.typing.serial())
 }
 
 /// Runs a sync: computes the response and, when there is nothing new, waits (up to the
@@ -67,10 +81,12 @@ pub async fn sync(state: &AppState, req: &SyncRequest<'_>) -> Result<Value, Erro
         if let Some(since) = req.since {
             if since > upto {
                 // A token from the future (or another server): answer from where we are.
-                return Ok(empty_response(upto));
+                return Ok(empty_response(state, upto));
             }
         }
-        let nothing_new = req.since == Some(upto) && !req.full_state;
+        // A typing serial above ours is from before a restart: everything typing is new then.
+        let typing_unchanged = req.since_typing == state.typing.serial();
+        let nothing_new = req.since == Some(upto) && typing_unchanged && !req.full_state;
         if !nothing_new {
             let response = compute(state, req, upto).await?;
             if req.since.is_none() || req.full_state || !is_empty(&response) {
@@ -80,14 +96,14 @@ pub async fn sync(state: &AppState, req: &SyncRequest<'_>) -> Result<Value, Erro
         tokio::select! {
             _ = &mut notified => {}
             _ = tokio::time::sleep_until(deadline) => {
-                return Ok(empty_response(state.storage.safe_stream_position().max(req.since.unwrap_or(0))));
+                return Ok(empty_response(state, state.storage.safe_stream_position().max(req.since.unwrap_or(0))));
             }
         }
     }
 }
 
-fn empty_response(upto: i64) -> Value {
-    json!({ "next_batch": format!("s{upto}") })
+fn empty_response(state: &AppState, upto: i64) -> Value {
+    json!({ "next_batch": token(state, upto) })
 }
 
 fn is_empty(response: &Value) -> bool {
@@ -114,6 +130,15 @@ async fn compute(state: &AppState, req: &SyncRequest<'_>, upto: i64) -> Result<V
         .storage
         .account_data_changes(req.user.as_str(), since, upto)
         .await?;
+    // One query for the receipts that moved, shared out to rooms below.
+    let receipts = if initial {
+        Vec::new()
+    } else {
+        state.storage.receipts_in_range(since, upto).await?
+    };
+    // Read the serial before the rooms, so a change during this computation is sent again
+    // next time rather than lost.
+    let typing_serial = state.typing.serial();
 
     let mut join = Map::new();
     let mut invite = Map::new();
@@ -135,10 +160,19 @@ async fn compute(state: &AppState, req: &SyncRequest<'_>, upto: i64) -> Result<V
         match m.membership.as_str() {
             "join" => {
                 // Joined within the window: the client has never seen this room's state.
-                let fresh = initial || req.full_state || m.stream_ordering > since;
-                if let Some(room) =
-                    joined_room(state, req, m, since, upto, fresh, room_account_data).await?
-                {
+                let fresh = initial || m.stream_ordering > since;
+                let ephemeral = ephemeral(state, req, m, fresh, upto, &receipts).await?;
+                let room = joined_room(
+                    state,
+                    req,
+                    m,
+                    since,
+                    upto,
+                    fresh,
+                    room_account_data,
+                    ephemeral,
+                );
+                if let Some(room) = room.await? {
                     join.insert(m.room_id.clone(), room);
                 }
             }
@@ -187,7 +221,7 @@ async fn compute(state: &AppState, req: &SyncRequest<'_>, upto: i64) -> Result<V
             rooms.insert(name.into(), Value::Object(section));
         }
     }
-    let mut response = json!({ "next_batch": format!("s{upto}") });
+    let mut response = json!({ "next_batch": format!("s{upto}_{typing_serial}") });
     if !rooms.is_empty() {
         response["rooms"] = Value::Object(rooms);
     }
@@ -289,17 +323,21 @@ async fn joined_room(
     upto: i64,
     fresh: bool,
     account_data: Vec<Value>,
+    ephemeral: Vec<Value>,
 ) -> Result<Option<Value>, Error> {
+    // `full_state` sends the whole state but keeps the timeline to what is new since the
+    // token; a room new to the client gets both from the start.
+    let full = fresh || req.full_state;
     let after = if fresh { 0 } else { since };
     let (rows, limited) = timeline(state, req, &m.room_id, after, upto).await?;
-    if !fresh && rows.is_empty() && !limited && account_data.is_empty() {
+    if !full && rows.is_empty() && !limited && account_data.is_empty() && ephemeral.is_empty() {
         return Ok(None);
     }
     let start_snapshot = match rows.first() {
         Some(first) => first.state_before.or(first.state_after),
         None => state.storage.snapshot_at(&m.room_id, upto).await?,
     };
-    let state_rows = if fresh {
+    let mut state_rows = if full {
         state_section(state, req, start_snapshot, None, true, &rows).await?
     } else if limited {
         let since_snapshot = state.storage.snapshot_at(&m.room_id, since).await?;
@@ -307,6 +345,11 @@ async fn joined_room(
     } else {
         Vec::new()
     };
+    if req.filter.lazy_load_members && !full {
+        // The timeline's senders' member events, which an earlier lazy sync may not have sent.
+        // (They may be redundant; tracking what each device has seen would avoid that.)
+        state_rows.extend(sender_members(state, start_snapshot, &rows, &state_rows).await?);
+    }
     let prev_batch = rows
         .first()
         .map(token_before)
@@ -315,7 +358,7 @@ async fn joined_room(
         "timeline": { "events": format(state, req, &rows).await?, "limited": limited, "prev_batch": prev_batch },
         "state": { "events": format(state, req, &state_rows).await? },
         "account_data": { "events": account_data },
-        "ephemeral": { "events": [] },
+        "ephemeral": { "events": ephemeral },
     });
     let members_changed = rows
         .iter()
@@ -423,4 +466,83 @@ async fn summary(state: &AppState, user: &UserId, room_id: &str) -> Result<Value
         "m.joined_member_count": joined,
         "m.invited_member_count": invited,
     }))
+}
+
+/// The room's ephemeral events for this sync: `m.typing` if the typing list changed (or the
+/// room is new to the client and someone types), and `m.receipt` with the receipts that
+/// moved (all of them for a fresh room). Private receipts go only to their owner.
+async fn ephemeral(
+    state: &AppState,
+    req: &SyncRequest<'_>,
+    m: &MembershipRow,
+    fresh: bool,
+    upto: i64,
+    moved: &[myelin_storage::ReceiptRow],
+) -> Result<Vec<Value>, Error> {
+    let mut events = Vec::new();
+    let typing = if fresh {
+        Some(state.typing.current(&m.room_id)).filter(|users| !users.is_empty())
+    } else {
+        state.typing.changed_since(&m.room_id, req.since_typing)
+    };
+    if let Some(user_ids) = typing {
+        events.push(json!({ "type": "m.typing", "content": { "user_ids": user_ids } }));
+    }
+    let room_receipts: Vec<myelin_storage::ReceiptRow> = if fresh {
+        state.storage.receipts_for_room(&m.room_id, upto).await?
+    } else {
+        moved
+            .iter()
+            .filter(|r| r.room_id == m.room_id)
+            .cloned()
+            .collect()
+    };
+    let mut content = Map::new();
+    for r in room_receipts {
+        if r.receipt_type == "m.read.private" && r.user_id != req.user.as_str() {
+            continue;
+        }
+        let mut receipt = json!({ "ts": r.ts });
+        if let Some(thread) = &r.thread_id {
+            receipt["thread_id"] = thread.clone().into();
+        }
+        let by_event = content
+            .entry(r.event_id.clone())
+            .or_insert_with(|| json!({}));
+        by_event[&r.receipt_type][&r.user_id] = receipt;
+    }
+    if !content.is_empty() {
+        events.push(json!({ "type": "m.receipt", "content": content }));
+    }
+    Ok(events)
+}
+
+/// Member events (as of `snapshot`) of the senders in `timeline` that are neither in the
+/// timeline nor already in `have`.
+async fn sender_members(
+    state: &AppState,
+    snapshot: Option<i64>,
+    timeline: &[EventRow],
+    have: &[EventRow],
+) -> Result<Vec<EventRow>, Error> {
+    let Some(snapshot) = snapshot else {
+        return Ok(Vec::new());
+    };
+    let map = state.snapshot(snapshot).await?;
+    let known: HashSet<&str> = timeline
+        .iter()
+        .chain(have.iter())
+        .map(|r| r.event_id.as_str())
+        .collect();
+    let mut ids: Vec<String> = timeline
+        .iter()
+        .filter_map(|r| {
+            map.get(&("m.room.member".to_owned(), r.sender.clone()))
+                .cloned()
+        })
+        .filter(|id| !known.contains(id.as_str()))
+        .collect();
+    ids.sort();
+    ids.dedup();
+    Ok(state.storage.get_events(&ids).await?)
 }

@@ -10,6 +10,7 @@ pub(crate) mod discovery;
 mod membership;
 mod message;
 mod profile;
+mod receipts;
 pub(crate) mod register;
 mod relations;
 mod room;
@@ -90,5 +91,8 @@ pub fn routes(r: Router<AppState>) -> Router<AppState> {
     let r = route(r, room::upgrade_room);
     let r = route_raw(r, sync::sync_events);
     let r = route(r, sync::create_filter);
-    route(r, sync::get_filter)
+    let r = route(r, sync::get_filter);
+    let r = route(r, receipts::create_typing_event);
+    let r = route(r, receipts::create_receipt);
+    route(r, receipts::set_read_marker)
 }

@@ -51,7 +51,8 @@ pub async fn sync_events(
     let request = SyncRequest {
         user: &sender.user_id,
         device: &sender.device_id,
-        since,
+        since: since.map(|(position, _)| position),
+        since_typing: since.map_or(0, |(_, typing)| typing),
         full_state: req.body.full_state,
         filter: SyncFilter::from_definition(&definition),
         timeout: req.body.timeout.unwrap_or_default().min(MAX_TIMEOUT),

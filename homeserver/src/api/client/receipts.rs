@@ -1,0 +1,190 @@
+//! Typing, read receipts and read markers.
+//!
+//! <https://spec.matrix.org/latest/client-server-api/#typing-notifications>
+//! <https://spec.matrix.org/latest/client-server-api/#receipts>
+//! <https://spec.matrix.org/latest/client-server-api/#fully-read-markers>
+
+use std::time::{Duration, Instant};
+
+use axum::extract::State;
+use ruma::{
+    api::client::{
+        read_marker::set_read_marker,
+        receipt::create_receipt::{self, v3::ReceiptType},
+        typing::create_typing_event::{self, v3::Typing},
+    },
+    events::receipt::ReceiptThread,
+    EventId, RoomId, UserId,
+};
+
+use super::room::require_joined;
+use crate::{
+    api::ruma::Ruma,
+    auth::now_ms,
+    error::{Error, Result},
+    AppState,
+};
+
+/// Wakes the syncs of a room's members.
+async fn wake_room(state: &AppState, room_id: &RoomId) -> Result<()> {
+    let members = state.storage.room_members(room_id.as_str()).await?;
+    state.notifier.notify(
+        members
+            .iter()
+            .filter(|(_, m, _)| m == "join")
+            .map(|(u, _, _)| u.as_str()),
+    );
+    Ok(())
+}
+
+/// PUT /_matrix/client/v3/rooms/{roomId}/typing/{userId}
+pub async fn create_typing_event(
+    State(state): State<AppState>,
+    req: Ruma<create_typing_event::v3::Request>,
+) -> Result<create_typing_event::v3::Response> {
+    let user = &req.sender().user_id;
+    if *user != req.body.user_id {
+        return Err(Error::forbidden(
+            "You cannot set another user's typing state",
+        ));
+    }
+    require_joined(&state, &req.body.room_id, user).await?;
+    let (typing, timeout) = match req.body.state {
+        Typing::Yes(ref info) => (true, info.timeout),
+        Typing::No => (false, Duration::ZERO),
+    };
+    let timeout = if timeout.is_zero() {
+        crate::typing::DEFAULT_TIMEOUT
+    } else {
+        timeout
+    };
+    if state.typing.set(
+        req.body.room_id.as_str(),
+        user.as_str(),
+        typing,
+        timeout,
+        Instant::now(),
+    ) {
+        wake_room(&state, &req.body.room_id).await?;
+    }
+    Ok(create_typing_event::v3::Response::new())
+}
+
+/// Checks that the event exists in the room and the user may see it, then moves the receipt.
+async fn store_receipt(
+    state: &AppState,
+    room_id: &RoomId,
+    user: &UserId,
+    receipt_type: &str,
+    thread_id: Option<String>,
+    event_id: &EventId,
+) -> Result<()> {
+    let row = state
+        .storage
+        .get_event(event_id.as_str())
+        .await?
+        .filter(|r| r.room_id == room_id.as_str())
+        .ok_or_else(|| Error::not_found("Event not found"))?;
+    let mut visibility =
+        crate::rooms::visibility::Visibility::new(state, user, room_id.as_str()).await?;
+    if !visibility.allows(&row).await? {
+        return Err(Error::not_found("Event not found"));
+    }
+    state
+        .storage
+        .set_receipt(&myelin_storage::ReceiptRow {
+            room_id: room_id.to_string(),
+            user_id: user.to_string(),
+            receipt_type: receipt_type.to_owned(),
+            thread_id,
+            event_id: event_id.to_string(),
+            ts: now_ms(),
+        })
+        .await?;
+    if receipt_type == "m.read.private" {
+        state.notifier.notify([user.as_str()]);
+    } else {
+        wake_room(state, room_id).await?;
+    }
+    Ok(())
+}
+
+/// POST /_matrix/client/v3/rooms/{roomId}/receipt/{receiptType}/{eventId}
+pub async fn create_receipt(
+    State(state): State<AppState>,
+    req: Ruma<create_receipt::v3::Request>,
+) -> Result<create_receipt::v3::Response> {
+    let user = &req.sender().user_id;
+    require_joined(&state, &req.body.room_id, user).await?;
+    let thread_id = match &req.body.thread {
+        ReceiptThread::Unthreaded => None,
+        ReceiptThread::Main => Some("main".to_owned()),
+        ReceiptThread::Thread(id) => Some(id.to_string()),
+        _ => None,
+    };
+    match &req.body.receipt_type {
+        ReceiptType::FullyRead => {
+            let content = serde_json::json!({ "event_id": req.body.event_id }).to_string();
+            state
+                .storage
+                .set_account_data(
+                    user.as_str(),
+                    Some(req.body.room_id.as_str()),
+                    "m.fully_read",
+                    &content,
+                    now_ms(),
+                )
+                .await?;
+            state.notifier.notify([user.as_str()]);
+        }
+        other => {
+            let receipt_type = other.to_string();
+            if receipt_type != "m.read" && receipt_type != "m.read.private" {
+                return Err(Error::invalid_param(format!(
+                    "Unknown receipt type {receipt_type}"
+                )));
+            }
+            store_receipt(
+                &state,
+                &req.body.room_id,
+                user,
+                &receipt_type,
+                thread_id,
+                &req.body.event_id,
+            )
+            .await?;
+        }
+    }
+    Ok(create_receipt::v3::Response::new())
+}
+
+/// POST /_matrix/client/v3/rooms/{roomId}/read_markers
+pub async fn set_read_marker(
+    State(state): State<AppState>,
+    req: Ruma<set_read_marker::v3::Request>,
+) -> Result<set_read_marker::v3::Response> {
+    let user = &req.sender().user_id;
+    let room_id = &req.body.room_id;
+    require_joined(&state, room_id, user).await?;
+    if let Some(event_id) = &req.body.fully_read {
+        let content = serde_json::json!({ "event_id": event_id }).to_string();
+        state
+            .storage
+            .set_account_data(
+                user.as_str(),
+                Some(room_id.as_str()),
+                "m.fully_read",
+                &content,
+                now_ms(),
+            )
+            .await?;
+        state.notifier.notify([user.as_str()]);
+    }
+    if let Some(event_id) = &req.body.read_receipt {
+        store_receipt(&state, room_id, user, "m.read", None, event_id).await?;
+    }
+    if let Some(event_id) = &req.body.private_read_receipt {
+        store_receipt(&state, room_id, user, "m.read.private", None, event_id).await?;
+    }
+    Ok(set_read_marker::v3::Response::new())
+}
