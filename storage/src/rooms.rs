@@ -647,14 +647,30 @@ impl Storage {
         Ok(row.map(|r| r.try_get("event_id")).transpose()?)
     }
 
-    /// The transaction ID and device of a user's own event, for `unsigned.transaction_id`.
-    pub async fn txn_for_event(&self, event_id: &str) -> Result<Option<(String, String)>> {
-        let row = sqlx::query("SELECT device_id, txn_id FROM event_txns WHERE event_id = $1")
-            .bind(event_id)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.map(|r| Ok((r.try_get("device_id")?, r.try_get("txn_id")?)))
-            .transpose()
+    /// `event_id → (device_id, txn_id)` for those of `event_ids` sent with a transaction ID.
+    pub async fn txns_for_events(
+        &self,
+        event_ids: &[String],
+    ) -> Result<HashMap<String, (String, String)>> {
+        let mut out = HashMap::new();
+        for chunk in event_ids.chunks(100) {
+            let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+            let sql = format!(
+                "SELECT event_id, device_id, txn_id FROM event_txns WHERE event_id IN ({})",
+                placeholders.join(", ")
+            );
+            let mut query = sqlx::query(&sql);
+            for id in chunk {
+                query = query.bind(id);
+            }
+            for row in query.fetch_all(&self.pool).await? {
+                out.insert(
+                    row.try_get("event_id")?,
+                    (row.try_get("device_id")?, row.try_get("txn_id")?),
+                );
+            }
+        }
+        Ok(out)
     }
 
     /// Replaces an event's stored PDU with its redacted form.

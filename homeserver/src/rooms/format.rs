@@ -60,6 +60,22 @@ pub async fn client_events(
             .map(|r| (r.event_id.clone(), r))
             .collect()
     };
+    // Transaction IDs of the viewer's own events, in one query.
+    let txns = match viewer {
+        Some((user, _)) => {
+            let own: Vec<String> = rows
+                .iter()
+                .filter(|r| r.sender == user.as_str())
+                .map(|r| r.event_id.clone())
+                .collect();
+            if own.is_empty() {
+                HashMap::new()
+            } else {
+                state.storage.txns_for_events(&own).await?
+            }
+        }
+        None => HashMap::new(),
+    };
     let mut out = Vec::with_capacity(rows.len());
     for row in rows {
         let mut event = base(row, now)?;
@@ -67,15 +83,9 @@ pub async fn client_events(
             .get_mut("unsigned")
             .and_then(Value::as_object_mut)
             .expect("base adds unsigned");
-        if let Some((user, device)) = viewer {
-            if row.sender == user.as_str() {
-                if let Some((txn_device, txn_id)) =
-                    state.storage.txn_for_event(&row.event_id).await?
-                {
-                    if txn_device == device.as_str() {
-                        unsigned.insert("transaction_id".into(), Value::String(txn_id));
-                    }
-                }
+        if let (Some((_, device)), Some((txn_device, txn_id))) = (viewer, txns.get(&row.event_id)) {
+            if txn_device == device.as_str() {
+                unsigned.insert("transaction_id".into(), Value::String(txn_id.clone()));
             }
         }
         if let Some(redaction) = row.redacted_by.as_ref().and_then(|id| redactions.get(id)) {
