@@ -17,6 +17,8 @@ mod account;
 mod admin;
 #[path = "suite/config.rs"]
 mod config;
+#[path = "suite/delivered.rs"]
+mod delivered;
 #[path = "suite/devices.rs"]
 mod devices;
 #[path = "suite/directory.rs"]

@@ -24,6 +24,7 @@ pub struct Config {
     pub registration_shared_secret: Option<String>,
     pub registration_token_required: bool,
     pub max_json_body_bytes: usize,
+    pub delivery_receipts: bool,
     pub log: String,
     pub rate_limits: RateLimits,
 }
@@ -79,6 +80,8 @@ const KEYS: &[Key] = &[
           doc: "Require a registration token (m.login.registration_token) to register, even when registration_open is false." },
     Key { path: "max_json_body_bytes", kind: Kind::Int, default: Some("8388608"),
           doc: "Largest JSON request body accepted, in bytes; larger ones get 413 M_TOO_LARGE." },
+    Key { path: "delivery_receipts", kind: Kind::Bool, default: Some("true"),
+          doc: "Record when a member's device first receives an event and show senders an io.myelin.delivered receipt (see docs/delivered-receipts.md)." },
     Key { path: "log", kind: Kind::Str, default: Some("\"info\""),
           doc: "Log filter in tracing's EnvFilter syntax, e.g. \"info\" or \"myelin=debug,sqlx=warn\"." },
     Key { path: "rate_limits.enabled", kind: Kind::Bool, default: Some("true"),

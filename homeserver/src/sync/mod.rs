@@ -18,6 +18,7 @@
 //! - invited: the stripped state of the invite;
 //! - left or banned since `since`: the timeline up to the leave.
 
+pub mod delivery;
 pub mod filter;
 
 use std::{collections::HashSet, time::Duration};
@@ -90,6 +91,13 @@ pub async fn sync(state: &AppState, req: &SyncRequest<'_>) -> Result<Value, Erro
         if !nothing_new {
             let response = compute(state, req, upto).await?;
             if req.since.is_none() || req.full_state || !is_empty(&response) {
+                if state.config.delivery_receipts {
+                    tokio::spawn(delivery::record(
+                        state.clone(),
+                        req.user.to_string(),
+                        response.clone(),
+                    ));
+                }
                 return Ok(response);
             }
         }

@@ -1,0 +1,104 @@
+//! The delivered receipt (`io.myelin.delivered`, docs/delivered-receipts.md): sent, delivered
+//! and read ticks.
+
+use complement_tests::{backend_tests, Backend, ServerOptions, TestServer};
+use serde_json::{json, Value};
+use std::time::Duration;
+
+/// The `m.receipt` content of a room in a sync response, merged over its ephemeral events.
+fn receipts(sync: &Value, room_id: &str) -> Value {
+    let mut merged = json!({});
+    for event in sync["rooms"]["join"][room_id]["ephemeral"]["events"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        if event["type"] == "m.receipt" {
+            for (event_id, by_type) in event["content"].as_object().into_iter().flatten() {
+                for (receipt_type, by_user) in by_type.as_object().into_iter().flatten() {
+                    for (user, receipt) in by_user.as_object().into_iter().flatten() {
+                        merged[event_id][receipt_type][user] = receipt.clone();
+                    }
+                }
+            }
+        }
+    }
+    merged
+}
+
+async fn delivered_receipt_after_recipient_syncs(backend: Backend) {
+    let Some(hs) = TestServer::start(backend, ServerOptions::default()).await else {
+        return;
+    };
+    if hs.is_external() {
+        return; // Myelin's own extension.
+    }
+    let alice = hs.register_user("alice").await;
+    let bob = hs.register_user("bob").await;
+    let room = alice.create_room(&json!({ "preset": "public_chat" })).await;
+    bob.join(&room).await;
+
+    let (_, first) = alice.sync_with(None, 0, &[]).await;
+    let mut since = first["next_batch"].as_str().unwrap().to_owned();
+    let event_id = alice.send_text(&room, "hello bob").await;
+
+    // Bob's device receives the message.
+    let (status, bob_sync) = bob.sync_with(None, 0, &[]).await;
+    assert_eq!(status, 200);
+    let timeline = &bob_sync["rooms"]["join"][&room]["timeline"]["events"];
+    assert!(timeline
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["event_id"] == event_id.as_str()));
+
+    // Alice sees the delivered receipt for that event.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, sync) = alice.sync_with(Some(&since), 2000, &[]).await;
+        assert_eq!(status, 200, "{sync}");
+        let r = receipts(&sync, &room);
+        if let Some(receipt) = r[&event_id]["io.myelin.delivered"][bob.user_id()].as_object() {
+            assert!(receipt["ts"].is_i64(), "ts is an integer: {receipt:?}");
+            break;
+        }
+        since = sync["next_batch"].as_str().unwrap().to_owned();
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no delivered receipt for {event_id}"
+        );
+    }
+
+    // Alice's own sync of her own message does not mark it delivered to her.
+    let (_, own) = alice.sync_with(None, 0, &[]).await;
+    let r = receipts(&own, &room);
+    assert!(
+        r[&event_id]["io.myelin.delivered"][alice.user_id()].is_null(),
+        "{r}"
+    );
+}
+
+async fn delivered_receipts_can_be_turned_off(backend: Backend) {
+    let options = ServerOptions::default().env("MYELIN_DELIVERY_RECEIPTS", "false");
+    let Some(hs) = TestServer::start(backend, options).await else {
+        return;
+    };
+    if hs.is_external() {
+        return;
+    }
+    let alice = hs.register_user("alice").await;
+    let bob = hs.register_user("bob").await;
+    let room = alice.create_room(&json!({ "preset": "public_chat" })).await;
+    bob.join(&room).await;
+    let event_id = alice.send_text(&room, "hello").await;
+    let (_, _) = bob.sync_with(None, 0, &[]).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (_, sync) = alice.sync_with(None, 0, &[]).await;
+    let r = receipts(&sync, &room);
+    assert!(r[&event_id]["io.myelin.delivered"].is_null(), "{r}");
+}
+
+backend_tests!(
+    delivered_receipt_after_recipient_syncs,
+    delivered_receipts_can_be_turned_off
+);
