@@ -23,6 +23,8 @@ mod delivered;
 mod devices;
 #[path = "suite/directory.rs"]
 mod directory;
+#[path = "suite/ephemeral.rs"]
+mod ephemeral;
 #[path = "suite/errors.rs"]
 mod errors;
 #[path = "suite/login.rs"]
@@ -33,7 +35,11 @@ mod register;
 mod restart;
 #[path = "suite/rooms.rs"]
 mod rooms;
+#[path = "suite/rooms_advanced.rs"]
+mod rooms_advanced;
 #[path = "suite/sync.rs"]
 mod sync;
 #[path = "suite/versions.rs"]
 mod versions;
+#[path = "suite/websocket.rs"]
+mod websocket;

@@ -20,6 +20,7 @@
 
 pub mod delivery;
 pub mod filter;
+pub mod ws;
 
 use std::{collections::HashSet, time::Duration};
 
@@ -63,15 +64,15 @@ pub fn parse_token(token: &str) -> Result<(i64, u64), Error> {
     Ok((position, typing))
 }
 
-fn token(state: &AppState, upto: i64) -> String {
-    format!("s{upto}_{}", state.typing.serial())
-}
-
 /// Runs a sync: computes the response and, when there is nothing new, waits (up to the
 /// timeout) for the notifier to say something relevant was committed.
 pub async fn sync(state: &AppState, req: &SyncRequest<'_>) -> Result<Value, Error> {
     let deadline = tokio::time::Instant::now() + req.timeout;
     let handle = state.notifier.handle(req.user.as_str());
+    // The position (and typing serial) up to which we know there is nothing for this user:
+    // what a timed-out sync may answer with. Never re-read at the deadline: something
+    // committed just before it would be skipped.
+    let mut covered = (req.since.unwrap_or(0), req.since_typing);
     loop {
         // Subscribe before reading, so a commit in between still wakes us.
         let notified = handle.notified();
@@ -82,14 +83,15 @@ pub async fn sync(state: &AppState, req: &SyncRequest<'_>) -> Result<Value, Erro
         if let Some(since) = req.since {
             if since > upto {
                 // A token from the future (or another server): answer from where we are.
-                return Ok(empty_response(state, upto));
+                return Ok(empty_response(upto, state.typing.serial()));
             }
         }
         // A typing serial above ours is from before a restart: everything typing is new then.
-        let typing_unchanged = req.since_typing == state.typing.serial();
-        let nothing_new = req.since == Some(upto) && typing_unchanged && !req.full_state;
+        let typing_serial = state.typing.serial();
+        let nothing_new =
+            req.since == Some(upto) && req.since_typing == typing_serial && !req.full_state;
         if !nothing_new {
-            let response = compute(state, req, upto).await?;
+            let response = compute(state, req, upto, typing_serial).await?;
             if req.since.is_none() || req.full_state || !is_empty(&response) {
                 if state.config.delivery_receipts {
                     tokio::spawn(delivery::record(
@@ -100,18 +102,19 @@ pub async fn sync(state: &AppState, req: &SyncRequest<'_>) -> Result<Value, Erro
                 }
                 return Ok(response);
             }
+            covered = (upto, typing_serial);
         }
         tokio::select! {
             _ = &mut notified => {}
             _ = tokio::time::sleep_until(deadline) => {
-                return Ok(empty_response(state, state.storage.safe_stream_position().max(req.since.unwrap_or(0))));
+                return Ok(empty_response(covered.0, covered.1));
             }
         }
     }
 }
 
-fn empty_response(state: &AppState, upto: i64) -> Value {
-    json!({ "next_batch": token(state, upto) })
+fn empty_response(upto: i64, typing_serial: u64) -> Value {
+    json!({ "next_batch": format!("s{upto}_{typing_serial}") })
 }
 
 fn is_empty(response: &Value) -> bool {
@@ -127,7 +130,12 @@ fn is_empty(response: &Value) -> bool {
 }
 
 /// Computes the response for `(since, upto]`.
-async fn compute(state: &AppState, req: &SyncRequest<'_>, upto: i64) -> Result<Value, Error> {
+async fn compute(
+    state: &AppState,
+    req: &SyncRequest<'_>,
+    upto: i64,
+    typing_serial: u64,
+) -> Result<Value, Error> {
     let since = req.since.unwrap_or(0);
     let initial = req.since.is_none();
     let memberships = state
@@ -144,9 +152,8 @@ async fn compute(state: &AppState, req: &SyncRequest<'_>, upto: i64) -> Result<V
     } else {
         state.storage.receipts_in_range(since, upto).await?
     };
-    // Read the serial before the rooms, so a change during this computation is sent again
-    // next time rather than lost.
-    let typing_serial = state.typing.serial();
+    // `typing_serial` was read before the rooms, so a change during this computation is
+    // sent again next time rather than lost.
 
     let mut join = Map::new();
     let mut invite = Map::new();

@@ -94,5 +94,9 @@ pub fn routes(r: Router<AppState>) -> Router<AppState> {
     let r = route(r, sync::get_filter);
     let r = route(r, receipts::create_typing_event);
     let r = route(r, receipts::create_receipt);
-    route(r, receipts::set_read_marker)
+    let r = route(r, receipts::set_read_marker);
+    r.route(
+        "/_matrix/client/unstable/io.myelin/sync/ws",
+        axum::routing::get(crate::sync::ws::sync_ws),
+    )
 }

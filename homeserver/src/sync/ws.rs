@@ -1,0 +1,180 @@
+//! The WebSocket transport of sync: the same responses as `/sync`, pushed as soon as they are
+//! committed. The protocol is documented in docs/websocket.md.
+//!
+//! `GET /_matrix/client/unstable/io.myelin/sync/ws` upgrades to a WebSocket. The access token
+//! comes as `access_token` in the query (browsers cannot set headers on a WebSocket) or as a
+//! Bearer header; `since` and `filter` work as for `/sync`. Then:
+//! - every text frame from the server is a `/sync` response (`next_batch` included); the next
+//!   one covers everything after it, so a slow reader gets fewer, larger frames (the server
+//!   computes the next frame only once the previous one was written) and never buffers more
+//!   than one frame;
+//! - the server pings when nothing happened for 25 s;
+//! - frames from the client must be JSON objects (`{"type":"ping"}` is the only one defined
+//!   so far); anything else closes this socket with code 1003 and a reason. Nothing else is
+//!   affected.
+//! - reconnecting with the last `next_batch` as `since` resumes with nothing lost or repeated.
+
+use std::time::Duration;
+
+use axum::{
+    extract::{
+        ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade},
+        ConnectInfo, Query, State,
+    },
+    http::HeaderMap,
+    response::{IntoResponse, Response},
+};
+use futures_util::{SinkExt, StreamExt};
+use ruma::api::client::filter::FilterDefinition;
+use serde::Deserialize;
+
+use super::{filter::SyncFilter, parse_token, sync, SyncRequest};
+use crate::{api::ruma::Sender, error::Error, AppState};
+
+/// How long a frame waits for news before the server pings instead.
+const IDLE: Duration = Duration::from_secs(25);
+
+#[derive(Deserialize)]
+pub struct Params {
+    access_token: Option<String>,
+    since: Option<String>,
+    filter: Option<String>,
+}
+
+/// GET /_matrix/client/unstable/io.myelin/sync/ws
+pub async fn sync_ws(
+    State(state): State<AppState>,
+    ConnectInfo(addr): ConnectInfo<std::net::SocketAddr>,
+    headers: HeaderMap,
+    Query(params): Query<Params>,
+    upgrade: WebSocketUpgrade,
+) -> Result<Response, Error> {
+    let header_token = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::to_owned);
+    let token = params
+        .access_token
+        .clone()
+        .or(header_token)
+        .ok_or_else(Error::missing_token)?;
+    let sender = crate::auth::authenticate(&state, &token, addr.ip()).await?;
+    let since = params.since.as_deref().map(parse_token).transpose()?;
+    let filter = match params.filter.as_deref() {
+        None => FilterDefinition::default(),
+        Some(f) if f.trim_start().starts_with('{') => {
+            serde_json::from_str(f).map_err(|e| Error::bad_json(format!("Invalid filter: {e}")))?
+        }
+        Some(id) => {
+            let id: i64 = id
+                .parse()
+                .map_err(|_| Error::invalid_param("Unknown filter"))?;
+            let json = state
+                .storage
+                .get_filter(sender.user_id.as_str(), id)
+                .await?
+                .ok_or_else(|| Error::invalid_param("Unknown filter"))?;
+            serde_json::from_str(&json).map_err(Error::internal)?
+        }
+    };
+    let filter = SyncFilter::from_definition(&filter);
+    Ok(upgrade
+        .max_message_size(64 * 1024)
+        .on_upgrade(move |socket| serve(state, socket, sender, since, filter))
+        .into_response())
+}
+
+/// Why a client frame is refused, if it is.
+fn check_client_frame(message: &Message) -> Result<(), &'static str> {
+    match message {
+        Message::Text(text) => match serde_json::from_str::<serde_json::Value>(text.as_str()) {
+            Ok(serde_json::Value::Object(object))
+                if object.get("type").is_some_and(|t| t.is_string()) =>
+            {
+                Ok(())
+            }
+            _ => Err("frames must be JSON objects with a string \"type\""),
+        },
+        Message::Binary(_) => Err("binary frames are not supported"),
+        Message::Ping(_) | Message::Pong(_) | Message::Close(_) => Ok(()),
+    }
+}
+
+async fn serve(
+    state: AppState,
+    socket: WebSocket,
+    sender: Sender,
+    since: Option<(i64, u64)>,
+    filter: SyncFilter,
+) {
+    let (mut sink, mut stream) = socket.split();
+    // The reader watches client frames and tells the writer when to stop (and why).
+    let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<Option<&'static str>>();
+    let reader = tokio::spawn(async move {
+        let reason = loop {
+            match stream.next().await {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break None,
+                Some(Ok(message)) => {
+                    if let Err(reason) = check_client_frame(&message) {
+                        break Some(reason);
+                    }
+                }
+            }
+        };
+        let _ = stop_tx.send(reason);
+    });
+
+    let mut since = since;
+    loop {
+        let request = SyncRequest {
+            user: &sender.user_id,
+            device: &sender.device_id,
+            since: since.map(|(p, _)| p),
+            since_typing: since.map_or(0, |(_, t)| t),
+            full_state: false,
+            filter: filter.clone(),
+            timeout: IDLE,
+        };
+        let outcome = tokio::select! {
+            stop = &mut stop_rx => {
+                if let Ok(Some(reason)) = stop {
+                    let frame = CloseFrame { code: 1003, reason: reason.into() };
+                    let _ = sink.send(Message::Close(Some(frame))).await;
+                }
+                break;
+            }
+            outcome = sync(&state, &request) => outcome,
+        };
+        let response = match outcome {
+            Ok(response) => response,
+            Err(e) => {
+                tracing::warn!(error = %e, "sync over WebSocket failed");
+                let frame = CloseFrame {
+                    code: 1011,
+                    reason: "internal error".into(),
+                };
+                let _ = sink.send(Message::Close(Some(frame))).await;
+                break;
+            }
+        };
+        let next = response["next_batch"]
+            .as_str()
+            .and_then(|t| parse_token(t).ok());
+        let is_news = since.is_none() || !super::is_empty(&response);
+        let sent = if is_news {
+            sink.send(Message::Text(response.to_string().into())).await
+        } else {
+            sink.send(Message::Ping(Vec::new().into())).await
+        };
+        if sent.is_err() {
+            break;
+        }
+        // An empty answer's token is safe too: nothing for this user happened up to it.
+        since = next.or(since);
+    }
+    reader.abort();
+}
