@@ -27,6 +27,15 @@ pub struct Config {
     pub delivery_receipts: bool,
     pub log: String,
     pub rate_limits: RateLimits,
+    pub presence: PresenceConfig,
+}
+
+/// Presence: whether it is on, and when a user without open connections counts as offline.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PresenceConfig {
+    pub enabled: bool,
+    pub offline_after_seconds: u64,
 }
 
 /// Request rate limits (token buckets). `per_second` is the refill rate, `burst` the bucket size.
@@ -98,6 +107,10 @@ const KEYS: &[Key] = &[
           doc: "Registration requests per second per client IP address, refill rate." },
     Key { path: "rate_limits.registration_burst", kind: Kind::Int, default: Some("5"),
           doc: "Registration requests allowed in a burst per client IP address." },
+    Key { path: "presence.enabled", kind: Kind::Bool, default: Some("true"),
+          doc: "Track and share online/offline status and last-active time with users who share a room." },
+    Key { path: "presence.offline_after_seconds", kind: Kind::Int, default: Some("60"),
+          doc: "A user with no open sync or WebSocket for this long is shown offline." },
 ];
 
 /// Why the configuration was refused. The message always names the key.

@@ -15,6 +15,7 @@ pub mod auth;
 pub mod config;
 pub mod error;
 pub mod notifier;
+pub mod presence;
 pub mod ratelimit;
 pub mod rooms;
 pub mod sync;
@@ -42,6 +43,7 @@ pub struct AppState {
     pub room_locks: Arc<rooms::RoomLocks>,
     pub notifier: Arc<notifier::Notifier>,
     pub typing: Arc<typing::Typing>,
+    pub presence: Arc<presence::Presence>,
     /// State snapshots are immutable once written, so they can be cached without
     /// invalidation; the cache is bounded by clearing it when full.
     pub snapshots:
@@ -126,6 +128,7 @@ impl AppState {
             room_locks: Arc::new(rooms::RoomLocks::default()),
             notifier: Arc::new(notifier::Notifier::default()),
             typing: Arc::new(typing::Typing::default()),
+            presence: Arc::new(presence::Presence::default()),
             snapshots: Default::default(),
         })
     }
@@ -168,6 +171,40 @@ async fn typing_sweeper(state: AppState) {
     }
 }
 
+/// Users who share a joined room with `user` (including `user`).
+pub async fn co_members(state: &AppState, user: &str) -> Result<Vec<String>, error::Error> {
+    let mut users = std::collections::BTreeSet::new();
+    users.insert(user.to_owned());
+    for room in state.storage.rooms_for_user(user, "join").await? {
+        for (member, membership, _) in state.storage.room_members(&room).await? {
+            if membership == "join" {
+                users.insert(member);
+            }
+        }
+    }
+    Ok(users.into_iter().collect())
+}
+
+/// Wakes the syncs of everyone who can see `user`'s presence.
+pub async fn announce_presence(state: &AppState, user: &str) {
+    match co_members(state, user).await {
+        Ok(users) => state.notifier.notify(users.iter().map(String::as_str)),
+        Err(e) => tracing::warn!(error = %e, "could not announce a presence change"),
+    }
+}
+
+/// Marks users offline when they have had no open connection for a while.
+async fn presence_sweeper(state: AppState) {
+    let after_ms = state.config.presence.offline_after_seconds as i64 * 1000;
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tick.tick().await;
+        for user in state.presence.expire(auth::now_ms(), after_ms) {
+            announce_presence(&state, &user).await;
+        }
+    }
+}
+
 /// Serves the client API on `listener` until `shutdown` resolves, then lets in-flight requests
 /// finish and closes the database.
 pub async fn serve(
@@ -177,6 +214,7 @@ pub async fn serve(
 ) -> Result<(), StartError> {
     let housekeeping = tokio::spawn(housekeeping(state.clone()));
     let typing_sweeper = tokio::spawn(typing_sweeper(state.clone()));
+    let presence_sweeper = tokio::spawn(presence_sweeper(state.clone()));
     let app = api::router(state.clone());
     axum::serve(
         listener,
@@ -186,6 +224,7 @@ pub async fn serve(
     .await?;
     housekeeping.abort();
     typing_sweeper.abort();
+    presence_sweeper.abort();
     state.storage.close().await;
     Ok(())
 }

@@ -596,6 +596,5 @@ backend_tests!(
     restricted_join,
     room_upgrade,
     relations,
-    #[ignore = "server bug: /context puts the requested event itself first in events_after"]
     context,
 );

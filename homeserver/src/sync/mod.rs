@@ -42,13 +42,23 @@ pub struct SyncRequest<'a> {
     pub since: Option<i64>,
     /// The typing serial of the token (0 for an initial sync).
     pub since_typing: u64,
+    /// The presence serial of the token (0 for an initial sync).
+    pub since_presence: u64,
     pub full_state: bool,
     pub filter: SyncFilter,
     pub timeout: Duration,
 }
 
-/// Parses an `s<position>[_<typing>]` token.
-pub fn parse_token(token: &str) -> Result<(i64, u64), Error> {
+/// A parsed sync token: stream position, typing serial, presence serial.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Token {
+    pub position: i64,
+    pub typing: u64,
+    pub presence: u64,
+}
+
+/// Parses an `s<position>[_<typing>[_<presence>]]` token.
+pub fn parse_token(token: &str) -> Result<Token, Error> {
     let bad = || Error::invalid_param("Invalid sync token");
     let rest = token.strip_prefix('s').ok_or_else(bad)?;
     let mut parts = rest.split('_');
@@ -57,11 +67,23 @@ pub fn parse_token(token: &str) -> Result<(i64, u64), Error> {
         .and_then(|n| n.parse::<i64>().ok())
         .filter(|n| *n >= 0)
         .ok_or_else(bad)?;
-    let typing = match parts.next() {
-        Some(n) => n.parse::<u64>().map_err(|_| bad())?,
-        None => 0,
+    let mut serial = || -> Result<u64, Error> {
+        match parts.next() {
+            Some(n) => n.parse::<u64>().map_err(|_| bad()),
+            None => Ok(0),
+        }
     };
-    Ok((position, typing))
+    let typing = serial()?;
+    let presence = serial()?;
+    Ok(Token {
+        position,
+        typing,
+        presence,
+    })
+}
+
+fn format_token(position: i64, typing: u64, presence: u64) -> String {
+    format!("s{position}_{typing}_{presence}")
 }
 
 /// Runs a sync: computes the response and, when there is nothing new, waits (up to the
@@ -72,7 +94,7 @@ pub async fn sync(state: &AppState, req: &SyncRequest<'_>) -> Result<Value, Erro
     // The position (and typing serial) up to which we know there is nothing for this user:
     // what a timed-out sync may answer with. Never re-read at the deadline: something
     // committed just before it would be skipped.
-    let mut covered = (req.since.unwrap_or(0), req.since_typing);
+    let mut covered = (req.since.unwrap_or(0), req.since_typing, req.since_presence);
     loop {
         // Subscribe before reading, so a commit in between still wakes us.
         let notified = handle.notified();
@@ -83,15 +105,22 @@ pub async fn sync(state: &AppState, req: &SyncRequest<'_>) -> Result<Value, Erro
         if let Some(since) = req.since {
             if since > upto {
                 // A token from the future (or another server): answer from where we are.
-                return Ok(empty_response(upto, state.typing.serial()));
+                return Ok(empty_response(
+                    upto,
+                    state.typing.serial(),
+                    state.presence.serial(),
+                ));
             }
         }
         // A typing serial above ours is from before a restart: everything typing is new then.
         let typing_serial = state.typing.serial();
-        let nothing_new =
-            req.since == Some(upto) && req.since_typing == typing_serial && !req.full_state;
+        let presence_serial = state.presence.serial();
+        let nothing_new = req.since == Some(upto)
+            && req.since_typing == typing_serial
+            && req.since_presence == presence_serial
+            && !req.full_state;
         if !nothing_new {
-            let response = compute(state, req, upto, typing_serial).await?;
+            let response = compute(state, req, upto, typing_serial, presence_serial).await?;
             if req.since.is_none() || req.full_state || !is_empty(&response) {
                 if state.config.delivery_receipts {
                     tokio::spawn(delivery::record(
@@ -102,19 +131,19 @@ pub async fn sync(state: &AppState, req: &SyncRequest<'_>) -> Result<Value, Erro
                 }
                 return Ok(response);
             }
-            covered = (upto, typing_serial);
+            covered = (upto, typing_serial, presence_serial);
         }
         tokio::select! {
             _ = &mut notified => {}
             _ = tokio::time::sleep_until(deadline) => {
-                return Ok(empty_response(covered.0, covered.1));
+                return Ok(empty_response(covered.0, covered.1, covered.2));
             }
         }
     }
 }
 
-fn empty_response(upto: i64, typing_serial: u64) -> Value {
-    json!({ "next_batch": format!("s{upto}_{typing_serial}") })
+fn empty_response(upto: i64, typing_serial: u64, presence_serial: u64) -> Value {
+    json!({ "next_batch": format_token(upto, typing_serial, presence_serial) })
 }
 
 fn is_empty(response: &Value) -> bool {
@@ -126,7 +155,10 @@ fn is_empty(response: &Value) -> bool {
     let account_data_empty = response["account_data"]["events"]
         .as_array()
         .is_none_or(Vec::is_empty);
-    rooms_empty && account_data_empty
+    let presence_empty = response["presence"]["events"]
+        .as_array()
+        .is_none_or(Vec::is_empty);
+    rooms_empty && account_data_empty && presence_empty
 }
 
 /// Computes the response for `(since, upto]`.
@@ -135,6 +167,7 @@ async fn compute(
     req: &SyncRequest<'_>,
     upto: i64,
     typing_serial: u64,
+    presence_serial: u64,
 ) -> Result<Value, Error> {
     let since = req.since.unwrap_or(0);
     let initial = req.since.is_none();
@@ -236,7 +269,17 @@ async fn compute(
             rooms.insert(name.into(), Value::Object(section));
         }
     }
-    let mut response = json!({ "next_batch": format!("s{upto}_{typing_serial}") });
+    let mut response = json!({ "next_batch": format_token(upto, typing_serial, presence_serial) });
+    if state.config.presence.enabled && (initial || req.since_presence != presence_serial) {
+        let watched = crate::co_members(state, req.user.as_str()).await?;
+        let since_presence = if initial { 0 } else { req.since_presence };
+        let events = state
+            .presence
+            .events_since(&watched, since_presence, crate::auth::now_ms());
+        if !events.is_empty() {
+            response["presence"] = json!({ "events": events });
+        }
+    }
     if !rooms.is_empty() {
         response["rooms"] = Value::Object(rooms);
     }
@@ -515,6 +558,10 @@ async fn ephemeral(
     let mut content = Map::new();
     for r in room_receipts {
         if r.receipt_type == "m.read.private" && r.user_id != req.user.as_str() {
+            continue;
+        }
+        // Your own delivered watermark tells you nothing.
+        if r.receipt_type == delivery::DELIVERED && r.user_id == req.user.as_str() {
             continue;
         }
         let mut receipt = json!({ "ts": r.ts });

@@ -108,7 +108,7 @@ async fn serve(
     state: AppState,
     socket: WebSocket,
     sender: Sender,
-    since: Option<(i64, u64)>,
+    since: Option<super::Token>,
     filter: SyncFilter,
 ) {
     let (mut sink, mut stream) = socket.split();
@@ -128,13 +128,28 @@ async fn serve(
         let _ = stop_tx.send(reason);
     });
 
+    // An open socket keeps its user online.
+    let user = sender.user_id.to_string();
+    let presence = state.config.presence.enabled;
+    if presence {
+        if state
+            .presence
+            .set(&user, "online", None, crate::auth::now_ms())
+        {
+            crate::announce_presence(&state, &user).await;
+        }
+        state
+            .presence
+            .connection(&user, true, crate::auth::now_ms());
+    }
     let mut since = since;
     loop {
         let request = SyncRequest {
             user: &sender.user_id,
             device: &sender.device_id,
-            since: since.map(|(p, _)| p),
-            since_typing: since.map_or(0, |(_, t)| t),
+            since: since.map(|t| t.position),
+            since_typing: since.map_or(0, |t| t.typing),
+            since_presence: since.map_or(0, |t| t.presence),
             full_state: false,
             filter: filter.clone(),
             timeout: IDLE,
@@ -177,4 +192,9 @@ async fn serve(
         since = next.or(since);
     }
     reader.abort();
+    if presence {
+        state
+            .presence
+            .connection(&user, false, crate::auth::now_ms());
+    }
 }

@@ -9,6 +9,7 @@ mod directory;
 pub(crate) mod discovery;
 mod membership;
 mod message;
+mod presence;
 mod profile;
 mod receipts;
 pub(crate) mod register;
@@ -95,6 +96,8 @@ pub fn routes(r: Router<AppState>) -> Router<AppState> {
     let r = route(r, receipts::create_typing_event);
     let r = route(r, receipts::create_receipt);
     let r = route(r, receipts::set_read_marker);
+    let r = route(r, presence::get_presence);
+    let r = route(r, presence::set_presence);
     r.route(
         "/_matrix/client/unstable/io.myelin/sync/ws",
         axum::routing::get(crate::sync::ws::sync_ws),

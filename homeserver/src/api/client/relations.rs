@@ -58,6 +58,11 @@ pub async fn get_context(
         stream,
     };
     let limit = u64::from(req.body.limit).min(MAX_LIMIT) as i64;
+    // Walking forward includes the starting position, so start just after the event.
+    let after_at = TopologicalPosition {
+        depth: row.depth,
+        stream: stream + 1,
+    };
     let before_n = limit / 2;
     let after_n = limit - before_n;
     let before = state
@@ -74,7 +79,7 @@ pub async fn get_context(
         .storage
         .room_events_topological(
             room_id.as_str(),
-            at,
+            after_at,
             None,
             StorageDirection::Forward,
             after_n,

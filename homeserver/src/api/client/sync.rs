@@ -13,6 +13,7 @@ use ruma::api::client::{
 
 use crate::{
     api::ruma::Ruma,
+    auth::now_ms,
     error::{Error, Result},
     sync::{filter::SyncFilter, parse_token, sync, SyncRequest},
     AppState,
@@ -51,14 +52,38 @@ pub async fn sync_events(
     let request = SyncRequest {
         user: &sender.user_id,
         device: &sender.device_id,
-        since: since.map(|(position, _)| position),
-        since_typing: since.map_or(0, |(_, typing)| typing),
+        since: since.map(|t| t.position),
+        since_typing: since.map_or(0, |t| t.typing),
+        since_presence: since.map_or(0, |t| t.presence),
         full_state: req.body.full_state,
         filter: SyncFilter::from_definition(&definition),
         timeout: req.body.timeout.unwrap_or_default().min(MAX_TIMEOUT),
     };
-    let response = sync(&state, &request).await?;
-    Ok(Json(response).into_response())
+    // Syncing marks the user active (unless they ask otherwise) and, while it waits, counts
+    // as an open connection for presence.
+    let presence = state
+        .config
+        .presence
+        .enabled
+        .then(|| req.body.set_presence.to_string());
+    if let Some(set) = presence.as_deref().filter(|p| *p != "offline") {
+        if state
+            .presence
+            .set(sender.user_id.as_str(), set, None, now_ms())
+        {
+            crate::announce_presence(&state, sender.user_id.as_str()).await;
+        }
+        state
+            .presence
+            .connection(sender.user_id.as_str(), true, now_ms());
+    }
+    let response = sync(&state, &request).await;
+    if presence.as_deref().is_some_and(|p| p != "offline") {
+        state
+            .presence
+            .connection(sender.user_id.as_str(), false, now_ms());
+    }
+    Ok(Json(response?).into_response())
 }
 
 /// POST /_matrix/client/v3/user/{userId}/filter
