@@ -112,6 +112,8 @@ CREATE TABLE event_txns (
     created_ts INTEGER NOT NULL,
     PRIMARY KEY (user_id, device_id, txn_id)
 );
+-- Clients see their own events' transaction IDs; formatting a page looks them up by event.
+CREATE INDEX event_txns_event ON event_txns (event_id);
 
 CREATE TABLE room_aliases (
     alias      TEXT PRIMARY KEY,

@@ -474,13 +474,39 @@ pub async fn get_member_events(
         .membership(room_id.as_str(), user.as_str())
         .await?
     {
-        Some((m, _)) if m == "join" => state
-            .storage
-            .room_members(room_id.as_str())
-            .await?
-            .into_iter()
-            .map(|(_, _, e)| e)
-            .collect(),
+        Some((m, _)) if m == "join" => match &req.body.at {
+            // The members as of a pagination token: the state after the last event before it.
+            Some(at) => {
+                let position = super::message::parse_token(&state, room_id, at).await?;
+                let before = state
+                    .storage
+                    .room_events_topological(
+                        room_id.as_str(),
+                        position,
+                        None,
+                        myelin_storage::Direction::Backward,
+                        1,
+                    )
+                    .await?;
+                match before.first().and_then(|r| r.state_after) {
+                    Some(snapshot) => state
+                        .snapshot(snapshot)
+                        .await?
+                        .iter()
+                        .filter(|((t, _), _)| t == "m.room.member")
+                        .map(|(_, e)| e.clone())
+                        .collect(),
+                    None => Vec::new(),
+                }
+            }
+            None => state
+                .storage
+                .room_members(room_id.as_str())
+                .await?
+                .into_iter()
+                .map(|(_, _, e)| e)
+                .collect(),
+        },
         Some((m, event_id)) if m == "leave" || m == "ban" => {
             let leave = state
                 .storage

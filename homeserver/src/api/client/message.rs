@@ -282,7 +282,7 @@ pub async fn get_room_event(
 
 /// A `/messages` token: `t<depth>_<stream>`, a position between events in topological order.
 /// Sync's `s<stream>` tokens are accepted too and mapped onto the room's topological order.
-async fn parse_token(
+pub(super) async fn parse_token(
     state: &AppState,
     room_id: &RoomId,
     token: &str,
@@ -381,6 +381,16 @@ pub async fn get_message_events(
         .room_events_topological(room_id.as_str(), from, to, dir, limit)
         .await?;
     let full_page = rows.len() as i64 == limit;
+    // Without `from`, a backward walk starts at the newest event now: name that position
+    // (just after it), not "the end", so the token keeps meaning this point in history.
+    let start = match (&req.body.from, dir, rows.first()) {
+        (Some(token), _, _) => token.clone(),
+        (None, StorageDirection::Backward, Some(newest)) => format_token(TopologicalPosition {
+            depth: newest.depth,
+            stream: newest.stream_ordering.unwrap_or(0) + 1,
+        }),
+        (None, _, _) => format_token(from),
+    };
     // The position past the last event in the walking direction: just before it going
     // backward, just after it going forward.
     let end = rows.last().and_then(|r| {
@@ -440,10 +450,7 @@ pub async fn get_message_events(
     };
     let events = client_events(&state, &rows, Some((&sender.user_id, &sender.device_id))).await?;
     let mut response = get_message_events::v3::Response::new();
-    response.start = match &req.body.from {
-        Some(token) => token.clone(),
-        None => format_token(from),
-    };
+    response.start = start;
     // `end` is left out when there is nothing further to read.
     response.end = if full_page {
         end.map(format_token)
