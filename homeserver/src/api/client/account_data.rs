@@ -27,6 +27,23 @@ use crate::{
 /// Account data types the server manages itself; clients may not write them directly.
 const SERVER_MANAGED: &[&str] = &["m.fully_read", "m.push_rules"];
 
+/// Clients may write any account data type but the server-managed ones, and only objects.
+fn check_writable(data_type: &str, content: &str) -> Result<()> {
+    if SERVER_MANAGED.contains(&data_type) {
+        return Err(Error::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "M_BAD_JSON",
+            format!("{data_type} is managed by the server and cannot be set through this API"),
+        ));
+    }
+    if !content.trim_start().starts_with('{') {
+        return Err(Error::bad_json(
+            "Account data content must be a JSON object",
+        ));
+    }
+    Ok(())
+}
+
 fn check_own(sender: &UserId, target: &UserId) -> Result<()> {
     if sender != target {
         return Err(Error::forbidden(
@@ -66,19 +83,8 @@ pub async fn set_global_account_data(
     let user_id = &req.sender().user_id;
     check_own(user_id, &req.body.user_id)?;
     let data_type = req.body.event_type.to_string();
-    if SERVER_MANAGED.contains(&data_type.as_str()) {
-        return Err(Error::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "M_BAD_JSON",
-            format!("{data_type} is managed by the server and cannot be set through this API"),
-        ));
-    }
     let content = req.body.data.json().get();
-    if !content.trim_start().starts_with('{') {
-        return Err(Error::bad_json(
-            "Account data content must be a JSON object",
-        ));
-    }
+    check_writable(&data_type, content)?;
     state
         .storage
         .set_account_data(user_id.as_str(), None, &data_type, content, now_ms())
@@ -134,19 +140,8 @@ pub async fn set_room_account_data(
     check_own(user_id, &req.body.user_id)?;
     check_room(&state, user_id, &req.body.room_id).await?;
     let data_type = req.body.event_type.to_string();
-    if SERVER_MANAGED.contains(&data_type.as_str()) {
-        return Err(Error::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "M_BAD_JSON",
-            format!("{data_type} is managed by the server and cannot be set through this API"),
-        ));
-    }
     let content = req.body.data.json().get();
-    if !content.trim_start().starts_with('{') {
-        return Err(Error::bad_json(
-            "Account data content must be a JSON object",
-        ));
-    }
+    check_writable(&data_type, content)?;
     state
         .storage
         .set_account_data(

@@ -26,6 +26,21 @@ use crate::{
     AppState,
 };
 
+/// Adds the user's display name and avatar to member event content; returns whether the
+/// user has a profile (exists) here.
+async fn add_profile(state: &AppState, user: &UserId, content: &mut Value) -> Result<bool> {
+    let Some((displayname, avatar_url)) = state.storage.get_profile(user.as_str()).await? else {
+        return Ok(false);
+    };
+    if let Some(name) = displayname {
+        content["displayname"] = name.into();
+    }
+    if let Some(url) = avatar_url {
+        content["avatar_url"] = url.into();
+    }
+    Ok(true)
+}
+
 fn member_content(membership: &str, reason: Option<&str>) -> Value {
     let mut content = json!({ "membership": membership });
     if let Some(reason) = reason {
@@ -81,14 +96,7 @@ async fn join(
     if let Some(authoriser) = restricted_join_authoriser(state, room_id, user).await? {
         content["join_authorised_via_users_server"] = authoriser.into();
     }
-    if let Some((displayname, avatar_url)) = state.storage.get_profile(user.as_str()).await? {
-        if let Some(name) = displayname {
-            content["displayname"] = name.into();
-        }
-        if let Some(url) = avatar_url {
-            content["avatar_url"] = url.into();
-        }
-    }
+    add_profile(state, user, &mut content).await?;
     set_membership(state, room_id, user, user, content).await
 }
 
@@ -168,14 +176,7 @@ pub async fn knock_room(
         _ => {}
     }
     let mut content = member_content("knock", req.body.reason.as_deref());
-    if let Some((displayname, avatar_url)) = state.storage.get_profile(user.as_str()).await? {
-        if let Some(name) = displayname {
-            content["displayname"] = name.into();
-        }
-        if let Some(url) = avatar_url {
-            content["avatar_url"] = url.into();
-        }
-    }
+    add_profile(&state, user, &mut content).await?;
     set_membership(&state, &room_id, user, user, content).await?;
     Ok(knock_room::v3::Response::new(room_id))
 }
@@ -248,20 +249,8 @@ pub async fn invite_user(
     require_joined(&state, &req.body.room_id, sender).await?;
     let mut content = member_content("invite", recipient.reason.as_deref());
     if recipient.user_id.server_name() == state.server_name {
-        match state
-            .storage
-            .get_profile(recipient.user_id.as_str())
-            .await?
-        {
-            Some((displayname, avatar_url)) => {
-                if let Some(name) = displayname {
-                    content["displayname"] = name.into();
-                }
-                if let Some(url) = avatar_url {
-                    content["avatar_url"] = url.into();
-                }
-            }
-            None => return Err(Error::not_found("No such user")),
+        if !add_profile(&state, &recipient.user_id, &mut content).await? {
+            return Err(Error::not_found("No such user"));
         }
     } else {
         return Err(Error::forbidden(
