@@ -91,7 +91,7 @@ const KEYS: &[Key] = &[
           doc: "Largest JSON request body accepted, in bytes; larger ones get 413 M_TOO_LARGE." },
     Key { path: "delivery_receipts", kind: Kind::Bool, default: Some("true"),
           doc: "Record when a member's device first receives an event and show senders an io.myelin.delivered receipt (see docs/delivered-receipts.md)." },
-    Key { path: "log", kind: Kind::Str, default: Some("\"info\""),
+    Key { path: "log", kind: Kind::Str, default: Some("\"info,ruma_state_res=warn,sqlx=warn\""),
           doc: "Log filter in tracing's EnvFilter syntax, e.g. \"info\" or \"myelin=debug,sqlx=warn\"." },
     Key { path: "rate_limits.enabled", kind: Kind::Bool, default: Some("true"),
           doc: "Answer over-eager clients with 429 M_LIMIT_EXCEEDED. Turn off only for tests and benchmarks." },

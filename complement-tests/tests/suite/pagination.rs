@@ -135,4 +135,34 @@ async fn members_at_token(backend: Backend) {
     assert_eq!(now["chunk"].as_array().unwrap().len(), 2, "{now}");
 }
 
-backend_tests!(pagination_with_concurrent_writers, members_at_token);
+backend_tests!(
+    pagination_with_concurrent_writers,
+    members_at_token,
+    empty_body_means_no_fields
+);
+
+/// Some clients (matrix-nio's join) send an empty body where every field is optional; like
+/// Synapse, the server reads it as `{}`.
+async fn empty_body_means_no_fields(backend: Backend) {
+    let Some(hs) = TestServer::start(backend, ServerOptions::default()).await else {
+        return;
+    };
+    let alice = hs.register_user("alice").await;
+    let bob = hs.register_user("bob").await;
+    let room = alice.create_room(&json!({ "preset": "public_chat" })).await;
+    let path = format!(
+        "/_matrix/client/v3/join/{}",
+        complement_tests::encode(&room)
+    );
+    let response = bob
+        .request_raw(
+            reqwest::Method::POST,
+            &path,
+            Some((Vec::new(), "application/json")),
+        )
+        .await;
+    assert_eq!(
+        assert_ok(&response, "join with an empty body")["room_id"],
+        room.as_str()
+    );
+}

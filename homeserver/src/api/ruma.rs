@@ -256,7 +256,14 @@ where
             .get::<ConnectInfo<SocketAddr>>()
             .map(|ConnectInfo(addr)| addr.ip())
             .unwrap_or(std::net::Ipv6Addr::LOCALHOST.into());
-        let bytes = read_body(body, &parts.headers, state.config.max_json_body_bytes).await?;
+        let mut bytes = read_body(body, &parts.headers, state.config.max_json_body_bytes).await?;
+        // An empty body on a POST or PUT means "no fields", as Synapse reads it: some clients
+        // (matrix-nio's join, for one) send nothing where the spec's body is all optional.
+        let has_body_method =
+            parts.method == http::Method::POST || parts.method == http::Method::PUT;
+        if bytes.is_empty() && has_body_method && is_json(&parts.headers) {
+            bytes = bytes::Bytes::from_static(b"{}");
+        }
         let request = http::Request::from_parts(parts, &bytes[..]);
 
         let sender = match <T::Authentication as AuthPolicy>::KIND {
