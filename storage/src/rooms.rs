@@ -66,6 +66,14 @@ pub(crate) fn event_from_row(row: &AnyRow) -> Result<EventRow> {
     })
 }
 
+/// `$1, $2, …, $n`, for an `IN (…)` list.
+fn placeholders(n: usize) -> String {
+    (1..=n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// A state map: (event type, state key) → event ID.
 pub type StateMap = HashMap<(String, String), String>;
 
@@ -486,10 +494,9 @@ impl Storage {
     pub async fn get_events(&self, event_ids: &[String]) -> Result<Vec<EventRow>> {
         let mut out = Vec::with_capacity(event_ids.len());
         for chunk in event_ids.chunks(100) {
-            let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
             let sql = format!(
                 "SELECT {EVENT_COLUMNS} FROM events WHERE event_id IN ({})",
-                placeholders.join(", ")
+                placeholders(chunk.len())
             );
             let mut query = sqlx::query(&sql);
             for id in chunk {
@@ -654,10 +661,9 @@ impl Storage {
     ) -> Result<HashMap<String, (String, String)>> {
         let mut out = HashMap::new();
         for chunk in event_ids.chunks(100) {
-            let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
             let sql = format!(
                 "SELECT event_id, device_id, txn_id FROM event_txns WHERE event_id IN ({})",
-                placeholders.join(", ")
+                placeholders(chunk.len())
             );
             let mut query = sqlx::query(&sql);
             for id in chunk {
