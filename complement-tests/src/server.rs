@@ -220,6 +220,11 @@ impl TestServer {
     }
 
     /// An anonymous client for this server.
+    /// The server process's ID, when we started it (for benchmarks reading its memory).
+    pub fn pid(&self) -> Option<u32> {
+        self.process.as_ref()?.child.as_ref().map(Child::id)
+    }
+
     pub fn client(&self) -> Client {
         Client::new(&self.url)
     }

@@ -82,7 +82,12 @@ pub async fn sync_ws(
         }
     };
     let filter = SyncFilter::from_definition(&filter);
+    // Small buffers: an idle socket should cost a few KiB, not tungstenite's 128 KiB
+    // defaults. A slow reader's unsent data is capped too (one frame is in flight at most).
     Ok(upgrade
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(0)
+        .max_write_buffer_size(16 * 1024 * 1024)
         .max_message_size(64 * 1024)
         .on_upgrade(move |socket| serve(state, socket, sender, since, filter))
         .into_response())

@@ -1,0 +1,334 @@
+//! Myelin's sync benchmark: fan-out, idle connections, empty incremental syncs.
+//!
+//! ```sh
+//! cargo run --release -p complement-tests --bin bench_sync             # PostgreSQL
+//! BENCH_BACKEND=sqlite cargo run --release -p complement-tests --bin bench_sync
+//! ```
+//!
+//! 1. Fan-out: one room of `BENCH_MEMBERS` (default 200) members, half waiting in long-poll
+//!    `/sync`, half on the WebSocket; a sender posts `BENCH_ROUNDS` (default 30) messages and
+//!    we time, per message, how long until every member has it (and each member's delay).
+//! 2. Empty incremental sync: `/sync?since=<latest>&timeout=0`, 1,000 times, one after the
+//!    other (client-side time, so it includes HTTP on loopback).
+//! 3. Idle connections: `BENCH_IDLE` (default 10,000; half long-poll, half WebSocket) idle
+//!    connections are opened and the server's resident memory is read before and after, while
+//!    the fan-out keeps running. Needs `ulimit -n` above twice that.
+
+use std::{
+    collections::HashMap,
+    process::Command,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use complement_tests::{binary, encode, Backend, Client, ServerOptions, TestServer};
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message;
+
+fn env_num(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[(((sorted.len() - 1) as f64) * p).round() as usize]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn build_release_server() {
+    if std::env::var_os("MYELIN_TEST_BINARY").is_some() {
+        return;
+    }
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    eprintln!("building myelin (release)...");
+    let status = Command::new(cargo)
+        .current_dir(binary::workspace_root())
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "myelin",
+            "--bin",
+            "myelin",
+            "--target-dir",
+        ])
+        .arg(binary::target_dir())
+        .status()
+        .expect("run cargo");
+    assert!(status.success(), "building myelin failed");
+    // Single-threaded at this point: no other thread reads the environment yet.
+    std::env::set_var(
+        "MYELIN_TEST_BINARY",
+        binary::target_dir().join("release").join("myelin"),
+    );
+    std::env::set_var("MYELIN_TEST_PG_DURABLE", "1");
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|n| n.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Event IDs of messages in a sync response's room timeline.
+fn message_ids(frame: &Value, room: &str) -> Vec<String> {
+    frame["rooms"]["join"][room]["timeline"]["events"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["type"] == "m.room.message")
+        .filter_map(|e| e["event_id"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// A member that waits in long-poll /sync and reports each message it receives.
+fn long_poll_member(
+    client: Client,
+    room: String,
+    since: String,
+    tx: mpsc::UnboundedSender<(String, Instant)>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut since = since;
+        loop {
+            let (status, body) = client.sync_with(Some(&since), 30_000, &[]).await;
+            if status != 200 {
+                return;
+            }
+            let now = Instant::now();
+            for id in message_ids(&body, &room) {
+                if tx.send((id, now)).is_err() {
+                    return;
+                }
+            }
+            since = body["next_batch"].as_str().unwrap_or(&since).to_owned();
+        }
+    })
+}
+
+fn ws_url(base: &str, client: &Client, since: &str) -> String {
+    format!(
+        "{}/_matrix/client/unstable/io.myelin/sync/ws?access_token={}&since={}",
+        base.replacen("http://", "ws://", 1),
+        encode(client.access_token.as_deref().unwrap()),
+        encode(since)
+    )
+}
+
+/// A member on the WebSocket that reports each message it receives.
+async fn ws_member(
+    base: String,
+    client: Client,
+    room: String,
+    since: String,
+    tx: mpsc::UnboundedSender<(String, Instant)>,
+) {
+    let (mut socket, _) = tokio_tungstenite::connect_async(ws_url(&base, &client, &since))
+        .await
+        .expect("ws connect");
+    tokio::spawn(async move {
+        while let Some(Ok(message)) = socket.next().await {
+            if let Message::Text(text) = message {
+                let now = Instant::now();
+                let frame: Value = serde_json::from_str(text.as_str()).unwrap_or_default();
+                for id in message_ids(&frame, &room) {
+                    if tx.send((id, now)).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+}
+
+#[tokio::main]
+async fn main() {
+    build_release_server();
+    let backend = match std::env::var("BENCH_BACKEND").as_deref() {
+        Ok("sqlite") => Backend::Sqlite,
+        _ => Backend::Postgres,
+    };
+    let members = env_num("BENCH_MEMBERS", 200) as usize;
+    let rounds = env_num("BENCH_ROUNDS", 30) as usize;
+    let idle = env_num("BENCH_IDLE", 10_000) as usize;
+    let options = ServerOptions::default()
+        .env("MYELIN_LOG", "error")
+        .env("MYELIN_DELIVERY_RECEIPTS", "false");
+    let Some(hs) = TestServer::start(backend, options).await else {
+        eprintln!("PostgreSQL is not available; set BENCH_BACKEND=sqlite or install PostgreSQL");
+        std::process::exit(1);
+    };
+    let pid = hs.pid().expect("our own server");
+    println!("# Myelin sync benchmark ({backend:?}, {members} members, {rounds} rounds)");
+
+    let sender = hs.register_user("sender").await;
+    let room = sender
+        .create_room(&json!({ "preset": "public_chat" }))
+        .await;
+    let mut clients = Vec::new();
+    for i in 0..members {
+        let c = hs.register_user(&format!("m{i}")).await;
+        let (status, body) = c.join(&room).await;
+        assert_eq!(status, 200, "join: {body}");
+        clients.push(c);
+    }
+    let (tx, mut rx) = mpsc::unbounded_channel::<(String, Instant)>();
+    let mut pollers = Vec::new();
+    for (i, c) in clients.iter().enumerate() {
+        let (_, initial) = c
+            .sync_with(
+                None,
+                0,
+                &[("filter", r#"{"room":{"timeline":{"limit":1}}}"#)],
+            )
+            .await;
+        let since = initial["next_batch"]
+            .as_str()
+            .expect("next_batch")
+            .to_owned();
+        if i % 2 == 0 {
+            pollers.push(long_poll_member(c.clone(), room.clone(), since, tx.clone()));
+        } else {
+            ws_member(
+                hs.url().to_owned(),
+                c.clone(),
+                room.clone(),
+                since,
+                tx.clone(),
+            )
+            .await;
+        }
+    }
+    drop(tx);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // 1. Fan-out.
+    let mut last_member = Vec::new();
+    let mut each_member = Vec::new();
+    let mut received: HashMap<String, Vec<Instant>> = HashMap::new();
+    for round in 0..rounds {
+        let start = Instant::now();
+        let event_id = sender.send_text(&room, &format!("fan-out {round}")).await;
+        let deadline = start + Duration::from_secs(10);
+        while received.get(&event_id).map_or(0, Vec::len) < members {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(remaining, rx.recv()).await {
+                Ok(Some((id, at))) => received.entry(id).or_default().push(at),
+                _ => break,
+            }
+        }
+        let times = received.remove(&event_id).unwrap_or_default();
+        assert_eq!(
+            times.len(),
+            members,
+            "round {round}: only {} of {members} members got the message",
+            times.len()
+        );
+        let mut delays: Vec<Duration> = times
+            .iter()
+            .map(|t| t.saturating_duration_since(start))
+            .collect();
+        delays.sort();
+        last_member.push(*delays.last().unwrap());
+        each_member.extend(delays);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    last_member.sort();
+    each_member.sort();
+    println!(
+        "fan-out to {members} members (half long-poll, half WebSocket): until the last member has it p50 {:.1} ms, p99 {:.1} ms; per member p50 {:.1} ms, p99 {:.1} ms",
+        ms(percentile(&last_member, 0.5)),
+        ms(percentile(&last_member, 0.99)),
+        ms(percentile(&each_member, 0.5)),
+        ms(percentile(&each_member, 0.99)),
+    );
+
+    // 2. Empty incremental sync.
+    let quiet = hs.register_user("quiet").await;
+    let (_, initial) = quiet.sync_with(None, 0, &[]).await;
+    let token = initial["next_batch"].as_str().unwrap().to_owned();
+    let mut empty = Vec::new();
+    for _ in 0..1000 {
+        let start = Instant::now();
+        let (status, _) = quiet.sync_with(Some(&token), 0, &[]).await;
+        empty.push(start.elapsed());
+        assert_eq!(status, 200);
+    }
+    empty.sort();
+    println!(
+        "empty incremental sync (client-side, incl. HTTP): p50 {:.3} ms, p99 {:.3} ms",
+        ms(percentile(&empty, 0.5)),
+        ms(percentile(&empty, 0.99))
+    );
+
+    // 3. Idle connections.
+    if idle > 0 {
+        let before = rss_kib(pid);
+        let idler = Arc::new(hs.register_user("idler").await);
+        let (_, initial) = idler.sync_with(None, 0, &[]).await;
+        let token = initial["next_batch"].as_str().unwrap().to_owned();
+        let http = reqwest::Client::builder()
+            .pool_max_idle_per_host(0)
+            .build()
+            .unwrap();
+        let mut sockets = Vec::new();
+        let mut polls = Vec::new();
+        for i in 0..idle {
+            if i % 2 == 0 {
+                let url = format!(
+                    "{}/_matrix/client/v3/sync?since={}&timeout=120000",
+                    hs.url(),
+                    encode(&token)
+                );
+                let request = http
+                    .get(url)
+                    .bearer_auth(idler.access_token.clone().unwrap())
+                    .send();
+                polls.push(tokio::spawn(request));
+            } else {
+                match tokio_tungstenite::connect_async(ws_url(hs.url(), &idler, &token)).await {
+                    Ok((socket, _)) => sockets.push(socket),
+                    Err(e) => {
+                        eprintln!("stopped opening WebSockets at {i}: {e}");
+                        break;
+                    }
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let after = rss_kib(pid);
+        let open = polls.len() + sockets.len();
+        println!(
+            "{open} idle connections ({} long-poll, {} WebSocket): server memory {} KiB -> {} KiB, {:.1} KiB per connection",
+            polls.len(),
+            sockets.len(),
+            before,
+            after,
+            (after.saturating_sub(before)) as f64 / open.max(1) as f64
+        );
+        drop(sockets);
+        for p in polls {
+            p.abort();
+        }
+    }
+    // Stop the members' polls before the server goes away with the benchmark.
+    for poller in pollers {
+        poller.abort();
+    }
+}
