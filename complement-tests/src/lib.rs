@@ -26,6 +26,7 @@
 
 pub mod admin;
 pub mod assertions;
+pub mod bench;
 pub mod binary;
 pub mod client;
 mod macros;

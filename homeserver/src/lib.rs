@@ -54,6 +54,19 @@ pub struct AppState {
 const SNAPSHOT_CACHE_ENTRIES: usize = 4096;
 
 impl AppState {
+    /// Wakes the waiting syncs of a room's joined members (after a change that is not an
+    /// event: typing, receipts).
+    pub async fn wake_room(&self, room_id: &str) -> Result<(), error::Error> {
+        let members = self.storage.room_members(room_id).await?;
+        self.notifier.notify(
+            members
+                .iter()
+                .filter(|(_, m, _)| m == "join")
+                .map(|(u, _, _)| u.as_str()),
+        );
+        Ok(())
+    }
+
     /// The full state of a snapshot, from the cache or storage.
     pub async fn snapshot(&self, id: i64) -> Result<Arc<myelin_storage::StateMap>, error::Error> {
         if let Some(map) = self
@@ -158,14 +171,8 @@ async fn typing_sweeper(state: AppState) {
     loop {
         tick.tick().await;
         for room_id in state.typing.expire(std::time::Instant::now()) {
-            match state.storage.room_members(&room_id).await {
-                Ok(members) => state.notifier.notify(
-                    members
-                        .iter()
-                        .filter(|(_, m, _)| m == "join")
-                        .map(|(u, _, _)| u.as_str()),
-                ),
-                Err(e) => tracing::warn!(error = %e, "typing sweeper could not read members"),
+            if let Err(e) = state.wake_room(&room_id).await {
+                tracing::warn!(error = %e, "typing sweeper could not read members");
             }
         }
     }

@@ -17,7 +17,6 @@
 //! but with durable settings (fsync and synchronous commit on).
 
 use std::{
-    process::Command,
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
         Arc,
@@ -25,27 +24,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use complement_tests::{binary, encode, Backend, Client, ServerOptions, TestServer};
+use complement_tests::{
+    bench::{build_release_server, env_num, ms, percentile},
+    encode, Backend, Client, ServerOptions, TestServer,
+};
 use serde_json::json;
-
-fn env_num(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[index.min(sorted.len() - 1)]
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
 
 async fn create_room(client: &Client, name: &str) -> String {
     let (status, body) = client
@@ -81,34 +64,6 @@ async fn send(client: &Client, room_id: &str, txn: &str) -> Duration {
         .await;
     assert_eq!(status, 200, "send: {body}");
     start.elapsed()
-}
-
-fn build_release_server() {
-    if std::env::var_os("MYELIN_TEST_BINARY").is_some() {
-        return;
-    }
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    eprintln!("building myelin (release)...");
-    let status = Command::new(cargo)
-        .current_dir(binary::workspace_root())
-        .args([
-            "build",
-            "--release",
-            "-p",
-            "myelin",
-            "--bin",
-            "myelin",
-            "--target-dir",
-        ])
-        .arg(binary::target_dir())
-        .status()
-        .expect("run cargo");
-    assert!(status.success(), "building myelin failed");
-    let path = binary::target_dir().join("release").join("myelin");
-    // Single-threaded at this point: no other thread reads the environment yet.
-    std::env::set_var("MYELIN_TEST_BINARY", path);
-    // A PostgreSQL that really syncs its commits to disk, unlike the test clusters.
-    std::env::set_var("MYELIN_TEST_PG_DURABLE", "1");
 }
 
 #[tokio::main]

@@ -16,63 +16,18 @@
 
 use std::{
     collections::HashMap,
-    process::Command,
     sync::Arc,
     time::{Duration, Instant},
 };
 
-use complement_tests::{binary, encode, Backend, Client, ServerOptions, TestServer};
+use complement_tests::{
+    bench::{build_release_server, env_num, ms, percentile},
+    encode, Backend, Client, ServerOptions, TestServer,
+};
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
-
-fn env_num(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    sorted[(((sorted.len() - 1) as f64) * p).round() as usize]
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
-fn build_release_server() {
-    if std::env::var_os("MYELIN_TEST_BINARY").is_some() {
-        return;
-    }
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    eprintln!("building myelin (release)...");
-    let status = Command::new(cargo)
-        .current_dir(binary::workspace_root())
-        .args([
-            "build",
-            "--release",
-            "-p",
-            "myelin",
-            "--bin",
-            "myelin",
-            "--target-dir",
-        ])
-        .arg(binary::target_dir())
-        .status()
-        .expect("run cargo");
-    assert!(status.success(), "building myelin failed");
-    // Single-threaded at this point: no other thread reads the environment yet.
-    std::env::set_var(
-        "MYELIN_TEST_BINARY",
-        binary::target_dir().join("release").join("myelin"),
-    );
-    std::env::set_var("MYELIN_TEST_PG_DURABLE", "1");
-}
 
 fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))

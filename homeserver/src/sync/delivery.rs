@@ -69,12 +69,5 @@ async fn advance(
             ts: now_ms(),
         })
         .await?;
-    let members = state.storage.room_members(room_id).await?;
-    state.notifier.notify(
-        members
-            .iter()
-            .filter(|(_, m, _)| m == "join")
-            .map(|(u, _, _)| u.as_str()),
-    );
-    Ok(())
+    state.wake_room(room_id).await
 }

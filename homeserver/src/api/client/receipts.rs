@@ -25,18 +25,6 @@ use crate::{
     AppState,
 };
 
-/// Wakes the syncs of a room's members.
-async fn wake_room(state: &AppState, room_id: &RoomId) -> Result<()> {
-    let members = state.storage.room_members(room_id.as_str()).await?;
-    state.notifier.notify(
-        members
-            .iter()
-            .filter(|(_, m, _)| m == "join")
-            .map(|(u, _, _)| u.as_str()),
-    );
-    Ok(())
-}
-
 /// PUT /_matrix/client/v3/rooms/{roomId}/typing/{userId}
 pub async fn create_typing_event(
     State(state): State<AppState>,
@@ -65,7 +53,7 @@ pub async fn create_typing_event(
         timeout,
         Instant::now(),
     ) {
-        wake_room(&state, &req.body.room_id).await?;
+        state.wake_room(req.body.room_id.as_str()).await?;
     }
     Ok(create_typing_event::v3::Response::new())
 }
@@ -104,7 +92,7 @@ async fn store_receipt(
     if receipt_type == "m.read.private" {
         state.notifier.notify([user.as_str()]);
     } else {
-        wake_room(state, room_id).await?;
+        state.wake_room(room_id.as_str()).await?;
     }
     Ok(())
 }
