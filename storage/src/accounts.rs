@@ -393,6 +393,7 @@ impl Storage {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
+        self.recent.account_data_changed(user_id, position);
         Ok(position)
     }
 }

@@ -13,6 +13,7 @@
 mod accounts;
 mod error;
 mod misc;
+mod recent;
 mod rooms;
 mod stream;
 mod sync;
@@ -48,6 +49,8 @@ pub struct Storage {
     pool: AnyPool,
     backend: Backend,
     stream: std::sync::Arc<StreamTracker>,
+    /// Recent changes, so sync rarely needs the database (see `recent.rs`).
+    recent: std::sync::Arc<recent::Recent>,
 }
 
 impl Storage {
@@ -99,11 +102,12 @@ impl Storage {
             pool,
             backend,
             stream: Default::default(),
+            recent: Default::default(),
         };
         storage.migrate().await?;
-        storage.stream = std::sync::Arc::new(StreamTracker::starting_at(
-            storage.current_stream_position().await?,
-        ));
+        let position = storage.current_stream_position().await?;
+        storage.stream = std::sync::Arc::new(StreamTracker::starting_at(position));
+        storage.recent = std::sync::Arc::new(recent::Recent::starting_at(position));
         Ok(storage)
     }
 

@@ -1,0 +1,296 @@
+//! What changed recently on the stream, kept in memory so that sync can answer "what is new
+//! for this user since position N" mostly without the database.
+//!
+//! When one message lands in a 200-member room, 200 waiting syncs wake at once. Each needs
+//! the room's new events, the user's memberships, and whether their account data or any
+//! receipt moved. Read from the database that is ~5 queries per member, 1,000 for one message;
+//! read from here it is none: the new events are shared by every waiter.
+//!
+//! The invariant that makes this safe: **an entry is added after its transaction commits but
+//! before its stream position stops being in flight** (the writers in `rooms.rs`, `sync.rs` and
+//! `accounts.rs` call in here between `commit()` and the end of their
+//! [`crate::stream::InFlight`] guard). A reader never looks past
+//! [`crate::Storage::safe_stream_position`], so whenever it reads a range `(after, upto]`,
+//! every change in that range is already here. Each part of the cache also knows its *floor*:
+//! the position at or below which it may be missing changes (start-up, eviction). A read that
+//! reaches below the floor goes to the database.
+//!
+//! Like the room heads and the stream tracker, this assumes one server process writes the
+//! database; several processes will need to share change notifications first.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::Mutex,
+};
+
+use crate::{rooms::EventRow, sync::MembershipRow};
+
+/// Events kept per room: enough for a sync's timeline in the common case.
+const EVENTS_PER_ROOM: usize = 50;
+/// Events kept in all, bounding memory (~1 KiB each).
+const MAX_EVENTS: usize = 50_000;
+
+/// The newest events of one room.
+#[derive(Debug, Default)]
+struct RoomTail {
+    /// Every event of the room above this position is in `events`.
+    floor: i64,
+    /// Ascending by stream position.
+    events: VecDeque<EventRow>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    /// Nothing is known at or below this position (it was written before start-up).
+    floor: i64,
+    /// The floor of rooms without a tail: raised when a tail is dropped to save memory.
+    absent_rooms_floor: i64,
+    rooms: HashMap<String, RoomTail>,
+    events: usize,
+    /// The last position at which each user's account data changed.
+    account_data: HashMap<String, i64>,
+    /// The last position at which any receipt moved.
+    last_receipt: i64,
+    /// Each user's memberships, as read from the database, with a generation that a change
+    /// bumps: a reader that started before a change must not store what it read.
+    memberships: HashMap<String, (u64, Option<Vec<MembershipRow>>)>,
+}
+
+/// See the module docs. A std mutex: every operation is a short map update.
+#[derive(Debug, Default)]
+pub(crate) struct Recent {
+    inner: Mutex<Inner>,
+}
+
+impl Recent {
+    pub(crate) fn starting_at(position: i64) -> Self {
+        Recent {
+            inner: Mutex::new(Inner {
+                floor: position,
+                absent_rooms_floor: position,
+                ..Inner::default()
+            }),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records committed events (ascending positions, one room).
+    pub(crate) fn add_events(&self, room_id: &str, events: Vec<EventRow>) {
+        let mut inner = self.lock();
+        let inner = &mut *inner;
+        let floor = inner.absent_rooms_floor;
+        let tail = inner
+            .rooms
+            .entry(room_id.to_owned())
+            .or_insert_with(|| RoomTail {
+                floor,
+                events: VecDeque::new(),
+            });
+        for event in events {
+            tail.events.push_back(event);
+            inner.events += 1;
+        }
+        while tail.events.len() > EVENTS_PER_ROOM {
+            if let Some(old) = tail.events.pop_front() {
+                tail.floor = tail.floor.max(old.stream_ordering.unwrap_or(0));
+                inner.events -= 1;
+            }
+        }
+        if inner.events > MAX_EVENTS {
+            // Drop every tail; rooms start again from the highest position dropped.
+            for (_, tail) in inner.rooms.drain() {
+                if let Some(last) = tail.events.back() {
+                    inner.absent_rooms_floor = inner
+                        .absent_rooms_floor
+                        .max(last.stream_ordering.unwrap_or(0));
+                }
+            }
+            inner.events = 0;
+        }
+    }
+
+    /// Up to `limit` of the room's events with `after < position <= upto`, newest first; `None`
+    /// when some of that range may be missing here.
+    pub(crate) fn room_events(
+        &self,
+        room_id: &str,
+        after: i64,
+        upto: i64,
+        limit: usize,
+    ) -> Option<Vec<EventRow>> {
+        let inner = self.lock();
+        match inner.rooms.get(room_id) {
+            Some(tail) if after >= tail.floor => Some(
+                tail.events
+                    .iter()
+                    .rev()
+                    .filter(|e| {
+                        let p = e.stream_ordering.unwrap_or(0);
+                        p > after && p <= upto
+                    })
+                    .take(limit)
+                    .cloned()
+                    .collect(),
+            ),
+            None if after >= inner.absent_rooms_floor => Some(Vec::new()),
+            _ => None,
+        }
+    }
+
+    /// Applies a redaction to a cached event.
+    pub(crate) fn redact(&self, event_id: &str, redacted_pdu: &str, redacted_by: &str) {
+        let mut inner = self.lock();
+        for tail in inner.rooms.values_mut() {
+            if let Some(event) = tail.events.iter_mut().find(|e| e.event_id == event_id) {
+                event.pdu = redacted_pdu.to_owned();
+                event.redacted_by = Some(redacted_by.to_owned());
+                return;
+            }
+        }
+    }
+
+    pub(crate) fn account_data_changed(&self, user_id: &str, position: i64) {
+        let mut inner = self.lock();
+        let last = inner.account_data.entry(user_id.to_owned()).or_default();
+        *last = (*last).max(position);
+    }
+
+    /// Whether the user's account data is known not to have changed in `(after, ∞)`.
+    pub(crate) fn account_data_unchanged_since(&self, user_id: &str, after: i64) -> bool {
+        let inner = self.lock();
+        after >= inner.floor && inner.account_data.get(user_id).is_none_or(|&p| p <= after)
+    }
+
+    pub(crate) fn receipt_moved(&self, position: i64) {
+        let mut inner = self.lock();
+        inner.last_receipt = inner.last_receipt.max(position);
+    }
+
+    /// Whether no receipt is known to have moved in `(after, ∞)`.
+    pub(crate) fn receipts_unchanged_since(&self, after: i64) -> bool {
+        let inner = self.lock();
+        after >= inner.floor && inner.last_receipt <= after
+    }
+
+    /// The user's cached memberships, or the generation to hand back to
+    /// [`Self::store_memberships`] after reading them from the database.
+    pub(crate) fn memberships(&self, user_id: &str) -> Result<Vec<MembershipRow>, u64> {
+        let inner = self.lock();
+        match inner.memberships.get(user_id) {
+            Some((_, Some(rows))) => Ok(rows.clone()),
+            Some((generation, None)) => Err(*generation),
+            None => Err(0),
+        }
+    }
+
+    /// Stores memberships read from the database, unless they changed since the read began.
+    pub(crate) fn store_memberships(&self, user_id: &str, generation: u64, rows: &[MembershipRow]) {
+        let mut inner = self.lock();
+        let entry = inner
+            .memberships
+            .entry(user_id.to_owned())
+            .or_insert((0, None));
+        if entry.0 == generation {
+            entry.1 = Some(rows.to_vec());
+        }
+    }
+
+    /// Forgets a user's memberships after a change to them.
+    pub(crate) fn memberships_changed(&self, user_id: &str) {
+        let mut inner = self.lock();
+        let entry = inner
+            .memberships
+            .entry(user_id.to_owned())
+            .or_insert((0, None));
+        entry.0 += 1;
+        entry.1 = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(position: i64) -> EventRow {
+        EventRow {
+            event_id: format!("$e{position}"),
+            room_id: "!r:x".into(),
+            stream_ordering: Some(position),
+            depth: position,
+            event_type: "m.room.message".into(),
+            state_key: None,
+            sender: "@a:x".into(),
+            origin_server_ts: 0,
+            pdu: "{}".into(),
+            state_before: Some(1),
+            state_after: Some(1),
+            rejected: false,
+            redacted_by: None,
+        }
+    }
+
+    fn positions(events: &[EventRow]) -> Vec<i64> {
+        events.iter().filter_map(|e| e.stream_ordering).collect()
+    }
+
+    #[test]
+    fn room_events_are_served_only_above_the_floor() {
+        let recent = Recent::starting_at(10);
+        // Below the start-up floor nothing is known.
+        assert!(recent.room_events("!r:x", 5, 20, 10).is_none());
+        // A room with no events since start-up has none.
+        assert_eq!(
+            recent.room_events("!r:x", 10, 20, 10).map(|e| e.len()),
+            Some(0)
+        );
+        recent.add_events("!r:x", vec![event(11), event(12), event(14)]);
+        let got = recent.room_events("!r:x", 10, 13, 10).unwrap();
+        assert_eq!(
+            positions(&got),
+            vec![12, 11],
+            "newest first, capped at upto"
+        );
+        let got = recent.room_events("!r:x", 11, 20, 1).unwrap();
+        assert_eq!(positions(&got), vec![14], "limit keeps the newest");
+    }
+
+    #[test]
+    fn eviction_raises_the_floor() {
+        let recent = Recent::starting_at(0);
+        let events: Vec<EventRow> = (1..=(EVENTS_PER_ROOM as i64 + 5)).map(event).collect();
+        recent.add_events("!r:x", events);
+        assert!(recent.room_events("!r:x", 0, 100, 10).is_none());
+        assert!(recent.room_events("!r:x", 4, 100, 10).is_none());
+        let got = recent.room_events("!r:x", 5, 100, 100).unwrap();
+        assert_eq!(got.len(), EVENTS_PER_ROOM);
+    }
+
+    #[test]
+    fn account_data_and_receipts_know_what_did_not_change() {
+        let recent = Recent::starting_at(10);
+        assert!(!recent.account_data_unchanged_since("@a:x", 9));
+        assert!(recent.account_data_unchanged_since("@a:x", 10));
+        recent.account_data_changed("@a:x", 15);
+        assert!(!recent.account_data_unchanged_since("@a:x", 14));
+        assert!(recent.account_data_unchanged_since("@a:x", 15));
+        assert!(recent.account_data_unchanged_since("@b:x", 12));
+        assert!(recent.receipts_unchanged_since(10));
+        recent.receipt_moved(12);
+        assert!(!recent.receipts_unchanged_since(11));
+    }
+
+    #[test]
+    fn a_read_racing_a_change_is_not_stored() {
+        let recent = Recent::starting_at(0);
+        let generation = recent.memberships("@a:x").unwrap_err();
+        recent.memberships_changed("@a:x"); // a write lands while the read is in progress
+        recent.store_memberships("@a:x", generation, &[]);
+        assert!(recent.memberships("@a:x").is_err(), "stale read was stored");
+        let generation = recent.memberships("@a:x").unwrap_err();
+        recent.store_memberships("@a:x", generation, &[]);
+        assert_eq!(recent.memberships("@a:x").unwrap().len(), 0);
+    }
+}
