@@ -30,6 +30,50 @@ pub struct TokenOwner {
     pub is_admin: bool,
 }
 
+/// Access tokens already resolved, so a request costs no query to authenticate.
+///
+/// Every write that removes a token or changes what it resolves to (logout, device deletion,
+/// deactivation, admin flag) calls [`TokenCache::invalidate`] after its commit. That bumps a
+/// generation: a lookup that read the database before the change but finishes after it does
+/// not store what it read. (One server process per database, like the other caches.)
+#[derive(Debug, Default)]
+pub(crate) struct TokenCache {
+    inner: std::sync::Mutex<(u64, std::collections::HashMap<String, TokenOwner>)>,
+}
+
+/// Tokens cached at most; the cache starts over when full.
+const MAX_CACHED_TOKENS: usize = 100_000;
+
+impl TokenCache {
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, (u64, std::collections::HashMap<String, TokenOwner>)> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn get(&self, token_hash: &str) -> Result<TokenOwner, u64> {
+        let inner = self.lock();
+        inner.1.get(token_hash).cloned().ok_or(inner.0)
+    }
+
+    fn store(&self, generation: u64, token_hash: &str, owner: &TokenOwner) {
+        let mut inner = self.lock();
+        if inner.0 == generation {
+            if inner.1.len() >= MAX_CACHED_TOKENS {
+                inner.1.clear();
+            }
+            inner.1.insert(token_hash.to_owned(), owner.clone());
+        }
+    }
+
+    /// Forgets every cached token of `user_id`.
+    fn invalidate(&self, user_id: &str) {
+        let mut inner = self.lock();
+        inner.0 += 1;
+        inner.1.retain(|_, owner| owner.user_id != user_id);
+    }
+}
+
 fn device_from_row(row: &sqlx::any::AnyRow) -> Result<DeviceRow> {
     Ok(DeviceRow {
         device_id: row.try_get("device_id")?,
@@ -104,6 +148,7 @@ impl Storage {
             .bind(user_id)
             .execute(&self.pool)
             .await?;
+        self.tokens.invalidate(user_id);
         Ok(())
     }
 
@@ -131,6 +176,7 @@ impl Storage {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
+        self.tokens.invalidate(user_id);
         Ok(())
     }
 
@@ -193,10 +239,15 @@ impl Storage {
             .await?;
         }
         tx.commit().await?;
+        self.tokens.invalidate(user_id);
         Ok(())
     }
 
     pub async fn find_token(&self, token_hash: &str) -> Result<Option<TokenOwner>> {
+        let generation = match self.tokens.get(token_hash) {
+            Ok(owner) => return Ok(Some(owner)),
+            Err(generation) => generation,
+        };
         let row = sqlx::query(
             "SELECT t.user_id, t.device_id, u.is_admin
              FROM access_tokens t JOIN users u ON u.user_id = t.user_id
@@ -205,14 +256,19 @@ impl Storage {
         .bind(token_hash)
         .fetch_optional(&self.pool)
         .await?;
-        row.map(|row| {
-            Ok(TokenOwner {
-                user_id: row.try_get("user_id")?,
-                device_id: row.try_get("device_id")?,
-                is_admin: row.try_get::<i64, _>("is_admin")? != 0,
+        let owner = row
+            .map(|row| -> Result<TokenOwner> {
+                Ok(TokenOwner {
+                    user_id: row.try_get("user_id")?,
+                    device_id: row.try_get("device_id")?,
+                    is_admin: row.try_get::<i64, _>("is_admin")? != 0,
+                })
             })
-        })
-        .transpose()
+            .transpose()?;
+        if let Some(owner) = &owner {
+            self.tokens.store(generation, token_hash, owner);
+        }
+        Ok(owner)
     }
 
     pub async fn touch_device(
@@ -292,6 +348,7 @@ impl Storage {
                 .await?;
         }
         tx.commit().await?;
+        self.tokens.invalidate(user_id);
         Ok(())
     }
 
@@ -310,6 +367,7 @@ impl Storage {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
+        self.tokens.invalidate(user_id);
         Ok(())
     }
 

@@ -51,6 +51,8 @@ pub struct Storage {
     stream: std::sync::Arc<StreamTracker>,
     /// Recent changes, so sync rarely needs the database (see `recent.rs`).
     recent: std::sync::Arc<recent::Recent>,
+    /// Resolved access tokens (see `accounts.rs`).
+    tokens: std::sync::Arc<accounts::TokenCache>,
 }
 
 impl Storage {
@@ -103,6 +105,7 @@ impl Storage {
             backend,
             stream: Default::default(),
             recent: Default::default(),
+            tokens: Default::default(),
         };
         storage.migrate().await?;
         let position = storage.current_stream_position().await?;
