@@ -200,13 +200,46 @@ pub async fn announce_presence(state: &AppState, user: &str) {
     }
 }
 
-/// Marks users offline when they have had no open connection for a while.
+/// A sync or WebSocket of `user` opened with `set_presence` `presence`: counts it and, when
+/// the user comes online, announces that after the debounce if they are still connected.
+/// The caller calls [`presence::Presence::disconnected`] when it closes.
+pub async fn presence_connected(state: &AppState, user: &str, presence: &str) {
+    match state.presence.connected(user, presence, auth::now_ms()) {
+        Some(true) => announce_presence(state, user).await,
+        Some(false) => {}
+        None => {
+            let state = state.clone();
+            let user = user.to_owned();
+            let debounce = state.config.presence.online_debounce_ms;
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(debounce)).await;
+                if state
+                    .presence
+                    .publish_pending(&user, auth::now_ms(), debounce as i64)
+                {
+                    announce_presence(&state, &user).await;
+                }
+            });
+        }
+    }
+}
+
+/// Something `user` did (sent an event, typed, moved a receipt): they are online and active.
+pub async fn presence_active(state: &AppState, user: &str) {
+    if state.config.presence.enabled && state.presence.active(user, auth::now_ms()) {
+        announce_presence(state, user).await;
+    }
+}
+
+/// Applies presence's timeouts: idle users become unavailable, users with no open
+/// connection go offline.
 async fn presence_sweeper(state: AppState) {
-    let after_ms = state.config.presence.offline_after_seconds as i64 * 1000;
-    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    let idle_ms = state.config.presence.unavailable_after_seconds as i64 * 1000;
+    let offline_ms = state.config.presence.offline_after_seconds as i64 * 1000;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tick.tick().await;
-        for user in state.presence.expire(auth::now_ms(), after_ms) {
+        for user in state.presence.expire(auth::now_ms(), idle_ms, offline_ms) {
             announce_presence(&state, &user).await;
         }
     }

@@ -133,6 +133,11 @@ pub async fn sync(state: &AppState, req: &SyncRequest<'_>) -> Result<Value, Erro
             }
             covered = (upto, typing_serial, presence_serial);
         }
+        // No wait left (`timeout=0`): answer now. A timer for an instant already past would
+        // still cost up to a millisecond, since tokio rounds deadlines up to its tick.
+        if tokio::time::Instant::now() >= deadline {
+            return Ok(empty_response(covered.0, covered.1, covered.2));
+        }
         tokio::select! {
             _ = &mut notified => {}
             _ = tokio::time::sleep_until(deadline) => {

@@ -137,15 +137,7 @@ async fn serve(
     let user = sender.user_id.to_string();
     let presence = state.config.presence.enabled;
     if presence {
-        if state
-            .presence
-            .set(&user, "online", None, crate::auth::now_ms())
-        {
-            crate::announce_presence(&state, &user).await;
-        }
-        state
-            .presence
-            .connection(&user, true, crate::auth::now_ms());
+        crate::presence_connected(&state, &user, "online").await;
     }
     let mut since = since;
     loop {
@@ -198,8 +190,6 @@ async fn serve(
     }
     reader.abort();
     if presence {
-        state
-            .presence
-            .connection(&user, false, crate::auth::now_ms());
+        state.presence.disconnected(&user, crate::auth::now_ms());
     }
 }

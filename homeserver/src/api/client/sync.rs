@@ -67,21 +67,13 @@ pub async fn sync_events(
         .enabled
         .then(|| req.body.set_presence.to_string());
     if let Some(set) = presence.as_deref().filter(|p| *p != "offline") {
-        if state
-            .presence
-            .set(sender.user_id.as_str(), set, None, now_ms())
-        {
-            crate::announce_presence(&state, sender.user_id.as_str()).await;
-        }
-        state
-            .presence
-            .connection(sender.user_id.as_str(), true, now_ms());
+        crate::presence_connected(&state, sender.user_id.as_str(), set).await;
     }
     let response = sync(&state, &request).await;
     if presence.as_deref().is_some_and(|p| p != "offline") {
         state
             .presence
-            .connection(sender.user_id.as_str(), false, now_ms());
+            .disconnected(sender.user_id.as_str(), now_ms());
     }
     Ok(Json(response?).into_response())
 }
