@@ -22,7 +22,7 @@ pub mod sync;
 pub mod typing;
 pub mod uia;
 
-use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
+use std::{future::Future, sync::Arc, time::Duration};
 
 use myelin_federation::keys::ServerSigningKey;
 use myelin_storage::{SigningKeyRow, Storage};
@@ -245,6 +245,86 @@ async fn presence_sweeper(state: AppState) {
     }
 }
 
+/// Accepts connections until `shutdown`, serving each with hyper's HTTP/1.1 connection (with
+/// upgrades, for the WebSocket) and the peer address as axum's `ConnectInfo`. Then waits (up
+/// to 10 s) for open connections to finish their requests.
+///
+/// Hand-written instead of `axum::serve`, whose connections go through hyper-util's
+/// HTTP/1-or-2 auto-detection: an HTTP/1-only connection is smaller, which matters for
+/// thousands of idle long-polls (docs/benchmarks.md). Clients reach homeservers over
+/// HTTP/1.1 (HTTP/2, where wanted, is a reverse proxy's job, as with Synapse).
+async fn accept_loop(
+    listener: TcpListener,
+    app: axum::Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
+    use tower::ServiceExt;
+    // Shutdown is signalled by dropping `signal_tx`; every connection task holds a `done_rx`
+    // clone, so `done_tx.closed()` resolves once all of them have finished.
+    let (signal_tx, signal_rx) = tokio::sync::watch::channel(());
+    let (done_tx, done_rx) = tokio::sync::watch::channel(());
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, remote) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors, say: back off instead of spinning.
+                    tracing::warn!(error = %e, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let app = app.clone();
+        let service = hyper::service::service_fn(
+            move |mut request: hyper::Request<hyper::body::Incoming>| {
+                request
+                    .extensions_mut()
+                    .insert(axum::extract::ConnectInfo(remote));
+                app.clone().oneshot(request.map(axum::body::Body::new))
+            },
+        );
+        let mut signal_rx = signal_rx.clone();
+        let done_rx = done_rx.clone();
+        tokio::spawn(async move {
+            let connection = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                .with_upgrades();
+            tokio::pin!(connection);
+            let mut closing = false;
+            loop {
+                tokio::select! {
+                    result = connection.as_mut() => {
+                        if let Err(e) = result {
+                            tracing::trace!(error = %e, "connection ended with an error");
+                        }
+                        break;
+                    }
+                    _ = signal_rx.changed(), if !closing => {
+                        // Finish the request in progress, then close.
+                        closing = true;
+                        connection.as_mut().graceful_shutdown();
+                    }
+                }
+            }
+            drop(done_rx);
+        });
+    }
+    drop(listener);
+    drop(signal_rx);
+    drop(signal_tx);
+    drop(done_rx);
+    if tokio::time::timeout(Duration::from_secs(10), done_tx.closed())
+        .await
+        .is_err()
+    {
+        tracing::info!("some connections were still busy after 10 s; closing them");
+    }
+}
+
 /// Serves the client API on `listener` until `shutdown` resolves, then lets in-flight requests
 /// finish and closes the database.
 pub async fn serve(
@@ -256,12 +336,7 @@ pub async fn serve(
     let typing_sweeper = tokio::spawn(typing_sweeper(state.clone()));
     let presence_sweeper = tokio::spawn(presence_sweeper(state.clone()));
     let app = api::router(state.clone());
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await?;
+    accept_loop(listener, app, shutdown).await;
     housekeeping.abort();
     typing_sweeper.abort();
     presence_sweeper.abort();

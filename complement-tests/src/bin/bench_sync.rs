@@ -262,8 +262,15 @@ async fn main() {
             .unwrap();
         let mut sockets = Vec::new();
         let mut polls = Vec::new();
+        // BENCH_IDLE_KIND=poll or ws measures one kind alone.
+        let kind = std::env::var("BENCH_IDLE_KIND").unwrap_or_default();
         for i in 0..idle {
-            if i % 2 == 0 {
+            let poll = match kind.as_str() {
+                "poll" => true,
+                "ws" => false,
+                _ => i % 2 == 0,
+            };
+            if poll {
                 let url = format!(
                     "{}/_matrix/client/v3/sync?since={}&timeout=120000",
                     hs.url(),

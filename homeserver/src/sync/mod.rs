@@ -120,7 +120,10 @@ pub async fn sync(state: &AppState, req: &SyncRequest<'_>) -> Result<Value, Erro
             && req.since_presence == presence_serial
             && !req.full_state;
         if !nothing_new {
-            let response = compute(state, req, upto, typing_serial, presence_serial).await?;
+            // Boxed: the computation's state is large, and without the box every waiting sync
+            // (10,000 idle connections) would carry that space while it waits.
+            let response =
+                Box::pin(compute(state, req, upto, typing_serial, presence_serial)).await?;
             if req.since.is_none() || req.full_state || !is_empty(&response) {
                 if state.config.delivery_receipts {
                     tokio::spawn(delivery::record(
