@@ -44,6 +44,8 @@ pub struct AppState {
     pub notifier: Arc<notifier::Notifier>,
     pub typing: Arc<typing::Typing>,
     pub presence: Arc<presence::Presence>,
+    /// Users whose presence changed and whose watchers are yet to be woken.
+    pub presence_changes: Arc<PresenceChanges>,
     /// State snapshots are immutable once written, so they can be cached without
     /// invalidation; the cache is bounded by clearing it when full.
     pub snapshots:
@@ -142,6 +144,7 @@ impl AppState {
             notifier: Arc::new(notifier::Notifier::default()),
             typing: Arc::new(typing::Typing::default()),
             presence: Arc::new(presence::Presence::default()),
+            presence_changes: Default::default(),
             snapshots: Default::default(),
         })
     }
@@ -182,21 +185,64 @@ async fn typing_sweeper(state: AppState) {
 pub async fn co_members(state: &AppState, user: &str) -> Result<Vec<String>, error::Error> {
     let mut users = std::collections::BTreeSet::new();
     users.insert(user.to_owned());
-    for room in state.storage.rooms_for_user(user, "join").await? {
-        for (member, membership, _) in state.storage.room_members(&room).await? {
+    // Both reads are served from storage's in-memory caches in the common case.
+    for m in state.storage.memberships_for_user(user).await? {
+        if m.membership != "join" {
+            continue;
+        }
+        for (member, membership, _) in state.storage.room_members(&m.room_id).await?.iter() {
             if membership == "join" {
-                users.insert(member);
+                users.insert(member.clone());
             }
         }
     }
     Ok(users.into_iter().collect())
 }
 
-/// Wakes the syncs of everyone who can see `user`'s presence.
+/// Presence changes waiting to be announced. Changes are collected for a moment and then
+/// announced together, so a burst (200 members of a room coming online at once) wakes each
+/// watcher once, not once per change.
+#[derive(Default)]
+pub struct PresenceChanges {
+    /// A std mutex: held to insert or take the set.
+    users: std::sync::Mutex<std::collections::HashSet<String>>,
+    wake: tokio::sync::Notify,
+}
+
+/// How long presence changes are collected before their watchers are woken.
+const PRESENCE_COALESCE: Duration = Duration::from_millis(50);
+
+/// Wakes (soon, see [`PresenceChanges`]) the syncs of everyone who can see `user`'s presence.
 pub async fn announce_presence(state: &AppState, user: &str) {
-    match co_members(state, user).await {
-        Ok(users) => state.notifier.notify(users.iter().map(String::as_str)),
-        Err(e) => tracing::warn!(error = %e, "could not announce a presence change"),
+    state
+        .presence_changes
+        .users
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(user.to_owned());
+    state.presence_changes.wake.notify_one();
+}
+
+/// Announces collected presence changes: one wake-up per watcher per batch.
+async fn presence_announcer(state: AppState) {
+    loop {
+        state.presence_changes.wake.notified().await;
+        tokio::time::sleep(PRESENCE_COALESCE).await;
+        let changed: Vec<String> = state
+            .presence_changes
+            .users
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain()
+            .collect();
+        let mut watchers = std::collections::HashSet::new();
+        for user in &changed {
+            match co_members(&state, user).await {
+                Ok(users) => watchers.extend(users),
+                Err(e) => tracing::warn!(error = %e, "could not announce a presence change"),
+            }
+        }
+        state.notifier.notify(watchers.iter().map(String::as_str));
     }
 }
 
@@ -335,11 +381,13 @@ pub async fn serve(
     let housekeeping = tokio::spawn(housekeeping(state.clone()));
     let typing_sweeper = tokio::spawn(typing_sweeper(state.clone()));
     let presence_sweeper = tokio::spawn(presence_sweeper(state.clone()));
+    let presence_announcer = tokio::spawn(presence_announcer(state.clone()));
     let app = api::router(state.clone());
     accept_loop(listener, app, shutdown).await;
     housekeeping.abort();
     typing_sweeper.abort();
     presence_sweeper.abort();
+    presence_announcer.abort();
     state.storage.close().await;
     Ok(())
 }

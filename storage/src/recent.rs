@@ -54,7 +54,12 @@ struct Inner {
     /// Each user's memberships, as read from the database, with a generation that a change
     /// bumps: a reader that started before a change must not store what it read.
     memberships: HashMap<String, (u64, Option<Vec<MembershipRow>>)>,
+    /// Each room's member rows `(user, membership, event ID)`, with a generation as above.
+    room_members: HashMap<String, (u64, Option<RoomMembers>)>,
 }
+
+/// `(user_id, membership, event_id)` of every member row of a room.
+pub(crate) type RoomMembers = std::sync::Arc<Vec<(String, String, String)>>;
 
 /// See the module docs. A std mutex: every operation is a short map update.
 #[derive(Debug, Default)]
@@ -196,6 +201,40 @@ impl Recent {
         if entry.0 == generation {
             entry.1 = Some(rows.to_vec());
         }
+    }
+
+    /// The room's cached member rows, or the generation to hand back to
+    /// [`Self::store_room_members`].
+    pub(crate) fn room_members(&self, room_id: &str) -> Result<RoomMembers, u64> {
+        let inner = self.lock();
+        match inner.room_members.get(room_id) {
+            Some((_, Some(rows))) => Ok(rows.clone()),
+            Some((generation, None)) => Err(*generation),
+            None => Err(0),
+        }
+    }
+
+    /// Stores a room's member rows read from the database, unless they changed meanwhile.
+    pub(crate) fn store_room_members(&self, room_id: &str, generation: u64, rows: RoomMembers) {
+        let mut inner = self.lock();
+        let entry = inner
+            .room_members
+            .entry(room_id.to_owned())
+            .or_insert((0, None));
+        if entry.0 == generation {
+            entry.1 = Some(rows);
+        }
+    }
+
+    /// Forgets a room's member rows after a membership change in it.
+    pub(crate) fn room_members_changed(&self, room_id: &str) {
+        let mut inner = self.lock();
+        let entry = inner
+            .room_members
+            .entry(room_id.to_owned())
+            .or_insert((0, None));
+        entry.0 += 1;
+        entry.1 = None;
     }
 
     /// Forgets a user's memberships after a change to them.

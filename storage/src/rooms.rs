@@ -568,6 +568,7 @@ impl Storage {
         for event in events {
             if let (Some(user), Some(_)) = (event.state_key, event.membership) {
                 self.recent.memberships_changed(user);
+                self.recent.room_members_changed(room_id);
             }
         }
         Ok(positions
@@ -776,20 +777,33 @@ impl Storage {
     }
 
     /// `(user_id, membership, event_id)` of every member row of a room.
-    pub async fn room_members(&self, room_id: &str) -> Result<Vec<(String, String, String)>> {
+    /// Shared (cached in memory): a busy room's member list is read by every member's sync.
+    pub async fn room_members(
+        &self,
+        room_id: &str,
+    ) -> Result<std::sync::Arc<Vec<(String, String, String)>>> {
+        let generation = match self.recent.room_members(room_id) {
+            Ok(rows) => return Ok(rows),
+            Err(generation) => generation,
+        };
         let rows = sqlx::query("SELECT user_id, membership, event_id FROM room_memberships WHERE room_id = $1 ORDER BY user_id")
             .bind(room_id)
             .fetch_all(&self.pool)
             .await?;
-        rows.iter()
-            .map(|row| {
-                Ok((
-                    row.try_get("user_id")?,
-                    row.try_get("membership")?,
-                    row.try_get("event_id")?,
-                ))
-            })
-            .collect()
+        let rows = std::sync::Arc::new(
+            rows.iter()
+                .map(|row| {
+                    Ok((
+                        row.try_get("user_id")?,
+                        row.try_get("membership")?,
+                        row.try_get("event_id")?,
+                    ))
+                })
+                .collect::<Result<Vec<_>>>()?,
+        );
+        self.recent
+            .store_room_members(room_id, generation, rows.clone());
+        Ok(rows)
     }
 
     /// Marks a left room as forgotten by the user.

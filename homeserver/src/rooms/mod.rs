@@ -82,8 +82,8 @@ impl RoomHead {
             .storage
             .room_members(room_id.as_str())
             .await?
-            .into_iter()
-            .map(|(user, membership, _)| (user, membership))
+            .iter()
+            .map(|(user, membership, _)| (user.clone(), membership.clone()))
             .collect();
         Ok(RoomHead {
             rules,
