@@ -49,6 +49,16 @@ pub async fn sync_events(
         Some(_) => FilterDefinition::default(),
     };
     let since = req.body.since.as_deref().map(parse_token).transpose()?;
+    if let Some(since) = since {
+        // Presenting a token acknowledges the to-device messages up to it.
+        crate::sync::e2ee::acknowledge(
+            &state,
+            sender.user_id.as_str(),
+            sender.device_id.as_str(),
+            since.position,
+        )
+        .await;
+    }
     let request = SyncRequest {
         user: &sender.user_id,
         device: &sender.device_id,
