@@ -135,7 +135,7 @@ impl Storage {
     /// Removes what storage keeps about devices beyond their own rows and records the
     /// device-list change, inside a transaction that deletes devices. Keys and pending
     /// to-device messages go with the device rows (ON DELETE CASCADE); signatures of the
-    /// devices' keys are removed here.
+    /// devices' keys, and those the devices made, are removed here.
     pub(crate) async fn forget_devices_e2ee<'a>(
         &'a self,
         tx: &mut Transaction<'static, Any>,
@@ -144,10 +144,13 @@ impl Storage {
     ) -> Result<InFlight<'a>> {
         for device_id in device_ids {
             sqlx::query(
-                "DELETE FROM key_signatures WHERE target_user_id = $1 AND target_key_id = $2",
+                "DELETE FROM key_signatures
+                 WHERE (target_user_id = $1 AND target_key_id = $2)
+                    OR (signer_user_id = $1 AND signer_key_id = $3)",
             )
             .bind(user_id)
             .bind(device_id)
+            .bind(format!("ed25519:{device_id}"))
             .execute(&mut **tx)
             .await?;
         }

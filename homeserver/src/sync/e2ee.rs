@@ -29,10 +29,26 @@ pub(super) async fn add_sections(
     response: &mut Value,
 ) -> Result<(), Error> {
     let (user, device) = (req.user.as_str(), req.device.as_str());
-    let messages = state
-        .storage
-        .to_device_messages(user, device, req.since.unwrap_or(0), upto)
-        .await?;
+    // Independent reads: run them side by side.
+    let device_lists = async {
+        match req.since {
+            Some(since) => device_list_changes(state, user, since, upto)
+                .await
+                .map(Some),
+            None => Ok(None),
+        }
+    };
+    let messages = async {
+        Ok::<_, Error>(
+            state
+                .storage
+                .to_device_messages(user, device, req.since.unwrap_or(0), upto)
+                .await?,
+        )
+    };
+    let counts = async { Ok::<_, Error>(state.storage.key_counts(user, device).await?) };
+    let (device_lists, messages, (counts, unused_fallback)) =
+        tokio::try_join!(device_lists, messages, counts)?;
     if !messages.is_empty() {
         let events: Vec<Value> = messages
             .into_iter()
@@ -43,13 +59,11 @@ pub(super) async fn add_sections(
             .collect();
         response["to_device"] = json!({ "events": events });
     }
-    if let Some(since) = req.since {
-        let (changed, left) = device_list_changes(state, user, since, upto).await?;
+    if let Some((changed, left)) = device_lists {
         if !changed.is_empty() || !left.is_empty() {
             response["device_lists"] = json!({ "changed": changed, "left": left });
         }
     }
-    let (counts, unused_fallback) = state.storage.key_counts(user, device).await?;
     response["device_one_time_keys_count"] = json!(crate::e2ee::key_counts_with_default(counts));
     response["device_unused_fallback_key_types"] = json!(unused_fallback);
     Ok(())

@@ -238,7 +238,9 @@ pub async fn get_keys(
         let Ok(user) = OwnedUserId::try_from(row.user_id.as_str()) else {
             continue;
         };
-        let wanted = &req.body.device_keys[&user];
+        let Some(wanted) = req.body.device_keys.get(&user) else {
+            continue;
+        };
         if !wanted.is_empty() && !wanted.iter().any(|d| d.as_str() == row.device_id) {
             continue;
         }
@@ -514,13 +516,15 @@ impl SigningContext {
     }
 }
 
-/// A signature of the signer's own master key by one of their devices.
-fn check_own_master(user: &str, uploaded: &CanonicalJsonObject, own: &SigningContext) -> Checked {
-    let master = own
-        .master
-        .as_ref()
-        .expect("the caller matched the master key");
-    let name = own.master_name().unwrap_or_default().to_owned();
+/// A signature of the signer's own master key (`master`, named `name`) by one of their
+/// devices.
+fn check_own_master(
+    user: &str,
+    uploaded: &CanonicalJsonObject,
+    master: &CanonicalJsonObject,
+    name: &str,
+    own: &SigningContext,
+) -> Checked {
     if !signing::same_key(uploaded, master) {
         return Err((
             "M_INVALID_PARAM",
@@ -556,7 +560,7 @@ fn check_own_master(user: &str, uploaded: &CanonicalJsonObject, own: &SigningCon
         };
         found.push(KeySignature {
             target_user_id: user.to_owned(),
-            target_key_id: name.clone(),
+            target_key_id: name.to_owned(),
             signer_user_id: user.to_owned(),
             signer_key_id: key_id.clone(),
             signature: signature.clone(),
@@ -666,10 +670,11 @@ pub async fn upload_signatures(
             let uploaded = canonical_object(raw_key.get())
                 .map_err(|e| Error::bad_json(format!("Invalid signed key {key_id}: {e}")))?;
             let checked = if target.as_str() == signer {
-                if own.master_name() == Some(key_id) {
-                    check_own_master(signer, &uploaded, &own)
-                } else {
-                    check_own_device(signer, key_id, &uploaded, &own)
+                match (&own.master, own.master_name()) {
+                    (Some(master), Some(name)) if name == key_id => {
+                        check_own_master(signer, &uploaded, master, name, &own)
+                    }
+                    _ => check_own_device(signer, key_id, &uploaded, &own),
                 }
             } else {
                 match &theirs {
