@@ -8,11 +8,13 @@
 //!
 //! Map: [`config`] (options, env overrides), [`api`] (routers and handlers, one module per spec
 //! chapter; `api::ruma` is the typed extractor), [`auth`] (tokens, passwords), [`uia`]
-//! (user-interactive auth), [`ratelimit`], [`error`] (the one mapping of errors to HTTP).
+//! (user-interactive auth), [`ratelimit`], [`error`] (the one mapping of errors to HTTP),
+//! [`e2ee`] (end-to-end encryption: signature checks, backup rule, device-list wake-ups).
 
 pub mod api;
 pub mod auth;
 pub mod config;
+pub mod e2ee;
 pub mod error;
 pub mod notifier;
 pub mod presence;

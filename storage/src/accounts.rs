@@ -152,8 +152,8 @@ impl Storage {
         Ok(())
     }
 
-    /// Deactivates a user for good: no password, no devices, no tokens. The row stays so the
-    /// user ID is never reused.
+    /// Deactivates a user for good: no password, no devices, no tokens, no encryption keys or
+    /// key backups. The row stays so the user ID is never reused.
     pub async fn deactivate_user(&self, user_id: &str) -> Result<()> {
         let mut tx = self.begin_write().await?;
         sqlx::query(
@@ -167,6 +167,7 @@ impl Storage {
             .bind(user_id)
             .execute(&mut *tx)
             .await?;
+        // Device keys, one-time keys and pending to-device messages go with the devices.
         sqlx::query("DELETE FROM devices WHERE user_id = $1")
             .bind(user_id)
             .execute(&mut *tx)
@@ -175,6 +176,7 @@ impl Storage {
             .bind(user_id)
             .execute(&mut *tx)
             .await?;
+        let _in_flight = self.forget_user_e2ee(&mut tx, user_id).await?;
         tx.commit().await?;
         self.tokens.invalidate(user_id);
         Ok(())
@@ -183,7 +185,9 @@ impl Storage {
     /// Creates (or takes over) a device and issues an access token for it, in one transaction.
     ///
     /// Logging in with the `device_id` of an existing device re-uses that device, as the spec
-    /// asks, and invalidates the tokens it had: a device has one live session.
+    /// asks, and invalidates the tokens it had: a device has one live session. A new device
+    /// is a change of the user's device list (on the stream, for other users' syncs); returns
+    /// whether the device is new.
     pub async fn create_device_with_token(
         &self,
         user_id: &str,
@@ -192,7 +196,7 @@ impl Storage {
         ip: Option<&str>,
         token_hash: Option<&str>,
         now: i64,
-    ) -> Result<()> {
+    ) -> Result<bool> {
         let mut tx = self.begin_write().await?;
         sqlx::query("DELETE FROM access_tokens WHERE user_id = $1 AND device_id = $2")
             .bind(user_id)
@@ -212,7 +216,9 @@ impl Storage {
         .execute(&mut *tx)
         .await?
         .rows_affected();
-        if updated == 0 {
+        let created = updated == 0;
+        let mut _in_flight = None;
+        if created {
             sqlx::query(
                 "INSERT INTO devices
                     (user_id, device_id, display_name, last_seen_ip, last_seen_ts, created_ts)
@@ -225,6 +231,7 @@ impl Storage {
             .bind(now)
             .execute(&mut *tx)
             .await?;
+            _in_flight = Some(self.mark_device_list_changed(&mut tx, user_id).await?);
         }
         if let Some(token_hash) = token_hash {
             sqlx::query(
@@ -240,7 +247,7 @@ impl Storage {
         }
         tx.commit().await?;
         self.tokens.invalidate(user_id);
-        Ok(())
+        Ok(created)
     }
 
     pub async fn find_token(&self, token_hash: &str) -> Result<Option<TokenOwner>> {
@@ -332,28 +339,39 @@ impl Storage {
         Ok(done.rows_affected() > 0)
     }
 
-    /// Deletes devices and their access tokens.
-    pub async fn delete_devices(&self, user_id: &str, device_ids: &[String]) -> Result<()> {
+    /// Deletes devices with their access tokens, encryption keys and pending to-device
+    /// messages. Returns whether any device existed (a change of the user's device list).
+    pub async fn delete_devices(&self, user_id: &str, device_ids: &[String]) -> Result<bool> {
         let mut tx = self.begin_write().await?;
+        let mut deleted = Vec::new();
         for device_id in device_ids {
             sqlx::query("DELETE FROM access_tokens WHERE user_id = $1 AND device_id = $2")
                 .bind(user_id)
                 .bind(device_id)
                 .execute(&mut *tx)
                 .await?;
-            sqlx::query("DELETE FROM devices WHERE user_id = $1 AND device_id = $2")
+            let done = sqlx::query("DELETE FROM devices WHERE user_id = $1 AND device_id = $2")
                 .bind(user_id)
                 .bind(device_id)
                 .execute(&mut *tx)
                 .await?;
+            if done.rows_affected() > 0 {
+                deleted.push(device_id.clone());
+            }
         }
+        let _in_flight = if deleted.is_empty() {
+            None
+        } else {
+            Some(self.forget_devices_e2ee(&mut tx, user_id, &deleted).await?)
+        };
         tx.commit().await?;
         self.tokens.invalidate(user_id);
-        Ok(())
+        Ok(!deleted.is_empty())
     }
 
-    /// Deletes every device of `user_id` except `keep` (if given), with their tokens.
-    pub async fn delete_other_devices(&self, user_id: &str, keep: Option<&str>) -> Result<()> {
+    /// Deletes every device of `user_id` except `keep` (if given), as
+    /// [`Storage::delete_devices`] does. Returns whether any device existed.
+    pub async fn delete_other_devices(&self, user_id: &str, keep: Option<&str>) -> Result<bool> {
         let mut tx = self.begin_write().await?;
         let keep = keep.unwrap_or("");
         sqlx::query("DELETE FROM access_tokens WHERE user_id = $1 AND device_id <> $2")
@@ -361,14 +379,24 @@ impl Storage {
             .bind(keep)
             .execute(&mut *tx)
             .await?;
-        sqlx::query("DELETE FROM devices WHERE user_id = $1 AND device_id <> $2")
-            .bind(user_id)
-            .bind(keep)
-            .execute(&mut *tx)
-            .await?;
+        let deleted: Vec<String> = sqlx::query(
+            "DELETE FROM devices WHERE user_id = $1 AND device_id <> $2 RETURNING device_id",
+        )
+        .bind(user_id)
+        .bind(keep)
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(|row| row.try_get("device_id"))
+        .collect::<Result<_, _>>()?;
+        let _in_flight = if deleted.is_empty() {
+            None
+        } else {
+            Some(self.forget_devices_e2ee(&mut tx, user_id, &deleted).await?)
+        };
         tx.commit().await?;
         self.tokens.invalidate(user_id);
-        Ok(())
+        Ok(!deleted.is_empty())
     }
 
     pub async fn get_profile(

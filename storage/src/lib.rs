@@ -11,19 +11,25 @@
 //! allowed (that is the homeserver's job) and never calls upward.
 
 mod accounts;
+mod backup;
 mod error;
+mod keys;
 mod misc;
 mod recent;
 mod rooms;
 mod stream;
 mod sync;
+mod to_device;
 
 pub use accounts::{DeviceRow, TokenOwner, UserRow};
+pub use backup::{BackupKeyRow, BackupScope, BackupVersionRow, BackupWriteError};
 pub use error::{Error, Result};
+pub use keys::{ClaimedKey, DeviceKeysRow, KeySignature, KeyUpload, NewKey, UploadOutcome};
 pub use misc::{RegistrationTokenRow, SigningKeyRow, UiaSessionRow};
 pub use rooms::{Direction, EventRow, NewEvent, Persisted, RoomRow, StateMap, TopologicalPosition};
 pub use stream::StreamTracker;
 pub use sync::{AccountDataChange, MembershipRow, ReceiptRow};
+pub use to_device::{OutgoingToDevice, ToDeviceRow};
 
 use std::{path::Path, str::FromStr, time::Duration};
 

@@ -19,6 +19,7 @@
 //! - left or banned since `since`: the timeline up to the leave.
 
 pub mod delivery;
+pub mod e2ee;
 pub mod filter;
 pub mod ws;
 
@@ -166,7 +167,7 @@ fn is_empty(response: &Value) -> bool {
     let presence_empty = response["presence"]["events"]
         .as_array()
         .is_none_or(Vec::is_empty);
-    rooms_empty && account_data_empty && presence_empty
+    rooms_empty && account_data_empty && presence_empty && e2ee::is_empty(response)
 }
 
 /// Computes the response for `(since, upto]`.
@@ -294,6 +295,7 @@ async fn compute(
     if !global.is_empty() {
         response["account_data"] = json!({ "events": global });
     }
+    e2ee::add_sections(state, req, upto, &mut response).await?;
     Ok(response)
 }
 

@@ -42,6 +42,16 @@ pub async fn sync_events(
     // Only what the sync needs is kept while it waits: the parsed request and the filter
     // definition are dropped here, which keeps an idle long-poll small (see the benchmark).
     let parsed = parse_request(&state, req).await?;
+    if let Some(since) = parsed.since {
+        // Presenting a token acknowledges the to-device messages up to it.
+        crate::sync::e2ee::acknowledge(
+            &state,
+            parsed.user.as_str(),
+            parsed.device.as_str(),
+            since.position,
+        )
+        .await;
+    }
     let request = SyncRequest {
         user: &parsed.user,
         device: &parsed.device,
