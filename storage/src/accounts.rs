@@ -179,6 +179,7 @@ impl Storage {
         let _in_flight = self.forget_user_e2ee(&mut tx, user_id).await?;
         tx.commit().await?;
         self.tokens.invalidate(user_id);
+        self.recent.key_counts_changed();
         Ok(())
     }
 
@@ -247,6 +248,7 @@ impl Storage {
         }
         tx.commit().await?;
         self.tokens.invalidate(user_id);
+        self.recent.key_counts_changed();
         Ok(created)
     }
 
@@ -366,6 +368,7 @@ impl Storage {
         };
         tx.commit().await?;
         self.tokens.invalidate(user_id);
+        self.recent.key_counts_changed();
         Ok(!deleted.is_empty())
     }
 
@@ -396,6 +399,7 @@ impl Storage {
         };
         tx.commit().await?;
         self.tokens.invalidate(user_id);
+        self.recent.key_counts_changed();
         Ok(!deleted.is_empty())
     }
 

@@ -94,6 +94,7 @@ impl Storage {
             tracker: &self.stream,
             position,
         };
+        self.recent.device_list_changed_at(position);
         // Concurrent changes of one user may commit out of order on PostgreSQL: the row keeps
         // the highest position either way.
         sqlx::query(
@@ -117,6 +118,7 @@ impl Storage {
         changed: &str,
         position: i64,
     ) -> Result<()> {
+        self.recent.device_list_changed_at(position);
         sqlx::query(
             "INSERT INTO device_list_notices (viewer_user_id, changed_user_id, stream_ordering)
              VALUES ($1, $2, $3)
@@ -294,6 +296,7 @@ impl Storage {
 
         let counts = Self::count_one_time_keys_in(&mut tx, user_id, device_id).await?;
         tx.commit().await?;
+        self.recent.key_counts_changed();
         Ok(UploadOutcome::Stored {
             one_time_key_counts: counts,
             device_list_changed,
@@ -330,6 +333,10 @@ impl Storage {
         user_id: &str,
         device_id: &str,
     ) -> Result<(BTreeMap<String, u64>, Vec<String>)> {
+        let generation = match self.recent.key_counts(user_id, device_id) {
+            Ok(counts) => return Ok(counts),
+            Err(generation) => generation,
+        };
         let rows = sqlx::query(
             "SELECT 0 AS fallback, algorithm, COUNT(*) AS n FROM one_time_keys
                WHERE user_id = $1 AND device_id = $2 GROUP BY algorithm
@@ -352,7 +359,10 @@ impl Storage {
             }
         }
         unused_fallback.sort();
-        Ok((counts, unused_fallback))
+        let counts = (counts, unused_fallback);
+        self.recent
+            .store_key_counts(user_id, device_id, generation, &counts);
+        Ok(counts)
     }
 
     /// Claims one key of `algorithm` for each `(user, device, algorithm)`: the device's oldest
@@ -362,7 +372,9 @@ impl Storage {
     pub async fn claim_keys(&self, wanted: &[(String, String, String)]) -> Result<Vec<ClaimedKey>> {
         let mut claimed = Vec::new();
         for chunk in wanted.chunks(CLAIM_CHUNK) {
-            self.claim_chunk(chunk, &mut claimed).await?;
+            let result = self.claim_chunk(chunk, &mut claimed).await;
+            self.recent.key_counts_changed();
+            result?;
         }
         Ok(claimed)
     }

@@ -142,6 +142,12 @@ impl Storage {
         self.stream.safe_position()
     }
 
+    /// Whether no device list and no room membership changed after `after` (from memory; a
+    /// `false` only means "maybe"): then no user has `device_lists` news since `after`.
+    pub fn device_lists_unchanged_since(&self, after: i64) -> bool {
+        self.recent.device_lists_unchanged_since(after)
+    }
+
     pub fn backend(&self) -> Backend {
         self.backend
     }

@@ -54,9 +54,24 @@ struct Inner {
     /// Each user's memberships, as read from the database, with a generation that a change
     /// bumps: a reader that started before a change must not store what it read.
     memberships: HashMap<String, (u64, Option<Vec<MembershipRow>>)>,
+    /// The last position at which any membership changed (any room).
+    last_membership: i64,
+    /// The last position at which any device list changed (or a notice was written).
+    last_device_list: i64,
+    /// The last position of a to-device message to each user (recorded before commit: a
+    /// rolled-back write only costs a needless read).
+    to_device: HashMap<String, i64>,
+    /// Up to where each `(user, device)` inbox is known to be acknowledged (emptied).
+    to_device_acked: HashMap<(String, String), i64>,
+    /// One-time key counts and unused fallback key types per `(user, device)`, with one
+    /// generation for all: any key write clears them.
+    key_counts: (u64, HashMap<(String, String), KeyCounts>),
     /// Each room's member rows `(user, membership, event ID)`, with a generation as above.
     room_members: HashMap<String, (u64, Option<RoomMembers>)>,
 }
+
+/// One-time key counts per algorithm, and the algorithms of unused fallback keys.
+pub(crate) type KeyCounts = (std::collections::BTreeMap<String, u64>, Vec<String>);
 
 /// `(user_id, membership, event_id)` of every member row of a room.
 pub(crate) type RoomMembers = std::sync::Arc<Vec<(String, String, String)>>;
@@ -203,6 +218,95 @@ impl Recent {
         }
     }
 
+    pub(crate) fn membership_changed_at(&self, position: i64) {
+        let mut inner = self.lock();
+        inner.last_membership = inner.last_membership.max(position);
+    }
+
+    pub(crate) fn device_list_changed_at(&self, position: i64) {
+        let mut inner = self.lock();
+        inner.last_device_list = inner.last_device_list.max(position);
+    }
+
+    /// Whether no device list and no membership is known to have changed in `(after, ∞)`:
+    /// then nobody's `device_lists` section can have anything.
+    pub(crate) fn device_lists_unchanged_since(&self, after: i64) -> bool {
+        let inner = self.lock();
+        after >= inner.floor && inner.last_device_list <= after && inner.last_membership <= after
+    }
+
+    pub(crate) fn to_device_sent(&self, user_id: &str, position: i64) {
+        let mut inner = self.lock();
+        let last = inner.to_device.entry(user_id.to_owned()).or_default();
+        *last = (*last).max(position);
+    }
+
+    /// Whether the user's devices are known to have no message in `(after, ∞)`.
+    pub(crate) fn to_device_none_since(&self, user_id: &str, after: i64) -> bool {
+        let inner = self.lock();
+        after >= inner.floor && inner.to_device.get(user_id).is_none_or(|&p| p <= after)
+    }
+
+    /// Whether the device's inbox may hold messages to acknowledge.
+    pub(crate) fn to_device_ack_needed(&self, user_id: &str, device_id: &str) -> bool {
+        let inner = self.lock();
+        match inner
+            .to_device_acked
+            .get(&(user_id.to_owned(), device_id.to_owned()))
+        {
+            // Never emptied since start-up: older messages may wait in the database.
+            None => true,
+            Some(&acked) => inner.to_device.get(user_id).is_some_and(|&p| p > acked),
+        }
+    }
+
+    /// The device's inbox holds nothing at or below `upto` any more.
+    pub(crate) fn to_device_acked(&self, user_id: &str, device_id: &str, upto: i64) {
+        let mut inner = self.lock();
+        let acked = inner
+            .to_device_acked
+            .entry((user_id.to_owned(), device_id.to_owned()))
+            .or_default();
+        *acked = (*acked).max(upto);
+    }
+
+    /// Cached key counts, or the generation to hand back to [`Self::store_key_counts`].
+    pub(crate) fn key_counts(&self, user_id: &str, device_id: &str) -> Result<KeyCounts, u64> {
+        let inner = self.lock();
+        inner
+            .key_counts
+            .1
+            .get(&(user_id.to_owned(), device_id.to_owned()))
+            .cloned()
+            .ok_or(inner.key_counts.0)
+    }
+
+    pub(crate) fn store_key_counts(
+        &self,
+        user_id: &str,
+        device_id: &str,
+        generation: u64,
+        counts: &KeyCounts,
+    ) {
+        let mut inner = self.lock();
+        if inner.key_counts.0 == generation {
+            if inner.key_counts.1.len() >= 100_000 {
+                inner.key_counts.1.clear();
+            }
+            inner
+                .key_counts
+                .1
+                .insert((user_id.to_owned(), device_id.to_owned()), counts.clone());
+        }
+    }
+
+    /// Some one-time or fallback keys changed (upload, claim, device deletion).
+    pub(crate) fn key_counts_changed(&self) {
+        let mut inner = self.lock();
+        inner.key_counts.0 += 1;
+        inner.key_counts.1.clear();
+    }
+
     /// The room's cached member rows, or the generation to hand back to
     /// [`Self::store_room_members`].
     pub(crate) fn room_members(&self, room_id: &str) -> Result<RoomMembers, u64> {
@@ -319,6 +423,35 @@ mod tests {
         assert!(recent.receipts_unchanged_since(10));
         recent.receipt_moved(12);
         assert!(!recent.receipts_unchanged_since(11));
+    }
+
+    #[test]
+    fn to_device_acknowledgements_are_skipped_only_when_nothing_arrived() {
+        let recent = Recent::starting_at(10);
+        assert!(
+            recent.to_device_ack_needed("@a:x", "D"),
+            "unknown since start-up"
+        );
+        recent.to_device_acked("@a:x", "D", 12);
+        assert!(!recent.to_device_ack_needed("@a:x", "D"));
+        recent.to_device_sent("@a:x", 13);
+        assert!(recent.to_device_ack_needed("@a:x", "D"));
+        assert!(!recent.to_device_none_since("@a:x", 12));
+        assert!(recent.to_device_none_since("@a:x", 13));
+        recent.to_device_acked("@a:x", "D", 13);
+        assert!(!recent.to_device_ack_needed("@a:x", "D"));
+    }
+
+    #[test]
+    fn device_lists_follow_memberships_and_device_changes() {
+        let recent = Recent::starting_at(10);
+        assert!(!recent.device_lists_unchanged_since(9));
+        assert!(recent.device_lists_unchanged_since(10));
+        recent.membership_changed_at(11);
+        assert!(!recent.device_lists_unchanged_since(10));
+        recent.device_list_changed_at(12);
+        assert!(!recent.device_lists_unchanged_since(11));
+        assert!(recent.device_lists_unchanged_since(12));
     }
 
     #[test]

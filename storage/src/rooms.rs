@@ -565,10 +565,11 @@ impl Storage {
                 })
                 .collect(),
         );
-        for event in events {
+        for (event, position) in events.iter().zip(&positions) {
             if let (Some(user), Some(_)) = (event.state_key, event.membership) {
                 self.recent.memberships_changed(user);
                 self.recent.room_members_changed(room_id);
+                self.recent.membership_changed_at(*position);
             }
         }
         Ok(positions

@@ -88,6 +88,7 @@ impl Storage {
                 query = query.bind(device_id);
             }
             query.execute(&mut *tx).await?;
+            self.recent.to_device_sent(&message.user_id, position);
         }
         tx.commit().await?;
         Ok(Some(position))
@@ -101,6 +102,9 @@ impl Storage {
         after: i64,
         upto: i64,
     ) -> Result<Vec<ToDeviceRow>> {
+        if self.recent.to_device_none_since(user_id, after) {
+            return Ok(Vec::new());
+        }
         let rows = sqlx::query(
             "SELECT stream_ordering, sender, event_type, content FROM to_device_inbox
              WHERE user_id = $1 AND device_id = $2 AND stream_ordering > $3 AND stream_ordering <= $4
@@ -128,6 +132,9 @@ impl Storage {
     /// those at or below it. Looks before it deletes, so the common case (nothing to
     /// remove) writes nothing and never waits for SQLite's write lock.
     pub async fn ack_to_device(&self, user_id: &str, device_id: &str, upto: i64) -> Result<u64> {
+        if !self.recent.to_device_ack_needed(user_id, device_id) {
+            return Ok(0);
+        }
         let pending = sqlx::query(
             "SELECT 1 AS one FROM to_device_inbox
              WHERE user_id = $1 AND device_id = $2 AND stream_ordering <= $3 LIMIT 1",
@@ -139,6 +146,7 @@ impl Storage {
         .await?
         .is_some();
         if !pending {
+            self.recent.to_device_acked(user_id, device_id, upto);
             return Ok(0);
         }
         let done = sqlx::query(
@@ -150,6 +158,7 @@ impl Storage {
         .bind(upto)
         .execute(&self.pool)
         .await?;
+        self.recent.to_device_acked(user_id, device_id, upto);
         Ok(done.rows_affected())
     }
 }

@@ -108,7 +108,7 @@ pub async fn device_list_changes(
     since: i64,
     upto: i64,
 ) -> Result<(Vec<String>, Vec<String>), Error> {
-    if since >= upto {
+    if since >= upto || state.storage.device_lists_unchanged_since(since) {
         return Ok((Vec::new(), Vec::new()));
     }
     // 1.
