@@ -838,6 +838,37 @@ impl Storage {
         Ok(row.map(|r| r.try_get("event_id")).transpose()?)
     }
 
+    /// [`Storage::find_txn`] for several transactions in one round trip:
+    /// `(user, device, txn_id) → event_id` for those that exist.
+    pub async fn find_txns(
+        &self,
+        txns: &[(String, String, String)],
+    ) -> Result<HashMap<(String, String, String), String>> {
+        let mut found = HashMap::new();
+        for chunk in txns.chunks(100) {
+            let sql = format!(
+                "SELECT user_id, device_id, txn_id, event_id FROM event_txns
+                 WHERE (user_id, device_id, txn_id) IN ({})",
+                value_rows(chunk.len(), 3)
+            );
+            let mut query = sqlx::query(&sql);
+            for (user, device, txn_id) in chunk {
+                query = query.bind(user).bind(device).bind(txn_id);
+            }
+            for row in query.fetch_all(&self.pool).await? {
+                found.insert(
+                    (
+                        row.try_get("user_id")?,
+                        row.try_get("device_id")?,
+                        row.try_get("txn_id")?,
+                    ),
+                    row.try_get("event_id")?,
+                );
+            }
+        }
+        Ok(found)
+    }
+
     /// `event_id → (device_id, txn_id)` for those of `event_ids` sent with a transaction ID.
     pub async fn txns_for_events(
         &self,

@@ -395,6 +395,31 @@ async fn write_batch(
     // Retries of a transaction that is in this very batch: answered with its event.
     let mut followers: Vec<(usize, oneshot::Sender<Result<OwnedEventId, Error>>)> = Vec::new();
     let mut targets: Vec<String> = Vec::new();
+    // Retries of transactions already committed, looked up for the whole batch at once.
+    let keys: Vec<(String, String, String)> = jobs
+        .iter()
+        .filter_map(|job| {
+            job.send
+                .txn
+                .as_ref()
+                .map(|(d, t)| (job.sender.to_string(), d.clone(), t.clone()))
+        })
+        .collect();
+    let committed = if keys.is_empty() {
+        Ok(HashMap::new())
+    } else {
+        state.storage.find_txns(&keys).await
+    };
+    let committed = match committed {
+        Ok(committed) => committed,
+        Err(e) => {
+            let e = Error::from(e);
+            for job in jobs {
+                let _ = job.reply.send(Err(e.clone()));
+            }
+            return;
+        }
+    };
     for job in jobs {
         let txn = job
             .send
@@ -410,18 +435,11 @@ async fn write_batch(
                 continue;
             }
             // A retried client transaction returns the event it created the first time.
-            match state.storage.find_txn(&key.0, &key.1, &key.2).await {
-                Ok(Some(event_id)) => {
-                    let _ = job
-                        .reply
-                        .send(OwnedEventId::try_from(event_id).map_err(Error::internal));
-                    continue;
-                }
-                Ok(None) => {}
-                Err(e) => {
-                    let _ = job.reply.send(Err(e.into()));
-                    continue;
-                }
+            if let Some(event_id) = committed.get(key) {
+                let _ = job
+                    .reply
+                    .send(OwnedEventId::try_from(event_id.as_str()).map_err(Error::internal));
+                continue;
             }
         }
         match place(state, room_id, head, &job.sender, job.send, txn).await {
