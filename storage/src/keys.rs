@@ -6,7 +6,7 @@
 //! are valid, is decided above; this module only reports facts such as "a different key is
 //! stored under this ID".
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use sqlx::{Any, Row, Transaction};
 
@@ -385,28 +385,51 @@ impl Storage {
         claimed: &mut Vec<ClaimedKey>,
     ) -> Result<()> {
         let mut pending: Vec<&(String, String, String)> = wanted.iter().collect();
-        // One statement claims the oldest key of every pending device. On PostgreSQL a
-        // concurrent claim may delete a chosen key first; that device then gets nothing from
-        // this round and is tried again while it still has keys. A handful of rounds is
-        // plenty: each round some claimer makes progress.
+        // One statement claims the oldest key of every pending device: the CTE picks one key
+        // per device (one index entry each, through `one_time_keys_claim`), the DELETE takes
+        // them. On PostgreSQL a concurrent claim may delete a chosen key first; that device
+        // then gets nothing from this round and is tried again while it still has keys. A
+        // handful of rounds is plenty: each round some claimer makes progress.
         for _ in 0..8 {
             if pending.is_empty() {
-                return Ok(());
+                break;
             }
-            let filter = triple_filter(pending.len());
             let sql = format!(
-                "DELETE FROM one_time_keys WHERE key_seq IN (
-                    SELECT MIN(key_seq) FROM one_time_keys WHERE {filter}
-                    GROUP BY user_id, device_id, algorithm)
-                 RETURNING user_id, device_id, algorithm, key_id, key_json"
+                "WITH chosen AS MATERIALIZED (
+                    SELECT (SELECT k.key_seq FROM one_time_keys k
+                            WHERE k.user_id = v.column1 AND k.device_id = v.column2
+                              AND k.algorithm = v.column3
+                            ORDER BY k.key_seq LIMIT 1) AS key_seq
+                    FROM (VALUES {}) AS v)
+                 DELETE FROM one_time_keys WHERE key_seq IN (SELECT key_seq FROM chosen)
+                 RETURNING user_id, device_id, algorithm, key_id, key_json",
+                triple_values(pending.len())
             );
             let rows = bind_triples(sqlx::query(&sql), &pending)
                 .fetch_all(&self.pool)
                 .await?;
+            let mut got = HashSet::new();
             for row in &rows {
-                claimed.push(claimed_from_row(row)?);
+                let key = claimed_from_row(row)?;
+                got.insert((key.0.clone(), key.1.clone(), key.2.clone()));
+                claimed.push(key);
             }
-            let got: std::collections::HashSet<(String, String, String)> = rows
+            pending.retain(|t| !got.contains(*t));
+            if pending.is_empty() {
+                break;
+            }
+            // Those still pending either have no key left or lost a race: ask which.
+            let sql = format!(
+                "SELECT v.column1 AS user_id, v.column2 AS device_id, v.column3 AS algorithm
+                 FROM (VALUES {}) AS v
+                 WHERE EXISTS (SELECT 1 FROM one_time_keys k
+                               WHERE k.user_id = v.column1 AND k.device_id = v.column2
+                                 AND k.algorithm = v.column3)",
+                triple_values(pending.len())
+            );
+            let left: HashSet<(String, String, String)> = bind_triples(sqlx::query(&sql), &pending)
+                .fetch_all(&self.pool)
+                .await?
                 .iter()
                 .map(|row| {
                     Ok((
@@ -416,28 +439,6 @@ impl Storage {
                     ))
                 })
                 .collect::<Result<_>>()?;
-            pending.retain(|t| !got.contains(*t));
-            if pending.is_empty() {
-                return Ok(());
-            }
-            // Those still pending either have no key left or lost a race: ask which.
-            let sql = format!(
-                "SELECT DISTINCT user_id, device_id, algorithm FROM one_time_keys WHERE {}",
-                triple_filter(pending.len())
-            );
-            let left: std::collections::HashSet<(String, String, String)> =
-                bind_triples(sqlx::query(&sql), &pending)
-                    .fetch_all(&self.pool)
-                    .await?
-                    .iter()
-                    .map(|row| {
-                        Ok((
-                            row.try_get("user_id")?,
-                            row.try_get("device_id")?,
-                            row.try_get("algorithm")?,
-                        ))
-                    })
-                    .collect::<Result<_>>()?;
             let (retry, exhausted): (Vec<_>, Vec<_>) =
                 pending.into_iter().partition(|t| left.contains(*t));
             self.claim_fallback(&exhausted, claimed).await?;
@@ -457,9 +458,10 @@ impl Storage {
             return Ok(());
         }
         let sql = format!(
-            "UPDATE fallback_keys SET used = 1 WHERE {}
+            "UPDATE fallback_keys SET used = 1
+             WHERE (user_id, device_id, algorithm) IN (VALUES {})
              RETURNING user_id, device_id, algorithm, key_id, key_json",
-            triple_filter(wanted.len())
+            triple_values(wanted.len())
         );
         let rows = bind_triples(sqlx::query(&sql), wanted)
             .fetch_all(&self.pool)
@@ -750,19 +752,13 @@ impl Storage {
     }
 }
 
-/// `(user_id = $1 AND device_id = $2 AND algorithm = $3) OR …` for `n` triples.
-fn triple_filter(n: usize) -> String {
+/// `($1, $2, $3), ($4, $5, $6), …` for `n` triples, a `VALUES` list whose columns are
+/// `column1`, `column2` and `column3` on both engines.
+fn triple_values(n: usize) -> String {
     (0..n)
-        .map(|i| {
-            format!(
-                "(user_id = ${} AND device_id = ${} AND algorithm = ${})",
-                3 * i + 1,
-                3 * i + 2,
-                3 * i + 3
-            )
-        })
+        .map(|i| format!("(${}, ${}, ${})", 3 * i + 1, 3 * i + 2, 3 * i + 3))
         .collect::<Vec<_>>()
-        .join(" OR ")
+        .join(", ")
 }
 
 fn bind_triples<'q>(
