@@ -12,6 +12,7 @@
 
 mod accounts;
 mod error;
+mod media;
 mod misc;
 mod rooms;
 mod stream;
@@ -19,6 +20,7 @@ mod sync;
 
 pub use accounts::{DeviceRow, TokenOwner, UserRow};
 pub use error::{Error, Result};
+pub use media::{MediaRow, PendingUpload, ThumbnailRow};
 pub use misc::{RegistrationTokenRow, SigningKeyRow, UiaSessionRow};
 pub use rooms::{Direction, EventRow, NewEvent, Persisted, RoomRow, StateMap, TopologicalPosition};
 pub use stream::StreamTracker;
