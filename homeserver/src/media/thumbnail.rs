@@ -7,9 +7,9 @@
 //!    one side equals the request and the other is no larger.
 //! 2. `crop` has the aspect ratio of the request: the largest centred region of that aspect is
 //!    cut out and scaled to the requested size.
-//! 3. Never upscale. When the original already fits (scale), or is smaller than the request
-//!    (crop), the original content is returned. A crop of an image smaller than the box in one
-//!    side only is cut to the requested aspect at the original scale.
+//! 3. Never upscale. When the original already fits in the requested box, the original
+//!    content is returned. A crop of an image smaller than the box in one side only is cut to
+//!    the requested aspect at the original scale.
 //! 4. Never return a smaller thumbnail than asked for unless the original forces it; a larger
 //!    stored one may be served instead of making a new one ([`select`]).
 //!
@@ -121,6 +121,9 @@ pub fn plan(width: u32, height: u32, req_w: u32, req_h: u32, method: Method) -> 
             })
         }
         Method::Crop => {
+            if rw >= w && rh >= h {
+                return Plan::Original;
+            }
             // The largest centred region with the requested aspect ratio.
             let (cw, ch) = if w * rh > h * rw {
                 (div_round(h * rw, rh).clamp(1, w), h)
@@ -160,10 +163,10 @@ pub struct Candidate {
     pub method: Method,
 }
 
-/// Picks the stored thumbnail to serve for a planned `want`: the smallest one made with the
-/// same method that is at least as large in both sides (and, for crops, has the same aspect
-/// ratio), as long as it is no more than twice as wide; beyond that making the right size is
-/// worth it. Returns the index into `stored`.
+/// Picks the stored thumbnail to serve for a planned `want`. A crop must be exactly the
+/// planned size (clients lay crops out by size). A scale may be larger: the smallest stored
+/// scale at least as large in both sides, as long as it is no more than twice as wide; beyond
+/// that making the right size is worth it. Returns the index into `stored`.
 pub fn select(want: &Resize, stored: &[Candidate]) -> Option<usize> {
     let (ww, wh) = (want.width as u64, want.height as u64);
     stored
@@ -172,10 +175,10 @@ pub fn select(want: &Resize, stored: &[Candidate]) -> Option<usize> {
         .filter(|(_, c)| {
             let (cw, ch) = (c.width as u64, c.height as u64);
             c.method == want.method
-                && cw >= ww
-                && ch >= wh
-                && cw <= 2 * ww
-                && (want.method == Method::Scale || cw * wh == ch * ww)
+                && match want.method {
+                    Method::Crop => (cw, ch) == (ww, wh),
+                    Method::Scale => cw >= ww && ch >= wh && cw <= 2 * ww,
+                }
         })
         .min_by_key(|(_, c)| c.width as u64 * c.height as u64)
         .map(|(i, _)| i)
@@ -195,12 +198,11 @@ pub enum ThumbnailError {
 }
 
 impl From<ImageError> for ThumbnailError {
+    /// Everything but a limit is the content's fault: decoders report malformed data as I/O
+    /// errors too (truncation, bad lengths), and the file was opened fine before.
     fn from(e: ImageError) -> Self {
         match e {
             ImageError::Limits(e) => ThumbnailError::TooLarge(e.to_string()),
-            ImageError::IoError(e) if e.kind() != std::io::ErrorKind::UnexpectedEof => {
-                ThumbnailError::Io(e)
-            }
             e => ThumbnailError::NotAnImage(e.to_string()),
         }
     }
@@ -383,12 +385,14 @@ mod tests {
         ];
         let want = |w, h, m| resize(plan(4000, 3000, w, h, m));
         assert_eq!(select(&want(32, 32, Method::Crop), &stored), Some(0));
-        assert_eq!(select(&want(60, 60, Method::Crop), &stored), Some(1));
-        // Far larger than needed: make the right size instead.
-        assert_eq!(select(&want(40, 40, Method::Crop), &stored), None);
-        // Aspect ratio differs: not a crop of this request.
+        assert_eq!(select(&want(96, 96, Method::Crop), &stored), Some(1));
+        // Crops are made to measure.
+        assert_eq!(select(&want(60, 60, Method::Crop), &stored), None);
         assert_eq!(select(&want(96, 48, Method::Crop), &stored), None);
         assert_eq!(select(&want(600, 450, Method::Scale), &stored), Some(3));
+        assert_eq!(select(&want(200, 200, Method::Scale), &stored), Some(2));
+        // Far larger than needed: make the right size instead.
+        assert_eq!(select(&want(100, 100, Method::Scale), &stored), None);
         assert_eq!(select(&want(800, 600, Method::Scale), &stored), Some(4));
         assert_eq!(select(&want(1000, 750, Method::Scale), &stored), None);
         // Never a crop for a scale request or the other way round.
