@@ -568,12 +568,18 @@ async fn thumbnails_of_each_format(backend: Backend) {
                 assert_scaled(got, expect, &what);
             }
         }
-        // Larger than the original: the original itself, never enlarged.
+        // Larger than the original: never enlarged. A JPEG comes back as it is; formats that
+        // may be animated come back as a still image of the original's size.
         for (w, h, method) in [(800, 600, "scale"), (1000, 1000, "crop")] {
+            let what = format!("{content_type} {w}x{h} {method}");
             let resp = get(&alice, &thumbnail_path(&server, &id, w, h, method)).await;
-            assert_eq!(resp.status, 200);
-            assert_eq!(resp.body, original, "{content_type} {w}x{h} {method}");
-            assert_eq!(resp.header("content-type"), content_type);
+            assert_eq!(resp.status, 200, "{what}");
+            if format == ImageFormat::Jpeg {
+                assert_eq!(resp.body, original, "{what}");
+            }
+            assert_eq!(resp.header("content-type"), thumb_type, "{what}");
+            let thumb = image::load_from_memory(&resp.body).unwrap();
+            assert_eq!((thumb.width(), thumb.height()), (400, 300), "{what}");
         }
         // The legacy endpoint, without a method (scale is the default).
         let resp = get(
@@ -600,6 +606,38 @@ fn assert_scaled(got: (u32, u32), planned: (u32, u32), what: &str) {
     assert!(got.0 <= 400 && got.1 <= 300, "{what}: {got:?}");
     let skew = (got.0 as i64 * 300 - got.1 as i64 * 400).abs();
     assert!(skew <= 400, "{what}: {got:?} is not 4:3");
+}
+
+/// An animated GIF smaller than the requested size is not returned as it is (the spec forbids
+/// animated thumbnails unless asked for): a still PNG of its size comes back.
+async fn animated_images_give_still_thumbnails(backend: Backend) {
+    let Some(hs) = TestServer::start(backend, ServerOptions::default()).await else {
+        return;
+    };
+    let alice = hs.register_user("alice").await;
+    let mut gif = Vec::new();
+    {
+        let mut encoder = image::codecs::gif::GifEncoder::new(&mut gif);
+        let frames = [[255u8, 0, 0, 255], [0, 0, 255, 255]].map(|colour| {
+            image::Frame::new(image::RgbaImage::from_pixel(40, 30, image::Rgba(colour)))
+        });
+        encoder.encode_frames(frames).expect("animated GIF");
+    }
+    let (server, id) = upload(&alice, &gif, "image/gif", None).await;
+    for path in [
+        thumbnail_path(&server, &id, 96, 96, "crop"),
+        thumbnail_path(&server, &id, 320, 240, "scale"),
+        format!(
+            "{}&animated=true",
+            thumbnail_path(&server, &id, 320, 240, "scale")
+        ),
+    ] {
+        let resp = get(&alice, &path).await;
+        assert_eq!(resp.status, 200, "{path}");
+        assert_eq!(resp.header("content-type"), "image/png", "{path}");
+        let still = image::load_from_memory(&resp.body).unwrap();
+        assert_eq!((still.width(), still.height()), (40, 30));
+    }
 }
 
 /// Images that cannot be thumbnailed are refused with a Matrix error, never a 500.
@@ -867,6 +905,7 @@ backend_tests!(
     upload_size_limit,
     identical_uploads_share_one_file,
     thumbnails_of_each_format,
+    animated_images_give_still_thumbnails,
     bad_images_are_refused_cleanly,
     media_endpoints_need_tokens,
     url_previews_are_off_by_default,

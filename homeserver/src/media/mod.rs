@@ -424,8 +424,15 @@ async fn from_stored(
     let (Some(w), Some(h)) = (row.width, row.height) else {
         return Ok(None);
     };
-    let resize = match thumbnail::plan(w as u32, h as u32, width, height, method) {
-        Plan::Original => return Ok(Some(Served::Original)),
+    let (w, h) = (w as u32, h as u32);
+    let resize = match thumbnail::plan(w, h, width, height, method) {
+        Plan::Original => {
+            let sha256 = row.sha256.as_deref().ok_or_else(not_found)?;
+            if sniff_image_format(state, sha256).await? == image::ImageFormat::Jpeg {
+                return Ok(Some(Served::Original));
+            }
+            thumbnail::still_original(w, h, method)
+        }
         Plan::Resize(r) => r,
     };
     let stored = state
@@ -472,7 +479,12 @@ async fn generate(
         let mut plans = Vec::new();
         let mut rendered = Vec::new();
         for &(rw, rh, method) in &owned_requests {
-            let plan = thumbnail::plan(w, h, rw, rh, method);
+            let plan = match thumbnail::plan(w, h, rw, rh, method) {
+                Plan::Original if !thumbnail::is_always_still(decoded.format) => {
+                    Plan::Resize(thumbnail::still_original(w, h, method))
+                }
+                plan => plan,
+            };
             if let Plan::Resize(r) = &plan {
                 let made_now = rendered.iter().any(|x: &Rendered| {
                     (x.width, x.height, x.method) == (r.width, r.height, method)
@@ -575,9 +587,9 @@ fn pregenerate_thumbnails(state: &AppState, row: &MediaRow) {
     });
 }
 
-/// The image type of a stored file, from its first bytes (what the original is served as
+/// The image format of a stored file, from its first bytes (what the original is served as
 /// when it answers a thumbnail request: never the uploader's claim).
-async fn sniff_image_type(state: &AppState, sha256: &str) -> Result<&'static str> {
+async fn sniff_image_format(state: &AppState, sha256: &str) -> Result<image::ImageFormat> {
     use tokio::io::AsyncReadExt;
     let (file, _) = state
         .media
@@ -596,7 +608,7 @@ async fn sniff_image_type(state: &AppState, sha256: &str) -> Result<&'static str
             | image::ImageFormat::Jpeg
             | image::ImageFormat::Gif
             | image::ImageFormat::WebP),
-        ) => Ok(thumbnail::format_type(f)),
+        ) => Ok(f),
         _ => Err(thumbnail_error(ThumbnailError::NotAnImage(
             "unknown format".into(),
         ))),
@@ -641,8 +653,8 @@ pub async fn thumbnail(
     let (sha256, content_type) = match served {
         Served::Original => {
             let sha256 = row.sha256.clone().ok_or_else(not_found)?;
-            let content_type = sniff_image_type(state, &sha256).await?;
-            (sha256, content_type.to_owned())
+            let format = sniff_image_format(state, &sha256).await?;
+            (sha256, thumbnail::format_type(format).to_owned())
         }
         Served::Thumbnail(t) => (t.sha256, t.content_type),
     };

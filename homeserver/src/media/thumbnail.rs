@@ -155,6 +155,27 @@ pub fn plan(width: u32, height: u32, req_w: u32, req_h: u32, method: Method) -> 
     }
 }
 
+/// A still copy of the whole image at its own size: what answers a request the original
+/// already fits when the original may be animated (GIF, WebP, APNG). The spec forbids animated
+/// thumbnails unless asked for, and we never make animated ones; only JPEG originals (never
+/// animated) are returned as they are.
+pub fn still_original(width: u32, height: u32, method: Method) -> Resize {
+    Resize {
+        method,
+        x: 0,
+        y: 0,
+        region_width: width,
+        region_height: height,
+        width,
+        height,
+    }
+}
+
+/// Whether an image of this format may be served as its own thumbnail (see [`still_original`]).
+pub fn is_always_still(format: ImageFormat) -> bool {
+    format == ImageFormat::Jpeg
+}
+
 /// A stored thumbnail, as far as choosing one goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Candidate {
