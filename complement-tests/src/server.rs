@@ -219,12 +219,18 @@ impl TestServer {
         self.process.as_ref().map(|p| p.backend)
     }
 
-    /// An anonymous client for this server.
+    /// The data directory of a spawned server (SQLite database, media files, logs), for tests
+    /// that check what the server left on disk.
+    pub fn data_dir(&self) -> Option<&Path> {
+        self.process.as_ref().map(|p| p.data_dir.path())
+    }
+
     /// The server process's ID, when we started it (for benchmarks reading its memory).
     pub fn pid(&self) -> Option<u32> {
         self.process.as_ref()?.child.as_ref().map(Child::id)
     }
 
+    /// An anonymous client for this server.
     pub fn client(&self) -> Client {
         Client::new(&self.url)
     }

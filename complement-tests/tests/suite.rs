@@ -31,6 +31,8 @@ mod ephemeral;
 mod errors;
 #[path = "suite/login.rs"]
 mod login;
+#[path = "suite/media.rs"]
+mod media;
 #[path = "suite/pagination.rs"]
 mod pagination;
 #[path = "suite/presence.rs"]

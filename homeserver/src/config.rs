@@ -28,6 +28,26 @@ pub struct Config {
     pub log: String,
     pub rate_limits: RateLimits,
     pub presence: PresenceConfig,
+    pub media: MediaConfig,
+}
+
+/// The media repository: upload limits, thumbnails and URL previews.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MediaConfig {
+    /// Largest upload accepted, in bytes (reported to clients as `m.upload.size`).
+    pub max_upload_size: u64,
+    /// Make the common thumbnail sizes right after an image is uploaded (otherwise on the
+    /// first request for each).
+    pub pregenerate_thumbnails: bool,
+    /// How long an ID from `POST /_matrix/media/v1/create` waits for its upload.
+    pub unused_id_lifetime_seconds: u64,
+    /// How many such IDs a user may have waiting at once.
+    pub max_pending_uploads: u64,
+    pub url_preview_enabled: bool,
+    /// CIDR ranges URL previews may fetch from even though they are private, loopback or
+    /// otherwise non-public (parsed and checked by `validate`).
+    pub url_preview_ip_range_allowlist: Vec<String>,
 }
 
 /// Presence: whether it is on, and when a user without open connections counts as offline.
@@ -59,6 +79,8 @@ enum Kind {
     Bool,
     Int,
     Float,
+    /// A list of strings: a TOML array, or comma-separated in the environment.
+    List,
 }
 
 /// One configuration option: its dotted path, type, default (as TOML, `None` when unset by
@@ -117,6 +139,18 @@ const KEYS: &[Key] = &[
           doc: "An online user with no activity (sending, typing, receipts, setting presence) for this long is shown unavailable (idle)." },
     Key { path: "presence.online_debounce_ms", kind: Kind::Int, default: Some("2000"),
           doc: "Coming online by opening a sync or WebSocket is announced only after this long, if the user is still connected, so that brief reconnections do not flap." },
+    Key { path: "media.max_upload_size", kind: Kind::Int, default: Some("52428800"),
+          doc: "Largest media upload accepted, in bytes (clients see it as m.upload.size); larger ones get 413 M_TOO_LARGE." },
+    Key { path: "media.pregenerate_thumbnails", kind: Kind::Bool, default: Some("true"),
+          doc: "Make the usual thumbnail sizes (32x32 and 96x96 crop; 320x240, 640x480 and 800x600 scale) right after an image is uploaded, instead of on first request." },
+    Key { path: "media.unused_id_lifetime_seconds", kind: Kind::Int, default: Some("86400"),
+          doc: "How long a media ID created with POST /_matrix/media/v1/create waits for its content before it lapses." },
+    Key { path: "media.max_pending_uploads", kind: Kind::Int, default: Some("5"),
+          doc: "How many created-but-not-uploaded media IDs one user may hold at once (more get 429 M_LIMIT_EXCEEDED)." },
+    Key { path: "media.url_preview_enabled", kind: Kind::Bool, default: Some("false"),
+          doc: "Let clients ask the server to fetch web pages for link previews (/_matrix/client/v1/media/preview_url). The server then makes outgoing HTTP requests on users' behalf." },
+    Key { path: "media.url_preview_ip_range_allowlist", kind: Kind::List, default: Some("[]"),
+          doc: "CIDR ranges URL previews may fetch from although they are private, loopback or otherwise not public (e.g. [\"10.1.2.0/24\"]); everything non-public is refused otherwise. Like Synapse's url_preview_ip_range_whitelist." },
 ];
 
 /// Why the configuration was refused. The message always names the key.
@@ -154,6 +188,13 @@ fn env_value(key: &Key, env: &str, raw: &str) -> Result<toml::Value, ConfigError
         },
         Kind::Int => toml::Value::Integer(raw.trim().parse().map_err(|_| bad("an integer"))?),
         Kind::Float => toml::Value::Float(raw.trim().parse().map_err(|_| bad("a number"))?),
+        Kind::List => toml::Value::Array(
+            raw.split(',')
+                .map(str::trim)
+                .filter(|item| !item.is_empty())
+                .map(|item| toml::Value::String(item.to_owned()))
+                .collect(),
+        ),
     })
 }
 
@@ -207,6 +248,9 @@ fn check_types(table: &toml::Table) -> Result<(), ConfigError> {
             Kind::Bool => value.is_bool(),
             Kind::Int => value.as_integer().is_some_and(|i| i >= 0),
             Kind::Float => value.is_float() || value.is_integer(),
+            Kind::List => value
+                .as_array()
+                .is_some_and(|items| items.iter().all(toml::Value::is_str)),
         };
         if !ok {
             let what = match key.kind {
@@ -214,6 +258,7 @@ fn check_types(table: &toml::Table) -> Result<(), ConfigError> {
                 Kind::Bool => "true or false",
                 Kind::Int => "a non-negative integer",
                 Kind::Float => "a number",
+                Kind::List => "a list of strings",
             };
             return Err(ConfigError::Invalid(format!(
                 "{} ({}): expected {what}, got {value}",
@@ -306,6 +351,13 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "max_json_body_bytes (MYELIN_MAX_JSON_BODY_BYTES): must be at least 1024".into(),
             ));
+        }
+        for range in &self.media.url_preview_ip_range_allowlist {
+            if range.parse::<ipnet::IpNet>().is_err() {
+                return Err(ConfigError::Invalid(format!(
+                    "media.url_preview_ip_range_allowlist (MYELIN_MEDIA_URL_PREVIEW_IP_RANGE_ALLOWLIST): {range:?} is not a CIDR range like 10.0.0.0/8 or fd00::/8"
+                )));
+            }
         }
         let rl = &self.rate_limits;
         for (name, rate) in [
@@ -473,6 +525,47 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("rate_limits.login_burst"), "{e}");
+        let e = load_env(&[(
+            "MYELIN_MEDIA_URL_PREVIEW_IP_RANGE_ALLOWLIST",
+            "127.0.0.1/32, nonsense",
+        )])
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("url_preview_ip_range_allowlist") && e.contains("nonsense"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn lists_come_from_toml_arrays_or_comma_separated_variables() {
+        let c = load_env(&[(
+            "MYELIN_MEDIA_URL_PREVIEW_IP_RANGE_ALLOWLIST",
+            "127.0.0.1/32, ::1/128,",
+        )])
+        .unwrap();
+        assert_eq!(
+            c.media.url_preview_ip_range_allowlist,
+            vec!["127.0.0.1/32".to_owned(), "::1/128".to_owned()]
+        );
+        assert_eq!(c.media.max_upload_size, 50 * 1024 * 1024);
+        assert!(!c.media.url_preview_enabled);
+        let dir = tempfile_dir();
+        let path = dir.join("c.toml");
+        std::fs::write(
+            &path,
+            "[media]\nurl_preview_ip_range_allowlist = [\"10.0.0.0/8\"]\n",
+        )
+        .unwrap();
+        let c = Config::load(Some(&path), |_| None).unwrap();
+        assert_eq!(c.media.url_preview_ip_range_allowlist, vec!["10.0.0.0/8"]);
+        std::fs::write(
+            &path,
+            "[media]\nurl_preview_ip_range_allowlist = \"10.0.0.0/8\"\n",
+        )
+        .unwrap();
+        let e = Config::load(Some(&path), |_| None).unwrap_err().to_string();
+        assert!(e.contains("a list of strings"), "{e}");
     }
 
     #[test]

@@ -8,14 +8,16 @@
 //!
 //! Map: [`config`] (options, env overrides), [`api`] (routers and handlers, one module per spec
 //! chapter; `api::ruma` is the typed extractor), [`auth`] (tokens, passwords), [`uia`]
-//! (user-interactive auth), [`ratelimit`], [`error`] (the one mapping of errors to HTTP),
-//! [`e2ee`] (end-to-end encryption: signature checks, backup rule, device-list wake-ups).
+//! (user-interactive auth), [`ratelimit`], [`media`] (the content repository), [`error`] (the
+//! one mapping of errors to HTTP), [`e2ee`] (end-to-end encryption: signature checks, backup
+//! rule, device-list wake-ups).
 
 pub mod api;
 pub mod auth;
 pub mod config;
 pub mod e2ee;
 pub mod error;
+pub mod media;
 pub mod notifier;
 pub mod presence;
 pub mod ratelimit;
@@ -48,6 +50,8 @@ pub struct AppState {
     pub presence: Arc<presence::Presence>,
     /// Users whose presence changed and whose watchers are yet to be woken.
     pub presence_changes: Arc<PresenceChanges>,
+    /// The media repository (file store, thumbnail work, URL preview client).
+    pub media: Arc<media::Media>,
     /// State snapshots are immutable once written, so they can be cached without
     /// invalidation; the cache is bounded by clearing it when full.
     pub snapshots:
@@ -117,6 +121,12 @@ impl AppState {
             std::fs::create_dir_all(&dir)
                 .map_err(|source| StartError::DataDir { path: dir, source })?;
         }
+        let media = media::Media::new(&config.data_dir, &config.media).map_err(|source| {
+            StartError::DataDir {
+                path: config.data_dir.join("media"),
+                source,
+            }
+        })?;
         let storage = Storage::connect(&config.database_url()).await?;
         let signing_key = match storage.current_signing_key().await? {
             Some(row) => ServerSigningKey::from_stored(&row.key_id, &row.secret_key)?,
@@ -147,13 +157,14 @@ impl AppState {
             typing: Arc::new(typing::Typing::default()),
             presence: Arc::new(presence::Presence::default()),
             presence_changes: Default::default(),
+            media: Arc::new(media),
             snapshots: Default::default(),
         })
     }
 }
 
-/// Periodic housekeeping: expire UIA sessions and registration nonces, drop idle rate-limit
-/// buckets.
+/// Periodic housekeeping: expire UIA sessions, registration nonces and lapsed pending media
+/// IDs, drop idle rate-limit buckets.
 async fn housekeeping(state: AppState) {
     let mut tick = tokio::time::interval(Duration::from_secs(60));
     loop {
@@ -164,6 +175,9 @@ async fn housekeeping(state: AppState) {
             .await
         {
             tracing::warn!(error = %e, "housekeeping failed");
+        }
+        if let Err(e) = state.storage.expire_pending_media(auth::now_ms()).await {
+            tracing::warn!(error = %e, "expiring pending media IDs failed");
         }
         state.limits.forget_idle();
         state.notifier.prune();

@@ -169,7 +169,7 @@ pub(crate) async fn read_body(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|len| len > limit as u64) {
-        drain(body).await;
+        drain(body.into_data_stream()).await;
         return Err(Error::too_large("Request body too large"));
     }
     let mut body = body.into_data_stream();
@@ -178,7 +178,7 @@ pub(crate) async fn read_body(
         let chunk = chunk
             .map_err(|_| Error::unknown(StatusCode::BAD_REQUEST, "Could not read request body"))?;
         if bytes.len() + chunk.len() > limit {
-            drain(Body::from_stream(body)).await;
+            drain(body).await;
             return Err(Error::too_large("Request body too large"));
         }
         bytes.extend_from_slice(&chunk);
@@ -200,8 +200,10 @@ const DRAIN_LIMIT: usize = 64 * 1024 * 1024;
 /// Reads and discards the rest of a rejected body (up to [`DRAIN_LIMIT`], for at most a few
 /// seconds). Closing a connection with unread data makes the kernel send a reset, which
 /// clients see instead of our 413.
-async fn drain(body: Body) {
-    let mut stream = body.into_data_stream();
+pub(crate) async fn drain<S, E>(mut stream: S)
+where
+    S: futures_util::Stream<Item = Result<bytes::Bytes, E>> + Unpin,
+{
     let mut seen = 0usize;
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
         while let Some(Ok(chunk)) = stream.next().await {
@@ -237,6 +239,60 @@ fn deserialization_error(e: FromHttpRequestError) -> Error {
     }
 }
 
+/// The raw path parameters of a request, in order.
+async fn path_args(parts: &mut http::request::Parts, state: &AppState) -> Vec<String> {
+    match RawPathParams::from_request_parts(parts, state).await {
+        Ok(params) => params.iter().map(|(_, value)| value.to_owned()).collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+fn client_ip(parts: &http::request::Parts) -> std::net::IpAddr {
+    parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(addr)| addr.ip())
+        .unwrap_or(std::net::Ipv6Addr::LOCALHOST.into())
+}
+
+/// Checks the access token endpoint `T`'s metadata asks for.
+async fn authenticate<T>(
+    state: &AppState,
+    request: &http::Request<&[u8]>,
+    client_ip: std::net::IpAddr,
+) -> Result<Option<Sender>, Error>
+where
+    T: IncomingRequest,
+    T::Authentication: AuthPolicy,
+{
+    Ok(match <T::Authentication as AuthPolicy>::KIND {
+        AuthKind::None => None,
+        kind => match extract_bearer_or_query_token(request) {
+            Ok(Some(token)) => Some(crate::auth::authenticate(state, &token, client_ip).await?),
+            Ok(None) | Err(_) if kind == AuthKind::Optional => None,
+            Ok(None) | Err(_) => return Err(Error::missing_token()),
+        },
+    })
+}
+
+/// Parses the typed request from the HTTP request and its path parameters.
+fn parse<T: IncomingRequest>(
+    request: http::Request<&[u8]>,
+    mut path_args: Vec<String>,
+) -> Result<T, Error> {
+    // `/state/{type}` and `/state/{type}/` name the empty state key: routes registered
+    // without the last parameter leave it out, and ruma's parser wants it present.
+    let expected = T::PATH_BUILDER
+        .all_paths()
+        .next()
+        .map_or(0, |p| p.matches('{').count());
+    while path_args.len() < expected {
+        path_args.push(String::new());
+    }
+    let args: Vec<&str> = path_args.iter().map(String::as_str).collect();
+    T::try_from_http_request(request, &args).map_err(deserialization_error)
+}
+
 impl<T> FromRequest<AppState> for Ruma<T>
 where
     T: IncomingRequest + Send + 'static,
@@ -246,16 +302,8 @@ where
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, Error> {
         let (mut parts, body) = req.into_parts();
-        let path_args: Vec<String> =
-            match RawPathParams::from_request_parts(&mut parts, state).await {
-                Ok(params) => params.iter().map(|(_, value)| value.to_owned()).collect(),
-                Err(_) => Vec::new(),
-            };
-        let client_ip = parts
-            .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|ConnectInfo(addr)| addr.ip())
-            .unwrap_or(std::net::Ipv6Addr::LOCALHOST.into());
+        let path_args = path_args(&mut parts, state).await;
+        let client_ip = client_ip(&parts);
         let mut bytes = read_body(body, &parts.headers, state.config.max_json_body_bytes).await?;
         // An empty body on a POST or PUT means "no fields", as Synapse reads it: some clients
         // (matrix-nio's join, for one) send nothing where the spec's body is all optional.
@@ -265,34 +313,87 @@ where
             bytes = bytes::Bytes::from_static(b"{}");
         }
         let request = http::Request::from_parts(parts, &bytes[..]);
-
-        let sender = match <T::Authentication as AuthPolicy>::KIND {
-            AuthKind::None => None,
-            kind => match extract_bearer_or_query_token(&request) {
-                Ok(Some(token)) => Some(crate::auth::authenticate(state, &token, client_ip).await?),
-                Ok(None) | Err(_) if kind == AuthKind::Optional => None,
-                Ok(None) | Err(_) => return Err(Error::missing_token()),
-            },
-        };
-
-        // `/state/{type}` and `/state/{type}/` name the empty state key: routes registered
-        // without the last parameter leave it out, and ruma's parser wants it present.
-        let mut path_args = path_args;
-        let expected = T::PATH_BUILDER
-            .all_paths()
-            .next()
-            .map_or(0, |p| p.matches('{').count());
-        while path_args.len() < expected {
-            path_args.push(String::new());
-        }
-        let args: Vec<&str> = path_args.iter().map(String::as_str).collect();
-        let body = T::try_from_http_request(request, &args).map_err(deserialization_error)?;
+        let sender = authenticate::<T>(state, &request, client_ip).await?;
+        let body = parse::<T>(request, path_args)?;
         Ok(Ruma {
             body,
             sender,
             client_ip,
         })
     }
+}
+
+/// A request for endpoint `T` whose body is streamed rather than read (media uploads, which
+/// may be far larger than any JSON body). Path, query, headers and the access token are
+/// checked exactly as for [`Ruma`]; `request.body` is parsed with an empty body, and the real
+/// one is handed over unread, with no size limit of its own: the handler enforces one.
+pub struct RumaStream<T> {
+    pub request: Ruma<T>,
+    pub body: Body,
+    /// The declared `Content-Length`, if any.
+    pub content_length: Option<u64>,
+}
+
+impl<T> FromRequest<AppState> for RumaStream<T>
+where
+    T: IncomingRequest + Send + 'static,
+    T::Authentication: AuthPolicy,
+{
+    type Rejection = Error;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Error> {
+        let (mut parts, body) = req.into_parts();
+        let path_args = path_args(&mut parts, state).await;
+        let client_ip = client_ip(&parts);
+        let content_length = parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        let request = http::Request::from_parts(parts, &[][..]);
+        let checked = match authenticate::<T>(state, &request, client_ip).await {
+            Ok(sender) => parse::<T>(request, path_args).map(|parsed| (sender, parsed)),
+            Err(e) => Err(e),
+        };
+        match checked {
+            Ok((sender, parsed)) => Ok(RumaStream {
+                request: Ruma {
+                    body: parsed,
+                    sender,
+                    client_ip,
+                },
+                body,
+                content_length,
+            }),
+            Err(e) => {
+                // Answer only after reading what the client sends, as for a too-large body.
+                drain(body.into_data_stream()).await;
+                Err(e)
+            }
+        }
+    }
+}
+
+/// Registers the axum `handler` on every path and the method of endpoint `T`.
+fn register<T, H, X>(mut router: Router<AppState>, handler: H) -> Router<AppState>
+where
+    T: IncomingRequest,
+    H: axum::handler::Handler<X, AppState> + Clone,
+    X: 'static,
+{
+    let filter = MethodFilter::try_from(T::METHOD).expect("ruma endpoints use standard methods");
+    for path in T::PATH_BUILDER.all_paths() {
+        router = router.route(path, on(filter, handler.clone()));
+        // A trailing state key may be empty: serve `/state/{type}` and `/state/{type}/` too.
+        if let Some(prefix) = path
+            .strip_suffix("/{state_key}")
+            .or_else(|| path.strip_suffix("/{stateKey}"))
+        {
+            router = router.route(prefix, on(filter, handler.clone()));
+            router = router.route(&format!("{prefix}/"), on(filter, handler.clone()));
+        }
+    }
+    router
 }
 
 /// Registers `handler` for endpoint `T` on every path its metadata lists.
@@ -312,7 +413,7 @@ where
 
 /// Like [`route`], for a handler that builds its HTTP response itself (where ruma's response
 /// type cannot say what the spec asks).
-pub fn route_raw<T, F, Fut, R>(mut router: Router<AppState>, handler: F) -> Router<AppState>
+pub fn route_raw<T, F, Fut, R>(router: Router<AppState>, handler: F) -> Router<AppState>
 where
     T: IncomingRequest + Send + 'static,
     T::Authentication: AuthPolicy,
@@ -320,19 +421,19 @@ where
     Fut: Future<Output = Result<R, Error>> + Send + 'static,
     R: IntoResponse + 'static,
 {
-    let filter = MethodFilter::try_from(T::METHOD).expect("ruma endpoints use standard methods");
-    for path in T::PATH_BUILDER.all_paths() {
-        router = router.route(path, on(filter, handler.clone()));
-        // A trailing state key may be empty: serve `/state/{type}` and `/state/{type}/` too.
-        if let Some(prefix) = path
-            .strip_suffix("/{state_key}")
-            .or_else(|| path.strip_suffix("/{stateKey}"))
-        {
-            router = router.route(prefix, on(filter, handler.clone()));
-            router = router.route(&format!("{prefix}/"), on(filter, handler.clone()));
-        }
-    }
-    router
+    register::<T, _, _>(router, handler)
+}
+
+/// Like [`route_raw`], for a handler that reads the request body as a stream ([`RumaStream`]).
+pub fn route_stream<T, F, Fut, R>(router: Router<AppState>, handler: F) -> Router<AppState>
+where
+    T: IncomingRequest + Send + 'static,
+    T::Authentication: AuthPolicy,
+    F: Fn(State<AppState>, RumaStream<T>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<R, Error>> + Send + 'static,
+    R: IntoResponse + 'static,
+{
+    register::<T, _, _>(router, handler)
 }
 
 #[cfg(test)]

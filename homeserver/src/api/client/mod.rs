@@ -9,6 +9,7 @@ mod device;
 mod directory;
 pub(crate) mod discovery;
 mod keys;
+mod media;
 mod membership;
 mod message;
 mod presence;
@@ -25,7 +26,7 @@ use axum::Router;
 
 pub use register::user_id_for_new_username;
 
-use super::ruma::{route, route_raw};
+use super::ruma::{route, route_raw, route_stream};
 use crate::AppState;
 
 /// Every client-server endpoint, each registered from its ruma metadata.
@@ -122,6 +123,19 @@ pub fn routes(r: Router<AppState>) -> Router<AppState> {
     let r = route(r, backup::delete_backup_keys);
     let r = route(r, backup::delete_backup_keys_for_room);
     let r = route(r, backup::delete_backup_keys_for_session);
+    let r = route_stream(r, media::create_content);
+    let r = route(r, media::create_mxc_uri);
+    let r = route_stream(r, media::create_content_async);
+    let r = route_raw(r, media::get_content_authenticated);
+    let r = route_raw(r, media::get_content_as_filename_authenticated);
+    let r = route_raw(r, media::get_content);
+    let r = route_raw(r, media::get_content_as_filename);
+    let r = route_raw(r, media::get_content_thumbnail_authenticated);
+    let r = route_raw(r, media::get_content_thumbnail);
+    let r = route(r, media::get_media_config_authenticated);
+    let r = route(r, media::get_media_config);
+    let r = route(r, media::get_media_preview_authenticated);
+    let r = route(r, media::get_media_preview);
     r.route(
         "/_matrix/client/unstable/io.myelin/sync/ws",
         axum::routing::get(crate::sync::ws::sync_ws),
