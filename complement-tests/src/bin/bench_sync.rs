@@ -265,6 +265,15 @@ async fn main() {
         let before = rss_kib(pid);
         let fds_before = open_fds(pid);
         let idler = Arc::new(hs.register_user("idler").await);
+        // Online before the connections open, so that they are not all woken (and closed) by
+        // the idler's own coming online after the debounce.
+        let presence = format!(
+            "/_matrix/client/v3/presence/{}/status",
+            encode(idler.user_id())
+        );
+        let (status, body) = idler.put(&presence, &json!({ "presence": "online" })).await;
+        assert_eq!(status, 200, "{body}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
         let (_, initial) = idler.sync_with(None, 0, &[]).await;
         let token = initial["next_batch"].as_str().unwrap().to_owned();
         let http = reqwest::Client::builder()
