@@ -156,6 +156,18 @@ impl Client {
         (status, value)
     }
 
+    /// `GET path` with this client's token, returning the whole response (headers included).
+    pub async fn get_response(&self, path: &str) -> reqwest::Response {
+        let url = format!("{}{path}", self.base_url);
+        let mut req = self.http.get(&url);
+        if let Some(token) = &self.access_token {
+            req = req.bearer_auth(token);
+        }
+        req.send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {url} failed: {e}"))
+    }
+
     /// Sends an optional JSON body.
     pub async fn request(&self, method: Method, path: &str, body: Option<&Value>) -> (u16, Value) {
         let body = body.map(|b| (b.to_string().into_bytes(), "application/json"));

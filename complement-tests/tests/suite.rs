@@ -23,6 +23,8 @@ mod delivered;
 mod devices;
 #[path = "suite/directory.rs"]
 mod directory;
+#[path = "suite/e2ee.rs"]
+mod e2ee;
 #[path = "suite/ephemeral.rs"]
 mod ephemeral;
 #[path = "suite/errors.rs"]

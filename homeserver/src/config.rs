@@ -56,6 +56,8 @@ pub struct MediaConfig {
 pub struct PresenceConfig {
     pub enabled: bool,
     pub offline_after_seconds: u64,
+    pub unavailable_after_seconds: u64,
+    pub online_debounce_ms: u64,
 }
 
 /// Request rate limits (token buckets). `per_second` is the refill rate, `burst` the bucket size.
@@ -133,6 +135,10 @@ const KEYS: &[Key] = &[
           doc: "Track and share online/offline status and last-active time with users who share a room." },
     Key { path: "presence.offline_after_seconds", kind: Kind::Int, default: Some("60"),
           doc: "A user with no open sync or WebSocket for this long is shown offline." },
+    Key { path: "presence.unavailable_after_seconds", kind: Kind::Int, default: Some("300"),
+          doc: "An online user with no activity (sending, typing, receipts, setting presence) for this long is shown unavailable (idle)." },
+    Key { path: "presence.online_debounce_ms", kind: Kind::Int, default: Some("2000"),
+          doc: "Coming online by opening a sync or WebSocket is announced only after this long, if the user is still connected, so that brief reconnections do not flap." },
     Key { path: "media.max_upload_size", kind: Kind::Int, default: Some("52428800"),
           doc: "Largest media upload accepted, in bytes (clients see it as m.upload.size); larger ones get 413 M_TOO_LARGE." },
     Key { path: "media.pregenerate_thumbnails", kind: Kind::Bool, default: Some("true"),

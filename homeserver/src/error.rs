@@ -13,7 +13,7 @@ use axum::{
 use serde_json::{json, Map, Value};
 
 /// A client-facing Matrix error.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct MatrixError {
     pub status: StatusCode,
     /// The full JSON body: `errcode` and `error`, plus any extra fields.
@@ -21,7 +21,7 @@ pub struct MatrixError {
 }
 
 /// What a handler can fail with.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
     #[error("{status}: {body:?}", status = .0.status, body = .0.body)]
     Matrix(MatrixError),

@@ -9,11 +9,13 @@
 //! Map: [`config`] (options, env overrides), [`api`] (routers and handlers, one module per spec
 //! chapter; `api::ruma` is the typed extractor), [`auth`] (tokens, passwords), [`uia`]
 //! (user-interactive auth), [`ratelimit`], [`media`] (the content repository), [`error`] (the
-//! one mapping of errors to HTTP).
+//! one mapping of errors to HTTP), [`e2ee`] (end-to-end encryption: signature checks, backup
+//! rule, device-list wake-ups).
 
 pub mod api;
 pub mod auth;
 pub mod config;
+pub mod e2ee;
 pub mod error;
 pub mod media;
 pub mod notifier;
@@ -24,7 +26,7 @@ pub mod sync;
 pub mod typing;
 pub mod uia;
 
-use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
+use std::{future::Future, sync::Arc, time::Duration};
 
 use myelin_federation::keys::ServerSigningKey;
 use myelin_storage::{SigningKeyRow, Storage};
@@ -46,6 +48,8 @@ pub struct AppState {
     pub notifier: Arc<notifier::Notifier>,
     pub typing: Arc<typing::Typing>,
     pub presence: Arc<presence::Presence>,
+    /// Users whose presence changed and whose watchers are yet to be woken.
+    pub presence_changes: Arc<PresenceChanges>,
     /// The media repository (file store, thumbnail work, URL preview client).
     pub media: Arc<media::Media>,
     /// State snapshots are immutable once written, so they can be cached without
@@ -152,6 +156,7 @@ impl AppState {
             notifier: Arc::new(notifier::Notifier::default()),
             typing: Arc::new(typing::Typing::default()),
             presence: Arc::new(presence::Presence::default()),
+            presence_changes: Default::default(),
             media: Arc::new(media),
             snapshots: Default::default(),
         })
@@ -196,33 +201,189 @@ async fn typing_sweeper(state: AppState) {
 pub async fn co_members(state: &AppState, user: &str) -> Result<Vec<String>, error::Error> {
     let mut users = std::collections::BTreeSet::new();
     users.insert(user.to_owned());
-    for room in state.storage.rooms_for_user(user, "join").await? {
-        for (member, membership, _) in state.storage.room_members(&room).await? {
+    // Both reads are served from storage's in-memory caches in the common case.
+    for m in state.storage.memberships_for_user(user).await? {
+        if m.membership != "join" {
+            continue;
+        }
+        for (member, membership, _) in state.storage.room_members(&m.room_id).await?.iter() {
             if membership == "join" {
-                users.insert(member);
+                users.insert(member.clone());
             }
         }
     }
     Ok(users.into_iter().collect())
 }
 
-/// Wakes the syncs of everyone who can see `user`'s presence.
+/// Presence changes waiting to be announced. Changes are collected for a moment and then
+/// announced together, so a burst (200 members of a room coming online at once) wakes each
+/// watcher once, not once per change.
+#[derive(Default)]
+pub struct PresenceChanges {
+    /// A std mutex: held to insert or take the set.
+    users: std::sync::Mutex<std::collections::HashSet<String>>,
+    wake: tokio::sync::Notify,
+}
+
+/// How long presence changes are collected before their watchers are woken.
+const PRESENCE_COALESCE: Duration = Duration::from_millis(50);
+
+/// Wakes (soon, see [`PresenceChanges`]) the syncs of everyone who can see `user`'s presence.
 pub async fn announce_presence(state: &AppState, user: &str) {
-    match co_members(state, user).await {
-        Ok(users) => state.notifier.notify(users.iter().map(String::as_str)),
-        Err(e) => tracing::warn!(error = %e, "could not announce a presence change"),
+    state
+        .presence_changes
+        .users
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(user.to_owned());
+    state.presence_changes.wake.notify_one();
+}
+
+/// Announces collected presence changes: one wake-up per watcher per batch.
+async fn presence_announcer(state: AppState) {
+    loop {
+        state.presence_changes.wake.notified().await;
+        tokio::time::sleep(PRESENCE_COALESCE).await;
+        let changed: Vec<String> = state
+            .presence_changes
+            .users
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain()
+            .collect();
+        let mut watchers = std::collections::HashSet::new();
+        for user in &changed {
+            match co_members(&state, user).await {
+                Ok(users) => watchers.extend(users),
+                Err(e) => tracing::warn!(error = %e, "could not announce a presence change"),
+            }
+        }
+        state.notifier.notify(watchers.iter().map(String::as_str));
     }
 }
 
-/// Marks users offline when they have had no open connection for a while.
+/// A sync or WebSocket of `user` opened with `set_presence` `presence`: counts it and, when
+/// the user comes online, announces that after the debounce if they are still connected.
+/// The caller calls [`presence::Presence::disconnected`] when it closes.
+pub async fn presence_connected(state: &AppState, user: &str, presence: &str) {
+    match state.presence.connected(user, presence, auth::now_ms()) {
+        Some(true) => announce_presence(state, user).await,
+        Some(false) => {}
+        None => {
+            let state = state.clone();
+            let user = user.to_owned();
+            let debounce = state.config.presence.online_debounce_ms;
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(debounce)).await;
+                if state
+                    .presence
+                    .publish_pending(&user, auth::now_ms(), debounce as i64)
+                {
+                    announce_presence(&state, &user).await;
+                }
+            });
+        }
+    }
+}
+
+/// Something `user` did (sent an event, typed, moved a receipt): they are online and active.
+pub async fn presence_active(state: &AppState, user: &str) {
+    if state.config.presence.enabled && state.presence.active(user, auth::now_ms()) {
+        announce_presence(state, user).await;
+    }
+}
+
+/// Applies presence's timeouts: idle users become unavailable, users with no open
+/// connection go offline.
 async fn presence_sweeper(state: AppState) {
-    let after_ms = state.config.presence.offline_after_seconds as i64 * 1000;
-    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    let idle_ms = state.config.presence.unavailable_after_seconds as i64 * 1000;
+    let offline_ms = state.config.presence.offline_after_seconds as i64 * 1000;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tick.tick().await;
-        for user in state.presence.expire(auth::now_ms(), after_ms) {
+        for user in state.presence.expire(auth::now_ms(), idle_ms, offline_ms) {
             announce_presence(&state, &user).await;
         }
+    }
+}
+
+/// Accepts connections until `shutdown`, serving each with hyper's HTTP/1.1 connection (with
+/// upgrades, for the WebSocket) and the peer address as axum's `ConnectInfo`. Then waits (up
+/// to 10 s) for open connections to finish their requests.
+///
+/// Hand-written instead of `axum::serve`, whose connections go through hyper-util's
+/// HTTP/1-or-2 auto-detection: an HTTP/1-only connection is smaller, which matters for
+/// thousands of idle long-polls (docs/benchmarks.md). Clients reach homeservers over
+/// HTTP/1.1 (HTTP/2, where wanted, is a reverse proxy's job, as with Synapse).
+async fn accept_loop(
+    listener: TcpListener,
+    app: axum::Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
+    use tower::ServiceExt;
+    // Shutdown is signalled by dropping `signal_tx`; every connection task holds a `done_rx`
+    // clone, so `done_tx.closed()` resolves once all of them have finished.
+    let (signal_tx, signal_rx) = tokio::sync::watch::channel(());
+    let (done_tx, done_rx) = tokio::sync::watch::channel(());
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, remote) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors, say: back off instead of spinning.
+                    tracing::warn!(error = %e, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let app = app.clone();
+        let service = hyper::service::service_fn(
+            move |mut request: hyper::Request<hyper::body::Incoming>| {
+                request
+                    .extensions_mut()
+                    .insert(axum::extract::ConnectInfo(remote));
+                app.clone().oneshot(request.map(axum::body::Body::new))
+            },
+        );
+        let mut signal_rx = signal_rx.clone();
+        let done_rx = done_rx.clone();
+        tokio::spawn(async move {
+            let connection = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                .with_upgrades();
+            tokio::pin!(connection);
+            let mut closing = false;
+            loop {
+                tokio::select! {
+                    result = connection.as_mut() => {
+                        if let Err(e) = result {
+                            tracing::trace!(error = %e, "connection ended with an error");
+                        }
+                        break;
+                    }
+                    _ = signal_rx.changed(), if !closing => {
+                        // Finish the request in progress, then close.
+                        closing = true;
+                        connection.as_mut().graceful_shutdown();
+                    }
+                }
+            }
+            drop(done_rx);
+        });
+    }
+    drop(listener);
+    drop(signal_rx);
+    drop(signal_tx);
+    drop(done_rx);
+    if tokio::time::timeout(Duration::from_secs(10), done_tx.closed())
+        .await
+        .is_err()
+    {
+        tracing::info!("some connections were still busy after 10 s; closing them");
     }
 }
 
@@ -236,16 +397,13 @@ pub async fn serve(
     let housekeeping = tokio::spawn(housekeeping(state.clone()));
     let typing_sweeper = tokio::spawn(typing_sweeper(state.clone()));
     let presence_sweeper = tokio::spawn(presence_sweeper(state.clone()));
+    let presence_announcer = tokio::spawn(presence_announcer(state.clone()));
     let app = api::router(state.clone());
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await?;
+    accept_loop(listener, app, shutdown).await;
     housekeeping.abort();
     typing_sweeper.abort();
     presence_sweeper.abort();
+    presence_announcer.abort();
     state.storage.close().await;
     Ok(())
 }

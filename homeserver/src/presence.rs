@@ -4,10 +4,17 @@
 //!
 //! <https://spec.matrix.org/latest/client-server-api/#presence>
 //!
-//! - A sync or WebSocket with `set_presence` (default `online`) marks its user active, and
-//!   counts as an open connection while it waits.
-//! - A user with no open connection for `presence.offline_after_seconds` goes offline (the
-//!   sweeper in `lib.rs` calls [`Presence::expire`]).
+//! - A sync or WebSocket with `set_presence` (default `online`) counts as an open connection
+//!   while it waits. An offline user who connects comes online only after
+//!   `presence.online_debounce_ms`, and only if still connected then
+//!   ([`Presence::connected`], [`Presence::publish_pending`]): a brief reconnection is never
+//!   announced, so watchers see no flapping.
+//! - Activity (sending an event, typing, a receipt, setting presence) makes a user online and
+//!   `currently_active` ([`Presence::active`]). Merely syncing is not activity: like Synapse, a
+//!   user whose client is open but who does nothing goes `unavailable` after
+//!   `presence.unavailable_after_seconds`.
+//! - A user with no open connection for `presence.offline_after_seconds` goes offline. The
+//!   sweeper in `lib.rs` applies both timeouts ([`Presence::expire`]).
 //! - Each change bumps a serial; sync tokens carry the serial they saw, and a sync sends only
 //!   each watched user's latest state, so a burst of changes costs one update per watcher.
 
@@ -30,7 +37,23 @@ struct UserPresence {
     open: usize,
     /// When the last connection closed (or the state was set), for going offline.
     last_seen: i64,
+    /// Since when a connection is waiting out the debounce to bring the user online.
+    pending_online: Option<i64>,
     version: u64,
+}
+
+impl UserPresence {
+    fn offline(now: i64) -> Self {
+        UserPresence {
+            presence: "offline".into(),
+            status_msg: None,
+            last_active: 0,
+            open: 0,
+            last_seen: now,
+            pending_online: None,
+            version: 0,
+        }
+    }
 }
 
 /// Everyone's presence. A std mutex: held for map operations only.
@@ -68,14 +91,8 @@ impl Presence {
         let mut users = self.lock();
         let entry = users
             .entry(user.to_owned())
-            .or_insert_with(|| UserPresence {
-                presence: "offline".into(),
-                status_msg: None,
-                last_active: 0,
-                open: 0,
-                last_seen: now,
-                version: 0,
-            });
+            .or_insert_with(|| UserPresence::offline(now));
+        entry.pending_online = None;
         let mut changed = entry.presence != presence;
         entry.presence = presence.to_owned();
         if let Some(msg) = status_msg {
@@ -92,31 +109,108 @@ impl Presence {
         changed
     }
 
-    /// A sync or WebSocket of this user opened (`true`) or closed (`false`).
-    pub fn connection(&self, user: &str, open: bool, now: i64) {
+    /// Activity by the user: online now, and `currently_active`. Returns whether others can
+    /// see a change (from offline or unavailable).
+    pub fn active(&self, user: &str, now: i64) -> bool {
+        let mut users = self.lock();
+        let entry = users
+            .entry(user.to_owned())
+            .or_insert_with(|| UserPresence::offline(now));
+        entry.last_active = now;
+        entry.last_seen = now;
+        entry.pending_online = None;
+        if entry.presence == "online" {
+            return false;
+        }
+        entry.presence = "online".into();
+        entry.version = self.next();
+        true
+    }
+
+    /// A sync or WebSocket with `set_presence` `presence` (`online` or `unavailable`) opened.
+    /// Counts the connection. Returns `Some(true)` when others can see a change now (an
+    /// explicit `unavailable`), `Some(false)` when nothing changed, and `None` when the user
+    /// is coming online and the caller should call [`Self::publish_pending`] after the
+    /// debounce.
+    pub fn connected(&self, user: &str, presence: &str, now: i64) -> Option<bool> {
+        let mut users = self.lock();
+        let entry = users
+            .entry(user.to_owned())
+            .or_insert_with(|| UserPresence::offline(now));
+        entry.open += 1;
+        entry.last_seen = now;
+        match (entry.presence.as_str(), presence) {
+            ("offline", "online") => {
+                if entry.pending_online.is_some() {
+                    Some(false) // already waiting out the debounce
+                } else {
+                    entry.pending_online = Some(now);
+                    None
+                }
+            }
+            // Asking to be shown idle is immediate; syncing never overrides idle with online.
+            ("online", "unavailable") | ("offline", "unavailable") => {
+                entry.presence = "unavailable".into();
+                entry.pending_online = None;
+                entry.version = self.next();
+                Some(true)
+            }
+            _ => Some(false),
+        }
+    }
+
+    /// A connection counted by [`Self::connected`] closed.
+    pub fn disconnected(&self, user: &str, now: i64) {
         let mut users = self.lock();
         if let Some(entry) = users.get_mut(user) {
-            if open {
-                entry.open += 1;
-            } else {
-                entry.open = entry.open.saturating_sub(1);
-            }
+            entry.open = entry.open.saturating_sub(1);
             entry.last_seen = now;
         }
     }
 
-    /// Users with no open connection for `after_ms` go offline; returns them.
-    pub fn expire(&self, now: i64, after_ms: i64) -> Vec<String> {
+    /// After the debounce: brings a pending user online if they are still connected (an
+    /// open connection, or a long-poll sync within the debounce). Returns whether others can
+    /// see a change.
+    pub fn publish_pending(&self, user: &str, now: i64, debounce_ms: i64) -> bool {
         let mut users = self.lock();
-        let mut gone = Vec::new();
-        for (user, entry) in users.iter_mut() {
-            if entry.presence != "offline" && entry.open == 0 && now - entry.last_seen > after_ms {
-                entry.presence = "offline".into();
-                entry.version = self.serial.fetch_add(1, Ordering::SeqCst) + 1;
-                gone.push(user.clone());
-            }
+        let Some(entry) = users.get_mut(user) else {
+            return false;
+        };
+        let Some(since) = entry.pending_online.take() else {
+            return false;
+        };
+        let still_here = entry.open > 0 || now - entry.last_seen <= debounce_ms;
+        if !still_here || entry.presence != "offline" {
+            return false;
         }
-        gone
+        entry.presence = "online".into();
+        entry.last_active = since;
+        entry.version = self.next();
+        true
+    }
+
+    /// Applies the timeouts: online users idle for `idle_ms` become unavailable; users with
+    /// no open connection for `offline_ms` go offline. Returns the users who changed.
+    pub fn expire(&self, now: i64, idle_ms: i64, offline_ms: i64) -> Vec<String> {
+        let mut users = self.lock();
+        let mut changed = Vec::new();
+        for (user, entry) in users.iter_mut() {
+            let next = if entry.presence != "offline"
+                && entry.open == 0
+                && now - entry.last_seen > offline_ms
+            {
+                entry.pending_online = None;
+                "offline"
+            } else if entry.presence == "online" && now - entry.last_active > idle_ms {
+                "unavailable"
+            } else {
+                continue;
+            };
+            entry.presence = next.into();
+            entry.version = self.serial.fetch_add(1, Ordering::SeqCst) + 1;
+            changed.push(user.clone());
+        }
+        changed
     }
 
     fn content(entry: &UserPresence, now: i64) -> Value {
@@ -161,7 +255,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn changes_bump_the_serial_and_offline_follows_idle() {
+    fn explicit_changes_bump_the_serial_and_offline_follows_disconnection() {
         let p = Presence::default();
         assert!(p.set("@a", "online", None, 1_000));
         let s1 = p.serial();
@@ -172,13 +266,13 @@ mod tests {
         assert_eq!(p.serial(), s1);
         assert_eq!(p.get("@a", 2_000)["presence"], "online");
         assert_eq!(p.get("@a", 2_000)["currently_active"], true);
-        p.connection("@a", true, 2_000);
+        assert_eq!(p.connected("@a", "online", 2_000), Some(false));
         assert!(
-            p.expire(100_000, 30_000).is_empty(),
+            p.expire(100_000, 1_000_000, 30_000).is_empty(),
             "an open connection keeps them online"
         );
-        p.connection("@a", false, 100_000);
-        assert_eq!(p.expire(140_000, 30_000), vec!["@a".to_owned()]);
+        p.disconnected("@a", 100_000);
+        assert_eq!(p.expire(140_000, 1_000_000, 30_000), vec!["@a".to_owned()]);
         assert_eq!(
             p.events_since(&["@a".into()], s1, 140_000)[0]["content"]["presence"],
             "offline"
@@ -186,5 +280,56 @@ mod tests {
         assert!(p.set("@a", "unavailable", Some(Some("lunch".into())), 150_000));
         assert_eq!(p.get("@a", 150_000)["status_msg"], "lunch");
         assert_eq!(p.get("@nobody", 0)["presence"], "offline");
+    }
+
+    #[test]
+    fn coming_online_by_connecting_waits_out_the_debounce() {
+        let p = Presence::default();
+        assert_eq!(
+            p.connected("@a", "online", 0),
+            None,
+            "pending, not announced"
+        );
+        assert_eq!(p.get("@a", 0)["presence"], "offline");
+        assert_eq!(
+            p.connected("@a", "online", 100),
+            Some(false),
+            "already pending"
+        );
+        let s = p.serial();
+        assert!(p.publish_pending("@a", 2_000, 2_000), "still connected");
+        assert!(p.serial() > s);
+        assert_eq!(p.get("@a", 2_000)["presence"], "online");
+
+        // A brief visit that ends before the debounce is never announced.
+        let q = Presence::default();
+        assert_eq!(q.connected("@b", "online", 0), None);
+        q.disconnected("@b", 10);
+        let s = q.serial();
+        assert!(!q.publish_pending("@b", 5_000, 2_000));
+        assert_eq!(q.serial(), s, "no change was published");
+        assert_eq!(q.get("@b", 5_000)["presence"], "offline");
+    }
+
+    #[test]
+    fn idle_users_become_unavailable_until_active() {
+        let p = Presence::default();
+        assert!(p.active("@a", 1_000));
+        assert_eq!(p.connected("@a", "online", 1_000), Some(false));
+        assert!(p.expire(2_000, 5_000, 30_000).is_empty());
+        assert_eq!(p.expire(7_000, 5_000, 30_000), vec!["@a".to_owned()]);
+        assert_eq!(p.get("@a", 7_000)["presence"], "unavailable");
+        assert_eq!(p.get("@a", 7_000)["currently_active"], false);
+        assert_eq!(
+            p.connected("@a", "online", 8_000),
+            Some(false),
+            "syncing does not override idle"
+        );
+        assert!(p.active("@a", 9_000), "activity brings them back");
+        assert_eq!(p.get("@a", 9_000)["presence"], "online");
+        assert!(
+            !p.active("@a", 9_500),
+            "already online: no change to announce"
+        );
     }
 }

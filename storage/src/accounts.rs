@@ -30,6 +30,50 @@ pub struct TokenOwner {
     pub is_admin: bool,
 }
 
+/// Access tokens already resolved, so a request costs no query to authenticate.
+///
+/// Every write that removes a token or changes what it resolves to (logout, device deletion,
+/// deactivation, admin flag) calls [`TokenCache::invalidate`] after its commit. That bumps a
+/// generation: a lookup that read the database before the change but finishes after it does
+/// not store what it read. (One server process per database, like the other caches.)
+#[derive(Debug, Default)]
+pub(crate) struct TokenCache {
+    inner: std::sync::Mutex<(u64, std::collections::HashMap<String, TokenOwner>)>,
+}
+
+/// Tokens cached at most; the cache starts over when full.
+const MAX_CACHED_TOKENS: usize = 100_000;
+
+impl TokenCache {
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, (u64, std::collections::HashMap<String, TokenOwner>)> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn get(&self, token_hash: &str) -> Result<TokenOwner, u64> {
+        let inner = self.lock();
+        inner.1.get(token_hash).cloned().ok_or(inner.0)
+    }
+
+    fn store(&self, generation: u64, token_hash: &str, owner: &TokenOwner) {
+        let mut inner = self.lock();
+        if inner.0 == generation {
+            if inner.1.len() >= MAX_CACHED_TOKENS {
+                inner.1.clear();
+            }
+            inner.1.insert(token_hash.to_owned(), owner.clone());
+        }
+    }
+
+    /// Forgets every cached token of `user_id`.
+    fn invalidate(&self, user_id: &str) {
+        let mut inner = self.lock();
+        inner.0 += 1;
+        inner.1.retain(|_, owner| owner.user_id != user_id);
+    }
+}
+
 fn device_from_row(row: &sqlx::any::AnyRow) -> Result<DeviceRow> {
     Ok(DeviceRow {
         device_id: row.try_get("device_id")?,
@@ -104,11 +148,12 @@ impl Storage {
             .bind(user_id)
             .execute(&self.pool)
             .await?;
+        self.tokens.invalidate(user_id);
         Ok(())
     }
 
-    /// Deactivates a user for good: no password, no devices, no tokens. The row stays so the
-    /// user ID is never reused.
+    /// Deactivates a user for good: no password, no devices, no tokens, no encryption keys or
+    /// key backups. The row stays so the user ID is never reused.
     pub async fn deactivate_user(&self, user_id: &str) -> Result<()> {
         let mut tx = self.begin_write().await?;
         sqlx::query(
@@ -122,6 +167,7 @@ impl Storage {
             .bind(user_id)
             .execute(&mut *tx)
             .await?;
+        // Device keys, one-time keys and pending to-device messages go with the devices.
         sqlx::query("DELETE FROM devices WHERE user_id = $1")
             .bind(user_id)
             .execute(&mut *tx)
@@ -130,14 +176,19 @@ impl Storage {
             .bind(user_id)
             .execute(&mut *tx)
             .await?;
+        let _in_flight = self.forget_user_e2ee(&mut tx, user_id).await?;
         tx.commit().await?;
+        self.tokens.invalidate(user_id);
+        self.recent.key_counts_changed();
         Ok(())
     }
 
     /// Creates (or takes over) a device and issues an access token for it, in one transaction.
     ///
     /// Logging in with the `device_id` of an existing device re-uses that device, as the spec
-    /// asks, and invalidates the tokens it had: a device has one live session.
+    /// asks, and invalidates the tokens it had: a device has one live session. A new device
+    /// is a change of the user's device list (on the stream, for other users' syncs); returns
+    /// whether the device is new.
     pub async fn create_device_with_token(
         &self,
         user_id: &str,
@@ -146,7 +197,7 @@ impl Storage {
         ip: Option<&str>,
         token_hash: Option<&str>,
         now: i64,
-    ) -> Result<()> {
+    ) -> Result<bool> {
         let mut tx = self.begin_write().await?;
         sqlx::query("DELETE FROM access_tokens WHERE user_id = $1 AND device_id = $2")
             .bind(user_id)
@@ -166,7 +217,9 @@ impl Storage {
         .execute(&mut *tx)
         .await?
         .rows_affected();
-        if updated == 0 {
+        let created = updated == 0;
+        let mut _in_flight = None;
+        if created {
             sqlx::query(
                 "INSERT INTO devices
                     (user_id, device_id, display_name, last_seen_ip, last_seen_ts, created_ts)
@@ -179,6 +232,7 @@ impl Storage {
             .bind(now)
             .execute(&mut *tx)
             .await?;
+            _in_flight = Some(self.mark_device_list_changed(&mut tx, user_id).await?);
         }
         if let Some(token_hash) = token_hash {
             sqlx::query(
@@ -193,10 +247,16 @@ impl Storage {
             .await?;
         }
         tx.commit().await?;
-        Ok(())
+        self.tokens.invalidate(user_id);
+        self.recent.key_counts_changed();
+        Ok(created)
     }
 
     pub async fn find_token(&self, token_hash: &str) -> Result<Option<TokenOwner>> {
+        let generation = match self.tokens.get(token_hash) {
+            Ok(owner) => return Ok(Some(owner)),
+            Err(generation) => generation,
+        };
         let row = sqlx::query(
             "SELECT t.user_id, t.device_id, u.is_admin
              FROM access_tokens t JOIN users u ON u.user_id = t.user_id
@@ -205,14 +265,19 @@ impl Storage {
         .bind(token_hash)
         .fetch_optional(&self.pool)
         .await?;
-        row.map(|row| {
-            Ok(TokenOwner {
-                user_id: row.try_get("user_id")?,
-                device_id: row.try_get("device_id")?,
-                is_admin: row.try_get::<i64, _>("is_admin")? != 0,
+        let owner = row
+            .map(|row| -> Result<TokenOwner> {
+                Ok(TokenOwner {
+                    user_id: row.try_get("user_id")?,
+                    device_id: row.try_get("device_id")?,
+                    is_admin: row.try_get::<i64, _>("is_admin")? != 0,
+                })
             })
-        })
-        .transpose()
+            .transpose()?;
+        if let Some(owner) = &owner {
+            self.tokens.store(generation, token_hash, owner);
+        }
+        Ok(owner)
     }
 
     pub async fn touch_device(
@@ -276,27 +341,40 @@ impl Storage {
         Ok(done.rows_affected() > 0)
     }
 
-    /// Deletes devices and their access tokens.
-    pub async fn delete_devices(&self, user_id: &str, device_ids: &[String]) -> Result<()> {
+    /// Deletes devices with their access tokens, encryption keys and pending to-device
+    /// messages. Returns whether any device existed (a change of the user's device list).
+    pub async fn delete_devices(&self, user_id: &str, device_ids: &[String]) -> Result<bool> {
         let mut tx = self.begin_write().await?;
+        let mut deleted = Vec::new();
         for device_id in device_ids {
             sqlx::query("DELETE FROM access_tokens WHERE user_id = $1 AND device_id = $2")
                 .bind(user_id)
                 .bind(device_id)
                 .execute(&mut *tx)
                 .await?;
-            sqlx::query("DELETE FROM devices WHERE user_id = $1 AND device_id = $2")
+            let done = sqlx::query("DELETE FROM devices WHERE user_id = $1 AND device_id = $2")
                 .bind(user_id)
                 .bind(device_id)
                 .execute(&mut *tx)
                 .await?;
+            if done.rows_affected() > 0 {
+                deleted.push(device_id.clone());
+            }
         }
+        let _in_flight = if deleted.is_empty() {
+            None
+        } else {
+            Some(self.forget_devices_e2ee(&mut tx, user_id, &deleted).await?)
+        };
         tx.commit().await?;
-        Ok(())
+        self.tokens.invalidate(user_id);
+        self.recent.key_counts_changed();
+        Ok(!deleted.is_empty())
     }
 
-    /// Deletes every device of `user_id` except `keep` (if given), with their tokens.
-    pub async fn delete_other_devices(&self, user_id: &str, keep: Option<&str>) -> Result<()> {
+    /// Deletes every device of `user_id` except `keep` (if given), as
+    /// [`Storage::delete_devices`] does. Returns whether any device existed.
+    pub async fn delete_other_devices(&self, user_id: &str, keep: Option<&str>) -> Result<bool> {
         let mut tx = self.begin_write().await?;
         let keep = keep.unwrap_or("");
         sqlx::query("DELETE FROM access_tokens WHERE user_id = $1 AND device_id <> $2")
@@ -304,13 +382,25 @@ impl Storage {
             .bind(keep)
             .execute(&mut *tx)
             .await?;
-        sqlx::query("DELETE FROM devices WHERE user_id = $1 AND device_id <> $2")
-            .bind(user_id)
-            .bind(keep)
-            .execute(&mut *tx)
-            .await?;
+        let deleted: Vec<String> = sqlx::query(
+            "DELETE FROM devices WHERE user_id = $1 AND device_id <> $2 RETURNING device_id",
+        )
+        .bind(user_id)
+        .bind(keep)
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(|row| row.try_get("device_id"))
+        .collect::<Result<_, _>>()?;
+        let _in_flight = if deleted.is_empty() {
+            None
+        } else {
+            Some(self.forget_devices_e2ee(&mut tx, user_id, &deleted).await?)
+        };
         tx.commit().await?;
-        Ok(())
+        self.tokens.invalidate(user_id);
+        self.recent.key_counts_changed();
+        Ok(!deleted.is_empty())
     }
 
     pub async fn get_profile(
@@ -393,6 +483,7 @@ impl Storage {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
+        self.recent.account_data_changed(user_id, position);
         Ok(position)
     }
 }

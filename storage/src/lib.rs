@@ -11,20 +11,27 @@
 //! allowed (that is the homeserver's job) and never calls upward.
 
 mod accounts;
+mod backup;
 mod error;
+mod keys;
 mod media;
 mod misc;
+mod recent;
 mod rooms;
 mod stream;
 mod sync;
+mod to_device;
 
 pub use accounts::{DeviceRow, TokenOwner, UserRow};
+pub use backup::{BackupKeyRow, BackupScope, BackupVersionRow, BackupWriteError};
 pub use error::{Error, Result};
+pub use keys::{ClaimedKey, DeviceKeysRow, KeySignature, KeyUpload, NewKey, UploadOutcome};
 pub use media::{MediaRow, PendingUpload, ThumbnailRow};
 pub use misc::{RegistrationTokenRow, SigningKeyRow, UiaSessionRow};
 pub use rooms::{Direction, EventRow, NewEvent, Persisted, RoomRow, StateMap, TopologicalPosition};
 pub use stream::StreamTracker;
 pub use sync::{AccountDataChange, MembershipRow, ReceiptRow};
+pub use to_device::{OutgoingToDevice, ToDeviceRow};
 
 use std::{path::Path, str::FromStr, time::Duration};
 
@@ -50,6 +57,10 @@ pub struct Storage {
     pool: AnyPool,
     backend: Backend,
     stream: std::sync::Arc<StreamTracker>,
+    /// Recent changes, so sync rarely needs the database (see `recent.rs`).
+    recent: std::sync::Arc<recent::Recent>,
+    /// Resolved access tokens (see `accounts.rs`).
+    tokens: std::sync::Arc<accounts::TokenCache>,
 }
 
 impl Storage {
@@ -101,11 +112,13 @@ impl Storage {
             pool,
             backend,
             stream: Default::default(),
+            recent: Default::default(),
+            tokens: Default::default(),
         };
         storage.migrate().await?;
-        storage.stream = std::sync::Arc::new(StreamTracker::starting_at(
-            storage.current_stream_position().await?,
-        ));
+        let position = storage.current_stream_position().await?;
+        storage.stream = std::sync::Arc::new(StreamTracker::starting_at(position));
+        storage.recent = std::sync::Arc::new(recent::Recent::starting_at(position));
         Ok(storage)
     }
 
@@ -129,6 +142,12 @@ impl Storage {
     /// The highest stream position whose writes are all visible; sync tokens stop here.
     pub fn safe_stream_position(&self) -> i64 {
         self.stream.safe_position()
+    }
+
+    /// Whether no device list and no room membership changed after `after` (from memory; a
+    /// `false` only means "maybe"): then no user has `device_lists` news since `after`.
+    pub fn device_lists_unchanged_since(&self, after: i64) -> bool {
+        self.recent.device_lists_unchanged_since(after)
     }
 
     pub fn backend(&self) -> Backend {

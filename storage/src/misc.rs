@@ -213,13 +213,18 @@ impl Storage {
         Ok(())
     }
 
-    /// Forgets UIA sessions and registration nonces created before `cutoff`.
+    /// Forgets UIA sessions, registration nonces and to-device transaction IDs created before
+    /// `cutoff`.
     pub async fn expire_transient(&self, cutoff: i64) -> Result<()> {
         sqlx::query("DELETE FROM uia_sessions WHERE created_ts < $1")
             .bind(cutoff)
             .execute(&self.pool)
             .await?;
         sqlx::query("DELETE FROM registration_nonces WHERE created_ts < $1")
+            .bind(cutoff)
+            .execute(&self.pool)
+            .await?;
+        sqlx::query("DELETE FROM to_device_txns WHERE created_ts < $1")
             .bind(cutoff)
             .execute(&self.pool)
             .await?;

@@ -68,8 +68,21 @@ pub(crate) fn event_from_row(row: &AnyRow) -> Result<EventRow> {
 
 /// `$1, $2, …, $n`, for an `IN (…)` list.
 fn placeholders(n: usize) -> String {
-    (1..=n)
+    placeholders_from(1, n)
+}
+
+/// `$first, …, $(first + n - 1)`: an `IN (…)` list after `first - 1` other parameters.
+fn placeholders_from(first: usize, n: usize) -> String {
+    (first..first + n)
         .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `($1, …, $cols), ($cols+1, …), …`: the `VALUES` list of a multi-row insert.
+fn value_rows(rows: usize, cols: usize) -> String {
+    (0..rows)
+        .map(|r| format!("({})", placeholders_from(r * cols + 1, cols)))
         .collect::<Vec<_>>()
         .join(", ")
 }
@@ -129,17 +142,46 @@ impl Storage {
         &self,
         tx: &mut Transaction<'static, Any>,
     ) -> Result<i64> {
-        let row = match self.backend {
-            Backend::Postgres => sqlx::query("SELECT nextval('stream_positions') AS position").fetch_one(&mut **tx).await?,
+        let positions = self.next_stream_positions(tx, 1).await?;
+        positions
+            .first()
+            .copied()
+            .ok_or_else(|| Error::Corrupt("no stream position handed out".into()))
+    }
+
+    /// Hands out `n` ascending stream positions in one round trip and marks them in flight,
+    /// like [`Self::next_stream_position`].
+    pub(crate) async fn next_stream_positions(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        n: usize,
+    ) -> Result<Vec<i64>> {
+        let count = i64::try_from(n).map_err(|_| Error::Corrupt("batch too large".into()))?;
+        let mut positions: Vec<i64> = match self.backend {
+            Backend::Postgres => sqlx::query(
+                "SELECT nextval('stream_positions') AS position FROM generate_series(1, $1::bigint)",
+            )
+            .bind(count)
+            .fetch_all(&mut **tx)
+            .await?
+            .iter()
+            .map(|row| row.try_get("position"))
+            .collect::<std::result::Result<_, _>>()?,
             Backend::Sqlite => {
-                sqlx::query("UPDATE stream_positions SET position = position + 1 WHERE id = 1 RETURNING position")
+                // The counter row is locked by BEGIN IMMEDIATE, so the range is ours.
+                let row = sqlx::query("UPDATE stream_positions SET position = position + $1 WHERE id = 1 RETURNING position")
+                    .bind(count)
                     .fetch_one(&mut **tx)
-                    .await?
+                    .await?;
+                let last: i64 = row.try_get("position")?;
+                (last - count + 1..=last).collect()
             }
         };
-        let position: i64 = row.try_get("position")?;
-        self.stream.begin(position);
-        Ok(position)
+        positions.sort_unstable();
+        for &position in &positions {
+            self.stream.begin(position);
+        }
+        Ok(positions)
     }
 
     /// The highest stream position handed out so far.
@@ -286,130 +328,258 @@ impl Storage {
 
     /// Persists an authorised event in one transaction (see the module docs).
     pub async fn persist_event(&self, event: &NewEvent<'_>, now: i64) -> Result<Persisted> {
+        let mut persisted = self
+            .persist_events(std::slice::from_ref(event), now)
+            .await?;
+        persisted
+            .pop()
+            .ok_or_else(|| Error::Corrupt("persisting one event returned nothing".into()))
+    }
+
+    /// Persists a chain of authorised events of one room in one transaction: a group commit.
+    /// Each event after the first is placed on the one before it, so its `state_before` is
+    /// taken from that event's state after (its own field must be `None`). The statements are
+    /// multi-row where they can be, so a batch of N sends costs a handful of round trips and
+    /// one commit (one fsync) instead of N of each.
+    ///
+    /// Returns where each event landed, in order; stream positions ascend along the chain.
+    pub async fn persist_events(
+        &self,
+        events: &[NewEvent<'_>],
+        now: i64,
+    ) -> Result<Vec<Persisted>> {
+        let Some(first) = events.first() else {
+            return Ok(Vec::new());
+        };
+        let room_id = first.room_id;
+        if events.iter().any(|e| e.room_id != room_id) {
+            return Err(Error::Corrupt("a batch spans several rooms".into()));
+        }
         let mut tx = self.begin_write().await?;
-        if let Some((version, creator)) = event.new_room {
+        if let Some((version, creator)) = first.new_room {
             sqlx::query("INSERT INTO rooms (room_id, room_version, creator, is_public, created_ts) VALUES ($1, $2, $3, 0, $4)")
-                .bind(event.room_id)
+                .bind(room_id)
                 .bind(version)
                 .bind(creator)
                 .bind(now)
                 .execute(&mut *tx)
                 .await?;
         }
-        let stream_ordering = self.next_stream_position(&mut tx).await?;
-        let _in_flight = crate::stream::InFlight {
-            tracker: &self.stream,
-            position: stream_ordering,
-        };
-        let state_after = match (event.state_key, event.state_before) {
-            (Some(state_key), before) => {
-                self.write_snapshot(
-                    &mut tx,
-                    event.room_id,
-                    before,
-                    &[(event.event_type, state_key, event.event_id)],
-                )
-                .await?
-            }
-            (None, Some(before)) => before,
-            (None, None) => {
-                return Err(Error::Corrupt(
-                    "a non-state event needs the state it is placed on".into(),
-                ))
-            }
-        };
-        sqlx::query(
+        let positions = self.next_stream_positions(&mut tx, events.len()).await?;
+        let _in_flight: Vec<crate::stream::InFlight<'_>> = positions
+            .iter()
+            .map(|&position| crate::stream::InFlight {
+                tracker: &self.stream,
+                position,
+            })
+            .collect();
+
+        // 1. State snapshots, in chain order (each builds on the one before).
+        let mut placed = Vec::with_capacity(events.len());
+        let mut previous_after: Option<i64> = None;
+        for (i, event) in events.iter().enumerate() {
+            let before = match (i, event.state_before) {
+                (0, before) => before,
+                (_, None) => previous_after,
+                (_, Some(_)) => {
+                    return Err(Error::Corrupt(
+                        "only the first event of a chain names its state".into(),
+                    ))
+                }
+            };
+            let after = match (event.state_key, before) {
+                (Some(state_key), before) => {
+                    self.write_snapshot(
+                        &mut tx,
+                        room_id,
+                        before,
+                        &[(event.event_type, state_key, event.event_id)],
+                    )
+                    .await?
+                }
+                (None, Some(before)) => before,
+                (None, None) => {
+                    return Err(Error::Corrupt(
+                        "a non-state event needs the state it is placed on".into(),
+                    ))
+                }
+            };
+            placed.push((before, after));
+            previous_after = Some(after);
+        }
+
+        // 2. The events, one multi-row insert.
+        let sql = format!(
             "INSERT INTO events (event_id, room_id, stream_ordering, depth, event_type, state_key, sender,
                                  origin_server_ts, pdu, state_before, state_after)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-        )
-        .bind(event.event_id)
-        .bind(event.room_id)
-        .bind(stream_ordering)
-        .bind(event.depth)
-        .bind(event.event_type)
-        .bind(event.state_key)
-        .bind(event.sender)
-        .bind(event.origin_server_ts)
-        .bind(event.pdu)
-        .bind(event.state_before)
-        .bind(state_after)
-        .execute(&mut *tx)
-        .await?;
-        for prev in event.prev_events {
-            sqlx::query("INSERT INTO event_edges (event_id, prev_event_id) VALUES ($1, $2)")
+             VALUES {}",
+            value_rows(events.len(), 11)
+        );
+        let mut query = sqlx::query(&sql);
+        for ((event, position), (before, after)) in events.iter().zip(&positions).zip(&placed) {
+            query = query
                 .bind(event.event_id)
-                .bind(prev)
-                .execute(&mut *tx)
-                .await?;
-            sqlx::query("DELETE FROM forward_extremities WHERE room_id = $1 AND event_id = $2")
-                .bind(event.room_id)
-                .bind(prev)
-                .execute(&mut *tx)
-                .await?;
+                .bind(room_id)
+                .bind(*position)
+                .bind(event.depth)
+                .bind(event.event_type)
+                .bind(event.state_key)
+                .bind(event.sender)
+                .bind(event.origin_server_ts)
+                .bind(event.pdu)
+                .bind(*before)
+                .bind(*after);
         }
-        sqlx::query("INSERT INTO forward_extremities (room_id, event_id) VALUES ($1, $2)")
-            .bind(event.room_id)
-            .bind(event.event_id)
-            .execute(&mut *tx)
-            .await?;
-        if let Some(state_key) = event.state_key {
-            sqlx::query(
-                "INSERT INTO current_state (room_id, event_type, state_key, event_id) VALUES ($1, $2, $3, $4)
-                 ON CONFLICT (room_id, event_type, state_key) DO UPDATE SET event_id = excluded.event_id",
-            )
-            .bind(event.room_id)
-            .bind(event.event_type)
-            .bind(state_key)
-            .bind(event.event_id)
-            .execute(&mut *tx)
-            .await?;
-            if let (Some(membership), "m.room.member") = (event.membership, event.event_type) {
+        query.execute(&mut *tx).await?;
+
+        // 3. The DAG: edges, and the forward extremities move to the chain's tips.
+        let edges: Vec<(&str, &str)> = events
+            .iter()
+            .flat_map(|e| e.prev_events.iter().map(move |p| (e.event_id, p.as_str())))
+            .collect();
+        if !edges.is_empty() {
+            let sql = format!(
+                "INSERT INTO event_edges (event_id, prev_event_id) VALUES {}",
+                value_rows(edges.len(), 2)
+            );
+            let mut query = sqlx::query(&sql);
+            for (event_id, prev) in &edges {
+                query = query.bind(*event_id).bind(*prev);
+            }
+            query.execute(&mut *tx).await?;
+            let mut prevs: Vec<&str> = edges.iter().map(|(_, p)| *p).collect();
+            prevs.sort_unstable();
+            prevs.dedup();
+            let sql = format!(
+                "DELETE FROM forward_extremities WHERE room_id = $1 AND event_id IN ({})",
+                placeholders_from(2, prevs.len())
+            );
+            let mut query = sqlx::query(&sql).bind(room_id);
+            for prev in &prevs {
+                query = query.bind(*prev);
+            }
+            query.execute(&mut *tx).await?;
+        }
+        let tips: Vec<&str> = events
+            .iter()
+            .map(|e| e.event_id)
+            .filter(|id| !edges.iter().any(|(_, p)| p == id))
+            .collect();
+        let sql = format!(
+            "INSERT INTO forward_extremities (room_id, event_id) VALUES {}",
+            value_rows(tips.len(), 2)
+        );
+        let mut query = sqlx::query(&sql);
+        for tip in &tips {
+            query = query.bind(room_id).bind(*tip);
+        }
+        query.execute(&mut *tx).await?;
+
+        // 4. Current state, memberships and relations (rare; one statement each).
+        for (event, position) in events.iter().zip(&positions) {
+            if let Some(state_key) = event.state_key {
                 sqlx::query(
-                    "INSERT INTO room_memberships (room_id, user_id, membership, event_id, stream_ordering, forgotten)
-                     VALUES ($1, $2, $3, $4, $5, 0)
-                     ON CONFLICT (room_id, user_id) DO UPDATE SET membership = excluded.membership,
-                        event_id = excluded.event_id, stream_ordering = excluded.stream_ordering, forgotten = 0",
+                    "INSERT INTO current_state (room_id, event_type, state_key, event_id) VALUES ($1, $2, $3, $4)
+                     ON CONFLICT (room_id, event_type, state_key) DO UPDATE SET event_id = excluded.event_id",
                 )
-                .bind(event.room_id)
+                .bind(room_id)
+                .bind(event.event_type)
                 .bind(state_key)
-                .bind(membership)
                 .bind(event.event_id)
-                .bind(stream_ordering)
+                .execute(&mut *tx)
+                .await?;
+                if let (Some(membership), "m.room.member") = (event.membership, event.event_type) {
+                    sqlx::query(
+                        "INSERT INTO room_memberships (room_id, user_id, membership, event_id, stream_ordering, forgotten)
+                         VALUES ($1, $2, $3, $4, $5, 0)
+                         ON CONFLICT (room_id, user_id) DO UPDATE SET membership = excluded.membership,
+                            event_id = excluded.event_id, stream_ordering = excluded.stream_ordering, forgotten = 0",
+                    )
+                    .bind(room_id)
+                    .bind(state_key)
+                    .bind(membership)
+                    .bind(event.event_id)
+                    .bind(*position)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+            }
+            if let Some((rel_type, parent)) = event.relates_to {
+                sqlx::query(
+                    "INSERT INTO event_relations (event_id, relates_to, rel_type, event_type, stream_ordering)
+                     VALUES ($1, $2, $3, $4, $5)",
+                )
+                .bind(event.event_id)
+                .bind(parent)
+                .bind(rel_type)
+                .bind(event.event_type)
+                .bind(*position)
                 .execute(&mut *tx)
                 .await?;
             }
         }
-        if let Some((rel_type, parent)) = event.relates_to {
-            sqlx::query(
-                "INSERT INTO event_relations (event_id, relates_to, rel_type, event_type, stream_ordering)
-                 VALUES ($1, $2, $3, $4, $5)",
-            )
-            .bind(event.event_id)
-            .bind(parent)
-            .bind(rel_type)
-            .bind(event.event_type)
-            .bind(stream_ordering)
-            .execute(&mut *tx)
-            .await?;
-        }
-        if let Some((user, device, txn_id)) = event.txn {
-            sqlx::query(
-                "INSERT INTO event_txns (user_id, device_id, txn_id, event_id, created_ts) VALUES ($1, $2, $3, $4, $5)",
-            )
-            .bind(user)
-            .bind(device)
-            .bind(txn_id)
-            .bind(event.event_id)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
+
+        // 5. Client transaction IDs, one multi-row insert.
+        let txns: Vec<(&str, &str, &str, &str)> = events
+            .iter()
+            .filter_map(|e| e.txn.map(|(u, d, t)| (u, d, t, e.event_id)))
+            .collect();
+        if !txns.is_empty() {
+            let sql = format!(
+                "INSERT INTO event_txns (user_id, device_id, txn_id, event_id, created_ts) VALUES {}",
+                value_rows(txns.len(), 5)
+            );
+            let mut query = sqlx::query(&sql);
+            for (user, device, txn_id, event_id) in &txns {
+                query = query
+                    .bind(*user)
+                    .bind(*device)
+                    .bind(*txn_id)
+                    .bind(*event_id)
+                    .bind(now);
+            }
+            query.execute(&mut *tx).await?;
         }
         tx.commit().await?;
-        Ok(Persisted {
-            stream_ordering,
-            state_after,
-        })
+        // Committed, and the positions are still in flight: tell the cache (see `recent.rs`).
+        self.recent.add_events(
+            room_id,
+            events
+                .iter()
+                .zip(&positions)
+                .zip(&placed)
+                .map(|((event, position), (before, after))| EventRow {
+                    event_id: event.event_id.to_owned(),
+                    room_id: room_id.to_owned(),
+                    stream_ordering: Some(*position),
+                    depth: event.depth,
+                    event_type: event.event_type.to_owned(),
+                    state_key: event.state_key.map(str::to_owned),
+                    sender: event.sender.to_owned(),
+                    origin_server_ts: event.origin_server_ts,
+                    pdu: event.pdu.to_owned(),
+                    state_before: *before,
+                    state_after: Some(*after),
+                    rejected: false,
+                    redacted_by: None,
+                })
+                .collect(),
+        );
+        for (event, position) in events.iter().zip(&positions) {
+            if let (Some(user), Some(_)) = (event.state_key, event.membership) {
+                self.recent.memberships_changed(user);
+                self.recent.room_members_changed(room_id);
+                self.recent.membership_changed_at(*position);
+            }
+        }
+        Ok(positions
+            .into_iter()
+            .zip(placed)
+            .map(|(stream_ordering, (_, state_after))| Persisted {
+                stream_ordering,
+                state_after,
+            })
+            .collect())
     }
 
     pub async fn get_room(&self, room_id: &str) -> Result<Option<RoomRow>> {
@@ -608,20 +778,33 @@ impl Storage {
     }
 
     /// `(user_id, membership, event_id)` of every member row of a room.
-    pub async fn room_members(&self, room_id: &str) -> Result<Vec<(String, String, String)>> {
+    /// Shared (cached in memory): a busy room's member list is read by every member's sync.
+    pub async fn room_members(
+        &self,
+        room_id: &str,
+    ) -> Result<std::sync::Arc<Vec<(String, String, String)>>> {
+        let generation = match self.recent.room_members(room_id) {
+            Ok(rows) => return Ok(rows),
+            Err(generation) => generation,
+        };
         let rows = sqlx::query("SELECT user_id, membership, event_id FROM room_memberships WHERE room_id = $1 ORDER BY user_id")
             .bind(room_id)
             .fetch_all(&self.pool)
             .await?;
-        rows.iter()
-            .map(|row| {
-                Ok((
-                    row.try_get("user_id")?,
-                    row.try_get("membership")?,
-                    row.try_get("event_id")?,
-                ))
-            })
-            .collect()
+        let rows = std::sync::Arc::new(
+            rows.iter()
+                .map(|row| {
+                    Ok((
+                        row.try_get("user_id")?,
+                        row.try_get("membership")?,
+                        row.try_get("event_id")?,
+                    ))
+                })
+                .collect::<Result<Vec<_>>>()?,
+        );
+        self.recent
+            .store_room_members(room_id, generation, rows.clone());
+        Ok(rows)
     }
 
     /// Marks a left room as forgotten by the user.
@@ -633,6 +816,7 @@ impl Storage {
         .bind(user_id)
         .execute(&self.pool)
         .await?;
+        self.recent.memberships_changed(user_id);
         Ok(())
     }
 
@@ -652,6 +836,37 @@ impl Storage {
         .fetch_optional(&self.pool)
         .await?;
         Ok(row.map(|r| r.try_get("event_id")).transpose()?)
+    }
+
+    /// [`Storage::find_txn`] for several transactions in one round trip:
+    /// `(user, device, txn_id) → event_id` for those that exist.
+    pub async fn find_txns(
+        &self,
+        txns: &[(String, String, String)],
+    ) -> Result<HashMap<(String, String, String), String>> {
+        let mut found = HashMap::new();
+        for chunk in txns.chunks(100) {
+            let sql = format!(
+                "SELECT user_id, device_id, txn_id, event_id FROM event_txns
+                 WHERE (user_id, device_id, txn_id) IN ({})",
+                value_rows(chunk.len(), 3)
+            );
+            let mut query = sqlx::query(&sql);
+            for (user, device, txn_id) in chunk {
+                query = query.bind(user).bind(device).bind(txn_id);
+            }
+            for row in query.fetch_all(&self.pool).await? {
+                found.insert(
+                    (
+                        row.try_get("user_id")?,
+                        row.try_get("device_id")?,
+                        row.try_get("txn_id")?,
+                    ),
+                    row.try_get("event_id")?,
+                );
+            }
+        }
+        Ok(found)
     }
 
     /// `event_id → (device_id, txn_id)` for those of `event_ids` sent with a transaction ID.
@@ -692,6 +907,7 @@ impl Storage {
             .bind(redacted_by)
             .execute(&self.pool)
             .await?;
+        self.recent.redact(event_id, redacted_pdu, redacted_by);
         Ok(())
     }
 

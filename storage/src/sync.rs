@@ -25,6 +25,10 @@ pub struct AccountDataChange {
 impl Storage {
     /// Every room the user has a membership in (any state).
     pub async fn memberships_for_user(&self, user_id: &str) -> Result<Vec<MembershipRow>> {
+        let generation = match self.recent.memberships(user_id) {
+            Ok(rows) => return Ok(rows),
+            Err(generation) => generation,
+        };
         let rows = sqlx::query(
             "SELECT room_id, membership, event_id, stream_ordering, forgotten FROM room_memberships
              WHERE user_id = $1 ORDER BY stream_ordering",
@@ -32,7 +36,8 @@ impl Storage {
         .bind(user_id)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
+        let rows = rows
+            .iter()
             .map(|row| {
                 Ok(MembershipRow {
                     room_id: row.try_get("room_id")?,
@@ -42,7 +47,9 @@ impl Storage {
                     forgotten: row.try_get::<i64, _>("forgotten")? != 0,
                 })
             })
-            .collect()
+            .collect::<Result<Vec<_>>>()?;
+        self.recent.store_memberships(user_id, generation, &rows);
+        Ok(rows)
     }
 
     /// Up to `limit` of a room's events with `after < stream <= upto`, newest first.
@@ -53,6 +60,10 @@ impl Storage {
         upto: i64,
         limit: i64,
     ) -> Result<Vec<EventRow>> {
+        let wanted = usize::try_from(limit).unwrap_or(0);
+        if let Some(events) = self.recent.room_events(room_id, after, upto, wanted) {
+            return Ok(events);
+        }
         let sql = format!(
             "SELECT {} FROM events WHERE room_id = $1 AND stream_ordering > $2 AND stream_ordering <= $3
                AND rejected_reason IS NULL ORDER BY stream_ordering DESC LIMIT $4",
@@ -92,6 +103,9 @@ impl Storage {
         after: i64,
         upto: i64,
     ) -> Result<Vec<AccountDataChange>> {
+        if self.recent.account_data_unchanged_since(user_id, after) {
+            return Ok(Vec::new());
+        }
         let rows = sqlx::query(
             "SELECT room_id, data_type, content FROM account_data
              WHERE user_id = $1 AND stream_ordering > $2 AND stream_ordering <= $3",
@@ -200,6 +214,7 @@ impl Storage {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
+        self.recent.receipt_moved(position);
         Ok(position)
     }
 
@@ -227,6 +242,9 @@ impl Storage {
 
     /// Receipts that moved in `after < stream <= upto`, in any room.
     pub async fn receipts_in_range(&self, after: i64, upto: i64) -> Result<Vec<ReceiptRow>> {
+        if self.recent.receipts_unchanged_since(after) {
+            return Ok(Vec::new());
+        }
         let rows = sqlx::query(
             "SELECT room_id, user_id, receipt_type, thread_id, event_id, ts FROM receipts
              WHERE stream_ordering > $1 AND stream_ordering <= $2",

@@ -29,6 +29,14 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 
+/// Open file descriptors of the server: its sockets, so the benchmark can tell that the idle
+/// connections really are open.
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
 fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
@@ -171,7 +179,9 @@ async fn main() {
         }
     }
     drop(tx);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Let presence settle: every member's connection announces them online after the
+    // server's debounce (2 s by default), and that burst is not what this measures.
+    tokio::time::sleep(Duration::from_millis(3000)).await;
 
     // 1. Fan-out.
     let mut last_member = Vec::new();
@@ -219,15 +229,33 @@ async fn main() {
     let (_, initial) = quiet.sync_with(None, 0, &[]).await;
     let token = initial["next_batch"].as_str().unwrap().to_owned();
     let mut empty = Vec::new();
+    let mut server = Vec::new();
+    let path = format!(
+        "/_matrix/client/v3/sync?timeout=0&since={}",
+        complement_tests::encode(&token)
+    );
     for _ in 0..1000 {
         let start = Instant::now();
-        let (status, _) = quiet.sync_with(Some(&token), 0, &[]).await;
+        let response = quiet.get_response(&path).await;
+        let status = response.status().as_u16();
+        let timing = response
+            .headers()
+            .get("server-timing")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("app;dur="))
+            .and_then(|v| v.parse::<f64>().ok())
+            .expect("Server-Timing header");
+        let body = response.bytes().await.expect("sync body");
         empty.push(start.elapsed());
-        assert_eq!(status, 200);
+        server.push(Duration::from_secs_f64(timing / 1000.0));
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
     }
     empty.sort();
+    server.sort();
     println!(
-        "empty incremental sync (client-side, incl. HTTP): p50 {:.3} ms, p99 {:.3} ms",
+        "empty incremental sync: server time (Server-Timing) p50 {:.3} ms, p99 {:.3} ms; client-side incl. HTTP p50 {:.3} ms, p99 {:.3} ms",
+        ms(percentile(&server, 0.5)),
+        ms(percentile(&server, 0.99)),
         ms(percentile(&empty, 0.5)),
         ms(percentile(&empty, 0.99))
     );
@@ -235,6 +263,7 @@ async fn main() {
     // 3. Idle connections.
     if idle > 0 {
         let before = rss_kib(pid);
+        let fds_before = open_fds(pid);
         let idler = Arc::new(hs.register_user("idler").await);
         let (_, initial) = idler.sync_with(None, 0, &[]).await;
         let token = initial["next_batch"].as_str().unwrap().to_owned();
@@ -244,8 +273,15 @@ async fn main() {
             .unwrap();
         let mut sockets = Vec::new();
         let mut polls = Vec::new();
+        // BENCH_IDLE_KIND=poll or ws measures one kind alone.
+        let kind = std::env::var("BENCH_IDLE_KIND").unwrap_or_default();
         for i in 0..idle {
-            if i % 2 == 0 {
+            let poll = match kind.as_str() {
+                "poll" => true,
+                "ws" => false,
+                _ => i % 2 == 0,
+            };
+            if poll {
                 let url = format!(
                     "{}/_matrix/client/v3/sync?since={}&timeout=120000",
                     hs.url(),
@@ -266,8 +302,21 @@ async fn main() {
                 }
             }
         }
+        // Messages keep flowing to the active members meanwhile (10 per second).
+        let flowing = {
+            let sender = sender.clone();
+            let room = room.clone();
+            tokio::spawn(async move {
+                for i in 0.. {
+                    sender.send_text(&room, &format!("while idle {i}")).await;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            })
+        };
         tokio::time::sleep(Duration::from_secs(3)).await;
         let after = rss_kib(pid);
+        let fds_after = open_fds(pid);
+        flowing.abort();
         let open = polls.len() + sockets.len();
         println!(
             "{open} idle connections ({} long-poll, {} WebSocket): server memory {} KiB -> {} KiB, {:.1} KiB per connection",
@@ -276,6 +325,10 @@ async fn main() {
             before,
             after,
             (after.saturating_sub(before)) as f64 / open.max(1) as f64
+        );
+        println!(
+            "  (server file descriptors {fds_before} -> {fds_after}: {} more sockets open)",
+            fds_after.saturating_sub(fds_before)
         );
         drop(sockets);
         for p in polls {

@@ -62,4 +62,31 @@ async fn capabilities(backend: Backend) {
     }
 }
 
-backend_tests!(a01_versions_anonymous, capabilities);
+/// Every response says how long the server spent on it (`Server-Timing: app;dur=<ms>`), so
+/// operators and benchmarks can tell server time from network time.
+async fn server_timing_header(backend: Backend) {
+    let Some(hs) = TestServer::start(backend, ServerOptions::default()).await else {
+        return;
+    };
+    let alice = hs.register_user("alice").await;
+    for path in [
+        "/_matrix/client/versions",
+        "/_matrix/client/v3/account/whoami",
+        "/nope",
+    ] {
+        let response = alice.get_response(path).await;
+        let timing = response
+            .headers()
+            .get("server-timing")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_else(|| panic!("no Server-Timing on {path}"))
+            .to_owned();
+        let ms: f64 = timing
+            .strip_prefix("app;dur=")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("malformed Server-Timing {timing:?} on {path}"));
+        assert!((0.0..10_000.0).contains(&ms), "{path}: {timing}");
+    }
+}
+
+backend_tests!(a01_versions_anonymous, capabilities, server_timing_header);

@@ -28,6 +28,7 @@ pub fn router(state: AppState) -> Router {
     router
         .fallback(unknown_endpoint)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn(server_timing))
         // Browsers (Element Web) call the API cross-origin; the spec asks for these headers.
         .layer(
             CorsLayer::new()
@@ -47,6 +48,22 @@ pub fn router(state: AppState) -> Router {
                 ]),
         )
         .with_state(state)
+}
+
+/// Adds `Server-Timing: app;dur=<ms>` to every response: the time from the request reaching
+/// the router until the response head is ready (for a long-poll `/sync`, that includes the
+/// wait). Lets operators and the benchmarks tell server time from network time.
+async fn server_timing(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let start = std::time::Instant::now();
+    let mut response = next.run(request).await;
+    let ms = start.elapsed().as_secs_f64() * 1000.0;
+    if let Ok(value) = header::HeaderValue::from_str(&format!("app;dur={ms:.3}")) {
+        response.headers_mut().insert("server-timing", value);
+    }
+    response
 }
 
 /// `GET /health`: 200 once the server can reach its database, 503 otherwise.

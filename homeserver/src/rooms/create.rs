@@ -190,10 +190,7 @@ pub async fn create_room(
             state,
             &built,
             &pdu,
-            &[],
-            None,
-            Some((create.version.as_str(), creator.as_str())),
-            None,
+            (create.version.as_str(), creator.as_str()),
             now,
         )
         .await?;

@@ -1,15 +1,20 @@
 //! The room service: the one write pipeline every event goes through, and the reads that
 //! interpret stored events (state, visibility, client format).
 //!
-//! Write pipeline ([`RoomService::send`]):
-//! 1. take the room's lock (sends into one room are serialised, so the DAG stays linear and
-//!    nothing is lost; different rooms never share a lock);
-//! 2. place the event: `prev_events` = the forward extremities, `depth` = one more than theirs,
-//!    `auth_events` chosen from current state by the room version's rules;
+//! Write pipeline ([`send`]):
+//! 1. queue the send on its room and take the room's lock (sends into one room are
+//!    serialised, so the DAG stays linear and nothing is lost; different rooms never share a
+//!    lock). Whoever holds the lock writes every send queued on the room so far, as one batch
+//!    (group commit): under load, the senders queued behind one commit share the next one;
+//! 2. place each event: `prev_events` = the forward extremities (for the second event of a
+//!    batch, the first), `depth` = one more than theirs, `auth_events` chosen from current
+//!    state by the room version's rules;
 //! 3. build, hash and sign it (federation crate);
-//! 4. check the authorization rules against its auth events and the current state;
-//! 5. persist it in one transaction (storage assigns its stream position);
-//! 6. (with sync) notify waiters.
+//! 4. check the authorization rules against its auth events and the current state; an event
+//!    refused here is answered at once and leaves the batch;
+//! 5. persist the batch in one transaction (storage assigns the stream positions); only then
+//!    is any send of the batch answered;
+//! 6. notify waiters.
 //!
 //! Federation will feed received events into the same steps 4-6.
 
@@ -25,6 +30,8 @@ use std::{
     sync::{Arc, Mutex},
 };
 
+use tokio::sync::oneshot;
+
 use axum::http::StatusCode;
 use myelin_federation::{
     auth,
@@ -33,8 +40,8 @@ use myelin_federation::{
 use ruma::{
     events::{StateEventType, TimelineEventType},
     room_version_rules::RoomVersionRules,
-    CanonicalJsonObject, MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedRoomId, RoomId,
-    RoomVersionId, UInt, UserId,
+    CanonicalJsonObject, MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedRoomId, OwnedUserId,
+    RoomId, RoomVersionId, UInt, UserId,
 };
 
 use crate::{auth::now_ms, error::Error, AppState};
@@ -75,8 +82,8 @@ impl RoomHead {
             .storage
             .room_members(room_id.as_str())
             .await?
-            .into_iter()
-            .map(|(user, membership, _)| (user, membership))
+            .iter()
+            .map(|(user, membership, _)| (user.clone(), membership.clone()))
             .collect();
         Ok(RoomHead {
             rules,
@@ -97,15 +104,57 @@ impl RoomHead {
     }
 }
 
-/// Per-room write locks, each guarding the room's cached [`RoomHead`] (loaded on first use).
-/// The outer std mutex is held only to find or insert a room's entry.
+/// Most sends one commit writes. Bounds the transaction; further queued sends go into the
+/// next one.
+const MAX_BATCH: usize = 64;
+
+/// A send waiting in its room's queue, with where its answer goes.
+struct Job {
+    sender: OwnedUserId,
+    send: Send,
+    reply: oneshot::Sender<Result<OwnedEventId, Error>>,
+}
+
+/// One room's write side: the queue of sends and the lock that guards its cached
+/// [`RoomHead`] (loaded on first use).
+#[derive(Default)]
+pub struct RoomSlot {
+    /// Sends waiting for a writer. A std mutex: held only to push or take, never across an
+    /// await.
+    queue: Mutex<Vec<Job>>,
+    /// The room's write lock. Its holder writes every queued send, so a sender that gets the
+    /// lock may find its send already written by the holder before it.
+    head: Arc<tokio::sync::Mutex<Option<RoomHead>>>,
+}
+
+impl RoomSlot {
+    /// Takes the room's write lock (for writes outside the queue, e.g. a create event).
+    pub async fn lock(&self) -> tokio::sync::MutexGuard<'_, Option<RoomHead>> {
+        self.head.lock().await
+    }
+
+    fn push(&self, job: Job) {
+        self.queue
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(job);
+    }
+
+    fn take(&self) -> Vec<Job> {
+        let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        let n = queue.len().min(MAX_BATCH);
+        queue.drain(..n).collect()
+    }
+}
+
+/// Per-room write slots. The outer std mutex is held only to find or insert a room's entry.
 #[derive(Default)]
 pub struct RoomLocks {
-    locks: Mutex<HashMap<OwnedRoomId, Arc<tokio::sync::Mutex<Option<RoomHead>>>>>,
+    locks: Mutex<HashMap<OwnedRoomId, Arc<RoomSlot>>>,
 }
 
 impl RoomLocks {
-    pub fn get(&self, room_id: &RoomId) -> Arc<tokio::sync::Mutex<Option<RoomHead>>> {
+    pub fn get(&self, room_id: &RoomId) -> Arc<RoomSlot> {
         let mut map = self.locks.lock().unwrap_or_else(|e| e.into_inner());
         map.entry(room_id.to_owned()).or_default().clone()
     }
@@ -192,35 +241,276 @@ pub async fn room_rules(
 }
 
 /// Builds, authorises and persists an event sent by a local user into an existing room.
-/// Returns the new event's ID.
+/// Returns the new event's ID once it is committed.
 pub async fn send(
     state: &AppState,
     room_id: &RoomId,
     sender: &UserId,
     send: Send,
 ) -> Result<OwnedEventId, Error> {
-    let lock = state.room_locks.get(room_id);
-    let mut guard = lock.lock().await;
+    let slot = state.room_locks.get(room_id);
+    let (reply, mut answer) = oneshot::channel();
+    slot.push(Job {
+        sender: sender.to_owned(),
+        send,
+        reply,
+    });
+    let guard = slot.head.clone().lock_owned().await;
+    // The writer before us may have written our send with its batch.
+    match answer.try_recv() {
+        Ok(result) => return result,
+        Err(oneshot::error::TryRecvError::Closed) => {
+            return Err(Error::internal("the room writer dropped a send"))
+        }
+        Err(oneshot::error::TryRecvError::Empty) => {}
+    }
+    // We are the writer. The writing runs in its own task, so that a client hanging up
+    // cannot stop a batch half-way (between commit and moving the head, say).
+    let state = state.clone();
+    let room_id = room_id.to_owned();
+    tokio::spawn(async move {
+        let mut guard = guard;
+        // Write until the queue is empty: a send queued behind a batch is either written by
+        // this loop or its sender is still waiting for the lock and will write it.
+        loop {
+            let jobs = slot.take();
+            if jobs.is_empty() {
+                break;
+            }
+            write_batch(&state, &room_id, &mut guard, jobs).await;
+        }
+    });
+    answer
+        .await
+        .map_err(|_| Error::internal("the room writer stopped"))?
+}
 
-    // A retried client transaction returns the event it created the first time.
-    if let Some((device, txn_id)) = &send.txn {
-        if let Some(event_id) = state
-            .storage
-            .find_txn(sender.as_str(), device, txn_id)
-            .await?
-        {
-            return OwnedEventId::try_from(event_id).map_err(Error::internal);
+/// An event built and authorised, waiting for its batch's commit.
+struct Prepared {
+    event_id: OwnedEventId,
+    depth: i64,
+    event_type: String,
+    state_key: Option<String>,
+    sender: String,
+    origin_server_ts: i64,
+    pdu_json: String,
+    prev_events: Vec<String>,
+    membership: Option<String>,
+    relates_to: Option<(String, String)>,
+    txn: Option<(String, String, String)>,
+}
+
+impl Prepared {
+    fn new(
+        built: &myelin_federation::pdu::BuiltEvent,
+        pdu: &Pdu,
+        prev_events: &[OwnedEventId],
+        txn: Option<(String, String, String)>,
+    ) -> Result<Prepared, Error> {
+        let content = pdu.content_json();
+        let membership = if pdu.kind == TimelineEventType::RoomMember {
+            content
+                .get("membership")
+                .and_then(|m| m.as_str())
+                .map(str::to_owned)
+        } else {
+            None
+        };
+        let relation = &content["m.relates_to"];
+        let relates_to = match (relation["rel_type"].as_str(), relation["event_id"].as_str()) {
+            (Some(rel_type), Some(parent)) if pdu.state_key.is_none() => {
+                Some((rel_type.to_owned(), parent.to_owned()))
+            }
+            _ => None,
+        };
+        Ok(Prepared {
+            event_id: built.event_id.clone(),
+            depth: pdu.depth as i64,
+            event_type: pdu.kind.to_string(),
+            state_key: pdu.state_key.clone(),
+            sender: pdu.sender.to_string(),
+            origin_server_ts: u64::from(pdu.origin_server_ts.0) as i64,
+            pdu_json: serde_json::to_string(&built.pdu).map_err(Error::internal)?,
+            prev_events: prev_events.iter().map(|e| e.to_string()).collect(),
+            membership,
+            relates_to,
+            txn,
+        })
+    }
+
+    fn row<'a>(
+        &'a self,
+        room_id: &'a str,
+        state_before: Option<i64>,
+        new_room: Option<(&'a str, &'a str)>,
+    ) -> myelin_storage::NewEvent<'a> {
+        myelin_storage::NewEvent {
+            event_id: self.event_id.as_str(),
+            room_id,
+            depth: self.depth,
+            event_type: &self.event_type,
+            state_key: self.state_key.as_deref(),
+            sender: &self.sender,
+            origin_server_ts: self.origin_server_ts,
+            pdu: &self.pdu_json,
+            prev_events: &self.prev_events,
+            state_before,
+            membership: self.membership.as_deref(),
+            txn: self
+                .txn
+                .as_ref()
+                .map(|(u, d, t)| (u.as_str(), d.as_str(), t.as_str())),
+            new_room,
+            relates_to: self
+                .relates_to
+                .as_ref()
+                .map(|(r, p)| (r.as_str(), p.as_str())),
         }
     }
+}
+
+/// Writes one batch of queued sends (steps 2-6 of the module docs) and answers each of them.
+async fn write_batch(
+    state: &AppState,
+    room_id: &RoomId,
+    guard: &mut Option<RoomHead>,
+    jobs: Vec<Job>,
+) {
     if guard.is_none() {
-        *guard = Some(RoomHead::load(state, room_id).await?);
+        match RoomHead::load(state, room_id).await {
+            Ok(head) => *guard = Some(head),
+            Err(e) => {
+                for job in jobs {
+                    let _ = job.reply.send(Err(e.clone()));
+                }
+                return;
+            }
+        }
     }
-    let head = guard.as_mut().expect("loaded above");
+    let Some(head) = guard.as_mut() else {
+        return;
+    };
+    let state_before = head.state_after;
+    let mut prepared: Vec<(Prepared, oneshot::Sender<Result<OwnedEventId, Error>>)> = Vec::new();
+    // Retries of a transaction that is in this very batch: answered with its event.
+    let mut followers: Vec<(usize, oneshot::Sender<Result<OwnedEventId, Error>>)> = Vec::new();
+    let mut targets: Vec<String> = Vec::new();
+    // Retries of transactions already committed, looked up for the whole batch at once.
+    let keys: Vec<(String, String, String)> = jobs
+        .iter()
+        .filter_map(|job| {
+            job.send
+                .txn
+                .as_ref()
+                .map(|(d, t)| (job.sender.to_string(), d.clone(), t.clone()))
+        })
+        .collect();
+    let committed = if keys.is_empty() {
+        Ok(HashMap::new())
+    } else {
+        state.storage.find_txns(&keys).await
+    };
+    let committed = match committed {
+        Ok(committed) => committed,
+        Err(e) => {
+            let e = Error::from(e);
+            for job in jobs {
+                let _ = job.reply.send(Err(e.clone()));
+            }
+            return;
+        }
+    };
+    for job in jobs {
+        let txn = job
+            .send
+            .txn
+            .as_ref()
+            .map(|(d, t)| (job.sender.to_string(), d.clone(), t.clone()));
+        if let Some(key) = &txn {
+            if let Some(i) = prepared
+                .iter()
+                .position(|(p, _)| p.txn.as_ref() == Some(key))
+            {
+                followers.push((i, job.reply));
+                continue;
+            }
+            // A retried client transaction returns the event it created the first time.
+            if let Some(event_id) = committed.get(key) {
+                let _ = job
+                    .reply
+                    .send(OwnedEventId::try_from(event_id.as_str()).map_err(Error::internal));
+                continue;
+            }
+        }
+        match place(state, room_id, head, &job.sender, job.send, txn).await {
+            Ok((event, target)) => {
+                targets.extend(target);
+                prepared.push((event, job.reply));
+            }
+            Err(e) => {
+                let _ = job.reply.send(Err(e));
+            }
+        }
+    }
+    if prepared.is_empty() {
+        return;
+    }
+    let rows: Vec<myelin_storage::NewEvent<'_>> = prepared
+        .iter()
+        .enumerate()
+        .map(|(i, (p, _))| {
+            p.row(
+                room_id.as_str(),
+                if i == 0 { state_before } else { None },
+                None,
+            )
+        })
+        .collect();
+    let result = state.storage.persist_events(&rows, now_ms()).await;
+    drop(rows);
+    match result {
+        Ok(persisted) => {
+            head.state_after = persisted.last().map(|p| p.state_after).or(head.state_after);
+            state
+                .notifier
+                .notify(head.interested().chain(targets.iter().map(String::as_str)));
+            let ids: Vec<OwnedEventId> = prepared.iter().map(|(p, _)| p.event_id.clone()).collect();
+            for (p, reply) in prepared {
+                let _ = reply.send(Ok(p.event_id));
+            }
+            for (i, reply) in followers {
+                let _ = reply.send(Ok(ids[i].clone()));
+            }
+        }
+        Err(e) => {
+            // The head was moved along the batch in memory; reload it on the next send.
+            *guard = None;
+            let e = Error::from(e);
+            for (_, reply) in prepared {
+                let _ = reply.send(Err(e.clone()));
+            }
+            for (_, reply) in followers {
+                let _ = reply.send(Err(e.clone()));
+            }
+        }
+    }
+}
+
+/// Steps 2-4 for one send: places the event on the head, builds, signs and authorises it,
+/// then moves the (in-memory) head past it. Returns the event and, for a membership change,
+/// the user it targets.
+async fn place(
+    state: &AppState,
+    room_id: &RoomId,
+    head: &mut RoomHead,
+    sender: &UserId,
+    send: Send,
+    txn: Option<(String, String, String)>,
+) -> Result<(Prepared, Option<String>), Error> {
     let rules = head.rules.clone();
     let depth = head.extremities.iter().map(|(_, d)| *d).max().unwrap_or(0) + 1;
     // Local sends are serialised per room, so there is one extremity; should federation
     // leave several, the newest one's state is the base until state resolution lands.
-    let state_before = head.state_after;
     let prev_events: Vec<OwnedEventId> =
         head.extremities.iter().map(|(id, _)| id.clone()).collect();
 
@@ -299,26 +589,11 @@ pub async fn send(
             Error::forbidden(format!("Event not allowed: {reason}"))
         })?;
     }
+    let prepared = Prepared::new(&built, &pdu, &prev_events, txn)?;
 
-    let txn = send
-        .txn
-        .as_ref()
-        .map(|(d, t)| (sender.as_str(), d.as_str(), t.as_str()));
-    let persisted = persist(
-        state,
-        &built,
-        &pdu,
-        &prev_events,
-        state_before,
-        None,
-        txn,
-        now,
-    )
-    .await?;
-
-    // Move the head, then wake the room's members (and the target of a membership change).
+    // Move the head past the event. Until the batch commits this is ahead of storage; if the
+    // commit fails, the writer drops the head.
     head.extremities = vec![(built.event_id.clone(), depth)];
-    head.state_after = Some(persisted.state_after);
     let mut target = None;
     if let Some(state_key) = &pdu.state_key {
         head.current.insert(
@@ -326,69 +601,27 @@ pub async fn send(
             built.event_id.to_string(),
         );
         if pdu.kind == TimelineEventType::RoomMember {
-            let membership = pdu.content_json()["membership"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned();
-            head.members.insert(state_key.clone(), membership);
-            target = Some(state_key.as_str());
+            head.members.insert(
+                state_key.clone(),
+                prepared.membership.clone().unwrap_or_default(),
+            );
+            target = Some(state_key.clone());
         }
-        head.pdus.insert(built.event_id.to_string(), pdu.clone());
+        head.pdus.insert(built.event_id.to_string(), pdu);
     }
-    state.notifier.notify(head.interested().chain(target));
-    Ok(built.event_id)
+    Ok((prepared, target))
 }
 
-/// Writes an authorised event.
-#[allow(clippy::too_many_arguments)]
-async fn persist(
+/// Writes an authorised event outside the queue (a room's create event, under the room's
+/// lock).
+pub(crate) async fn persist(
     state: &AppState,
     built: &myelin_federation::pdu::BuiltEvent,
     pdu: &Pdu,
-    prev_events: &[OwnedEventId],
-    state_before: Option<i64>,
-    new_room: Option<(&str, &str)>,
-    txn: Option<(&str, &str, &str)>,
+    new_room: (&str, &str),
     now: i64,
 ) -> Result<myelin_storage::Persisted, Error> {
-    let pdu_json = serde_json::to_string(&built.pdu).map_err(Error::internal)?;
-    let prev: Vec<String> = prev_events.iter().map(|e| e.to_string()).collect();
-    let membership = if pdu.kind == TimelineEventType::RoomMember {
-        pdu.content_json()
-            .get("membership")
-            .and_then(|m| m.as_str())
-            .map(str::to_owned)
-    } else {
-        None
-    };
-    let kind = pdu.kind.to_string();
-    let content = pdu.content_json();
-    let relation = &content["m.relates_to"];
-    let relates_to = match (relation["rel_type"].as_str(), relation["event_id"].as_str()) {
-        (Some(rel_type), Some(parent)) if pdu.state_key.is_none() => Some((rel_type, parent)),
-        _ => None,
-    };
-    let persisted = state
-        .storage
-        .persist_event(
-            &myelin_storage::NewEvent {
-                event_id: built.event_id.as_str(),
-                room_id: built.room_id.as_str(),
-                depth: pdu.depth as i64,
-                event_type: &kind,
-                state_key: pdu.state_key.as_deref(),
-                sender: pdu.sender.as_str(),
-                origin_server_ts: u64::from(pdu.origin_server_ts.0) as i64,
-                pdu: &pdu_json,
-                prev_events: &prev,
-                state_before,
-                membership: membership.as_deref(),
-                txn,
-                new_room,
-                relates_to,
-            },
-            now,
-        )
-        .await?;
-    Ok(persisted)
+    let prepared = Prepared::new(built, pdu, &[], None)?;
+    let row = prepared.row(built.room_id.as_str(), None, Some(new_room));
+    Ok(state.storage.persist_event(&row, now).await?)
 }

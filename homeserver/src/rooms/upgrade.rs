@@ -212,8 +212,8 @@ pub async fn upgrade_room(
 
     // Members of a non-public room need an invite to follow.
     if !public {
-        for (member, membership, _) in state.storage.room_members(old.as_str()).await? {
-            let Ok(member_id) = UserId::parse(&member) else {
+        for (member, membership, _) in state.storage.room_members(old.as_str()).await?.iter() {
+            let Ok(member_id) = UserId::parse(member) else {
                 continue;
             };
             if membership != "join"

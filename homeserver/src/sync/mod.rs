@@ -19,6 +19,7 @@
 //! - left or banned since `since`: the timeline up to the leave.
 
 pub mod delivery;
+pub mod e2ee;
 pub mod filter;
 pub mod ws;
 
@@ -120,7 +121,10 @@ pub async fn sync(state: &AppState, req: &SyncRequest<'_>) -> Result<Value, Erro
             && req.since_presence == presence_serial
             && !req.full_state;
         if !nothing_new {
-            let response = compute(state, req, upto, typing_serial, presence_serial).await?;
+            // Boxed: the computation's state is large, and without the box every waiting sync
+            // (10,000 idle connections) would carry that space while it waits.
+            let response =
+                Box::pin(compute(state, req, upto, typing_serial, presence_serial)).await?;
             if req.since.is_none() || req.full_state || !is_empty(&response) {
                 if state.config.delivery_receipts {
                     tokio::spawn(delivery::record(
@@ -132,6 +136,11 @@ pub async fn sync(state: &AppState, req: &SyncRequest<'_>) -> Result<Value, Erro
                 return Ok(response);
             }
             covered = (upto, typing_serial, presence_serial);
+        }
+        // No wait left (`timeout=0`): answer now. A timer for an instant already past would
+        // still cost up to a millisecond, since tokio rounds deadlines up to its tick.
+        if tokio::time::Instant::now() >= deadline {
+            return Ok(empty_response(covered.0, covered.1, covered.2));
         }
         tokio::select! {
             _ = &mut notified => {}
@@ -158,7 +167,7 @@ fn is_empty(response: &Value) -> bool {
     let presence_empty = response["presence"]["events"]
         .as_array()
         .is_none_or(Vec::is_empty);
-    rooms_empty && account_data_empty && presence_empty
+    rooms_empty && account_data_empty && presence_empty && e2ee::is_empty(response)
 }
 
 /// Computes the response for `(since, upto]`.
@@ -286,6 +295,7 @@ async fn compute(
     if !global.is_empty() {
         response["account_data"] = json!({ "events": global });
     }
+    e2ee::add_sections(state, req, upto, &mut response).await?;
     Ok(response)
 }
 

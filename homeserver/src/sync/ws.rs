@@ -9,9 +9,11 @@
 //!   computes the next frame only once the previous one was written) and never buffers more
 //!   than one frame;
 //! - the server pings when nothing happened for 25 s;
-//! - frames from the client must be JSON objects (`{"type":"ping"}` is the only one defined
-//!   so far); anything else closes this socket with code 1003 and a reason. Nothing else is
-//!   affected.
+//! - frames from the client must be JSON objects with a string `type`: `{"type":"ping"}` is
+//!   ignored, `{"type":"ack","next_batch":TOKEN}` says the client has processed the frames up
+//!   to TOKEN, so the to-device messages in them can be removed (they are also removed when
+//!   the client reconnects with a later `since`); anything else closes this socket with code
+//!   1003 and a reason. Nothing else is affected.
 //! - reconnecting with the last `next_batch` as `since` resumes with nothing lost or repeated.
 
 use std::time::Duration;
@@ -64,6 +66,16 @@ pub async fn sync_ws(
         .ok_or_else(Error::missing_token)?;
     let sender = crate::auth::authenticate(&state, &token, addr.ip()).await?;
     let since = params.since.as_deref().map(parse_token).transpose()?;
+    if let Some(since) = since {
+        // Presenting a token acknowledges the to-device messages up to it.
+        super::e2ee::acknowledge(
+            &state,
+            sender.user_id.as_str(),
+            sender.device_id.as_str(),
+            since.position,
+        )
+        .await;
+    }
     let filter = match params.filter.as_deref() {
         None => FilterDefinition::default(),
         Some(f) if f.trim_start().starts_with('{') => {
@@ -93,19 +105,30 @@ pub async fn sync_ws(
         .into_response())
 }
 
-/// Why a client frame is refused, if it is.
-fn check_client_frame(message: &Message) -> Result<(), &'static str> {
+/// Why a client frame is refused, if it is; for an acknowledgement, the stream position it
+/// acknowledges.
+fn check_client_frame(message: &Message) -> Result<Option<i64>, &'static str> {
     match message {
         Message::Text(text) => match serde_json::from_str::<serde_json::Value>(text.as_str()) {
             Ok(serde_json::Value::Object(object))
+                if object.get("type").is_some_and(|t| t == "ack") =>
+            {
+                object
+                    .get("next_batch")
+                    .and_then(|t| t.as_str())
+                    .and_then(|t| parse_token(t).ok())
+                    .map(|token| Some(token.position))
+                    .ok_or("ack frames need a valid \"next_batch\"")
+            }
+            Ok(serde_json::Value::Object(object))
                 if object.get("type").is_some_and(|t| t.is_string()) =>
             {
-                Ok(())
+                Ok(None)
             }
             _ => Err("frames must be JSON objects with a string \"type\""),
         },
         Message::Binary(_) => Err("binary frames are not supported"),
-        Message::Ping(_) | Message::Pong(_) | Message::Close(_) => Ok(()),
+        Message::Ping(_) | Message::Pong(_) | Message::Close(_) => Ok(None),
     }
 }
 
@@ -119,15 +142,22 @@ async fn serve(
     let (mut sink, mut stream) = socket.split();
     // The reader watches client frames and tells the writer when to stop (and why).
     let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<Option<&'static str>>();
+    let (ack_state, ack_user, ack_device) = (
+        state.clone(),
+        sender.user_id.to_string(),
+        sender.device_id.to_string(),
+    );
     let reader = tokio::spawn(async move {
         let reason = loop {
             match stream.next().await {
                 None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break None,
-                Some(Ok(message)) => {
-                    if let Err(reason) = check_client_frame(&message) {
-                        break Some(reason);
+                Some(Ok(message)) => match check_client_frame(&message) {
+                    Err(reason) => break Some(reason),
+                    Ok(Some(position)) => {
+                        super::e2ee::acknowledge(&ack_state, &ack_user, &ack_device, position).await
                     }
-                }
+                    Ok(None) => {}
+                },
             }
         };
         let _ = stop_tx.send(reason);
@@ -137,15 +167,7 @@ async fn serve(
     let user = sender.user_id.to_string();
     let presence = state.config.presence.enabled;
     if presence {
-        if state
-            .presence
-            .set(&user, "online", None, crate::auth::now_ms())
-        {
-            crate::announce_presence(&state, &user).await;
-        }
-        state
-            .presence
-            .connection(&user, true, crate::auth::now_ms());
+        crate::presence_connected(&state, &user, "online").await;
     }
     let mut since = since;
     loop {
@@ -198,8 +220,6 @@ async fn serve(
     }
     reader.abort();
     if presence {
-        state
-            .presence
-            .connection(&user, false, crate::auth::now_ms());
+        state.presence.disconnected(&user, crate::auth::now_ms());
     }
 }

@@ -54,11 +54,13 @@ pub async fn change_password(
         .storage
         .set_password_hash(sender.user_id.as_str(), &hash)
         .await?;
-    if req.body.logout_devices {
-        state
+    if req.body.logout_devices
+        && state
             .storage
             .delete_other_devices(sender.user_id.as_str(), Some(sender.device_id.as_str()))
-            .await?;
+            .await?
+    {
+        crate::e2ee::announce_device_list_change(&state, sender.user_id.as_str()).await;
     }
     Ok(change_password::v3::Response::new())
 }
@@ -84,6 +86,7 @@ pub async fn deactivate(
         .storage
         .deactivate_user(sender.user_id.as_str())
         .await?;
+    crate::e2ee::announce_device_list_change(&state, sender.user_id.as_str()).await;
     tracing::info!(user_id = %sender.user_id, "deactivated account");
     Ok(deactivate::v3::Response::new(
         ThirdPartyIdRemovalStatus::NoSupport,

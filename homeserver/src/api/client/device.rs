@@ -12,6 +12,7 @@ use ruma::{
 
 use crate::{
     api::ruma::Ruma,
+    e2ee::announce_device_list_change,
     error::{Error, Result},
     uia, AppState,
 };
@@ -81,7 +82,9 @@ pub async fn update_device(
 
 /// DELETE /_matrix/client/v3/devices/{deviceId}
 ///
-/// Requires UIA. Deleting a device also invalidates its access token.
+/// Requires UIA. Deleting a device also invalidates its access token and removes its
+/// encryption keys and undelivered to-device messages; users sharing a room see the change
+/// in `device_lists`.
 /// <https://spec.matrix.org/latest/client-server-api/#delete_matrixclientv3devicesdeviceid>
 pub async fn delete_device(
     State(state): State<AppState>,
@@ -103,10 +106,13 @@ pub async fn delete_device(
         Some(&sender.user_id),
     )
     .await?;
-    state
+    if state
         .storage
         .delete_devices(sender.user_id.as_str(), &[req.body.device_id.to_string()])
-        .await?;
+        .await?
+    {
+        announce_device_list_change(&state, sender.user_id.as_str()).await;
+    }
     Ok(delete_device::v3::Response::new())
 }
 
@@ -127,9 +133,12 @@ pub async fn delete_devices(
     )
     .await?;
     let ids: Vec<String> = req.body.devices.iter().map(|d| d.to_string()).collect();
-    state
+    if state
         .storage
         .delete_devices(sender.user_id.as_str(), &ids)
-        .await?;
+        .await?
+    {
+        announce_device_list_change(&state, sender.user_id.as_str()).await;
+    }
     Ok(delete_devices::v3::Response::new())
 }

@@ -146,8 +146,8 @@ async fn restricted_join_authoriser(
     if !in_allowed_room {
         return Ok(None);
     }
-    for (member, membership, _) in state.storage.room_members(room_id.as_str()).await? {
-        let Ok(member_id) = UserId::parse(&member) else {
+    for (member, membership, _) in state.storage.room_members(room_id.as_str()).await?.iter() {
+        let Ok(member_id) = UserId::parse(member) else {
             continue;
         };
         if membership == "join"
@@ -155,7 +155,7 @@ async fn restricted_join_authoriser(
             && rooms::power::has_level(state, room_id, &member_id, rooms::power::Action::Invite)
                 .await?
         {
-            return Ok(Some(member));
+            return Ok(Some(member.clone()));
         }
     }
     Ok(None)
@@ -492,8 +492,8 @@ pub async fn get_member_events(
                 .storage
                 .room_members(room_id.as_str())
                 .await?
-                .into_iter()
-                .map(|(_, _, e)| e)
+                .iter()
+                .map(|(_, _, e)| e.clone())
                 .collect(),
         },
         Some((m, event_id)) if m == "leave" || m == "ban" => {

@@ -43,6 +43,7 @@ pub async fn send_message_event(
     let mut send = Send::message(&req.body.event_type.to_string(), content);
     send.txn = Some((sender.device_id.to_string(), req.body.txn_id.to_string()));
     let event_id = rooms::send(&state, &req.body.room_id, &sender.user_id, send).await?;
+    crate::presence_active(&state, sender.user_id.as_str()).await;
     Ok(send_message_event::v3::Response::new(event_id))
 }
 

@@ -4,9 +4,11 @@
 
 mod account;
 mod account_data;
+mod backup;
 mod device;
 mod directory;
 pub(crate) mod discovery;
+mod keys;
 mod media;
 mod membership;
 mod message;
@@ -18,6 +20,7 @@ mod relations;
 mod room;
 mod session;
 mod sync;
+mod to_device;
 
 use axum::Router;
 
@@ -99,6 +102,27 @@ pub fn routes(r: Router<AppState>) -> Router<AppState> {
     let r = route(r, receipts::set_read_marker);
     let r = route(r, presence::get_presence);
     let r = route(r, presence::set_presence);
+    let r = route(r, keys::upload_keys);
+    let r = route(r, keys::get_keys);
+    let r = route(r, keys::claim_keys);
+    let r = route(r, keys::get_key_changes);
+    let r = route(r, keys::upload_signing_keys);
+    let r = route(r, keys::upload_signatures);
+    let r = route(r, to_device::send_event_to_device);
+    let r = route(r, backup::create_backup_version);
+    let r = route(r, backup::get_latest_backup_info);
+    let r = route(r, backup::get_backup_info);
+    let r = route(r, backup::update_backup_version);
+    let r = route(r, backup::delete_backup_version);
+    let r = route(r, backup::add_backup_keys);
+    let r = route(r, backup::add_backup_keys_for_room);
+    let r = route(r, backup::add_backup_keys_for_session);
+    let r = route(r, backup::get_backup_keys);
+    let r = route(r, backup::get_backup_keys_for_room);
+    let r = route(r, backup::get_backup_keys_for_session);
+    let r = route(r, backup::delete_backup_keys);
+    let r = route(r, backup::delete_backup_keys_for_room);
+    let r = route(r, backup::delete_backup_keys_for_session);
     let r = route_stream(r, media::create_content);
     let r = route(r, media::create_mxc_uri);
     let r = route_stream(r, media::create_content_async);

@@ -55,6 +55,9 @@ pub async fn create_typing_event(
     ) {
         state.wake_room(req.body.room_id.as_str()).await?;
     }
+    if typing {
+        crate::presence_active(&state, user.as_str()).await;
+    }
     Ok(create_typing_event::v3::Response::new())
 }
 
@@ -143,6 +146,7 @@ pub async fn create_receipt(
             .await?;
         }
     }
+    crate::presence_active(&state, user.as_str()).await;
     Ok(create_receipt::v3::Response::new())
 }
 

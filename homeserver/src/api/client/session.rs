@@ -18,6 +18,7 @@ use ruma::api::client::{
 use crate::{
     api::ruma::Ruma,
     auth::{hash_token, new_access_token, new_device_id, now_ms, verify_password},
+    e2ee::announce_device_list_change,
     error::{Error, Result},
     uia::resolve_user,
     AppState,
@@ -77,7 +78,7 @@ pub async fn login(
 
     let device_id = body.device_id.clone().unwrap_or_else(new_device_id);
     let token = new_access_token();
-    state
+    let new_device = state
         .storage
         .create_device_with_token(
             user_id.as_str(),
@@ -88,6 +89,9 @@ pub async fn login(
             now_ms(),
         )
         .await?;
+    if new_device {
+        announce_device_list_change(&state, user_id.as_str()).await;
+    }
     tracing::info!(%user_id, %device_id, "logged in");
     Ok(login::v3::Response::new(user_id, token, device_id))
 }
@@ -101,10 +105,13 @@ pub async fn logout(
     req: Ruma<logout::v3::Request>,
 ) -> Result<logout::v3::Response> {
     let sender = req.sender();
-    state
+    if state
         .storage
         .delete_devices(sender.user_id.as_str(), &[sender.device_id.to_string()])
-        .await?;
+        .await?
+    {
+        announce_device_list_change(&state, sender.user_id.as_str()).await;
+    }
     Ok(logout::v3::Response::new())
 }
 
@@ -116,9 +123,9 @@ pub async fn logout_all(
     State(state): State<AppState>,
     req: Ruma<logout_all::v3::Request>,
 ) -> Result<logout_all::v3::Response> {
-    state
-        .storage
-        .delete_other_devices(req.sender().user_id.as_str(), None)
-        .await?;
+    let user = req.sender().user_id.as_str();
+    if state.storage.delete_other_devices(user, None).await? {
+        announce_device_list_change(&state, user).await;
+    }
     Ok(logout_all::v3::Response::new())
 }

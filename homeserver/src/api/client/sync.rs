@@ -39,51 +39,80 @@ pub async fn sync_events(
     State(state): State<AppState>,
     req: Ruma<sync_events::v3::Request>,
 ) -> Result<axum::response::Response> {
-    let sender = req.sender();
-    let definition = match &req.body.filter {
-        None => FilterDefinition::default(),
-        Some(sync_events::v3::Filter::FilterDefinition(def)) => def.clone(),
-        Some(sync_events::v3::Filter::FilterId(id)) => {
-            load_filter(&state, sender.user_id.as_str(), id).await?
-        }
-        Some(_) => FilterDefinition::default(),
-    };
-    let since = req.body.since.as_deref().map(parse_token).transpose()?;
+    // Only what the sync needs is kept while it waits: the parsed request and the filter
+    // definition are dropped here, which keeps an idle long-poll small (see the benchmark).
+    let parsed = parse_request(&state, req).await?;
+    if let Some(since) = parsed.since {
+        // Presenting a token acknowledges the to-device messages up to it.
+        crate::sync::e2ee::acknowledge(
+            &state,
+            parsed.user.as_str(),
+            parsed.device.as_str(),
+            since.position,
+        )
+        .await;
+    }
     let request = SyncRequest {
-        user: &sender.user_id,
-        device: &sender.device_id,
-        since: since.map(|t| t.position),
-        since_typing: since.map_or(0, |t| t.typing),
-        since_presence: since.map_or(0, |t| t.presence),
-        full_state: req.body.full_state,
-        filter: SyncFilter::from_definition(&definition),
-        timeout: req.body.timeout.unwrap_or_default().min(MAX_TIMEOUT),
+        user: &parsed.user,
+        device: &parsed.device,
+        since: parsed.since.map(|t| t.position),
+        since_typing: parsed.since.map_or(0, |t| t.typing),
+        since_presence: parsed.since.map_or(0, |t| t.presence),
+        full_state: parsed.full_state,
+        filter: parsed.filter,
+        timeout: parsed.timeout,
     };
     // Syncing marks the user active (unless they ask otherwise) and, while it waits, counts
     // as an open connection for presence.
-    let presence = state
-        .config
-        .presence
-        .enabled
-        .then(|| req.body.set_presence.to_string());
-    if let Some(set) = presence.as_deref().filter(|p| *p != "offline") {
-        if state
-            .presence
-            .set(sender.user_id.as_str(), set, None, now_ms())
-        {
-            crate::announce_presence(&state, sender.user_id.as_str()).await;
-        }
-        state
-            .presence
-            .connection(sender.user_id.as_str(), true, now_ms());
+    let presence = parsed.set_presence.filter(|p| p != "offline");
+    if let Some(set) = &presence {
+        crate::presence_connected(&state, parsed.user.as_str(), set).await;
     }
     let response = sync(&state, &request).await;
-    if presence.as_deref().is_some_and(|p| p != "offline") {
-        state
-            .presence
-            .connection(sender.user_id.as_str(), false, now_ms());
+    if presence.is_some() {
+        state.presence.disconnected(parsed.user.as_str(), now_ms());
     }
     Ok(Json(response?).into_response())
+}
+
+/// A `/sync` request, reduced to what the engine needs.
+struct ParsedSync {
+    user: ruma::OwnedUserId,
+    device: ruma::OwnedDeviceId,
+    since: Option<crate::sync::Token>,
+    full_state: bool,
+    filter: SyncFilter,
+    timeout: Duration,
+    /// `None` when presence is disabled.
+    set_presence: Option<String>,
+}
+
+async fn parse_request(
+    state: &AppState,
+    req: Ruma<sync_events::v3::Request>,
+) -> Result<ParsedSync> {
+    let sender = req.sender();
+    let filter = match &req.body.filter {
+        None => SyncFilter::from_definition(&FilterDefinition::default()),
+        Some(sync_events::v3::Filter::FilterDefinition(def)) => SyncFilter::from_definition(def),
+        Some(sync_events::v3::Filter::FilterId(id)) => {
+            SyncFilter::from_definition(&load_filter(state, sender.user_id.as_str(), id).await?)
+        }
+        Some(_) => SyncFilter::from_definition(&FilterDefinition::default()),
+    };
+    Ok(ParsedSync {
+        user: sender.user_id.clone(),
+        device: sender.device_id.clone(),
+        since: req.body.since.as_deref().map(parse_token).transpose()?,
+        full_state: req.body.full_state,
+        filter,
+        timeout: req.body.timeout.unwrap_or_default().min(MAX_TIMEOUT),
+        set_presence: state
+            .config
+            .presence
+            .enabled
+            .then(|| req.body.set_presence.to_string()),
+    })
 }
 
 /// POST /_matrix/client/v3/user/{userId}/filter

@@ -1,0 +1,468 @@
+//! What changed recently on the stream, kept in memory so that sync can answer "what is new
+//! for this user since position N" mostly without the database.
+//!
+//! When one message lands in a 200-member room, 200 waiting syncs wake at once. Each needs
+//! the room's new events, the user's memberships, and whether their account data or any
+//! receipt moved. Read from the database that is ~5 queries per member, 1,000 for one message;
+//! read from here it is none: the new events are shared by every waiter.
+//!
+//! The invariant that makes this safe: **an entry is added after its transaction commits but
+//! before its stream position stops being in flight** (the writers in `rooms.rs`, `sync.rs` and
+//! `accounts.rs` call in here between `commit()` and the end of their
+//! [`crate::stream::InFlight`] guard). A reader never looks past
+//! [`crate::Storage::safe_stream_position`], so whenever it reads a range `(after, upto]`,
+//! every change in that range is already here. Each part of the cache also knows its *floor*:
+//! the position at or below which it may be missing changes (start-up, eviction). A read that
+//! reaches below the floor goes to the database.
+//!
+//! Like the room heads and the stream tracker, this assumes one server process writes the
+//! database; several processes will need to share change notifications first.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::Mutex,
+};
+
+use crate::{rooms::EventRow, sync::MembershipRow};
+
+/// Events kept per room: enough for a sync's timeline in the common case.
+const EVENTS_PER_ROOM: usize = 50;
+/// Events kept in all, bounding memory (~1 KiB each).
+const MAX_EVENTS: usize = 50_000;
+
+/// The newest events of one room.
+#[derive(Debug, Default)]
+struct RoomTail {
+    /// Every event of the room above this position is in `events`.
+    floor: i64,
+    /// Ascending by stream position.
+    events: VecDeque<EventRow>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    /// Nothing is known at or below this position (it was written before start-up).
+    floor: i64,
+    /// The floor of rooms without a tail: raised when a tail is dropped to save memory.
+    absent_rooms_floor: i64,
+    rooms: HashMap<String, RoomTail>,
+    events: usize,
+    /// The last position at which each user's account data changed.
+    account_data: HashMap<String, i64>,
+    /// The last position at which any receipt moved.
+    last_receipt: i64,
+    /// Each user's memberships, as read from the database, with a generation that a change
+    /// bumps: a reader that started before a change must not store what it read.
+    memberships: HashMap<String, (u64, Option<Vec<MembershipRow>>)>,
+    /// The last position at which any membership changed (any room).
+    last_membership: i64,
+    /// The last position at which any device list changed (or a notice was written).
+    last_device_list: i64,
+    /// The last position of a to-device message to each user (recorded before commit: a
+    /// rolled-back write only costs a needless read).
+    to_device: HashMap<String, i64>,
+    /// Up to where each `(user, device)` inbox is known to be acknowledged (emptied).
+    to_device_acked: HashMap<(String, String), i64>,
+    /// One-time key counts and unused fallback key types per `(user, device)`, with one
+    /// generation for all: any key write clears them.
+    key_counts: (u64, HashMap<(String, String), KeyCounts>),
+    /// Each room's member rows `(user, membership, event ID)`, with a generation as above.
+    room_members: HashMap<String, (u64, Option<RoomMembers>)>,
+}
+
+/// One-time key counts per algorithm, and the algorithms of unused fallback keys.
+pub(crate) type KeyCounts = (std::collections::BTreeMap<String, u64>, Vec<String>);
+
+/// `(user_id, membership, event_id)` of every member row of a room.
+pub(crate) type RoomMembers = std::sync::Arc<Vec<(String, String, String)>>;
+
+/// See the module docs. A std mutex: every operation is a short map update.
+#[derive(Debug, Default)]
+pub(crate) struct Recent {
+    inner: Mutex<Inner>,
+}
+
+impl Recent {
+    pub(crate) fn starting_at(position: i64) -> Self {
+        Recent {
+            inner: Mutex::new(Inner {
+                floor: position,
+                absent_rooms_floor: position,
+                ..Inner::default()
+            }),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records committed events (ascending positions, one room).
+    pub(crate) fn add_events(&self, room_id: &str, events: Vec<EventRow>) {
+        let mut inner = self.lock();
+        let inner = &mut *inner;
+        let floor = inner.absent_rooms_floor;
+        let tail = inner
+            .rooms
+            .entry(room_id.to_owned())
+            .or_insert_with(|| RoomTail {
+                floor,
+                events: VecDeque::new(),
+            });
+        for event in events {
+            tail.events.push_back(event);
+            inner.events += 1;
+        }
+        while tail.events.len() > EVENTS_PER_ROOM {
+            if let Some(old) = tail.events.pop_front() {
+                tail.floor = tail.floor.max(old.stream_ordering.unwrap_or(0));
+                inner.events -= 1;
+            }
+        }
+        if inner.events > MAX_EVENTS {
+            // Drop every tail; rooms start again from the highest position dropped.
+            for (_, tail) in inner.rooms.drain() {
+                if let Some(last) = tail.events.back() {
+                    inner.absent_rooms_floor = inner
+                        .absent_rooms_floor
+                        .max(last.stream_ordering.unwrap_or(0));
+                }
+            }
+            inner.events = 0;
+        }
+    }
+
+    /// Up to `limit` of the room's events with `after < position <= upto`, newest first; `None`
+    /// when some of that range may be missing here.
+    pub(crate) fn room_events(
+        &self,
+        room_id: &str,
+        after: i64,
+        upto: i64,
+        limit: usize,
+    ) -> Option<Vec<EventRow>> {
+        let inner = self.lock();
+        match inner.rooms.get(room_id) {
+            Some(tail) if after >= tail.floor => Some(
+                tail.events
+                    .iter()
+                    .rev()
+                    .filter(|e| {
+                        let p = e.stream_ordering.unwrap_or(0);
+                        p > after && p <= upto
+                    })
+                    .take(limit)
+                    .cloned()
+                    .collect(),
+            ),
+            None if after >= inner.absent_rooms_floor => Some(Vec::new()),
+            _ => None,
+        }
+    }
+
+    /// Applies a redaction to a cached event.
+    pub(crate) fn redact(&self, event_id: &str, redacted_pdu: &str, redacted_by: &str) {
+        let mut inner = self.lock();
+        for tail in inner.rooms.values_mut() {
+            if let Some(event) = tail.events.iter_mut().find(|e| e.event_id == event_id) {
+                event.pdu = redacted_pdu.to_owned();
+                event.redacted_by = Some(redacted_by.to_owned());
+                return;
+            }
+        }
+    }
+
+    pub(crate) fn account_data_changed(&self, user_id: &str, position: i64) {
+        let mut inner = self.lock();
+        let last = inner.account_data.entry(user_id.to_owned()).or_default();
+        *last = (*last).max(position);
+    }
+
+    /// Whether the user's account data is known not to have changed in `(after, ∞)`.
+    pub(crate) fn account_data_unchanged_since(&self, user_id: &str, after: i64) -> bool {
+        let inner = self.lock();
+        after >= inner.floor && inner.account_data.get(user_id).is_none_or(|&p| p <= after)
+    }
+
+    pub(crate) fn receipt_moved(&self, position: i64) {
+        let mut inner = self.lock();
+        inner.last_receipt = inner.last_receipt.max(position);
+    }
+
+    /// Whether no receipt is known to have moved in `(after, ∞)`.
+    pub(crate) fn receipts_unchanged_since(&self, after: i64) -> bool {
+        let inner = self.lock();
+        after >= inner.floor && inner.last_receipt <= after
+    }
+
+    /// The user's cached memberships, or the generation to hand back to
+    /// [`Self::store_memberships`] after reading them from the database.
+    pub(crate) fn memberships(&self, user_id: &str) -> Result<Vec<MembershipRow>, u64> {
+        let inner = self.lock();
+        match inner.memberships.get(user_id) {
+            Some((_, Some(rows))) => Ok(rows.clone()),
+            Some((generation, None)) => Err(*generation),
+            None => Err(0),
+        }
+    }
+
+    /// Stores memberships read from the database, unless they changed since the read began.
+    pub(crate) fn store_memberships(&self, user_id: &str, generation: u64, rows: &[MembershipRow]) {
+        let mut inner = self.lock();
+        let entry = inner
+            .memberships
+            .entry(user_id.to_owned())
+            .or_insert((0, None));
+        if entry.0 == generation {
+            entry.1 = Some(rows.to_vec());
+        }
+    }
+
+    pub(crate) fn membership_changed_at(&self, position: i64) {
+        let mut inner = self.lock();
+        inner.last_membership = inner.last_membership.max(position);
+    }
+
+    pub(crate) fn device_list_changed_at(&self, position: i64) {
+        let mut inner = self.lock();
+        inner.last_device_list = inner.last_device_list.max(position);
+    }
+
+    /// Whether no device list and no membership is known to have changed in `(after, ∞)`:
+    /// then nobody's `device_lists` section can have anything.
+    pub(crate) fn device_lists_unchanged_since(&self, after: i64) -> bool {
+        let inner = self.lock();
+        after >= inner.floor && inner.last_device_list <= after && inner.last_membership <= after
+    }
+
+    pub(crate) fn to_device_sent(&self, user_id: &str, position: i64) {
+        let mut inner = self.lock();
+        let last = inner.to_device.entry(user_id.to_owned()).or_default();
+        *last = (*last).max(position);
+    }
+
+    /// Whether the user's devices are known to have no message in `(after, ∞)`.
+    pub(crate) fn to_device_none_since(&self, user_id: &str, after: i64) -> bool {
+        let inner = self.lock();
+        after >= inner.floor && inner.to_device.get(user_id).is_none_or(|&p| p <= after)
+    }
+
+    /// Whether the device's inbox may hold messages to acknowledge.
+    pub(crate) fn to_device_ack_needed(&self, user_id: &str, device_id: &str) -> bool {
+        let inner = self.lock();
+        match inner
+            .to_device_acked
+            .get(&(user_id.to_owned(), device_id.to_owned()))
+        {
+            // Never emptied since start-up: older messages may wait in the database.
+            None => true,
+            Some(&acked) => inner.to_device.get(user_id).is_some_and(|&p| p > acked),
+        }
+    }
+
+    /// The device's inbox holds nothing at or below `upto` any more.
+    pub(crate) fn to_device_acked(&self, user_id: &str, device_id: &str, upto: i64) {
+        let mut inner = self.lock();
+        let acked = inner
+            .to_device_acked
+            .entry((user_id.to_owned(), device_id.to_owned()))
+            .or_default();
+        *acked = (*acked).max(upto);
+    }
+
+    /// Cached key counts, or the generation to hand back to [`Self::store_key_counts`].
+    pub(crate) fn key_counts(&self, user_id: &str, device_id: &str) -> Result<KeyCounts, u64> {
+        let inner = self.lock();
+        inner
+            .key_counts
+            .1
+            .get(&(user_id.to_owned(), device_id.to_owned()))
+            .cloned()
+            .ok_or(inner.key_counts.0)
+    }
+
+    pub(crate) fn store_key_counts(
+        &self,
+        user_id: &str,
+        device_id: &str,
+        generation: u64,
+        counts: &KeyCounts,
+    ) {
+        let mut inner = self.lock();
+        if inner.key_counts.0 == generation {
+            if inner.key_counts.1.len() >= 100_000 {
+                inner.key_counts.1.clear();
+            }
+            inner
+                .key_counts
+                .1
+                .insert((user_id.to_owned(), device_id.to_owned()), counts.clone());
+        }
+    }
+
+    /// Some one-time or fallback keys changed (upload, claim, device deletion).
+    pub(crate) fn key_counts_changed(&self) {
+        let mut inner = self.lock();
+        inner.key_counts.0 += 1;
+        inner.key_counts.1.clear();
+    }
+
+    /// The room's cached member rows, or the generation to hand back to
+    /// [`Self::store_room_members`].
+    pub(crate) fn room_members(&self, room_id: &str) -> Result<RoomMembers, u64> {
+        let inner = self.lock();
+        match inner.room_members.get(room_id) {
+            Some((_, Some(rows))) => Ok(rows.clone()),
+            Some((generation, None)) => Err(*generation),
+            None => Err(0),
+        }
+    }
+
+    /// Stores a room's member rows read from the database, unless they changed meanwhile.
+    pub(crate) fn store_room_members(&self, room_id: &str, generation: u64, rows: RoomMembers) {
+        let mut inner = self.lock();
+        let entry = inner
+            .room_members
+            .entry(room_id.to_owned())
+            .or_insert((0, None));
+        if entry.0 == generation {
+            entry.1 = Some(rows);
+        }
+    }
+
+    /// Forgets a room's member rows after a membership change in it.
+    pub(crate) fn room_members_changed(&self, room_id: &str) {
+        let mut inner = self.lock();
+        let entry = inner
+            .room_members
+            .entry(room_id.to_owned())
+            .or_insert((0, None));
+        entry.0 += 1;
+        entry.1 = None;
+    }
+
+    /// Forgets a user's memberships after a change to them.
+    pub(crate) fn memberships_changed(&self, user_id: &str) {
+        let mut inner = self.lock();
+        let entry = inner
+            .memberships
+            .entry(user_id.to_owned())
+            .or_insert((0, None));
+        entry.0 += 1;
+        entry.1 = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(position: i64) -> EventRow {
+        EventRow {
+            event_id: format!("$e{position}"),
+            room_id: "!r:x".into(),
+            stream_ordering: Some(position),
+            depth: position,
+            event_type: "m.room.message".into(),
+            state_key: None,
+            sender: "@a:x".into(),
+            origin_server_ts: 0,
+            pdu: "{}".into(),
+            state_before: Some(1),
+            state_after: Some(1),
+            rejected: false,
+            redacted_by: None,
+        }
+    }
+
+    fn positions(events: &[EventRow]) -> Vec<i64> {
+        events.iter().filter_map(|e| e.stream_ordering).collect()
+    }
+
+    #[test]
+    fn room_events_are_served_only_above_the_floor() {
+        let recent = Recent::starting_at(10);
+        // Below the start-up floor nothing is known.
+        assert!(recent.room_events("!r:x", 5, 20, 10).is_none());
+        // A room with no events since start-up has none.
+        assert_eq!(
+            recent.room_events("!r:x", 10, 20, 10).map(|e| e.len()),
+            Some(0)
+        );
+        recent.add_events("!r:x", vec![event(11), event(12), event(14)]);
+        let got = recent.room_events("!r:x", 10, 13, 10).unwrap();
+        assert_eq!(
+            positions(&got),
+            vec![12, 11],
+            "newest first, capped at upto"
+        );
+        let got = recent.room_events("!r:x", 11, 20, 1).unwrap();
+        assert_eq!(positions(&got), vec![14], "limit keeps the newest");
+    }
+
+    #[test]
+    fn eviction_raises_the_floor() {
+        let recent = Recent::starting_at(0);
+        let events: Vec<EventRow> = (1..=(EVENTS_PER_ROOM as i64 + 5)).map(event).collect();
+        recent.add_events("!r:x", events);
+        assert!(recent.room_events("!r:x", 0, 100, 10).is_none());
+        assert!(recent.room_events("!r:x", 4, 100, 10).is_none());
+        let got = recent.room_events("!r:x", 5, 100, 100).unwrap();
+        assert_eq!(got.len(), EVENTS_PER_ROOM);
+    }
+
+    #[test]
+    fn account_data_and_receipts_know_what_did_not_change() {
+        let recent = Recent::starting_at(10);
+        assert!(!recent.account_data_unchanged_since("@a:x", 9));
+        assert!(recent.account_data_unchanged_since("@a:x", 10));
+        recent.account_data_changed("@a:x", 15);
+        assert!(!recent.account_data_unchanged_since("@a:x", 14));
+        assert!(recent.account_data_unchanged_since("@a:x", 15));
+        assert!(recent.account_data_unchanged_since("@b:x", 12));
+        assert!(recent.receipts_unchanged_since(10));
+        recent.receipt_moved(12);
+        assert!(!recent.receipts_unchanged_since(11));
+    }
+
+    #[test]
+    fn to_device_acknowledgements_are_skipped_only_when_nothing_arrived() {
+        let recent = Recent::starting_at(10);
+        assert!(
+            recent.to_device_ack_needed("@a:x", "D"),
+            "unknown since start-up"
+        );
+        recent.to_device_acked("@a:x", "D", 12);
+        assert!(!recent.to_device_ack_needed("@a:x", "D"));
+        recent.to_device_sent("@a:x", 13);
+        assert!(recent.to_device_ack_needed("@a:x", "D"));
+        assert!(!recent.to_device_none_since("@a:x", 12));
+        assert!(recent.to_device_none_since("@a:x", 13));
+        recent.to_device_acked("@a:x", "D", 13);
+        assert!(!recent.to_device_ack_needed("@a:x", "D"));
+    }
+
+    #[test]
+    fn device_lists_follow_memberships_and_device_changes() {
+        let recent = Recent::starting_at(10);
+        assert!(!recent.device_lists_unchanged_since(9));
+        assert!(recent.device_lists_unchanged_since(10));
+        recent.membership_changed_at(11);
+        assert!(!recent.device_lists_unchanged_since(10));
+        recent.device_list_changed_at(12);
+        assert!(!recent.device_lists_unchanged_since(11));
+        assert!(recent.device_lists_unchanged_since(12));
+    }
+
+    #[test]
+    fn a_read_racing_a_change_is_not_stored() {
+        let recent = Recent::starting_at(0);
+        let generation = recent.memberships("@a:x").unwrap_err();
+        recent.memberships_changed("@a:x"); // a write lands while the read is in progress
+        recent.store_memberships("@a:x", generation, &[]);
+        assert!(recent.memberships("@a:x").is_err(), "stale read was stored");
+        let generation = recent.memberships("@a:x").unwrap_err();
+        recent.store_memberships("@a:x", generation, &[]);
+        assert_eq!(recent.memberships("@a:x").unwrap().len(), 0);
+    }
+}
