@@ -352,6 +352,11 @@ impl Config {
                 "max_json_body_bytes (MYELIN_MAX_JSON_BODY_BYTES): must be at least 1024".into(),
             ));
         }
+        if self.media.max_upload_size == 0 {
+            return Err(ConfigError::Invalid(
+                "media.max_upload_size (MYELIN_MEDIA_MAX_UPLOAD_SIZE): must be at least 1".into(),
+            ));
+        }
         for range in &self.media.url_preview_ip_range_allowlist {
             if range.parse::<ipnet::IpNet>().is_err() {
                 return Err(ConfigError::Invalid(format!(

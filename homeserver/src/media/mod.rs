@@ -343,9 +343,16 @@ pub async fn find(
     }
 }
 
-/// An open file to send, with what to call it.
+/// What a response sends: a stored file, or a thumbnail just made (sent from memory while it
+/// is being stored).
+pub enum Body {
+    File(tokio::fs::File),
+    Bytes(Bytes),
+}
+
+/// Content to send, with what to call it.
 pub struct Content {
-    pub file: tokio::fs::File,
+    pub body: Body,
     pub len: u64,
     pub content_type: String,
     pub disposition: String,
@@ -371,7 +378,7 @@ pub async fn open_content(
     let name = filename.or(row.filename.as_deref());
     Ok(Content {
         disposition: headers::content_disposition(headers::is_inline(&content_type), name),
-        file,
+        body: Body::File(file),
         len,
         content_type,
     })
@@ -382,6 +389,11 @@ enum Served {
     /// The original is small enough.
     Original,
     Thumbnail(ThumbnailRow),
+    /// Made for this request; being stored in the background.
+    Fresh {
+        content_type: String,
+        bytes: Bytes,
+    },
 }
 
 fn thumbnail_error(e: ThumbnailError) -> Error {
@@ -448,16 +460,33 @@ struct Rendered {
     width: u32,
     height: u32,
     method: Method,
-    bytes: Vec<u8>,
+    bytes: Bytes,
+}
+
+/// How one request of a batch is answered.
+enum Answer {
+    Original,
+    /// Index into [`Made::stored`].
+    Stored(usize),
+    /// Index into [`Made::rendered`].
+    Rendered(usize),
+}
+
+/// The outcome of decoding an image once for a batch of thumbnail requests.
+struct Made {
+    content_type: &'static str,
+    answers: Vec<Answer>,
+    stored: Vec<ThumbnailRow>,
+    rendered: Vec<Rendered>,
 }
 
 /// Decodes the image once and answers each of `requests`: from the stored thumbnails where
-/// one fits, else by rendering, storing and recording a new one.
-async fn generate(
+/// one fits, else by rendering a new one (not stored yet: see [`store_rendered`]).
+async fn render_thumbnails(
     state: &AppState,
     row: &MediaRow,
     requests: &[(u32, u32, Method)],
-) -> Result<Vec<Served>> {
+) -> Result<Made> {
     let sha256 = row.sha256.as_deref().ok_or_else(not_found)?;
     let path = state.media.store.path(sha256).ok_or_else(not_found)?;
     let stored = state
@@ -476,35 +505,38 @@ async fn generate(
         let decoded = thumbnail::decode(&path)?;
         let content_type = thumbnail::output_type(&decoded);
         let (w, h) = (decoded.image.width(), decoded.image.height());
-        let mut plans = Vec::new();
-        let mut rendered = Vec::new();
+        let mut answers = Vec::new();
+        let mut rendered: Vec<Rendered> = Vec::new();
         for &(rw, rh, method) in &owned_requests {
-            let plan = match thumbnail::plan(w, h, rw, rh, method) {
-                Plan::Original if !thumbnail::is_always_still(decoded.format) => {
-                    Plan::Resize(thumbnail::still_original(w, h, method))
+            let resize = match thumbnail::plan(w, h, rw, rh, method) {
+                Plan::Original if thumbnail::is_always_still(decoded.format) => {
+                    answers.push(Answer::Original);
+                    continue;
                 }
-                plan => plan,
+                Plan::Original => thumbnail::still_original(w, h, method),
+                Plan::Resize(r) => r,
             };
-            if let Plan::Resize(r) = &plan {
-                let made_now = rendered.iter().any(|x: &Rendered| {
-                    (x.width, x.height, x.method) == (r.width, r.height, method)
+            if let Some(j) = thumbnail::select(&resize, &existing) {
+                answers.push(Answer::Stored(j));
+            } else if let Some(k) = rendered.iter().position(|x| {
+                (x.width, x.height, x.method) == (resize.width, resize.height, method)
+            }) {
+                answers.push(Answer::Rendered(k));
+            } else {
+                rendered.push(Rendered {
+                    width: resize.width,
+                    height: resize.height,
+                    method,
+                    bytes: thumbnail::render(&decoded.image, &resize, content_type)?.into(),
                 });
-                if thumbnail::select(r, &existing).is_none() && !made_now {
-                    rendered.push(Rendered {
-                        width: r.width,
-                        height: r.height,
-                        method,
-                        bytes: thumbnail::render(&decoded.image, r, content_type)?,
-                    });
-                }
+                answers.push(Answer::Rendered(rendered.len() - 1));
             }
-            plans.push(plan);
         }
-        Ok::<_, ThumbnailError>(((w, h), content_type, plans, rendered))
+        Ok::<_, ThumbnailError>(((w, h), content_type, answers, rendered))
     })
     .await;
     drop(permit);
-    let ((w, h), content_type, plans, rendered) = match work {
+    let ((w, h), content_type, answers, rendered) = match work {
         Ok(result) => result.map_err(thumbnail_error)?,
         Err(e) => {
             // A decoder panicked on this input; the process carries on.
@@ -520,42 +552,39 @@ async fn generate(
             .set_media_dimensions(&row.origin, &row.media_id, w as i64, h as i64)
             .await?;
     }
-    // Everything that can answer: what was stored, and what was made now (recorded unless
-    // the media has too many thumbnails already).
-    let mut all = stored;
-    for r in rendered {
+    Ok(Made {
+        content_type,
+        answers,
+        stored,
+        rendered,
+    })
+}
+
+/// Writes freshly rendered thumbnails to the store and records them, unless the media has
+/// [`MAX_THUMBNAILS_PER_MEDIA`] already.
+async fn store_rendered(state: &AppState, row: &MediaRow, made: Made) -> Result<()> {
+    let room = MAX_THUMBNAILS_PER_MEDIA.saturating_sub(made.stored.len());
+    for r in made.rendered.into_iter().take(room) {
         let file = state
             .media
             .store
-            .write_bytes(r.bytes)
+            .write_bytes(r.bytes.to_vec())
             .await
             .map_err(write_error)?;
         let thumb = ThumbnailRow {
             width: r.width as i64,
             height: r.height as i64,
             method: r.method.as_str().to_owned(),
-            content_type: content_type.to_owned(),
+            content_type: made.content_type.to_owned(),
             sha256: file.sha256,
             size: file.size as i64,
         };
-        if all.len() < MAX_THUMBNAILS_PER_MEDIA {
-            state
-                .storage
-                .insert_media_thumbnail(&row.origin, &row.media_id, &thumb, now_ms())
-                .await?;
-        }
-        all.push(thumb);
+        state
+            .storage
+            .insert_media_thumbnail(&row.origin, &row.media_id, &thumb, now_ms())
+            .await?;
     }
-    let choices = candidates(&all);
-    Ok(plans
-        .iter()
-        .map(|plan| match plan {
-            Plan::Original => Served::Original,
-            // A thumbnail of exactly the planned size was made if none fitted, so one fits.
-            Plan::Resize(r) => thumbnail::select(r, &choices)
-                .map_or(Served::Original, |j| Served::Thumbnail(all[j].clone())),
-        })
-        .collect())
+    Ok(())
 }
 
 /// Makes the common thumbnail sizes of a new image in the background (if configured). A
@@ -581,7 +610,11 @@ fn pregenerate_thumbnails(state: &AppState, row: &MediaRow) {
     tokio::spawn(async move {
         let lock = state.media.generation_lock(&row);
         let _guard = lock.lock().await;
-        if let Err(e) = generate(&state, &row, thumbnail::COMMON_SIZES).await {
+        let result = match render_thumbnails(&state, &row, thumbnail::COMMON_SIZES).await {
+            Ok(made) => store_rendered(&state, &row, made).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = result {
             tracing::debug!(media = %row.media_id, error = ?e, "no thumbnails for this upload");
         }
     });
@@ -615,6 +648,16 @@ async fn sniff_image_format(state: &AppState, sha256: &str) -> Result<image::Ima
     }
 }
 
+async fn open_stored(state: &AppState, sha256: &str) -> Result<(Body, u64)> {
+    let (file, len) = state
+        .media
+        .store
+        .open_file(sha256)
+        .await
+        .map_err(|e| Error::internal(format!("media file {sha256}: {e}")))?;
+    Ok((Body::File(file), len))
+}
+
 /// A thumbnail of `row` of at least `width`×`height` (the spec's rules in [`thumbnail`]):
 /// stored, made now, or the original when it is no larger.
 pub async fn thumbnail(
@@ -633,8 +676,7 @@ pub async fn thumbnail(
     let served = match from_stored(state, row, width, height, method).await? {
         Some(served) => served,
         None => {
-            let lock = state.media.generation_lock(row);
-            let _guard = lock.lock().await;
+            let guard = state.media.generation_lock(row).lock_owned().await;
             // Whoever held the lock may have made it, or at least learnt the image's size.
             let row = state
                 .storage
@@ -643,27 +685,48 @@ pub async fn thumbnail(
                 .ok_or_else(not_found)?;
             match from_stored(state, &row, width, height, method).await? {
                 Some(served) => served,
-                None => generate(state, &row, &[(width, height, method)])
-                    .await?
-                    .pop()
-                    .unwrap_or(Served::Original),
+                None => {
+                    let made = render_thumbnails(state, &row, &[(width, height, method)]).await?;
+                    match made.answers.first() {
+                        Some(Answer::Stored(j)) => Served::Thumbnail(made.stored[*j].clone()),
+                        Some(Answer::Rendered(k)) => {
+                            let served = Served::Fresh {
+                                content_type: made.content_type.to_owned(),
+                                bytes: made.rendered[*k].bytes.clone(),
+                            };
+                            // Answer now; store behind the response. The lock goes with the
+                            // task, so a request for the same size waits and then finds it.
+                            let state = state.clone();
+                            tokio::spawn(async move {
+                                if let Err(e) = store_rendered(&state, &row, made).await {
+                                    tracing::warn!(error = ?e, "storing a thumbnail failed");
+                                }
+                                drop(guard);
+                            });
+                            served
+                        }
+                        Some(Answer::Original) | None => Served::Original,
+                    }
+                }
             }
         }
     };
-    let (sha256, content_type) = match served {
+    let (body, len, content_type) = match served {
         Served::Original => {
             let sha256 = row.sha256.clone().ok_or_else(not_found)?;
             let format = sniff_image_format(state, &sha256).await?;
-            (sha256, thumbnail::format_type(format).to_owned())
+            let (file, len) = open_stored(state, &sha256).await?;
+            (file, len, thumbnail::format_type(format).to_owned())
         }
-        Served::Thumbnail(t) => (t.sha256, t.content_type),
+        Served::Thumbnail(t) => {
+            let (file, len) = open_stored(state, &t.sha256).await?;
+            (file, len, t.content_type)
+        }
+        Served::Fresh {
+            content_type,
+            bytes,
+        } => (Body::Bytes(bytes.clone()), bytes.len() as u64, content_type),
     };
-    let (file, len) = state
-        .media
-        .store
-        .open_file(&sha256)
-        .await
-        .map_err(|e| Error::internal(format!("thumbnail file {sha256}: {e}")))?;
     let extension = match content_type.as_str() {
         "image/jpeg" => "jpg",
         "image/gif" => "gif",
@@ -671,7 +734,7 @@ pub async fn thumbnail(
         _ => "png",
     };
     Ok(Content {
-        file,
+        body,
         len,
         disposition: headers::content_disposition(true, Some(&format!("thumbnail.{extension}"))),
         content_type,

@@ -159,11 +159,11 @@ pub async fn create_content_async(
 fn content_response(content: Content) -> Response {
     let mut headers = media::headers::media_headers(&content.content_type, &content.disposition);
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(content.len));
-    (
-        headers,
-        Body::from_stream(media::store::file_stream(content.file)),
-    )
-        .into_response()
+    let body = match content.body {
+        media::Body::File(file) => Body::from_stream(media::store::file_stream(file)),
+        media::Body::Bytes(bytes) => Body::from(bytes),
+    };
+    (headers, body).into_response()
 }
 
 async fn download(
