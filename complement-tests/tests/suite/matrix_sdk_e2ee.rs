@@ -10,7 +10,9 @@ use std::{future::Future, sync::Arc, time::Duration};
 
 use complement_tests::{backend_tests, Backend, Client as HsClient, ServerOptions, TestServer};
 use matrix_sdk::{
+    attachment::AttachmentConfig,
     config::SyncSettings,
+    media::{MediaFormat, MediaRequestParameters},
     ruma::{
         api::client::room::create_room::v3::Request as CreateRoomRequest,
         events::{
@@ -19,6 +21,7 @@ use matrix_sdk::{
                 encryption::RoomEncryptionEventContent,
                 member::MembershipState,
                 message::{MessageType, OriginalSyncRoomMessageEvent, RoomMessageEventContent},
+                MediaSource,
             },
             InitialStateEvent,
         },
@@ -245,7 +248,8 @@ async fn assert_stored_encrypted(reader: &HsClient, room_id: &str, event_id: &st
     );
 }
 
-/// An encrypted room, one message each way, each decrypted by the other side.
+/// An encrypted room, one message each way, each decrypted by the other side, then a picture
+/// as an encrypted attachment that arrives byte for byte.
 async fn matrix_sdk_encrypted_room(backend: Backend) {
     let Some(hs) = TestServer::start(backend, ServerOptions::default()).await else {
         return;
@@ -274,6 +278,65 @@ async fn matrix_sdk_encrypted_room(backend: Backend) {
     assert_eq!(received.sender, bob.user_id);
     assert_text(&received, &reply);
     assert_stored_encrypted(&alice_hs, room_id.as_str(), sent.as_str(), &reply).await;
+
+    // A picture as an encrypted attachment: the sdk encrypts the file (AES-CTR), uploads the
+    // ciphertext and sends the key inside the Megolm-encrypted `m.image` event.
+    let picture = png(64, 48);
+    let sent = alice_room
+        .send_attachment(
+            "picture.png",
+            &mime::IMAGE_PNG,
+            picture.clone(),
+            AttachmentConfig::new(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("alice could not send the attachment: {e}"))
+        .event_id;
+    let received = bob.decrypted_event(&sent).await;
+    assert_eq!(received.sender, alice.user_id);
+    let MessageType::Image(image) = &received.content.msgtype else {
+        panic!("expected m.image, got {:?}", received.content.msgtype);
+    };
+    let MediaSource::Encrypted(file) = &image.source else {
+        panic!("the picture was not sent encrypted: {:?}", image.source);
+    };
+    assert_stored_encrypted(&bob_hs, room_id.as_str(), sent.as_str(), "picture.png").await;
+
+    // What the server holds is ciphertext of the same length, not the picture.
+    let (server_name, media_id) = file.url.parts().expect("an mxc:// URI");
+    let response = bob_hs
+        .get_response(&format!(
+            "/_matrix/client/v1/media/download/{server_name}/{media_id}"
+        ))
+        .await;
+    assert_eq!(response.status(), 200, "downloading {} failed", file.url);
+    let stored = response.bytes().await.expect("the stored file");
+    assert_eq!(stored.len(), picture.len(), "stored size differs");
+    assert_ne!(
+        &stored[..],
+        &picture[..],
+        "the server holds the plaintext picture"
+    );
+
+    // Bob's sdk downloads and decrypts it: byte for byte the picture Alice sent.
+    let downloaded = bob
+        .client
+        .media()
+        .get_media_content(
+            &MediaRequestParameters {
+                source: image.source.clone(),
+                format: MediaFormat::File,
+            },
+            false,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("bob could not download {}: {e}", file.url));
+    assert!(
+        downloaded == picture,
+        "the decrypted picture differs: {} bytes, expected {} bytes",
+        downloaded.len(),
+        picture.len()
+    );
 
     alice.stop();
     bob.stop();
@@ -347,3 +410,62 @@ async fn create_encrypted_dm(alice: &SdkUser, bob: &SdkUser) -> OwnedRoomId {
 }
 
 backend_tests!(matrix_sdk_encrypted_room);
+
+/// A `width`×`height` RGB PNG with a gradient and noise: stored (uncompressed) deflate blocks
+/// inside zlib, so it needs no encoder crate.
+fn png(width: u32, height: u32) -> Vec<u8> {
+    let mut raw = Vec::new();
+    for y in 0..height {
+        raw.push(0); // filter: none
+        for x in 0..width {
+            let noise: u8 = rand::random();
+            raw.extend([(x * 4) as u8, (y * 5) as u8, noise]);
+        }
+    }
+    let mut zlib = vec![0x78, 0x01];
+    let blocks: Vec<&[u8]> = raw.chunks(65_535).collect();
+    for (i, block) in blocks.iter().enumerate() {
+        zlib.push(u8::from(i + 1 == blocks.len()));
+        let len = block.len() as u16;
+        zlib.extend(len.to_le_bytes());
+        zlib.extend((!len).to_le_bytes());
+        zlib.extend_from_slice(block);
+    }
+    let (mut a, mut b) = (1u32, 0u32);
+    for byte in &raw {
+        a = (a + u32::from(*byte)) % 65_521;
+        b = (b + a) % 65_521;
+    }
+    zlib.extend(((b << 16) | a).to_be_bytes());
+
+    let mut ihdr = Vec::new();
+    ihdr.extend(width.to_be_bytes());
+    ihdr.extend(height.to_be_bytes());
+    ihdr.extend([8, 2, 0, 0, 0]); // 8-bit RGB, deflate, no filter method, no interlace
+
+    let mut out = vec![0x89, b'P', b'N', b'G', b'\r', b'\n', 0x1a, b'\n'];
+    for (kind, data) in [(b"IHDR", ihdr), (b"IDAT", zlib), (b"IEND", Vec::new())] {
+        out.extend((data.len() as u32).to_be_bytes());
+        let start = out.len();
+        out.extend_from_slice(kind);
+        out.extend_from_slice(&data);
+        let crc = crc32(&out[start..]);
+        out.extend(crc.to_be_bytes());
+    }
+    out
+}
+
+fn crc32(bytes: &[u8]) -> u32 {
+    let mut crc = 0xffff_ffffu32;
+    for byte in bytes {
+        crc ^= u32::from(*byte);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0xedb8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
