@@ -11,6 +11,10 @@
 //! Handy filters: `cargo test -p complement-tests a07`,
 //! `cargo test -p complement-tests sqlite::`.
 
+// matrix-sdk's futures are deep: proving its sync loop `Send` for `tokio::spawn` needs more
+// than the default 128 levels.
+#![recursion_limit = "256"]
+
 #[path = "suite/account.rs"]
 mod account;
 #[path = "suite/admin.rs"]
@@ -31,6 +35,8 @@ mod ephemeral;
 mod errors;
 #[path = "suite/login.rs"]
 mod login;
+#[path = "suite/matrix_sdk_e2ee.rs"]
+mod matrix_sdk_e2ee;
 #[path = "suite/media.rs"]
 mod media;
 #[path = "suite/pagination.rs"]

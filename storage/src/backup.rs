@@ -6,7 +6,7 @@
 //! Which uploaded key wins over a stored one is decided by the homeserver, through the
 //! `keep` closure of [`Storage::put_backup_keys`].
 
-use sqlx::{Any, Row, Transaction};
+use sqlx::{Any, AssertSqlSafe, Row, Transaction};
 
 use crate::{Backend, Result, Storage};
 
@@ -268,7 +268,9 @@ impl Storage {
             ),
         };
         let sql = format!("DELETE FROM backup_keys WHERE user_id = $1 AND version = $2 {filter}");
-        let mut query = sqlx::query(&sql).bind(user_id).bind(version);
+        let mut query = sqlx::query(AssertSqlSafe(sql.as_str()))
+            .bind(user_id)
+            .bind(version);
         if let Some(room) = room {
             query = query.bind(room);
         }

@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-use sqlx::{Any, Row, Transaction};
+use sqlx::{Any, AssertSqlSafe, Row, Transaction};
 
 use crate::{stream::InFlight, Result, Storage};
 
@@ -405,7 +405,7 @@ impl Storage {
                  RETURNING user_id, device_id, algorithm, key_id, key_json",
                 triple_values(pending.len())
             );
-            let rows = bind_triples(sqlx::query(&sql), &pending)
+            let rows = bind_triples(sqlx::query(AssertSqlSafe(sql.as_str())), &pending)
                 .fetch_all(&self.pool)
                 .await?;
             let mut got = HashSet::new();
@@ -427,18 +427,19 @@ impl Storage {
                                  AND k.algorithm = v.column3)",
                 triple_values(pending.len())
             );
-            let left: HashSet<(String, String, String)> = bind_triples(sqlx::query(&sql), &pending)
-                .fetch_all(&self.pool)
-                .await?
-                .iter()
-                .map(|row| {
-                    Ok((
-                        row.try_get("user_id")?,
-                        row.try_get("device_id")?,
-                        row.try_get("algorithm")?,
-                    ))
-                })
-                .collect::<Result<_>>()?;
+            let left: HashSet<(String, String, String)> =
+                bind_triples(sqlx::query(AssertSqlSafe(sql.as_str())), &pending)
+                    .fetch_all(&self.pool)
+                    .await?
+                    .iter()
+                    .map(|row| {
+                        Ok((
+                            row.try_get("user_id")?,
+                            row.try_get("device_id")?,
+                            row.try_get("algorithm")?,
+                        ))
+                    })
+                    .collect::<Result<_>>()?;
             let (retry, exhausted): (Vec<_>, Vec<_>) =
                 pending.into_iter().partition(|t| left.contains(*t));
             self.claim_fallback(&exhausted, claimed).await?;
@@ -463,7 +464,7 @@ impl Storage {
              RETURNING user_id, device_id, algorithm, key_id, key_json",
             triple_values(wanted.len())
         );
-        let rows = bind_triples(sqlx::query(&sql), wanted)
+        let rows = bind_triples(sqlx::query(AssertSqlSafe(sql.as_str())), wanted)
             .fetch_all(&self.pool)
             .await?;
         for row in &rows {
@@ -483,7 +484,7 @@ impl Storage {
                  WHERE k.user_id IN ({}) ORDER BY k.user_id, k.device_id",
                 params_from(1, chunk.len())
             );
-            let mut query = sqlx::query(&sql);
+            let mut query = sqlx::query(AssertSqlSafe(sql.as_str()));
             for user in chunk {
                 query = query.bind(user);
             }
@@ -510,7 +511,7 @@ impl Storage {
                 "SELECT user_id, key_type, key_json FROM cross_signing_keys WHERE user_id IN ({})",
                 params_from(1, chunk.len())
             );
-            let mut query = sqlx::query(&sql);
+            let mut query = sqlx::query(AssertSqlSafe(sql.as_str()));
             for user in chunk {
                 query = query.bind(user);
             }
@@ -541,7 +542,7 @@ impl Storage {
                    AND (signer_user_id = target_user_id OR signer_user_id = $1)",
                 params_from(2, chunk.len())
             );
-            let mut query = sqlx::query(&sql).bind(viewer);
+            let mut query = sqlx::query(AssertSqlSafe(sql.as_str())).bind(viewer);
             for user in chunk {
                 query = query.bind(user);
             }
@@ -740,7 +741,7 @@ impl Storage {
                    AND theirs.membership = 'join' AND theirs.user_id IN ({})",
                 params_from(2, chunk.len())
             );
-            let mut query = sqlx::query(&sql).bind(user_id);
+            let mut query = sqlx::query(AssertSqlSafe(sql.as_str())).bind(user_id);
             for other in chunk {
                 query = query.bind(other);
             }
@@ -762,9 +763,9 @@ fn triple_values(n: usize) -> String {
 }
 
 fn bind_triples<'q>(
-    mut query: sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>>,
+    mut query: sqlx::query::Query<'q, Any, sqlx::any::AnyArguments>,
     triples: &[&'q (String, String, String)],
-) -> sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>> {
+) -> sqlx::query::Query<'q, Any, sqlx::any::AnyArguments> {
     for (user, device, algorithm) in triples {
         query = query.bind(user).bind(device).bind(algorithm);
     }

@@ -2,7 +2,7 @@
 //! their thumbnails. The bytes live in files the homeserver names by SHA-256; this module only
 //! records which media point at which file.
 
-use sqlx::Row;
+use sqlx::{AssertSqlSafe, Row};
 
 use crate::{Result, Storage};
 
@@ -132,9 +132,9 @@ impl Storage {
     }
 
     pub async fn get_media(&self, origin: &str, media_id: &str) -> Result<Option<MediaRow>> {
-        let row = sqlx::query(&format!(
+        let row = sqlx::query(AssertSqlSafe(format!(
             "SELECT {MEDIA_COLUMNS} FROM media WHERE origin = $1 AND media_id = $2"
-        ))
+        )))
         .bind(origin)
         .bind(media_id)
         .fetch_optional(&self.pool)

@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 
-use sqlx::{any::AnyRow, Any, Row, Transaction};
+use sqlx::{any::AnyRow, Any, AssertSqlSafe, Row, Transaction};
 
 use crate::{Backend, Error, Result, Storage};
 
@@ -415,7 +415,7 @@ impl Storage {
              VALUES {}",
             value_rows(events.len(), 11)
         );
-        let mut query = sqlx::query(&sql);
+        let mut query = sqlx::query(AssertSqlSafe(sql.as_str()));
         for ((event, position), (before, after)) in events.iter().zip(&positions).zip(&placed) {
             query = query
                 .bind(event.event_id)
@@ -442,7 +442,7 @@ impl Storage {
                 "INSERT INTO event_edges (event_id, prev_event_id) VALUES {}",
                 value_rows(edges.len(), 2)
             );
-            let mut query = sqlx::query(&sql);
+            let mut query = sqlx::query(AssertSqlSafe(sql.as_str()));
             for (event_id, prev) in &edges {
                 query = query.bind(*event_id).bind(*prev);
             }
@@ -454,7 +454,7 @@ impl Storage {
                 "DELETE FROM forward_extremities WHERE room_id = $1 AND event_id IN ({})",
                 placeholders_from(2, prevs.len())
             );
-            let mut query = sqlx::query(&sql).bind(room_id);
+            let mut query = sqlx::query(AssertSqlSafe(sql.as_str())).bind(room_id);
             for prev in &prevs {
                 query = query.bind(*prev);
             }
@@ -469,7 +469,7 @@ impl Storage {
             "INSERT INTO forward_extremities (room_id, event_id) VALUES {}",
             value_rows(tips.len(), 2)
         );
-        let mut query = sqlx::query(&sql);
+        let mut query = sqlx::query(AssertSqlSafe(sql.as_str()));
         for tip in &tips {
             query = query.bind(room_id).bind(*tip);
         }
@@ -529,7 +529,7 @@ impl Storage {
                 "INSERT INTO event_txns (user_id, device_id, txn_id, event_id, created_ts) VALUES {}",
                 value_rows(txns.len(), 5)
             );
-            let mut query = sqlx::query(&sql);
+            let mut query = sqlx::query(AssertSqlSafe(sql.as_str()));
             for (user, device, txn_id, event_id) in &txns {
                 query = query
                     .bind(*user)
@@ -651,9 +651,9 @@ impl Storage {
     }
 
     pub async fn get_event(&self, event_id: &str) -> Result<Option<EventRow>> {
-        let row = sqlx::query(&format!(
+        let row = sqlx::query(AssertSqlSafe(format!(
             "SELECT {EVENT_COLUMNS} FROM events WHERE event_id = $1"
-        ))
+        )))
         .bind(event_id)
         .fetch_optional(&self.pool)
         .await?;
@@ -668,7 +668,7 @@ impl Storage {
                 "SELECT {EVENT_COLUMNS} FROM events WHERE event_id IN ({})",
                 placeholders(chunk.len())
             );
-            let mut query = sqlx::query(&sql);
+            let mut query = sqlx::query(AssertSqlSafe(sql.as_str()));
             for id in chunk {
                 query = query.bind(id);
             }
@@ -708,7 +708,7 @@ impl Storage {
                AND (depth, stream_ordering) {cmp} ($2, $3) {to_clause}
              ORDER BY depth {order}, stream_ordering {order} LIMIT $4"
         );
-        let mut query = sqlx::query(&sql)
+        let mut query = sqlx::query(AssertSqlSafe(sql.as_str()))
             .bind(room_id)
             .bind(from.depth)
             .bind(from.stream)
@@ -851,7 +851,7 @@ impl Storage {
                  WHERE (user_id, device_id, txn_id) IN ({})",
                 value_rows(chunk.len(), 3)
             );
-            let mut query = sqlx::query(&sql);
+            let mut query = sqlx::query(AssertSqlSafe(sql.as_str()));
             for (user, device, txn_id) in chunk {
                 query = query.bind(user).bind(device).bind(txn_id);
             }
@@ -880,7 +880,7 @@ impl Storage {
                 "SELECT event_id, device_id, txn_id FROM event_txns WHERE event_id IN ({})",
                 placeholders(chunk.len())
             );
-            let mut query = sqlx::query(&sql);
+            let mut query = sqlx::query(AssertSqlSafe(sql.as_str()));
             for id in chunk {
                 query = query.bind(id);
             }
@@ -976,7 +976,7 @@ impl Storage {
              ORDER BY r.stream_ordering {order} LIMIT $5",
             cols = EVENT_COLUMNS.split(", ").map(|c| format!("e.{c}")).collect::<Vec<_>>().join(", ")
         );
-        let rows = sqlx::query(&sql)
+        let rows = sqlx::query(AssertSqlSafe(sql.as_str()))
             .bind(parent)
             .bind(rel_type.unwrap_or(""))
             .bind(event_type.unwrap_or(""))

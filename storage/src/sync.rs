@@ -1,6 +1,6 @@
 //! The reads `/sync` is built from: what changed for a user between two stream positions.
 
-use sqlx::Row;
+use sqlx::{AssertSqlSafe, Row};
 
 use crate::{rooms::EventRow, Backend, Result, Storage};
 
@@ -69,7 +69,7 @@ impl Storage {
                AND rejected_reason IS NULL ORDER BY stream_ordering DESC LIMIT $4",
             crate::rooms::EVENT_COLUMNS
         );
-        let rows = sqlx::query(&sql)
+        let rows = sqlx::query(AssertSqlSafe(sql.as_str()))
             .bind(room_id)
             .bind(after)
             .bind(upto)

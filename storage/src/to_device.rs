@@ -6,7 +6,7 @@
 //! position ([`Storage::ack_to_device`]); reading never deletes, so a response lost on the
 //! way is sent again to a client that retries with its old token.
 
-use sqlx::Row;
+use sqlx::{AssertSqlSafe, Row};
 
 use crate::{stream::InFlight, Result, Storage};
 
@@ -77,7 +77,7 @@ impl Storage {
                  SELECT user_id, device_id, $2, $3, $4, $5, $6 FROM devices
                  WHERE user_id = $1 {device_filter}"
             );
-            let mut query = sqlx::query(&sql)
+            let mut query = sqlx::query(AssertSqlSafe(sql.as_str()))
                 .bind(&message.user_id)
                 .bind(position)
                 .bind(seq as i64)
