@@ -51,9 +51,8 @@ struct Inner {
     account_data: HashMap<String, i64>,
     /// The last position at which any receipt moved.
     last_receipt: i64,
-    /// Each user's memberships, as read from the database, with a generation that a change
-    /// bumps: a reader that started before a change must not store what it read.
-    memberships: HashMap<String, (u64, Option<Vec<MembershipRow>>)>,
+    /// Each user's memberships, as read from the database (see [`Generational`]).
+    memberships: Generational<Vec<MembershipRow>>,
     /// The last position at which any membership changed (any room).
     last_membership: i64,
     /// The last position at which any device list changed (or a notice was written).
@@ -66,8 +65,48 @@ struct Inner {
     /// One-time key counts and unused fallback key types per `(user, device)`, with one
     /// generation for all: any key write clears them.
     key_counts: (u64, HashMap<(String, String), KeyCounts>),
-    /// Each room's member rows `(user, membership, event ID)`, with a generation as above.
-    room_members: HashMap<String, (u64, Option<RoomMembers>)>,
+    /// Each room's member rows `(user, membership, event ID)` (see [`Generational`]).
+    room_members: Generational<RoomMembers>,
+}
+
+/// Values read from the database per key, each with a generation that a write bumps (after
+/// its commit): a reader takes the generation before it reads and stores what it read only if
+/// the generation has not moved, so a read that raced a write is never kept.
+#[derive(Debug)]
+struct Generational<V> {
+    entries: HashMap<String, (u64, Option<V>)>,
+}
+
+impl<V> Default for Generational<V> {
+    fn default() -> Self {
+        Generational {
+            entries: HashMap::new(),
+        }
+    }
+}
+
+impl<V: Clone> Generational<V> {
+    /// The cached value, or the generation to hand back to [`Self::store`].
+    fn get(&self, key: &str) -> Result<V, u64> {
+        match self.entries.get(key) {
+            Some((_, Some(value))) => Ok(value.clone()),
+            Some((generation, None)) => Err(*generation),
+            None => Err(0),
+        }
+    }
+
+    fn store(&mut self, key: &str, generation: u64, value: V) {
+        let entry = self.entries.entry(key.to_owned()).or_insert((0, None));
+        if entry.0 == generation {
+            entry.1 = Some(value);
+        }
+    }
+
+    fn invalidate(&mut self, key: &str) {
+        let entry = self.entries.entry(key.to_owned()).or_insert((0, None));
+        entry.0 += 1;
+        entry.1 = None;
+    }
 }
 
 /// One-time key counts per algorithm, and the algorithms of unused fallback keys.
@@ -198,24 +237,14 @@ impl Recent {
     /// The user's cached memberships, or the generation to hand back to
     /// [`Self::store_memberships`] after reading them from the database.
     pub(crate) fn memberships(&self, user_id: &str) -> Result<Vec<MembershipRow>, u64> {
-        let inner = self.lock();
-        match inner.memberships.get(user_id) {
-            Some((_, Some(rows))) => Ok(rows.clone()),
-            Some((generation, None)) => Err(*generation),
-            None => Err(0),
-        }
+        self.lock().memberships.get(user_id)
     }
 
     /// Stores memberships read from the database, unless they changed since the read began.
     pub(crate) fn store_memberships(&self, user_id: &str, generation: u64, rows: &[MembershipRow]) {
-        let mut inner = self.lock();
-        let entry = inner
+        self.lock()
             .memberships
-            .entry(user_id.to_owned())
-            .or_insert((0, None));
-        if entry.0 == generation {
-            entry.1 = Some(rows.to_vec());
-        }
+            .store(user_id, generation, rows.to_vec());
     }
 
     pub(crate) fn membership_changed_at(&self, position: i64) {
@@ -310,46 +339,22 @@ impl Recent {
     /// The room's cached member rows, or the generation to hand back to
     /// [`Self::store_room_members`].
     pub(crate) fn room_members(&self, room_id: &str) -> Result<RoomMembers, u64> {
-        let inner = self.lock();
-        match inner.room_members.get(room_id) {
-            Some((_, Some(rows))) => Ok(rows.clone()),
-            Some((generation, None)) => Err(*generation),
-            None => Err(0),
-        }
+        self.lock().room_members.get(room_id)
     }
 
     /// Stores a room's member rows read from the database, unless they changed meanwhile.
     pub(crate) fn store_room_members(&self, room_id: &str, generation: u64, rows: RoomMembers) {
-        let mut inner = self.lock();
-        let entry = inner
-            .room_members
-            .entry(room_id.to_owned())
-            .or_insert((0, None));
-        if entry.0 == generation {
-            entry.1 = Some(rows);
-        }
+        self.lock().room_members.store(room_id, generation, rows);
     }
 
     /// Forgets a room's member rows after a membership change in it.
     pub(crate) fn room_members_changed(&self, room_id: &str) {
-        let mut inner = self.lock();
-        let entry = inner
-            .room_members
-            .entry(room_id.to_owned())
-            .or_insert((0, None));
-        entry.0 += 1;
-        entry.1 = None;
+        self.lock().room_members.invalidate(room_id);
     }
 
     /// Forgets a user's memberships after a change to them.
     pub(crate) fn memberships_changed(&self, user_id: &str) {
-        let mut inner = self.lock();
-        let entry = inner
-            .memberships
-            .entry(user_id.to_owned())
-            .or_insert((0, None));
-        entry.0 += 1;
-        entry.1 = None;
+        self.lock().memberships.invalidate(user_id);
     }
 }
 

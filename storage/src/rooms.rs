@@ -820,25 +820,7 @@ impl Storage {
         Ok(())
     }
 
-    /// The event a client transaction produced, if any.
-    pub async fn find_txn(
-        &self,
-        user_id: &str,
-        device_id: &str,
-        txn_id: &str,
-    ) -> Result<Option<String>> {
-        let row = sqlx::query(
-            "SELECT event_id FROM event_txns WHERE user_id = $1 AND device_id = $2 AND txn_id = $3",
-        )
-        .bind(user_id)
-        .bind(device_id)
-        .bind(txn_id)
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(row.map(|r| r.try_get("event_id")).transpose()?)
-    }
-
-    /// [`Storage::find_txn`] for several transactions in one round trip:
+    /// The events that client transactions produced, in one round trip:
     /// `(user, device, txn_id) → event_id` for those that exist.
     pub async fn find_txns(
         &self,
