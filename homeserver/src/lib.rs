@@ -56,6 +56,10 @@ pub struct AppState {
     /// invalidation; the cache is bounded by clearing it when full.
     pub snapshots:
         Arc<std::sync::Mutex<std::collections::HashMap<i64, Arc<myelin_storage::StateMap>>>>,
+    /// Events formatted once for every sync response that carries them, by event ID (see
+    /// [`rooms::format::SharedEvent`]). Bounded by clearing it when full.
+    pub shared_events:
+        Arc<std::sync::Mutex<std::collections::HashMap<String, Arc<rooms::format::SharedEvent>>>>,
 }
 
 /// How many state snapshots [`AppState::snapshot`] keeps in memory.
@@ -159,6 +163,7 @@ impl AppState {
             presence_changes: Default::default(),
             media: Arc::new(media),
             snapshots: Default::default(),
+            shared_events: Default::default(),
         })
     }
 }

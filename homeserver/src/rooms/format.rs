@@ -3,8 +3,13 @@
 //! `redacted_because`).
 //!
 //! <https://spec.matrix.org/latest/client-server-api/#room-event-format>
+//!
+//! Sync sends the same event to every member of a room, so for sync an event is formatted
+//! once into a [`SharedEvent`]: its JSON up to the `unsigned` object, kept in
+//! [`AppState::shared_events`]. Each response then copies those bytes and writes only what
+//! differs per viewer (`age`, and the `transaction_id` for the device that sent it).
 
-use std::collections::HashMap;
+use std::{collections::HashMap, sync::Arc};
 
 use myelin_storage::EventRow;
 use ruma::{DeviceId, UserId};
@@ -41,6 +46,37 @@ fn base(row: &EventRow, now: i64) -> Result<Map<String, Value>, Error> {
     Ok(event)
 }
 
+/// The transaction IDs of the viewer's own events among `rows`, in one query.
+async fn own_transaction_ids(
+    state: &AppState,
+    rows: &[EventRow],
+    viewer: Option<(&UserId, &DeviceId)>,
+) -> Result<HashMap<String, (String, String)>, Error> {
+    let Some((user, _)) = viewer else {
+        return Ok(HashMap::new());
+    };
+    let own: Vec<String> = rows
+        .iter()
+        .filter(|r| r.sender == user.as_str())
+        .map(|r| r.event_id.clone())
+        .collect();
+    if own.is_empty() {
+        return Ok(HashMap::new());
+    }
+    Ok(state.storage.txns_for_events(&own).await?)
+}
+
+/// The transaction ID to show `viewer` for `row`: only the device that sent it sees it.
+fn transaction_id_for(
+    row: &EventRow,
+    viewer: Option<(&UserId, &DeviceId)>,
+    txns: &HashMap<String, (String, String)>,
+) -> Option<String> {
+    let (_, device) = viewer?;
+    let (txn_device, txn_id) = txns.get(&row.event_id)?;
+    (txn_device == device.as_str()).then(|| txn_id.clone())
+}
+
 /// Formats events for `viewer` (the transaction ID is shown only to the device that sent it).
 pub async fn client_events(
     state: &AppState,
@@ -60,22 +96,7 @@ pub async fn client_events(
             .map(|r| (r.event_id.clone(), r))
             .collect()
     };
-    // Transaction IDs of the viewer's own events, in one query.
-    let txns = match viewer {
-        Some((user, _)) => {
-            let own: Vec<String> = rows
-                .iter()
-                .filter(|r| r.sender == user.as_str())
-                .map(|r| r.event_id.clone())
-                .collect();
-            if own.is_empty() {
-                HashMap::new()
-            } else {
-                state.storage.txns_for_events(&own).await?
-            }
-        }
-        None => HashMap::new(),
-    };
+    let txns = own_transaction_ids(state, rows, viewer).await?;
     let mut out = Vec::with_capacity(rows.len());
     for row in rows {
         let mut event = base(row, now)?;
@@ -83,10 +104,8 @@ pub async fn client_events(
             .get_mut("unsigned")
             .and_then(Value::as_object_mut)
             .expect("base adds unsigned");
-        if let (Some((_, device)), Some((txn_device, txn_id))) = (viewer, txns.get(&row.event_id)) {
-            if txn_device == device.as_str() {
-                unsigned.insert("transaction_id".into(), Value::String(txn_id.clone()));
-            }
+        if let Some(txn_id) = transaction_id_for(row, viewer, &txns) {
+            unsigned.insert("transaction_id".into(), Value::String(txn_id));
         }
         if let Some(redaction) = row.redacted_by.as_ref().and_then(|id| redactions.get(id)) {
             unsigned.insert(
@@ -108,4 +127,236 @@ pub async fn client_event(
     Ok(client_events(state, std::slice::from_ref(row), viewer)
         .await?
         .remove(0))
+}
+
+/// An event in the client format of sync (without `room_id`), serialised once for every
+/// viewer: `prefix` is its JSON object up to and including `"unsigned":{"age":`, so a
+/// viewer's copy is the prefix, the age, the viewer's own fields and `}}`.
+#[derive(Debug)]
+pub struct SharedEvent {
+    pub event_id: String,
+    pub sender: String,
+    prefix: String,
+}
+
+impl SharedEvent {
+    /// Formats a stored event that has not been redacted (a redacted event's `unsigned`
+    /// carries the redaction, which is not shared).
+    pub fn new(row: &EventRow) -> Result<SharedEvent, Error> {
+        let mut event = base(row, 0)?;
+        event.remove("room_id");
+        event.remove("unsigned");
+        let mut prefix = serde_json::to_string(&event).map_err(Error::internal)?;
+        // A serialised object always ends with its closing brace; the event is never empty
+        // (it has a type and an ID), so a comma separates the last field from `unsigned`.
+        prefix.pop();
+        prefix.push_str(r#","unsigned":{"age":"#);
+        Ok(SharedEvent {
+            event_id: row.event_id.clone(),
+            sender: row.sender.clone(),
+            prefix,
+        })
+    }
+}
+
+/// An event of a sync response: either shared bytes plus the viewer's own fields, or (for
+/// redacted events) a value formatted for this response alone.
+#[derive(Debug)]
+pub enum SyncEvent {
+    Shared {
+        event: Arc<SharedEvent>,
+        age: i64,
+        transaction_id: Option<String>,
+    },
+    Value(Value),
+}
+
+impl SyncEvent {
+    pub fn event_id(&self) -> Option<&str> {
+        match self {
+            SyncEvent::Shared { event, .. } => Some(&event.event_id),
+            SyncEvent::Value(v) => v["event_id"].as_str(),
+        }
+    }
+
+    pub fn sender(&self) -> Option<&str> {
+        match self {
+            SyncEvent::Shared { event, .. } => Some(&event.sender),
+            SyncEvent::Value(v) => v["sender"].as_str(),
+        }
+    }
+
+    /// Appends the event's JSON to `out`.
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        match self {
+            SyncEvent::Shared {
+                event,
+                age,
+                transaction_id,
+            } => {
+                out.extend_from_slice(event.prefix.as_bytes());
+                out.extend_from_slice(age.to_string().as_bytes());
+                if let Some(txn_id) = transaction_id {
+                    out.extend_from_slice(br#","transaction_id":"#);
+                    crate::sync::response::write_value(out, txn_id);
+                }
+                out.extend_from_slice(b"}}");
+            }
+            SyncEvent::Value(value) => crate::sync::response::write_value(out, value),
+        }
+    }
+}
+
+/// How many formatted events [`AppState::shared_events`] keeps; it is cleared when full.
+const SHARED_EVENTS: usize = 16_384;
+
+/// Formats events for a sync response to `viewer`: as [`client_events`] without `room_id`,
+/// each formatted once for all viewers.
+pub async fn sync_events(
+    state: &AppState,
+    rows: &[EventRow],
+    viewer: (&UserId, &DeviceId),
+) -> Result<Vec<SyncEvent>, Error> {
+    let now = now_ms();
+    let txns = own_transaction_ids(state, rows, Some(viewer)).await?;
+    let redacted: Vec<EventRow> = rows
+        .iter()
+        .filter(|r| r.redacted_by.is_some())
+        .cloned()
+        .collect();
+    let mut redacted = client_events(state, &redacted, Some(viewer))
+        .await?
+        .into_iter();
+    let mut out = Vec::with_capacity(rows.len());
+    for row in rows {
+        if row.redacted_by.is_some() {
+            let Some(mut value) = redacted.next() else {
+                return Err(Error::internal("a redacted event went missing"));
+            };
+            if let Some(object) = value.as_object_mut() {
+                object.remove("room_id");
+            }
+            out.push(SyncEvent::Value(value));
+            continue;
+        }
+        out.push(SyncEvent::Shared {
+            event: shared_event(state, row)?,
+            age: (now - row.origin_server_ts).max(0),
+            transaction_id: transaction_id_for(row, Some(viewer), &txns),
+        });
+    }
+    Ok(out)
+}
+
+/// The shared formatting of an unredacted event, from the cache or made now. Redaction sets
+/// `redacted_by` on the row, so a cached entry is never used for a redacted event.
+fn shared_event(state: &AppState, row: &EventRow) -> Result<Arc<SharedEvent>, Error> {
+    if let Some(event) = state
+        .shared_events
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&row.event_id)
+    {
+        return Ok(event.clone());
+    }
+    // Formatted outside the lock; two syncs racing for the same event both format it, and
+    // the results are the same.
+    let event = Arc::new(SharedEvent::new(row)?);
+    let mut cache = state
+        .shared_events
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    if cache.len() >= SHARED_EVENTS {
+        cache.clear();
+    }
+    cache.insert(row.event_id.clone(), event.clone());
+    Ok(event)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(pdu: Value) -> EventRow {
+        EventRow {
+            event_id: "$abc".into(),
+            room_id: "!room:x".into(),
+            stream_ordering: Some(7),
+            depth: 3,
+            event_type: pdu["type"].as_str().unwrap().into(),
+            state_key: pdu["state_key"].as_str().map(Into::into),
+            sender: pdu["sender"].as_str().unwrap().into(),
+            origin_server_ts: 1_000,
+            pdu: pdu.to_string(),
+            state_before: None,
+            state_after: None,
+            rejected: false,
+            redacted_by: None,
+        }
+    }
+
+    fn written(event: &SyncEvent) -> Value {
+        let mut out = Vec::new();
+        event.write_json(&mut out);
+        serde_json::from_slice(&out).expect("valid JSON")
+    }
+
+    #[test]
+    fn a_shared_event_reads_as_the_client_format_without_room_id() {
+        let pdu = serde_json::json!({
+            "type": "m.room.message",
+            "sender": "@a:x",
+            "room_id": "!room:x",
+            "origin_server_ts": 1_000,
+            "content": { "body": "hi \"there\" \u{e9}", "msgtype": "m.text" },
+            "depth": 3,
+            "prev_events": ["$p"],
+            "auth_events": ["$q"],
+            "hashes": { "sha256": "x" },
+            "signatures": {},
+        });
+        let row = row(pdu);
+        let shared = Arc::new(SharedEvent::new(&row).unwrap());
+        let plain = SyncEvent::Shared {
+            event: shared.clone(),
+            age: 250,
+            transaction_id: None,
+        };
+        let mut expected = Value::Object(base(&row, 1_250).unwrap());
+        expected.as_object_mut().unwrap().remove("room_id");
+        assert_eq!(written(&plain), expected);
+
+        let own = SyncEvent::Shared {
+            event: shared,
+            age: 0,
+            transaction_id: Some("t\"1".into()),
+        };
+        let value = written(&own);
+        assert_eq!(
+            value["unsigned"],
+            serde_json::json!({ "age": 0, "transaction_id": "t\"1" })
+        );
+        assert_eq!(value["content"], expected["content"]);
+        assert!(value.get("prev_events").is_none() && value.get("room_id").is_none());
+    }
+
+    #[test]
+    fn a_state_event_keeps_its_state_key() {
+        let row = row(serde_json::json!({
+            "type": "m.room.member",
+            "state_key": "@a:x",
+            "sender": "@a:x",
+            "origin_server_ts": 1_000,
+            "content": { "membership": "join" },
+        }));
+        let event = SyncEvent::Shared {
+            event: Arc::new(SharedEvent::new(&row).unwrap()),
+            age: 5,
+            transaction_id: None,
+        };
+        let value = written(&event);
+        assert_eq!(value["state_key"], "@a:x");
+        assert_eq!(value["event_id"], "$abc");
+        assert_eq!(value["unsigned"]["age"], 5);
+    }
 }

@@ -7,33 +7,17 @@
 //! per event. Clients that do not know the type ignore it. `delivery_receipts = false` in the
 //! configuration turns it off. See docs/delivered-receipts.md.
 
-use serde_json::Value;
-
 use crate::{auth::now_ms, AppState};
 
 /// The receipt type, in the project's own namespace.
 pub const DELIVERED: &str = "io.myelin.delivered";
 
-/// Records delivery of the newest event from someone else in each joined room of `response`.
+/// Records delivery of `(room ID, event ID)` pairs, the newest event from someone else in
+/// each joined room of a response ([`super::response::SyncResponse::newest_from_others`]).
 /// Runs after the response is sent; failures are logged, never shown to the client.
-pub async fn record(state: AppState, user: String, response: Value) {
-    let Some(rooms) = response["rooms"]["join"].as_object() else {
-        return;
-    };
-    for (room_id, room) in rooms {
-        let newest_from_others = room["timeline"]["events"]
-            .as_array()
-            .and_then(|events| {
-                events
-                    .iter()
-                    .rev()
-                    .find(|e| e["sender"].as_str() != Some(user.as_str()))
-            })
-            .and_then(|e| e["event_id"].as_str());
-        let Some(event_id) = newest_from_others else {
-            continue;
-        };
-        if let Err(e) = advance(&state, room_id, &user, event_id).await {
+pub async fn record(state: AppState, user: String, delivered: Vec<(String, String)>) {
+    for (room_id, event_id) in delivered {
+        if let Err(e) = advance(&state, &room_id, &user, &event_id).await {
             tracing::warn!(%room_id, %user, error = %e, "could not record a delivery receipt");
         }
     }

@@ -21,7 +21,8 @@ use serde_json::{json, Value};
 use super::SyncRequest;
 use crate::{error::Error, AppState};
 
-/// Adds the encryption sections to a response covering `(req.since, upto]`.
+/// Adds the encryption sections to a response (the object of its top-level fields) covering
+/// `(req.since, upto]`.
 pub(super) async fn add_sections(
     state: &AppState,
     req: &SyncRequest<'_>,

@@ -21,6 +21,7 @@
 pub mod delivery;
 pub mod e2ee;
 pub mod filter;
+pub mod response;
 pub mod ws;
 
 use std::{collections::HashSet, time::Duration};
@@ -31,10 +32,14 @@ use serde_json::{json, Map, Value};
 
 use crate::{
     error::Error,
-    rooms::{format::client_events, visibility::Visibility},
+    rooms::{
+        format::{client_events, sync_events, SyncEvent},
+        visibility::Visibility,
+    },
     AppState,
 };
 use filter::SyncFilter;
+use response::{JoinedRoom, SyncResponse};
 
 /// What a device asks for.
 pub struct SyncRequest<'a> {
@@ -89,7 +94,7 @@ fn format_token(position: i64, typing: u64, presence: u64) -> String {
 
 /// Runs a sync: computes the response and, when there is nothing new, waits (up to the
 /// timeout) for the notifier to say something relevant was committed.
-pub async fn sync(state: &AppState, req: &SyncRequest<'_>) -> Result<Value, Error> {
+pub async fn sync(state: &AppState, req: &SyncRequest<'_>) -> Result<SyncResponse, Error> {
     let deadline = tokio::time::Instant::now() + req.timeout;
     let handle = state.notifier.handle(req.user.as_str());
     // The position (and typing serial) up to which we know there is nothing for this user:
@@ -125,13 +130,16 @@ pub async fn sync(state: &AppState, req: &SyncRequest<'_>) -> Result<Value, Erro
             // (10,000 idle connections) would carry that space while it waits.
             let response =
                 Box::pin(compute(state, req, upto, typing_serial, presence_serial)).await?;
-            if req.since.is_none() || req.full_state || !is_empty(&response) {
+            if req.since.is_none() || req.full_state || !response.is_empty() {
                 if state.config.delivery_receipts {
-                    tokio::spawn(delivery::record(
-                        state.clone(),
-                        req.user.to_string(),
-                        response.clone(),
-                    ));
+                    let delivered = response.newest_from_others(req.user.as_str());
+                    if !delivered.is_empty() {
+                        tokio::spawn(delivery::record(
+                            state.clone(),
+                            req.user.to_string(),
+                            delivered,
+                        ));
+                    }
                 }
                 return Ok(response);
             }
@@ -151,23 +159,8 @@ pub async fn sync(state: &AppState, req: &SyncRequest<'_>) -> Result<Value, Erro
     }
 }
 
-fn empty_response(upto: i64, typing_serial: u64, presence_serial: u64) -> Value {
-    json!({ "next_batch": format_token(upto, typing_serial, presence_serial) })
-}
-
-fn is_empty(response: &Value) -> bool {
-    let rooms_empty = response["rooms"].as_object().is_none_or(|rooms| {
-        rooms
-            .values()
-            .all(|section| section.as_object().is_none_or(Map::is_empty))
-    });
-    let account_data_empty = response["account_data"]["events"]
-        .as_array()
-        .is_none_or(Vec::is_empty);
-    let presence_empty = response["presence"]["events"]
-        .as_array()
-        .is_none_or(Vec::is_empty);
-    rooms_empty && account_data_empty && presence_empty && e2ee::is_empty(response)
+fn empty_response(upto: i64, typing_serial: u64, presence_serial: u64) -> SyncResponse {
+    SyncResponse::empty(format_token(upto, typing_serial, presence_serial))
 }
 
 /// Computes the response for `(since, upto]`.
@@ -177,7 +170,7 @@ async fn compute(
     upto: i64,
     typing_serial: u64,
     presence_serial: u64,
-) -> Result<Value, Error> {
+) -> Result<SyncResponse, Error> {
     let since = req.since.unwrap_or(0);
     let initial = req.since.is_none();
     let memberships = state
@@ -197,7 +190,7 @@ async fn compute(
     // `typing_serial` was read before the rooms, so a change during this computation is
     // sent again next time rather than lost.
 
-    let mut join = Map::new();
+    let mut join = Vec::new();
     let mut invite = Map::new();
     let mut knock = Map::new();
     let mut leave = Map::new();
@@ -230,7 +223,7 @@ async fn compute(
                     ephemeral,
                 );
                 if let Some(room) = room.await? {
-                    join.insert(m.room_id.clone(), room);
+                    join.push((m.room_id.clone(), room));
                 }
             }
             "invite" if initial || m.stream_ordering > since => {
@@ -268,17 +261,12 @@ async fn compute(
         .collect();
 
     let mut rooms = Map::new();
-    for (name, section) in [
-        ("join", join),
-        ("invite", invite),
-        ("knock", knock),
-        ("leave", leave),
-    ] {
+    for (name, section) in [("invite", invite), ("knock", knock), ("leave", leave)] {
         if !section.is_empty() {
             rooms.insert(name.into(), Value::Object(section));
         }
     }
-    let mut response = json!({ "next_batch": format_token(upto, typing_serial, presence_serial) });
+    let mut response = json!({});
     if state.config.presence.enabled && (initial || req.since_presence != presence_serial) {
         let watched = crate::co_members(state, req.user.as_str()).await?;
         let since_presence = if initial { 0 } else { req.since_presence };
@@ -296,7 +284,11 @@ async fn compute(
         response["account_data"] = json!({ "events": global });
     }
     e2ee::add_sections(state, req, upto, &mut response).await?;
-    Ok(response)
+    Ok(SyncResponse {
+        next_batch: format_token(upto, typing_serial, presence_serial),
+        join,
+        rest: response,
+    })
 }
 
 fn token_before(row: &EventRow) -> String {
@@ -382,6 +374,15 @@ async fn state_section(
     Ok(state.storage.get_events(&ids).await?)
 }
 
+/// Events of a joined room, in the shared sync format.
+async fn format_shared(
+    state: &AppState,
+    req: &SyncRequest<'_>,
+    rows: &[EventRow],
+) -> Result<Vec<SyncEvent>, Error> {
+    sync_events(state, rows, (req.user, req.device)).await
+}
+
 async fn format(
     state: &AppState,
     req: &SyncRequest<'_>,
@@ -406,7 +407,7 @@ async fn joined_room(
     fresh: bool,
     account_data: Vec<Value>,
     ephemeral: Vec<Value>,
-) -> Result<Option<Value>, Error> {
+) -> Result<Option<JoinedRoom>, Error> {
     // `full_state` sends the whole state but keeps the timeline to what is new since the
     // token; a room new to the client gets both from the start.
     let full = fresh || req.full_state;
@@ -436,20 +437,24 @@ async fn joined_room(
         .first()
         .map(token_before)
         .unwrap_or_else(|| format!("s{upto}"));
-    let mut room = json!({
-        "timeline": { "events": format(state, req, &rows).await?, "limited": limited, "prev_batch": prev_batch },
-        "state": { "events": format(state, req, &state_rows).await? },
-        "account_data": { "events": account_data },
-        "ephemeral": { "events": ephemeral },
-    });
     let members_changed = rows
         .iter()
         .chain(state_rows.iter())
         .any(|r| r.event_type == "m.room.member");
-    if fresh || members_changed {
-        room["summary"] = summary(state, req.user, &m.room_id).await?;
-    }
-    Ok(Some(room))
+    let summary = if fresh || members_changed {
+        Some(summary(state, req.user, &m.room_id).await?)
+    } else {
+        None
+    };
+    Ok(Some(JoinedRoom {
+        timeline: format_shared(state, req, &rows).await?,
+        limited,
+        prev_batch,
+        state: format_shared(state, req, &state_rows).await?,
+        account_data,
+        ephemeral,
+        summary,
+    }))
 }
 
 async fn left_room(

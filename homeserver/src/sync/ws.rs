@@ -203,12 +203,12 @@ async fn serve(
                 break;
             }
         };
-        let next = response["next_batch"]
-            .as_str()
-            .and_then(|t| parse_token(t).ok());
-        let is_news = since.is_none() || !super::is_empty(&response);
+        let next = parse_token(&response.next_batch).ok();
+        let is_news = since.is_none() || !response.is_empty();
         let sent = if is_news {
-            sink.send(Message::Text(response.to_string().into())).await
+            // The engine writes valid JSON, which is UTF-8.
+            let text = String::from_utf8_lossy(&response.to_json()).into_owned();
+            sink.send(Message::Text(text.into())).await
         } else {
             sink.send(Message::Ping(Vec::new().into())).await
         };

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use axum::{extract::State, response::IntoResponse, Json};
+use axum::{extract::State, response::IntoResponse};
 use ruma::api::client::{
     filter::{create_filter, get_filter, FilterDefinition},
     sync::sync_events,
@@ -72,7 +72,15 @@ pub async fn sync_events(
     if presence.is_some() {
         state.presence.disconnected(parsed.user.as_str(), now_ms());
     }
-    Ok(Json(response?).into_response())
+    let body = response?.to_json();
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            axum::http::HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response())
 }
 
 /// A `/sync` request, reduced to what the engine needs.
