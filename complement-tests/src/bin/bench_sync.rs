@@ -108,24 +108,40 @@ fn long_poll_member(
     since: String,
     tx: mpsc::UnboundedSender<(String, Instant)>,
 ) -> tokio::task::JoinHandle<()> {
+    use http_body_util::BodyExt;
     tokio::spawn(async move {
-        let http = reqwest::Client::new();
-        let token = client.access_token.clone().unwrap();
+        let authority = base.trim_start_matches("http://").to_owned();
+        let Ok(stream) = tokio::net::TcpStream::connect(&authority).await else {
+            return;
+        };
+        let _ = stream.set_nodelay(true);
+        let Ok((mut requests, connection)) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await
+        else {
+            return;
+        };
+        tokio::spawn(connection);
+        let authorization = format!("Bearer {}", client.access_token.as_deref().unwrap());
         let mut since = since;
         loop {
-            let url = format!(
-                "{base}/_matrix/client/v3/sync?timeout=30000&since={}",
+            let request = hyper::Request::get(format!(
+                "/_matrix/client/v3/sync?timeout=30000&since={}",
                 encode(&since)
-            );
-            let Ok(response) = http.get(url).bearer_auth(&token).send().await else {
+            ))
+            .header(hyper::header::HOST, &authority)
+            .header(hyper::header::AUTHORIZATION, &authorization)
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .expect("a valid request");
+            let Ok(response) = requests.send_request(request).await else {
                 return;
             };
             if response.status() != 200 {
                 return;
             }
-            let Ok(body) = response.bytes().await else {
+            let Ok(body) = response.into_body().collect().await else {
                 return;
             };
+            let body = body.to_bytes();
             let now = Instant::now();
             let Ok(frame) = serde_json::from_slice::<Frame>(&body) else {
                 return;
