@@ -35,9 +35,21 @@ use tokio::net::TcpListener;
 
 pub use config::Config;
 
-/// Everything a handler may use. Cheap to clone; handlers receive it as `State<AppState>`.
+/// Everything a handler may use; handlers receive it as `State<AppState>`. One pointer, so
+/// the clones the router and extractors make for every request cost one reference count.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Services>);
+
+impl std::ops::Deref for AppState {
+    type Target = Services;
+
+    fn deref(&self) -> &Services {
+        &self.0
+    }
+}
+
+/// What [`AppState`] shares.
+pub struct Services {
     pub config: Arc<Config>,
     pub server_name: OwnedServerName,
     pub storage: Storage,
@@ -149,7 +161,7 @@ impl AppState {
         };
         let server_name = OwnedServerName::try_from(config.server_name.as_str())
             .map_err(|e| StartError::ServerName(e.to_string()))?;
-        Ok(AppState {
+        Ok(AppState(Arc::new(Services {
             limits: Arc::new(ratelimit::RateLimiters::new(&config.rate_limits)),
             config: Arc::new(config),
             server_name,
@@ -164,7 +176,7 @@ impl AppState {
             media: Arc::new(media),
             snapshots: Default::default(),
             shared_events: Default::default(),
-        })
+        })))
     }
 }
 

@@ -23,6 +23,10 @@ impl Notifier {
     /// before reading storage.
     pub fn handle(&self, user_id: &str) -> Arc<Notify> {
         let mut users = self.users.lock().unwrap_or_else(|e| e.into_inner());
+        // Looked up first: every sync asks, and only the first one for a user needs the key.
+        if let Some(notify) = users.get(user_id) {
+            return notify.clone();
+        }
         users.entry(user_id.to_owned()).or_default().clone()
     }
 

@@ -134,9 +134,13 @@ impl Presence {
     /// debounce.
     pub fn connected(&self, user: &str, presence: &str, now: i64) -> Option<bool> {
         let mut users = self.lock();
-        let entry = users
-            .entry(user.to_owned())
-            .or_insert_with(|| UserPresence::offline(now));
+        // Looked up first, so that a known user's every sync does not allocate a key.
+        if !users.contains_key(user) {
+            users.insert(user.to_owned(), UserPresence::offline(now));
+        }
+        let Some(entry) = users.get_mut(user) else {
+            return Some(false);
+        };
         entry.open += 1;
         entry.last_seen = now;
         match (entry.presence.as_str(), presence) {
