@@ -68,11 +68,23 @@ pub struct Services {
     /// invalidation; the cache is bounded by clearing it when full.
     pub snapshots:
         Arc<std::sync::Mutex<std::collections::HashMap<i64, Arc<myelin_storage::StateMap>>>>,
+    /// A room's `m.receipt` event for a sync range `(room, after, upto)`, serialised once
+    /// for every member woken by those receipts. Bounded by clearing it when full.
+    pub shared_receipts: std::sync::Mutex<SharedReceipts>,
+
+    /// Delivered receipts waiting to be written (see [`sync::delivery`]).
+    pub deliveries: sync::delivery::Deliveries,
     /// Events formatted once for every sync response that carries them, by event ID (see
     /// [`rooms::format::SharedEvent`]). Bounded by clearing it when full.
     pub shared_events:
         Arc<std::sync::Mutex<std::collections::HashMap<String, Arc<rooms::format::SharedEvent>>>>,
 }
+
+/// `(room ID, after, upto)` → that range's `m.receipt` event as JSON (none if empty).
+pub type SharedReceipts = std::collections::HashMap<(String, i64, i64), Option<Arc<str>>>;
+
+/// How many ranges [`AppState::shared_receipts`] keeps.
+const SHARED_RECEIPTS_ENTRIES: usize = 1024;
 
 /// How many state snapshots [`AppState::snapshot`] keeps in memory.
 const SNAPSHOT_CACHE_ENTRIES: usize = 4096;
@@ -89,6 +101,34 @@ impl AppState {
                 .map(|(u, _, _)| u.as_str()),
         );
         Ok(())
+    }
+
+    /// The receipts event for `(room, after, upto)` from the cache, or made by `make` and
+    /// kept. Receipts in a range never change once it is safe to read, so entries need no
+    /// invalidation.
+    pub fn shared_receipts(
+        &self,
+        key: (String, i64, i64),
+        make: impl FnOnce() -> Option<serde_json::Value>,
+    ) -> Option<Arc<str>> {
+        if let Some(json) = self
+            .shared_receipts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+        {
+            return json.clone();
+        }
+        let json: Option<Arc<str>> = make().map(|event| event.to_string().into());
+        let mut cache = self
+            .shared_receipts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if cache.len() >= SHARED_RECEIPTS_ENTRIES {
+            cache.clear();
+        }
+        cache.insert(key, json.clone());
+        json
     }
 
     /// The full state of a snapshot, from the cache or storage.
@@ -176,6 +216,8 @@ impl AppState {
             media: Arc::new(media),
             snapshots: Default::default(),
             shared_events: Default::default(),
+            deliveries: Default::default(),
+            shared_receipts: Default::default(),
         })))
     }
 }
@@ -415,12 +457,14 @@ pub async fn serve(
     let typing_sweeper = tokio::spawn(typing_sweeper(state.clone()));
     let presence_sweeper = tokio::spawn(presence_sweeper(state.clone()));
     let presence_announcer = tokio::spawn(presence_announcer(state.clone()));
+    let delivery_recorder = tokio::spawn(sync::delivery::recorder(state.clone()));
     let app = api::router(state.clone());
     accept_loop(listener, app, shutdown).await;
     housekeeping.abort();
     typing_sweeper.abort();
     presence_sweeper.abort();
     presence_announcer.abort();
+    delivery_recorder.abort();
     state.storage.close().await;
     Ok(())
 }

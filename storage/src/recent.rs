@@ -20,15 +20,21 @@
 
 use std::{
     collections::{HashMap, VecDeque},
-    sync::Mutex,
+    sync::{Arc, Mutex},
 };
 
-use crate::{rooms::EventRow, sync::MembershipRow};
+use crate::{
+    rooms::EventRow,
+    sync::{MembershipRow, ReceiptRow},
+};
 
 /// Events kept per room: enough for a sync's timeline in the common case.
 const EVENTS_PER_ROOM: usize = 50;
 /// Events kept in all, bounding memory (~1 KiB each).
 const MAX_EVENTS: usize = 50_000;
+/// Receipt moves kept (~200 bytes each). Delivered receipts move once per member per
+/// message, so a 200-member room adds 200 per message.
+const MAX_RECEIPTS: usize = 20_000;
 
 /// The newest events of one room.
 #[derive(Debug, Default)]
@@ -49,8 +55,8 @@ struct Inner {
     events: usize,
     /// The last position at which each user's account data changed.
     account_data: HashMap<String, i64>,
-    /// The last position at which any receipt moved.
-    last_receipt: i64,
+    /// Receipt moves, ascending by position (several may share one: a batch).
+    receipts: Receipts,
     /// Each user's memberships, as read from the database (see [`Generational`]).
     memberships: Generational<Vec<MembershipRow>>,
     /// The last position at which any membership changed (any room).
@@ -67,6 +73,65 @@ struct Inner {
     key_counts: (u64, HashMap<(String, String), KeyCounts>),
     /// Each room's member rows `(user, membership, event ID)` (see [`Generational`]).
     room_members: Generational<RoomMembers>,
+}
+
+/// Recent receipt moves, each marked with the position of the move that superseded it (the
+/// next move of the same `(room, user, type, thread)`), so that a reader can take the latest
+/// move per key in a range without hashing every row.
+#[derive(Debug, Default)]
+struct Receipts {
+    /// `(position, receipt, superseded at)`, ascending by position.
+    moves: VecDeque<(i64, Arc<ReceiptRow>, Option<i64>)>,
+    /// The sequence number of `moves[0]`; each move gets the next one.
+    first_seq: u64,
+    /// The sequence number of each key's latest move.
+    latest: HashMap<(String, String, String, String), u64>,
+    /// Moves at or below this position may have been dropped.
+    floor: i64,
+}
+
+impl Receipts {
+    fn push(&mut self, position: i64, row: &ReceiptRow) {
+        let key = (
+            row.room_id.clone(),
+            row.user_id.clone(),
+            row.receipt_type.clone(),
+            row.thread_id.clone().unwrap_or_default(),
+        );
+        let seq = self.first_seq + self.moves.len() as u64;
+        if let Some(&previous) = self.latest.get(&key) {
+            if let Some(entry) = previous
+                .checked_sub(self.first_seq)
+                .and_then(|i| self.moves.get_mut(i as usize))
+            {
+                if entry.0 == position {
+                    // The same write moved it twice: the later row replaces the earlier.
+                    entry.1 = Arc::new(row.clone());
+                    return;
+                }
+                entry.2 = Some(position);
+            }
+        }
+        self.latest.insert(key, seq);
+        self.moves
+            .push_back((position, Arc::new(row.clone()), None));
+        while self.moves.len() > MAX_RECEIPTS {
+            let Some((dropped, row, _)) = self.moves.pop_front() else {
+                break;
+            };
+            let key = (
+                row.room_id.clone(),
+                row.user_id.clone(),
+                row.receipt_type.clone(),
+                row.thread_id.clone().unwrap_or_default(),
+            );
+            if self.latest.get(&key) == Some(&self.first_seq) {
+                self.latest.remove(&key);
+            }
+            self.first_seq += 1;
+            self.floor = self.floor.max(dropped);
+        }
+    }
 }
 
 /// Values read from the database per key, each with a generation that a write bumps (after
@@ -223,15 +288,35 @@ impl Recent {
         after >= inner.floor && inner.account_data.get(user_id).is_none_or(|&p| p <= after)
     }
 
-    pub(crate) fn receipt_moved(&self, position: i64) {
+    /// Receipts written at `position` (after their commit, before the position leaves
+    /// flight).
+    pub(crate) fn receipts_moved(&self, position: i64, rows: &[ReceiptRow]) {
         let mut inner = self.lock();
-        inner.last_receipt = inner.last_receipt.max(position);
+        for row in rows {
+            inner.receipts.push(position, row);
+        }
     }
 
-    /// Whether no receipt is known to have moved in `(after, ∞)`.
-    pub(crate) fn receipts_unchanged_since(&self, after: i64) -> bool {
+    /// The receipts that moved in `(after, upto]`, the latest move of each
+    /// `(room, user, type, thread)` only; `None` if that reaches below what is kept.
+    pub(crate) fn receipts_in_range(&self, after: i64, upto: i64) -> Option<Vec<Arc<ReceiptRow>>> {
         let inner = self.lock();
-        after >= inner.floor && inner.last_receipt <= after
+        if after < inner.floor || after < inner.receipts.floor {
+            return None;
+        }
+        let mut rows: Vec<Arc<ReceiptRow>> = inner
+            .receipts
+            .moves
+            .iter()
+            .rev()
+            .skip_while(|(position, _, _)| *position > upto)
+            .take_while(|(position, _, _)| *position > after)
+            // A move superseded within the range is left out: the later one is in it.
+            .filter(|(_, _, superseded)| superseded.is_none_or(|p| p > upto))
+            .map(|(_, r, _)| r.clone())
+            .collect();
+        rows.reverse();
+        Some(rows)
     }
 
     /// The user's cached memberships, or the generation to hand back to
@@ -425,9 +510,63 @@ mod tests {
         assert!(!recent.account_data_unchanged_since("@a:x", 14));
         assert!(recent.account_data_unchanged_since("@a:x", 15));
         assert!(recent.account_data_unchanged_since("@b:x", 12));
-        assert!(recent.receipts_unchanged_since(10));
-        recent.receipt_moved(12);
-        assert!(!recent.receipts_unchanged_since(11));
+    }
+
+    fn receipt(user: &str, event: &str) -> ReceiptRow {
+        ReceiptRow {
+            room_id: "!r:x".into(),
+            user_id: user.into(),
+            receipt_type: "m.read".into(),
+            thread_id: None,
+            event_id: event.into(),
+            ts: 1,
+        }
+    }
+
+    #[test]
+    fn receipts_are_served_from_memory_above_the_floor_latest_move_only() {
+        let recent = Recent::starting_at(10);
+        assert_eq!(recent.receipts_in_range(9, 20), None);
+        assert_eq!(recent.receipts_in_range(10, 20), Some(Vec::new()));
+        recent.receipts_moved(12, &[receipt("@a:x", "$1"), receipt("@b:x", "$1")]);
+        recent.receipts_moved(14, &[receipt("@a:x", "$2")]);
+        let users = |rows: Vec<Arc<ReceiptRow>>| -> Vec<(String, String)> {
+            rows.into_iter()
+                .map(|r| (r.user_id.clone(), r.event_id.clone()))
+                .collect()
+        };
+        assert_eq!(
+            users(recent.receipts_in_range(10, 20).unwrap()),
+            vec![("@b:x".into(), "$1".into()), ("@a:x".into(), "$2".into())]
+        );
+        // A range ending before the later move sees the earlier one.
+        assert_eq!(
+            users(recent.receipts_in_range(10, 13).unwrap()),
+            vec![("@a:x".into(), "$1".into()), ("@b:x".into(), "$1".into())]
+        );
+        assert!(recent.receipts_in_range(14, 20).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_key_moved_twice_at_one_position_keeps_the_later_row() {
+        let recent = Recent::starting_at(0);
+        recent.receipts_moved(5, &[receipt("@a:x", "$1"), receipt("@a:x", "$2")]);
+        let rows = recent.receipts_in_range(0, 10).unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].event_id, "$2");
+    }
+
+    #[test]
+    fn dropping_old_receipts_raises_their_floor() {
+        let recent = Recent::starting_at(0);
+        for position in 1..=(MAX_RECEIPTS as i64 + 1) {
+            recent.receipts_moved(position, &[receipt("@a:x", "$e")]);
+        }
+        assert_eq!(recent.receipts_in_range(0, i64::MAX), None);
+        assert_eq!(
+            recent.receipts_in_range(1, i64::MAX).map(|r| r.len()),
+            Some(1)
+        );
     }
 
     #[test]

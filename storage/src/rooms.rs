@@ -80,7 +80,7 @@ fn placeholders_from(first: usize, n: usize) -> String {
 }
 
 /// `($1, …, $cols), ($cols+1, …), …`: the `VALUES` list of a multi-row insert.
-fn value_rows(rows: usize, cols: usize) -> String {
+pub(crate) fn value_rows(rows: usize, cols: usize) -> String {
     (0..rows)
         .map(|r| format!("({})", placeholders_from(r * cols + 1, cols)))
         .collect::<Vec<_>>()

@@ -1,5 +1,7 @@
 //! The reads `/sync` is built from: what changed for a user between two stream positions.
 
+use std::collections::HashMap;
+
 use sqlx::{AssertSqlSafe, Row};
 
 use crate::{rooms::EventRow, Backend, Result, Storage};
@@ -167,7 +169,7 @@ impl Storage {
 }
 
 /// A read receipt.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReceiptRow {
     pub room_id: String,
     pub user_id: String,
@@ -214,8 +216,77 @@ impl Storage {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
-        self.recent.receipt_moved(position);
+        self.recent
+            .receipts_moved(position, std::slice::from_ref(receipt));
         Ok(position)
+    }
+
+    /// Writes many receipts in one transaction at one stream position (the delivered
+    /// receipts of a batch). Of several rows for the same `(room, user, type, thread)`, the
+    /// last wins.
+    pub async fn set_receipts(&self, receipts: &[ReceiptRow]) -> Result<i64> {
+        let mut unique: HashMap<(&str, &str, &str, &str), &ReceiptRow> = HashMap::new();
+        for r in receipts {
+            let thread = r.thread_id.as_deref().unwrap_or("");
+            unique.insert((&r.room_id, &r.user_id, &r.receipt_type, thread), r);
+        }
+        let rows: Vec<&ReceiptRow> = unique.into_values().collect();
+        let mut tx = self.begin_write().await?;
+        let position = self.next_stream_position(&mut tx).await?;
+        let _in_flight = crate::stream::InFlight {
+            tracker: &self.stream,
+            position,
+        };
+        // 7 parameters a row; 500 rows stay far below both engines' limits.
+        for chunk in rows.chunks(500) {
+            let sql = format!(
+                "INSERT INTO receipts (room_id, user_id, receipt_type, thread_id, event_id, ts, stream_ordering)
+                 VALUES {}
+                 ON CONFLICT (room_id, user_id, receipt_type, thread_id)
+                 DO UPDATE SET event_id = excluded.event_id, ts = excluded.ts, stream_ordering = excluded.stream_ordering",
+                crate::rooms::value_rows(chunk.len(), 7)
+            );
+            let mut query = sqlx::query(AssertSqlSafe(sql.as_str()));
+            for r in chunk {
+                query = query
+                    .bind(&r.room_id)
+                    .bind(&r.user_id)
+                    .bind(&r.receipt_type)
+                    .bind(r.thread_id.as_deref().unwrap_or(""))
+                    .bind(&r.event_id)
+                    .bind(r.ts)
+                    .bind(position);
+            }
+            query.execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        let written: Vec<ReceiptRow> = rows.into_iter().cloned().collect();
+        self.recent.receipts_moved(position, &written);
+        Ok(position)
+    }
+
+    /// Each user's receipt of `receipt_type` (unthreaded) in a room, as the stream position
+    /// of the event it points at.
+    pub async fn receipt_positions(
+        &self,
+        room_id: &str,
+        receipt_type: &str,
+    ) -> Result<HashMap<String, i64>> {
+        let rows = sqlx::query(
+            "SELECT r.user_id, e.stream_ordering FROM receipts r JOIN events e ON e.event_id = r.event_id
+             WHERE r.room_id = $1 AND r.receipt_type = $2 AND r.thread_id = ''",
+        )
+        .bind(room_id)
+        .bind(receipt_type)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = HashMap::new();
+        for row in rows {
+            if let Some(position) = row.try_get::<Option<i64>, _>("stream_ordering")? {
+                out.insert(row.try_get("user_id")?, position);
+            }
+        }
+        Ok(out)
     }
 
     /// The stream position of the event a user's receipt of this type (unthreaded) points at.
@@ -240,10 +311,15 @@ impl Storage {
             .flatten())
     }
 
-    /// Receipts that moved in `after < stream <= upto`, in any room.
-    pub async fn receipts_in_range(&self, after: i64, upto: i64) -> Result<Vec<ReceiptRow>> {
-        if self.recent.receipts_unchanged_since(after) {
-            return Ok(Vec::new());
+    /// Receipts that moved in `after < stream <= upto`, in any room. Shared: every member
+    /// of a room woken by the same receipts gets the same rows.
+    pub async fn receipts_in_range(
+        &self,
+        after: i64,
+        upto: i64,
+    ) -> Result<Vec<std::sync::Arc<ReceiptRow>>> {
+        if let Some(rows) = self.recent.receipts_in_range(after, upto) {
+            return Ok(rows);
         }
         let rows = sqlx::query(
             "SELECT room_id, user_id, receipt_type, thread_id, event_id, ts FROM receipts
@@ -253,7 +329,9 @@ impl Storage {
         .bind(upto)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(receipt_from_row).collect()
+        rows.iter()
+            .map(|r| receipt_from_row(r).map(std::sync::Arc::new))
+            .collect()
     }
 
     /// The latest receipts of a room (at or before `upto`).

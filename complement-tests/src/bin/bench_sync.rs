@@ -205,15 +205,20 @@ async fn main() {
     let members = env_num("BENCH_MEMBERS", 200) as usize;
     let rounds = env_num("BENCH_ROUNDS", 30) as usize;
     let idle = env_num("BENCH_IDLE", 10_000) as usize;
+    // Delivered receipts are on by default in the server; BENCH_DELIVERY_RECEIPTS=false
+    // measures without them.
+    let delivery_receipts = std::env::var("BENCH_DELIVERY_RECEIPTS").unwrap_or("true".into());
     let options = ServerOptions::default()
         .env("MYELIN_LOG", "error")
-        .env("MYELIN_DELIVERY_RECEIPTS", "false");
+        .env("MYELIN_DELIVERY_RECEIPTS", &delivery_receipts);
     let Some(hs) = TestServer::start(backend, options).await else {
         eprintln!("PostgreSQL is not available; set BENCH_BACKEND=sqlite or install PostgreSQL");
         std::process::exit(1);
     };
     let pid = hs.pid().expect("our own server");
-    println!("# Myelin sync benchmark ({backend:?}, {members} members, {rounds} rounds)");
+    println!(
+        "# Myelin sync benchmark ({backend:?}, {members} members, {rounds} rounds, delivered receipts {delivery_receipts})"
+    );
 
     let sender = hs.register_user("sender").await;
     let room = sender

@@ -98,7 +98,86 @@ async fn delivered_receipts_can_be_turned_off(backend: Backend) {
     assert!(r[&event_id]["io.myelin.delivered"].is_null(), "{r}");
 }
 
+/// In a group, every member's delivery reaches the sender (the server writes them in
+/// batches, one wake-up of the room per batch).
+async fn delivered_receipts_of_a_group_reach_the_sender(backend: Backend) {
+    let Some(hs) = TestServer::start(backend, ServerOptions::default()).await else {
+        return;
+    };
+    if hs.is_external() {
+        return;
+    }
+    let alice = hs.register_user("alice").await;
+    let bob = hs.register_user("bob").await;
+    let carol = hs.register_user("carol").await;
+    let room = alice.create_room(&json!({ "preset": "public_chat" })).await;
+    bob.join(&room).await;
+    carol.join(&room).await;
+    let (_, first) = alice.sync_with(None, 0, &[]).await;
+    let since = first["next_batch"].as_str().unwrap().to_owned();
+    let event_id = alice.send_text(&room, "hello both").await;
+    for member in [&bob, &carol] {
+        let (status, _) = member.sync_with(None, 0, &[]).await;
+        assert_eq!(status, 200);
+    }
+    // `sync_until` takes a `Fn`: collect across responses through a cell.
+    let seen = std::cell::RefCell::new(json!({}));
+    alice
+        .sync_until(Some(&since), Duration::from_secs(10), |sync| {
+            for (event, by_type) in receipts(sync, &room).as_object().into_iter().flatten() {
+                for (user, receipt) in by_type["io.myelin.delivered"]
+                    .as_object()
+                    .into_iter()
+                    .flatten()
+                {
+                    seen.borrow_mut()[user] = json!({ "event": event, "ts": receipt["ts"] });
+                }
+            }
+            let seen = seen.borrow();
+            seen.get(bob.user_id()).is_some() && seen.get(carol.user_id()).is_some()
+        })
+        .await;
+    let seen = seen.into_inner();
+    assert_eq!(seen[bob.user_id()]["event"], event_id.as_str(), "{seen}");
+    assert_eq!(seen[carol.user_id()]["event"], event_id.as_str(), "{seen}");
+    // Alice's own watermark (what she received from the others) may come along with the
+    // room's receipts; it never points at her own message.
+    assert_ne!(seen[alice.user_id()]["event"], event_id.as_str(), "{seen}");
+}
+
+/// A member's own delivered receipt does not wake their waiting sync: it tells them
+/// nothing, so a long-poll after receiving a message waits out its timeout.
+async fn own_delivered_receipt_does_not_wake_its_owner(backend: Backend) {
+    let Some(hs) = TestServer::start(backend, ServerOptions::default()).await else {
+        return;
+    };
+    if hs.is_external() {
+        return;
+    }
+    let alice = hs.register_user("alice").await;
+    let bob = hs.register_user("bob").await;
+    let room = alice.create_room(&json!({ "preset": "public_chat" })).await;
+    bob.join(&room).await;
+    let (_, first) = bob.sync_with(None, 0, &[]).await;
+    let since = first["next_batch"].as_str().unwrap().to_owned();
+    alice.send_text(&room, "hello bob").await;
+    // Bob receives the message; that records his delivered receipt shortly after.
+    let (_, got) = bob.sync_with(Some(&since), 5000, &[]).await;
+    let since = got["next_batch"].as_str().unwrap().to_owned();
+    let started = std::time::Instant::now();
+    let (status, body) = bob.sync_with(Some(&since), 1500, &[]).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(1200),
+        "bob's long-poll returned after {:?}: {body}",
+        started.elapsed()
+    );
+    assert!(body["rooms"]["join"].get(&room).is_none(), "{body}");
+}
+
 backend_tests!(
     delivered_receipt_after_recipient_syncs,
-    delivered_receipts_can_be_turned_off
+    delivered_receipts_can_be_turned_off,
+    delivered_receipts_of_a_group_reach_the_sender,
+    own_delivered_receipt_does_not_wake_its_owner
 );

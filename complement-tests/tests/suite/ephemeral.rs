@@ -420,8 +420,65 @@ async fn a33_read_receipts_and_markers(backend: Backend) {
     );
 }
 
+/// 33, continued. Receipts that move together are formatted once for every member who
+/// syncs over the same range; a private receipt among them still reaches only its owner.
+async fn a33_private_receipts_stay_private_among_shared_ones(backend: Backend) {
+    let Some(hs) = start(backend).await else {
+        return;
+    };
+    let alice = hs.register_user("alice").await;
+    let bob = hs.register_user("bob").await;
+    let carol = hs.register_user("carol").await;
+    let dave = hs.register_user("dave").await;
+    let room = shared_room(&alice, &bob).await;
+    assert_ok(&carol.join(&room).await, "carol joins");
+    assert_ok(&dave.join(&room).await, "dave joins");
+    let event = alice.send_text(&room, "read me").await;
+    // Everyone's token is taken after the last write, so all of them sync over the same
+    // range below.
+    let tokens: Vec<String> = {
+        let mut tokens = Vec::new();
+        for c in [&alice, &bob, &carol, &dave] {
+            tokens.push(next_batch(&sync_ok(c, None, 0).await));
+        }
+        tokens
+    };
+    assert_ok_object(
+        &bob.post(&receipt_path(&room, "m.read.private", &event), &json!({}))
+            .await,
+        "bob's private receipt",
+    );
+    assert_ok_object(
+        &carol
+            .post(&receipt_path(&room, "m.read", &event), &json!({}))
+            .await,
+        "carol's public receipt",
+    );
+    for (client, token) in [&alice, &bob, &carol, &dave].into_iter().zip(&tokens) {
+        let body = client
+            .sync_until(Some(token), WAIT, |b| {
+                receipt(b, &room, &event, "m.read", carol.user_id()).is_some()
+            })
+            .await;
+        let private = receipt(&body, &room, &event, "m.read.private", bob.user_id());
+        if client.user_id() == bob.user_id() {
+            assert!(
+                private.is_some(),
+                "bob does not see his private receipt: {body}"
+            );
+        } else {
+            assert!(
+                private.is_none(),
+                "{} sees bob's private receipt: {body}",
+                client.user_id()
+            );
+        }
+    }
+}
+
 backend_tests!(
     a32_typing,
     a32_typing_timeout_expires,
     a33_read_receipts_and_markers,
+    a33_private_receipts_stay_private_among_shared_ones,
 );

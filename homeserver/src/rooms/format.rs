@@ -136,6 +136,8 @@ pub async fn client_event(
 pub struct SharedEvent {
     pub event_id: String,
     pub sender: String,
+    /// The event's stream position.
+    pub position: Option<i64>,
     prefix: String,
 }
 
@@ -154,6 +156,7 @@ impl SharedEvent {
         Ok(SharedEvent {
             event_id: row.event_id.clone(),
             sender: row.sender.clone(),
+            position: row.stream_ordering,
             prefix,
         })
     }
@@ -169,6 +172,8 @@ pub enum SyncEvent {
         transaction_id: Option<String>,
     },
     Value(Value),
+    /// JSON serialised once for several responses (a room's receipts, say).
+    Raw(Arc<str>),
 }
 
 impl SyncEvent {
@@ -176,6 +181,15 @@ impl SyncEvent {
         match self {
             SyncEvent::Shared { event, .. } => Some(&event.event_id),
             SyncEvent::Value(v) => v["event_id"].as_str(),
+            SyncEvent::Raw(_) => None,
+        }
+    }
+
+    /// The stream position, when known without a lookup.
+    pub fn position(&self) -> Option<i64> {
+        match self {
+            SyncEvent::Shared { event, .. } => event.position,
+            SyncEvent::Value(_) | SyncEvent::Raw(_) => None,
         }
     }
 
@@ -183,6 +197,7 @@ impl SyncEvent {
         match self {
             SyncEvent::Shared { event, .. } => Some(&event.sender),
             SyncEvent::Value(v) => v["sender"].as_str(),
+            SyncEvent::Raw(_) => None,
         }
     }
 
@@ -203,6 +218,7 @@ impl SyncEvent {
                 out.extend_from_slice(b"}}");
             }
             SyncEvent::Value(value) => crate::sync::response::write_value(out, value),
+            SyncEvent::Raw(json) => out.extend_from_slice(json.as_bytes()),
         }
     }
 }

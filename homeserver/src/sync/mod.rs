@@ -133,13 +133,7 @@ pub async fn sync(state: &AppState, req: &SyncRequest<'_>) -> Result<SyncRespons
             if req.since.is_none() || req.full_state || !response.is_empty() {
                 if state.config.delivery_receipts {
                     let delivered = response.newest_from_others(req.user.as_str());
-                    if !delivered.is_empty() {
-                        tokio::spawn(delivery::record(
-                            state.clone(),
-                            req.user.to_string(),
-                            delivered,
-                        ));
-                    }
+                    delivery::record(state, req.user.as_str(), delivered);
                 }
                 return Ok(response);
             }
@@ -321,7 +315,8 @@ async fn timeline(
         .first()
         .zip(joined_since)
         .is_some_and(|(first, joined)| first.stream_ordering.unwrap_or(0) > joined);
-    let rows = if all_after_join {
+    // Nothing to check (a sync woken by a receipt, say) costs no read either.
+    let rows = if all_after_join || rows.is_empty() {
         rows
     } else {
         Visibility::new(state, req.user, room_id)
@@ -406,7 +401,7 @@ async fn joined_room(
     upto: i64,
     fresh: bool,
     account_data: Vec<Value>,
-    ephemeral: Vec<Value>,
+    ephemeral: Vec<SyncEvent>,
 ) -> Result<Option<JoinedRoom>, Error> {
     // `full_state` sends the whole state but keeps the timeline to what is new since the
     // token; a room new to the client gets both from the start.
@@ -416,9 +411,13 @@ async fn joined_room(
     if !full && rows.is_empty() && !limited && account_data.is_empty() && ephemeral.is_empty() {
         return Ok(None);
     }
+    // The state at the timeline's start is needed only to send state (lazy members come
+    // from the timeline, and there is none); a sync woken by a receipt skips the read.
+    let needs_state = full || limited;
     let start_snapshot = match rows.first() {
         Some(first) => first.state_before.or(first.state_after),
-        None => state.storage.snapshot_at(&m.room_id, upto).await?,
+        None if needs_state => state.storage.snapshot_at(&m.room_id, upto).await?,
+        None => None,
     };
     let mut state_rows = if full {
         state_section(state, req, start_snapshot, None, true, &rows).await?
@@ -564,8 +563,8 @@ async fn ephemeral(
     m: &MembershipRow,
     fresh: bool,
     upto: i64,
-    moved: &[myelin_storage::ReceiptRow],
-) -> Result<Vec<Value>, Error> {
+    moved: &[std::sync::Arc<myelin_storage::ReceiptRow>],
+) -> Result<Vec<SyncEvent>, Error> {
     let mut events = Vec::new();
     let typing = if fresh {
         Some(state.typing.current(&m.room_id)).filter(|users| !users.is_empty())
@@ -573,26 +572,72 @@ async fn ephemeral(
         state.typing.changed_since(&m.room_id, req.since_typing)
     };
     if let Some(user_ids) = typing {
-        events.push(json!({ "type": "m.typing", "content": { "user_ids": user_ids } }));
+        events.push(SyncEvent::Value(
+            json!({ "type": "m.typing", "content": { "user_ids": user_ids } }),
+        ));
     }
-    let room_receipts: Vec<myelin_storage::ReceiptRow> = if fresh {
-        state.storage.receipts_for_room(&m.room_id, upto).await?
-    } else {
-        moved
-            .iter()
-            .filter(|r| r.room_id == m.room_id)
-            .cloned()
-            .collect()
+    let viewer = req.user.as_str();
+    // Private receipts are their owner's alone; everything else every member sees alike.
+    let visible =
+        |r: &myelin_storage::ReceiptRow| r.receipt_type != "m.read.private" || r.user_id == viewer;
+    // Your own delivered watermark tells you nothing. It is left out where the receipts are
+    // formatted for you alone; where they are shared with the room it may come along, but
+    // never on its own (so it does not wake you).
+    let own_delivered = |r: &myelin_storage::ReceiptRow| {
+        r.receipt_type == delivery::DELIVERED && r.user_id == viewer
     };
+    if fresh {
+        let rows = state.storage.receipts_for_room(&m.room_id, upto).await?;
+        let rows = rows.iter().filter(|r| visible(r) && !own_delivered(r));
+        if let Some(event) = receipt_event(rows) {
+            events.push(SyncEvent::Value(event));
+        }
+        return Ok(events);
+    }
+    let in_room: Vec<&myelin_storage::ReceiptRow> = moved
+        .iter()
+        .map(|r| r.as_ref())
+        .filter(|r| r.room_id == m.room_id)
+        .collect();
+    let own_private = in_room
+        .iter()
+        .any(|r| r.receipt_type == "m.read.private" && r.user_id == viewer);
+    if own_private {
+        // Rare: formatted for this viewer alone.
+        let rows = in_room
+            .iter()
+            .copied()
+            .filter(|r| visible(r) && !own_delivered(r));
+        if let Some(event) = receipt_event(rows) {
+            events.push(SyncEvent::Value(event));
+        }
+    } else if in_room
+        .iter()
+        .any(|r| r.receipt_type != "m.read.private" && !own_delivered(r))
+    {
+        // The same for every member woken by these receipts: serialised once.
+        let key = (m.room_id.clone(), req.since.unwrap_or(0), upto);
+        let shared = state.shared_receipts(key, || {
+            receipt_event(
+                in_room
+                    .iter()
+                    .copied()
+                    .filter(|r| r.receipt_type != "m.read.private"),
+            )
+        });
+        if let Some(json) = shared {
+            events.push(SyncEvent::Raw(json));
+        }
+    }
+    Ok(events)
+}
+
+/// An `m.receipt` event of `receipts`, or `None` if there are none.
+fn receipt_event<'a>(
+    receipts: impl Iterator<Item = &'a myelin_storage::ReceiptRow>,
+) -> Option<Value> {
     let mut content = Map::new();
-    for r in room_receipts {
-        if r.receipt_type == "m.read.private" && r.user_id != req.user.as_str() {
-            continue;
-        }
-        // Your own delivered watermark tells you nothing.
-        if r.receipt_type == delivery::DELIVERED && r.user_id == req.user.as_str() {
-            continue;
-        }
+    for r in receipts {
         let mut receipt = json!({ "ts": r.ts });
         if let Some(thread) = &r.thread_id {
             receipt["thread_id"] = thread.clone().into();
@@ -602,10 +647,7 @@ async fn ephemeral(
             .or_insert_with(|| json!({}));
         by_event[&r.receipt_type][&r.user_id] = receipt;
     }
-    if !content.is_empty() {
-        events.push(json!({ "type": "m.receipt", "content": content }));
-    }
-    Ok(events)
+    (!content.is_empty()).then(|| json!({ "type": "m.receipt", "content": content }))
 }
 
 /// Member events (as of `snapshot`) of the senders in `timeline` that are neither in the

@@ -29,7 +29,8 @@ pub struct JoinedRoom {
     pub prev_batch: String,
     pub state: Vec<SyncEvent>,
     pub account_data: Vec<Value>,
-    pub ephemeral: Vec<Value>,
+    /// Typing and receipts (receipts may be shared bytes, see [`SyncEvent::Raw`]).
+    pub ephemeral: Vec<SyncEvent>,
     /// Only when the members changed (or the room is new to the client).
     pub summary: Option<Value>,
 }
@@ -68,9 +69,8 @@ impl JoinedRoom {
         write_events(out, &self.state);
         out.extend_from_slice(br#","account_data":{"events":"#);
         write_value(out, &self.account_data);
-        out.extend_from_slice(br#"},"ephemeral":{"events":"#);
-        write_value(out, &self.ephemeral);
-        out.push(b'}');
+        out.extend_from_slice(br#"},"ephemeral":"#);
+        write_events(out, &self.ephemeral);
         if let Some(summary) = &self.summary {
             out.extend_from_slice(br#","summary":"#);
             write_value(out, summary);
@@ -155,8 +155,9 @@ impl SyncResponse {
     }
 
     /// For each joined room, the newest event in the timeline from someone other than `user`
-    /// (what the delivered receipt records).
-    pub fn newest_from_others(&self, user: &str) -> Vec<(String, String)> {
+    /// (what the delivered receipt records): room ID, event ID, and its stream position if
+    /// known.
+    pub fn newest_from_others(&self, user: &str) -> Vec<(String, String, Option<i64>)> {
         self.join
             .iter()
             .filter_map(|(room_id, room)| {
@@ -165,7 +166,11 @@ impl SyncResponse {
                     .iter()
                     .rev()
                     .find(|e| e.sender().is_some_and(|s| s != user))?;
-                Some((room_id.clone(), event.event_id()?.to_owned()))
+                Some((
+                    room_id.clone(),
+                    event.event_id()?.to_owned(),
+                    event.position(),
+                ))
             })
             .collect()
     }
@@ -203,7 +208,9 @@ mod tests {
                 prev_batch: "t1_2".into(),
                 state: Vec::new(),
                 account_data: Vec::new(),
-                ephemeral: vec![json!({ "type": "m.typing", "content": { "user_ids": [] } })],
+                ephemeral: vec![SyncEvent::Value(
+                    json!({ "type": "m.typing", "content": { "user_ids": [] } }),
+                )],
                 summary: Some(json!({ "m.joined_member_count": 2 })),
             },
         ));
@@ -231,7 +238,7 @@ mod tests {
         );
         assert_eq!(
             response.newest_from_others("@a:x"),
-            vec![("!j:x".to_owned(), "$e".to_owned())]
+            vec![("!j:x".to_owned(), "$e".to_owned(), None)]
         );
         assert!(response.newest_from_others("@b:x").is_empty());
     }
