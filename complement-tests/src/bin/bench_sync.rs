@@ -6,7 +6,7 @@
 //! ```
 //!
 //! 1. Fan-out: one room of `BENCH_MEMBERS` (default 200) members, half waiting in long-poll
-//!    `/sync`, half on the WebSocket; a sender posts `BENCH_ROUNDS` (default 30) messages and
+//!    `/sync`, half on the WebSocket; a sender posts `BENCH_ROUNDS` (default 100) messages and
 //!    we time, per message, how long until every member has it (and each member's delay).
 //! 2. Empty incremental sync: `/sync?since=<latest>&timeout=0`, 1,000 times, one after the
 //!    other (client-side time, so it includes HTTP on loopback).
@@ -203,7 +203,7 @@ async fn main() {
         _ => Backend::Postgres,
     };
     let members = env_num("BENCH_MEMBERS", 200) as usize;
-    let rounds = env_num("BENCH_ROUNDS", 30) as usize;
+    let rounds = env_num("BENCH_ROUNDS", 100) as usize;
     let idle = env_num("BENCH_IDLE", 10_000) as usize;
     // Delivered receipts are on by default in the server; BENCH_DELIVERY_RECEIPTS=false
     // measures without them.
