@@ -206,8 +206,9 @@ async fn serve(
         let next = parse_token(&response.next_batch).ok();
         let is_news = since.is_none() || !response.is_empty();
         let sent = if is_news {
-            // The engine writes valid JSON, which is UTF-8.
-            let text = String::from_utf8_lossy(&response.to_json()).into_owned();
+            // The engine writes JSON from strings, which is UTF-8; checked, not copied.
+            let text = String::from_utf8(response.to_json())
+                .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
             sink.send(Message::Text(text.into())).await
         } else {
             sink.send(Message::Ping(Vec::new().into())).await
