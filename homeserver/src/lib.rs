@@ -72,6 +72,8 @@ pub struct Services {
     /// for every member woken by those receipts. Bounded by clearing it when full.
     pub shared_receipts: std::sync::Mutex<SharedReceipts>,
 
+    /// The member events each device has, for lazy-loading (see [`sync::lazy`]).
+    pub lazy_members: sync::lazy::LazyMembers,
     /// Delivered receipts waiting to be written (see [`sync::delivery`]).
     pub deliveries: sync::delivery::Deliveries,
     /// Events formatted once for every sync response that carries them, by event ID (see
@@ -218,6 +220,7 @@ impl AppState {
             shared_events: Default::default(),
             deliveries: Default::default(),
             shared_receipts: Default::default(),
+            lazy_members: Default::default(),
         })))
     }
 }

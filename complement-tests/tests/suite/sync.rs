@@ -1005,6 +1005,77 @@ async fn a28_lazy_load_members_incremental_adds_new_senders(backend: Backend) {
     );
 }
 
+/// 28, continued. With lazy-loading, a member event the device already has is not sent
+///     again (unless the filter sets `include_redundant_members`), but a device retrying an
+///     older token gets it again.
+async fn a28_lazy_load_members_skips_redundant_ones(backend: Backend) {
+    let Some(hs) = start(backend).await else {
+        return;
+    };
+    let alice = hs.register_user("alice").await;
+    let bob = hs.register_user("bob").await;
+    let room = alice.create_room(&json!({ "preset": "public_chat" })).await;
+    join_ok(&bob, &room).await;
+    alice.send_text(&room, "a0").await;
+    let lazy = inline_filter(&json!({
+        "room": { "timeline": { "limit": 1 }, "state": { "lazy_load_members": true } },
+    }));
+    let redundant = inline_filter(&json!({
+        "room": {
+            "timeline": { "limit": 1 },
+            "state": { "lazy_load_members": true, "include_redundant_members": true },
+        },
+    }));
+    let lazy = [("filter", lazy.as_str())];
+    let redundant = [("filter", redundant.as_str())];
+    let bob_member_in = |body: &Value| -> bool {
+        room_in(body, "join", &room).is_some_and(|joined| {
+            let mut members = member_keys(&part(joined, "state"));
+            members.extend(member_keys(&part(joined, "timeline")));
+            members.contains(bob.user_id())
+        })
+    };
+
+    let body = sync_ok(&alice, None, 0, &lazy).await;
+    assert!(
+        !bob_member_in(&body),
+        "bob's member event was not lazy-loaded away: {body}"
+    );
+    let t1 = next_batch(&body);
+
+    bob.send_text(&room, "b1").await;
+    let body = sync_ok(&alice, Some(&t1), 5000, &lazy).await;
+    assert!(
+        bob_member_in(&body),
+        "a new sender's member event is missing: {body}"
+    );
+    let t2 = next_batch(&body);
+
+    bob.send_text(&room, "b2").await;
+    let body = sync_ok(&alice, Some(&t2), 5000, &lazy).await;
+    let joined = room_in(&body, "join", &room).expect("the room with bob's message");
+    assert_eq!(part(joined, "timeline").len(), 1, "{body}");
+    assert!(
+        !bob_member_in(&body),
+        "bob's member event was sent again: {body}"
+    );
+    let t3 = next_batch(&body);
+
+    // The response to t1 could have been lost: retrying t1 sends it again.
+    let body = sync_ok(&alice, Some(&t1), 0, &lazy).await;
+    assert!(
+        bob_member_in(&body),
+        "a retried token lost bob's member event: {body}"
+    );
+
+    bob.send_text(&room, "b3").await;
+    let body = sync_ok(&alice, Some(&t3), 5000, &redundant).await;
+    assert!(
+        bob_member_in(&body),
+        "include_redundant_members did not send bob's member event: {body}"
+    );
+}
+
 /// 34. Global and per-room account data show in the next incremental
 ///     sync's `account_data`, once.
 async fn a34_account_data_in_sync(backend: Backend) {
@@ -1320,6 +1391,7 @@ backend_tests!(
     a27_limited_timeline_prev_batch_fills_gap,
     a28_filters_create_read_and_apply,
     a28_lazy_load_members_incremental_adds_new_senders,
+    a28_lazy_load_members_skips_redundant_ones,
     a34_account_data_in_sync,
     sync_full_state,
     sync_restart_resumes,

@@ -16,6 +16,8 @@ const MAX_TIMELINE_LIMIT: i64 = 1000;
 pub struct SyncFilter {
     pub timeline_limit: i64,
     pub lazy_load_members: bool,
+    /// With lazy-loading: send member events the device already has, too.
+    pub include_redundant_members: bool,
     pub include_leave: bool,
     rooms: Option<HashSet<String>>,
     not_rooms: HashSet<String>,
@@ -58,6 +60,19 @@ impl SyncFilter {
                 .clamp(1, MAX_TIMELINE_LIMIT),
             lazy_load_members: !room.state.lazy_load_options.is_disabled()
                 || !room.timeline.lazy_load_options.is_disabled(),
+            include_redundant_members: [
+                room.state.lazy_load_options,
+                room.timeline.lazy_load_options,
+            ]
+            .iter()
+            .any(|o| {
+                matches!(
+                    o,
+                    ruma::api::client::filter::LazyLoadOptions::Enabled {
+                        include_redundant_members: true
+                    }
+                )
+            }),
             include_leave: room.include_leave,
             rooms: room
                 .rooms

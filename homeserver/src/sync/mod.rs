@@ -21,6 +21,7 @@
 pub mod delivery;
 pub mod e2ee;
 pub mod filter;
+pub mod lazy;
 pub mod response;
 pub mod ws;
 
@@ -167,6 +168,12 @@ async fn compute(
 ) -> Result<SyncResponse, Error> {
     let since = req.since.unwrap_or(0);
     let initial = req.since.is_none();
+    if initial && req.filter.lazy_load_members {
+        // A device starting over has nothing.
+        state
+            .lazy_members
+            .forget(req.user.as_str(), req.device.as_str());
+    }
     let memberships = state
         .storage
         .memberships_for_user(req.user.as_str())
@@ -428,9 +435,33 @@ async fn joined_room(
         Vec::new()
     };
     if req.filter.lazy_load_members && !full {
-        // The timeline's senders' member events, which an earlier lazy sync may not have sent.
-        // (They may be redundant; tracking what each device has seen would avoid that.)
-        state_rows.extend(sender_members(state, start_snapshot, &rows, &state_rows).await?);
+        // The timeline's senders' member events, which an earlier lazy sync may not have sent,
+        // less those this device is known to have (unless it asks for redundant ones).
+        let mut members = sender_members(state, start_snapshot, &rows, &state_rows).await?;
+        if !req.filter.include_redundant_members {
+            members.retain(|r| {
+                !state.lazy_members.known(
+                    req.user.as_str(),
+                    req.device.as_str(),
+                    &m.room_id,
+                    &r.event_id,
+                    since,
+                )
+            });
+        }
+        state_rows.extend(members);
+    }
+    if req.filter.lazy_load_members {
+        state.lazy_members.record(
+            req.user.as_str(),
+            req.device.as_str(),
+            &m.room_id,
+            rows.iter()
+                .chain(state_rows.iter())
+                .filter(|r| r.event_type == "m.room.member")
+                .map(|r| r.event_id.as_str()),
+            upto,
+        );
     }
     let prev_batch = rows
         .first()
