@@ -591,10 +591,92 @@ async fn context(backend: Backend) {
     );
 }
 
+/// A state event that replaced another carries `unsigned.prev_content`, `prev_sender` and
+/// `replaces_state` (clients use them to say what changed), in `/messages` and in `/sync`.
+async fn replaced_state_says_what_it_replaced(backend: Backend) {
+    let Some(hs) = start(backend).await else {
+        return;
+    };
+    let alice = hs.register_user("alice").await;
+    let bob = hs.register_user("bob").await;
+    let room = alice.create_room(&json!({ "preset": "public_chat" })).await;
+    assert_ok(&bob.join(&room).await, "bob joins");
+    let (_, first) = bob.sync_with(None, 0, &[]).await;
+    let since = first["next_batch"].as_str().unwrap().to_owned();
+    let set_topic = |topic: &'static str| {
+        let alice = alice.clone();
+        let room = room.clone();
+        async move {
+            let response = alice
+                .put_state(&room, "m.room.topic", "", &json!({ "topic": topic }))
+                .await;
+            assert_ok(&response, "PUT topic")["event_id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        }
+    };
+    let old = set_topic("old").await;
+    let new = set_topic("new").await;
+    let check = |event: &Value, source: &str| {
+        let unsigned = &event["unsigned"];
+        assert_eq!(
+            unsigned["prev_content"],
+            json!({ "topic": "old" }),
+            "{source}: {event}"
+        );
+        assert_eq!(
+            unsigned["prev_sender"],
+            alice.user_id(),
+            "{source}: {event}"
+        );
+        assert_eq!(
+            unsigned["replaces_state"],
+            old.as_str(),
+            "{source}: {event}"
+        );
+        assert!(unsigned["age"].is_u64(), "{source}: {event}");
+    };
+
+    let response = bob
+        .get(&Client::room_path(&room, "/messages?dir=b&limit=5"))
+        .await;
+    let body = assert_ok(&response, "GET /messages");
+    let chunk = body["chunk"].as_array().unwrap();
+    let by_id = |id: &str| chunk.iter().find(|e| e["event_id"] == id).cloned();
+    check(
+        &by_id(&new).expect("the new topic in /messages"),
+        "/messages",
+    );
+    // The first topic replaced nothing.
+    let first_topic = by_id(&old).expect("the old topic in /messages");
+    assert!(
+        first_topic["unsigned"].get("replaces_state").is_none(),
+        "{first_topic}"
+    );
+
+    let body = bob
+        .sync_until(Some(&since), WAIT, |b| {
+            b["rooms"]["join"][&room]["timeline"]["events"]
+                .as_array()
+                .is_some_and(|events| events.iter().any(|e| e["event_id"] == new.as_str()))
+        })
+        .await;
+    let events = body["rooms"]["join"][&room]["timeline"]["events"]
+        .as_array()
+        .unwrap();
+    let in_sync = events
+        .iter()
+        .find(|e| e["event_id"] == new.as_str())
+        .unwrap();
+    check(in_sync, "/sync");
+}
+
 backend_tests!(
     knock_flow,
     restricted_join,
     room_upgrade,
     relations,
     context,
+    replaced_state_says_what_it_replaced,
 );

@@ -1,6 +1,8 @@
 //! Turning stored PDUs into the client format: the event without its DAG fields, plus
 //! `event_id`, `room_id` and `unsigned` (`age`, the sender device's `transaction_id`,
-//! `redacted_because`).
+//! `redacted_because`, and for a state event that replaced another: `prev_content`,
+//! `prev_sender`, `replaces_state`, which clients use to say what changed, e.g. "changed
+//! their display name").
 //!
 //! <https://spec.matrix.org/latest/client-server-api/#room-event-format>
 //!
@@ -44,6 +46,74 @@ fn base(row: &EventRow, now: i64) -> Result<Map<String, Value>, Error> {
     );
     event.insert("unsigned".into(), Value::Object(unsigned));
     Ok(event)
+}
+
+/// What a state event replaced: the previous event of its `(type, state_key)` in the state
+/// it was placed on.
+#[derive(Debug, Clone)]
+struct Replaced {
+    event_id: String,
+    sender: String,
+    content: Value,
+}
+
+impl Replaced {
+    fn insert_into(&self, unsigned: &mut Map<String, Value>) {
+        unsigned.insert("prev_content".into(), self.content.clone());
+        unsigned.insert("prev_sender".into(), Value::String(self.sender.clone()));
+        unsigned.insert(
+            "replaces_state".into(),
+            Value::String(self.event_id.clone()),
+        );
+    }
+}
+
+/// For each state event among `rows`, by event ID, the state event it replaced (if any):
+/// one snapshot read per distinct snapshot (cached) and one query for the events.
+async fn replaced_states<'a>(
+    state: &AppState,
+    rows: impl IntoIterator<Item = &'a EventRow>,
+) -> Result<HashMap<String, Replaced>, Error> {
+    let mut previous: Vec<(String, String)> = Vec::new(); // (event ID, replaced event ID)
+    for row in rows {
+        let (Some(state_key), Some(snapshot)) = (&row.state_key, row.state_before) else {
+            continue;
+        };
+        let map = state.snapshot(snapshot).await?;
+        if let Some(prev) = map.get(&(row.event_type.clone(), state_key.clone())) {
+            previous.push((row.event_id.clone(), prev.clone()));
+        }
+    }
+    if previous.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let ids: Vec<String> = previous.iter().map(|(_, p)| p.clone()).collect();
+    let found: HashMap<String, EventRow> = state
+        .storage
+        .get_events(&ids)
+        .await?
+        .into_iter()
+        .map(|r| (r.event_id.clone(), r))
+        .collect();
+    let mut out = HashMap::new();
+    for (event_id, prev_id) in previous {
+        let Some(prev) = found.get(&prev_id) else {
+            continue;
+        };
+        let pdu: Value = serde_json::from_str(&prev.pdu).map_err(Error::internal)?;
+        out.insert(
+            event_id,
+            Replaced {
+                event_id: prev_id,
+                sender: prev.sender.clone(),
+                content: pdu
+                    .get("content")
+                    .cloned()
+                    .unwrap_or_else(|| Value::Object(Map::new())),
+            },
+        );
+    }
+    Ok(out)
 }
 
 /// The transaction IDs of the viewer's own events among `rows`, in one query.
@@ -97,6 +167,7 @@ pub async fn client_events(
             .collect()
     };
     let txns = own_transaction_ids(state, rows, viewer).await?;
+    let replaced = replaced_states(state, rows).await?;
     let mut out = Vec::with_capacity(rows.len());
     for row in rows {
         let mut event = base(row, now)?;
@@ -104,6 +175,9 @@ pub async fn client_events(
             .get_mut("unsigned")
             .and_then(Value::as_object_mut)
             .expect("base adds unsigned");
+        if let Some(replaced) = replaced.get(&row.event_id) {
+            replaced.insert_into(unsigned);
+        }
         if let Some(txn_id) = transaction_id_for(row, viewer, &txns) {
             unsigned.insert("transaction_id".into(), Value::String(txn_id));
         }
@@ -139,12 +213,25 @@ pub struct SharedEvent {
     /// The event's stream position.
     pub position: Option<i64>,
     prefix: String,
+    /// `unsigned` fields the same for every viewer, each with a leading comma.
+    unsigned: String,
 }
 
 impl SharedEvent {
     /// Formats a stored event that has not been redacted (a redacted event's `unsigned`
     /// carries the redaction, which is not shared).
-    pub fn new(row: &EventRow) -> Result<SharedEvent, Error> {
+    fn new(row: &EventRow, replaced: Option<&Replaced>) -> Result<SharedEvent, Error> {
+        let mut unsigned = Map::new();
+        if let Some(replaced) = replaced {
+            replaced.insert_into(&mut unsigned);
+        }
+        let mut shared_unsigned = String::new();
+        for (key, value) in &unsigned {
+            shared_unsigned.push(',');
+            shared_unsigned.push_str(&serde_json::to_string(key).map_err(Error::internal)?);
+            shared_unsigned.push(':');
+            shared_unsigned.push_str(&serde_json::to_string(value).map_err(Error::internal)?);
+        }
         let mut event = base(row, 0)?;
         event.remove("room_id");
         event.remove("unsigned");
@@ -158,6 +245,7 @@ impl SharedEvent {
             sender: row.sender.clone(),
             position: row.stream_ordering,
             prefix,
+            unsigned: shared_unsigned,
         })
     }
 }
@@ -211,6 +299,7 @@ impl SyncEvent {
             } => {
                 out.extend_from_slice(event.prefix.as_bytes());
                 out.extend_from_slice(age.to_string().as_bytes());
+                out.extend_from_slice(event.unsigned.as_bytes());
                 if let Some(txn_id) = transaction_id {
                     out.extend_from_slice(br#","transaction_id":"#);
                     crate::sync::response::write_value(out, txn_id);
@@ -235,6 +324,19 @@ pub async fn sync_events(
 ) -> Result<Vec<SyncEvent>, Error> {
     let now = now_ms();
     let txns = own_transaction_ids(state, rows, Some(viewer)).await?;
+    // What replaced state events replaced, for those not formatted yet (a message, the
+    // common case, needs no read).
+    let unformatted: Vec<&EventRow> = {
+        let cache = state
+            .shared_events
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        rows.iter()
+            .filter(|r| r.state_key.is_some() && r.redacted_by.is_none())
+            .filter(|r| !cache.contains_key(&r.event_id))
+            .collect()
+    };
+    let replaced = replaced_states(state, unformatted).await?;
     let redacted: Vec<EventRow> = rows
         .iter()
         .filter(|r| r.redacted_by.is_some())
@@ -256,7 +358,7 @@ pub async fn sync_events(
             continue;
         }
         out.push(SyncEvent::Shared {
-            event: shared_event(state, row)?,
+            event: shared_event(state, row, replaced.get(&row.event_id))?,
             age: (now - row.origin_server_ts).max(0),
             transaction_id: transaction_id_for(row, Some(viewer), &txns),
         });
@@ -266,7 +368,11 @@ pub async fn sync_events(
 
 /// The shared formatting of an unredacted event, from the cache or made now. Redaction sets
 /// `redacted_by` on the row, so a cached entry is never used for a redacted event.
-fn shared_event(state: &AppState, row: &EventRow) -> Result<Arc<SharedEvent>, Error> {
+fn shared_event(
+    state: &AppState,
+    row: &EventRow,
+    replaced: Option<&Replaced>,
+) -> Result<Arc<SharedEvent>, Error> {
     if let Some(event) = state
         .shared_events
         .lock()
@@ -277,7 +383,7 @@ fn shared_event(state: &AppState, row: &EventRow) -> Result<Arc<SharedEvent>, Er
     }
     // Formatted outside the lock; two syncs racing for the same event both format it, and
     // the results are the same.
-    let event = Arc::new(SharedEvent::new(row)?);
+    let event = Arc::new(SharedEvent::new(row, replaced)?);
     let mut cache = state
         .shared_events
         .lock()
@@ -332,7 +438,7 @@ mod tests {
             "signatures": {},
         });
         let row = row(pdu);
-        let shared = Arc::new(SharedEvent::new(&row).unwrap());
+        let shared = Arc::new(SharedEvent::new(&row, None).unwrap());
         let plain = SyncEvent::Shared {
             event: shared.clone(),
             age: 250,
@@ -357,6 +463,37 @@ mod tests {
     }
 
     #[test]
+    fn a_replaced_state_event_says_what_it_replaced_to_every_viewer() {
+        let row = row(serde_json::json!({
+            "type": "m.room.topic",
+            "state_key": "",
+            "sender": "@a:x",
+            "origin_server_ts": 1_000,
+            "content": { "topic": "new" },
+        }));
+        let replaced = Replaced {
+            event_id: "$old".into(),
+            sender: "@b:x".into(),
+            content: serde_json::json!({ "topic": "old" }),
+        };
+        let event = SyncEvent::Shared {
+            event: Arc::new(SharedEvent::new(&row, Some(&replaced)).unwrap()),
+            age: 7,
+            transaction_id: Some("t1".into()),
+        };
+        assert_eq!(
+            written(&event)["unsigned"],
+            serde_json::json!({
+                "age": 7,
+                "prev_content": { "topic": "old" },
+                "prev_sender": "@b:x",
+                "replaces_state": "$old",
+                "transaction_id": "t1",
+            })
+        );
+    }
+
+    #[test]
     fn a_state_event_keeps_its_state_key() {
         let row = row(serde_json::json!({
             "type": "m.room.member",
@@ -366,7 +503,7 @@ mod tests {
             "content": { "membership": "join" },
         }));
         let event = SyncEvent::Shared {
-            event: Arc::new(SharedEvent::new(&row).unwrap()),
+            event: Arc::new(SharedEvent::new(&row, None).unwrap()),
             age: 5,
             transaction_id: None,
         };
