@@ -324,18 +324,23 @@ pub async fn sync_events(
 ) -> Result<Vec<SyncEvent>, Error> {
     let now = now_ms();
     let txns = own_transaction_ids(state, rows, Some(viewer)).await?;
-    // What replaced state events replaced, for those not formatted yet (a message, the
-    // common case, needs no read).
-    let unformatted: Vec<&EventRow> = {
+    // The events already formatted, taken in one look at the cache (held here, so that the
+    // cache being cleared meanwhile changes nothing); for state events not formatted yet,
+    // what they replaced (a message, the common case, needs no read).
+    let cached: HashMap<String, Arc<SharedEvent>> = {
         let cache = state
             .shared_events
             .lock()
             .unwrap_or_else(|e| e.into_inner());
         rows.iter()
-            .filter(|r| r.state_key.is_some() && r.redacted_by.is_none())
-            .filter(|r| !cache.contains_key(&r.event_id))
+            .filter_map(|r| Some((r.event_id.clone(), cache.get(&r.event_id)?.clone())))
             .collect()
     };
+    let unformatted: Vec<&EventRow> = rows
+        .iter()
+        .filter(|r| r.state_key.is_some() && r.redacted_by.is_none())
+        .filter(|r| !cached.contains_key(&r.event_id))
+        .collect();
     let replaced = replaced_states(state, unformatted).await?;
     let redacted: Vec<EventRow> = rows
         .iter()
@@ -357,8 +362,12 @@ pub async fn sync_events(
             out.push(SyncEvent::Value(value));
             continue;
         }
+        let event = match cached.get(&row.event_id) {
+            Some(event) => event.clone(),
+            None => shared_event(state, row, replaced.get(&row.event_id))?,
+        };
         out.push(SyncEvent::Shared {
-            event: shared_event(state, row, replaced.get(&row.event_id))?,
+            event,
             age: (now - row.origin_server_ts).max(0),
             transaction_id: transaction_id_for(row, Some(viewer), &txns),
         });
@@ -366,21 +375,13 @@ pub async fn sync_events(
     Ok(out)
 }
 
-/// The shared formatting of an unredacted event, from the cache or made now. Redaction sets
-/// `redacted_by` on the row, so a cached entry is never used for a redacted event.
+/// Formats an unredacted event for sharing and caches it. Redaction sets `redacted_by` on
+/// the row, so a cached entry is never used for a redacted event.
 fn shared_event(
     state: &AppState,
     row: &EventRow,
     replaced: Option<&Replaced>,
 ) -> Result<Arc<SharedEvent>, Error> {
-    if let Some(event) = state
-        .shared_events
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .get(&row.event_id)
-    {
-        return Ok(event.clone());
-    }
     // Formatted outside the lock; two syncs racing for the same event both format it, and
     // the results are the same.
     let event = Arc::new(SharedEvent::new(row, replaced)?);
