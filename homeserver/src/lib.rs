@@ -14,6 +14,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod cache;
 pub mod config;
 pub mod e2ee;
 pub mod error;
@@ -33,6 +34,7 @@ use myelin_storage::{SigningKeyRow, Storage};
 use ruma::OwnedServerName;
 use tokio::net::TcpListener;
 
+use cache::ClearingCache;
 pub use config::Config;
 
 /// Everything a handler may use; handlers receive it as `State<AppState>`. One pointer, so
@@ -66,26 +68,24 @@ pub struct Services {
     pub media: Arc<media::Media>,
     /// State snapshots are immutable once written, so they can be cached without
     /// invalidation; the cache is bounded by clearing it when full.
-    pub snapshots:
-        Arc<std::sync::Mutex<std::collections::HashMap<i64, Arc<myelin_storage::StateMap>>>>,
+    pub snapshots: ClearingCache<i64, Arc<myelin_storage::StateMap>>,
     /// A room's `m.receipt` event for a sync range `(room, after, upto)`, serialised once
-    /// for every member woken by those receipts. Bounded by clearing it when full.
-    pub shared_receipts: std::sync::Mutex<SharedReceipts>,
+    /// for every member woken by those receipts (none if the range has none for the room).
+    pub shared_receipts: ClearingCache<(String, i64, i64), Option<Arc<str>>>,
 
     /// The member events each device has, for lazy-loading (see [`sync::lazy`]).
     pub lazy_members: sync::lazy::LazyMembers,
     /// Delivered receipts waiting to be written (see [`sync::delivery`]).
     pub deliveries: sync::delivery::Deliveries,
     /// Events formatted once for every sync response that carries them, by event ID (see
-    /// [`rooms::format::SharedEvent`]). Bounded by clearing it when full.
-    pub shared_events:
-        Arc<std::sync::Mutex<std::collections::HashMap<String, Arc<rooms::format::SharedEvent>>>>,
+    /// [`rooms::format::SharedEvent`]).
+    pub shared_events: ClearingCache<String, Arc<rooms::format::SharedEvent>>,
 }
 
-/// `(room ID, after, upto)` → that range's `m.receipt` event as JSON (none if empty).
-pub type SharedReceipts = std::collections::HashMap<(String, i64, i64), Option<Arc<str>>>;
+/// How many formatted events [`Services::shared_events`] keeps.
+const SHARED_EVENTS_ENTRIES: usize = 16_384;
 
-/// How many ranges [`AppState::shared_receipts`] keeps.
+/// How many ranges [`Services::shared_receipts`] keeps.
 const SHARED_RECEIPTS_ENTRIES: usize = 1024;
 
 /// How many state snapshots [`AppState::snapshot`] keeps in memory.
@@ -113,42 +113,21 @@ impl AppState {
         key: (String, i64, i64),
         make: impl FnOnce() -> Option<serde_json::Value>,
     ) -> Option<Arc<str>> {
-        if let Some(json) = self
-            .shared_receipts
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&key)
-        {
-            return json.clone();
+        if let Some(json) = self.shared_receipts.get(&key) {
+            return json;
         }
         let json: Option<Arc<str>> = make().map(|event| event.to_string().into());
-        let mut cache = self
-            .shared_receipts
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        if cache.len() >= SHARED_RECEIPTS_ENTRIES {
-            cache.clear();
-        }
-        cache.insert(key, json.clone());
+        self.shared_receipts.insert(key, json.clone());
         json
     }
 
     /// The full state of a snapshot, from the cache or storage.
     pub async fn snapshot(&self, id: i64) -> Result<Arc<myelin_storage::StateMap>, error::Error> {
-        if let Some(map) = self
-            .snapshots
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&id)
-        {
-            return Ok(map.clone());
+        if let Some(map) = self.snapshots.get(&id) {
+            return Ok(map);
         }
         let map = Arc::new(self.storage.load_snapshot(id).await?);
-        let mut cache = self.snapshots.lock().unwrap_or_else(|e| e.into_inner());
-        if cache.len() >= SNAPSHOT_CACHE_ENTRIES {
-            cache.clear();
-        }
-        cache.insert(id, map.clone());
+        self.snapshots.insert(id, map.clone());
         Ok(map)
     }
 }
@@ -216,10 +195,10 @@ impl AppState {
             presence: Arc::new(presence::Presence::default()),
             presence_changes: Default::default(),
             media: Arc::new(media),
-            snapshots: Default::default(),
-            shared_events: Default::default(),
+            snapshots: ClearingCache::new(SNAPSHOT_CACHE_ENTRIES),
+            shared_events: ClearingCache::new(SHARED_EVENTS_ENTRIES),
             deliveries: Default::default(),
-            shared_receipts: Default::default(),
+            shared_receipts: ClearingCache::new(SHARED_RECEIPTS_ENTRIES),
             lazy_members: Default::default(),
         })))
     }

@@ -312,9 +312,6 @@ impl SyncEvent {
     }
 }
 
-/// How many formatted events [`AppState::shared_events`] keeps; it is cleared when full.
-const SHARED_EVENTS: usize = 16_384;
-
 /// Formats events for a sync response to `viewer`: as [`client_events`] without `room_id`,
 /// each formatted once for all viewers.
 pub async fn sync_events(
@@ -327,15 +324,9 @@ pub async fn sync_events(
     // The events already formatted, taken in one look at the cache (held here, so that the
     // cache being cleared meanwhile changes nothing); for state events not formatted yet,
     // what they replaced (a message, the common case, needs no read).
-    let cached: HashMap<String, Arc<SharedEvent>> = {
-        let cache = state
-            .shared_events
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        rows.iter()
-            .filter_map(|r| Some((r.event_id.clone(), cache.get(&r.event_id)?.clone())))
-            .collect()
-    };
+    let cached = state
+        .shared_events
+        .get_many(rows.iter().map(|r| &r.event_id));
     let unformatted: Vec<&EventRow> = rows
         .iter()
         .filter(|r| r.state_key.is_some() && r.redacted_by.is_none())
@@ -382,17 +373,10 @@ fn shared_event(
     row: &EventRow,
     replaced: Option<&Replaced>,
 ) -> Result<Arc<SharedEvent>, Error> {
-    // Formatted outside the lock; two syncs racing for the same event both format it, and
-    // the results are the same.
     let event = Arc::new(SharedEvent::new(row, replaced)?);
-    let mut cache = state
+    state
         .shared_events
-        .lock()
-        .unwrap_or_else(|e| e.into_inner());
-    if cache.len() >= SHARED_EVENTS {
-        cache.clear();
-    }
-    cache.insert(row.event_id.clone(), event.clone());
+        .insert(row.event_id.clone(), event.clone());
     Ok(event)
 }
 

@@ -376,15 +376,6 @@ async fn state_section(
     Ok(state.storage.get_events(&ids).await?)
 }
 
-/// Events of a joined room, in the shared sync format.
-async fn format_shared(
-    state: &AppState,
-    req: &SyncRequest<'_>,
-    rows: &[EventRow],
-) -> Result<Vec<SyncEvent>, Error> {
-    sync_events(state, rows, (req.user, req.device)).await
-}
-
 async fn format(
     state: &AppState,
     req: &SyncRequest<'_>,
@@ -477,10 +468,10 @@ async fn joined_room(
         None
     };
     Ok(Some(JoinedRoom {
-        timeline: format_shared(state, req, &rows).await?,
+        timeline: sync_events(state, &rows, (req.user, req.device)).await?,
         limited,
         prev_batch,
-        state: format_shared(state, req, &state_rows).await?,
+        state: sync_events(state, &state_rows, (req.user, req.device)).await?,
         account_data,
         ephemeral,
         summary,
