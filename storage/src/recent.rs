@@ -85,19 +85,26 @@ struct Receipts {
     /// The sequence number of `moves[0]`; each move gets the next one.
     first_seq: u64,
     /// The sequence number of each key's latest move.
-    latest: HashMap<(String, String, String, String), u64>,
+    latest: HashMap<ReceiptKey, u64>,
     /// Moves at or below this position may have been dropped.
     floor: i64,
 }
 
+/// What a receipt move replaces: `(room, user, type, thread)`.
+type ReceiptKey = (String, String, String, String);
+
 impl Receipts {
-    fn push(&mut self, position: i64, row: &ReceiptRow) {
-        let key = (
+    fn key(row: &ReceiptRow) -> ReceiptKey {
+        (
             row.room_id.clone(),
             row.user_id.clone(),
             row.receipt_type.clone(),
             row.thread_id.clone().unwrap_or_default(),
-        );
+        )
+    }
+
+    fn push(&mut self, position: i64, row: &ReceiptRow) {
+        let key = Self::key(row);
         let seq = self.first_seq + self.moves.len() as u64;
         if let Some(&previous) = self.latest.get(&key) {
             if let Some(entry) = previous
@@ -119,12 +126,7 @@ impl Receipts {
             let Some((dropped, row, _)) = self.moves.pop_front() else {
                 break;
             };
-            let key = (
-                row.room_id.clone(),
-                row.user_id.clone(),
-                row.receipt_type.clone(),
-                row.thread_id.clone().unwrap_or_default(),
-            );
+            let key = Self::key(&row);
             if self.latest.get(&key) == Some(&self.first_seq) {
                 self.latest.remove(&key);
             }

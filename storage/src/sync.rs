@@ -289,28 +289,6 @@ impl Storage {
         Ok(out)
     }
 
-    /// The stream position of the event a user's receipt of this type (unthreaded) points at.
-    pub async fn receipt_position(
-        &self,
-        room_id: &str,
-        user_id: &str,
-        receipt_type: &str,
-    ) -> Result<Option<i64>> {
-        let row = sqlx::query(
-            "SELECT e.stream_ordering FROM receipts r JOIN events e ON e.event_id = r.event_id
-             WHERE r.room_id = $1 AND r.user_id = $2 AND r.receipt_type = $3 AND r.thread_id = ''",
-        )
-        .bind(room_id)
-        .bind(user_id)
-        .bind(receipt_type)
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(row
-            .map(|r| r.try_get::<Option<i64>, _>("stream_ordering"))
-            .transpose()?
-            .flatten())
-    }
-
     /// Receipts that moved in `after < stream <= upto`, in any room. Shared: every member
     /// of a room woken by the same receipts gets the same rows.
     pub async fn receipts_in_range(
