@@ -1,7 +1,7 @@
 //! The delivered receipt (`io.myelin.delivered`, docs/delivered-receipts.md): sent, delivered
 //! and read ticks.
 
-use complement_tests::{backend_tests, Backend, ServerOptions, TestServer};
+use complement_tests::{backend_tests, Backend, Client, ServerOptions, TestServer};
 use serde_json::{json, Value};
 use std::time::Duration;
 
@@ -26,17 +26,28 @@ fn receipts(sync: &Value, room_id: &str) -> Value {
     merged
 }
 
-async fn delivered_receipt_after_recipient_syncs(backend: Backend) {
-    let Some(hs) = TestServer::start(backend, ServerOptions::default()).await else {
-        return;
-    };
+/// A Myelin server (the receipt is Myelin's own extension, so an external server under
+/// test is skipped) with alice and bob in a public room alice made.
+async fn alice_and_bob(
+    backend: Backend,
+    options: ServerOptions,
+) -> Option<(TestServer, Client, Client, String)> {
+    let hs = TestServer::start(backend, options).await?;
     if hs.is_external() {
-        return; // Myelin's own extension.
+        return None;
     }
     let alice = hs.register_user("alice").await;
     let bob = hs.register_user("bob").await;
     let room = alice.create_room(&json!({ "preset": "public_chat" })).await;
     bob.join(&room).await;
+    Some((hs, alice, bob, room))
+}
+
+async fn delivered_receipt_after_recipient_syncs(backend: Backend) {
+    let Some((_hs, alice, bob, room)) = alice_and_bob(backend, ServerOptions::default()).await
+    else {
+        return;
+    };
 
     let (_, first) = alice.sync_with(None, 0, &[]).await;
     let mut since = first["next_batch"].as_str().unwrap().to_owned();
@@ -80,16 +91,9 @@ async fn delivered_receipt_after_recipient_syncs(backend: Backend) {
 
 async fn delivered_receipts_can_be_turned_off(backend: Backend) {
     let options = ServerOptions::default().env("MYELIN_DELIVERY_RECEIPTS", "false");
-    let Some(hs) = TestServer::start(backend, options).await else {
+    let Some((_hs, alice, bob, room)) = alice_and_bob(backend, options).await else {
         return;
     };
-    if hs.is_external() {
-        return;
-    }
-    let alice = hs.register_user("alice").await;
-    let bob = hs.register_user("bob").await;
-    let room = alice.create_room(&json!({ "preset": "public_chat" })).await;
-    bob.join(&room).await;
     let event_id = alice.send_text(&room, "hello").await;
     let (_, _) = bob.sync_with(None, 0, &[]).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -101,17 +105,11 @@ async fn delivered_receipts_can_be_turned_off(backend: Backend) {
 /// In a group, every member's delivery reaches the sender (the server writes them in
 /// batches, one wake-up of the room per batch).
 async fn delivered_receipts_of_a_group_reach_the_sender(backend: Backend) {
-    let Some(hs) = TestServer::start(backend, ServerOptions::default()).await else {
+    let Some((hs, alice, bob, room)) = alice_and_bob(backend, ServerOptions::default()).await
+    else {
         return;
     };
-    if hs.is_external() {
-        return;
-    }
-    let alice = hs.register_user("alice").await;
-    let bob = hs.register_user("bob").await;
     let carol = hs.register_user("carol").await;
-    let room = alice.create_room(&json!({ "preset": "public_chat" })).await;
-    bob.join(&room).await;
     carol.join(&room).await;
     let (_, first) = alice.sync_with(None, 0, &[]).await;
     let since = first["next_batch"].as_str().unwrap().to_owned();
@@ -148,16 +146,10 @@ async fn delivered_receipts_of_a_group_reach_the_sender(backend: Backend) {
 /// A member's own delivered receipt does not wake their waiting sync: it tells them
 /// nothing, so a long-poll after receiving a message waits out its timeout.
 async fn own_delivered_receipt_does_not_wake_its_owner(backend: Backend) {
-    let Some(hs) = TestServer::start(backend, ServerOptions::default()).await else {
+    let Some((_hs, alice, bob, room)) = alice_and_bob(backend, ServerOptions::default()).await
+    else {
         return;
     };
-    if hs.is_external() {
-        return;
-    }
-    let alice = hs.register_user("alice").await;
-    let bob = hs.register_user("bob").await;
-    let room = alice.create_room(&json!({ "preset": "public_chat" })).await;
-    bob.join(&room).await;
     let (_, first) = bob.sync_with(None, 0, &[]).await;
     let since = first["next_batch"].as_str().unwrap().to_owned();
     alice.send_text(&room, "hello bob").await;
