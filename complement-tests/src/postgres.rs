@@ -61,14 +61,37 @@ pub struct PgDatabase {
 /// The lazily started source of databases, shared by all tests of the
 /// process. Initialised once: concurrent first callers wait for it.
 static ADMIN: OnceLock<Result<Admin, PgError>> = OnceLock::new();
+/// The same for databases on a cluster with PostgreSQL's normal durability (`fsync`,
+/// synchronous commit, full page writes): started only if a test asks for one.
+static ADMIN_DURABLE: OnceLock<Result<Admin, PgError>> = OnceLock::new();
 static NEXT_DB: AtomicU32 = AtomicU32::new(0);
+
+/// How a test's PostgreSQL cluster treats commits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// `fsync=off`, `synchronous_commit=off`: fast, for tests where durability is not the
+    /// point (unless `MYELIN_TEST_PG_DURABLE` is set, which makes every cluster durable).
+    #[default]
+    Fast,
+    /// PostgreSQL's defaults, as in production: for ordering and durability tests, where
+    /// slower commits widen the windows that races need.
+    Normal,
+}
 
 /// Creates a new, empty database and returns its URL.
 pub fn fresh_database() -> Result<PgDatabase, PgError> {
-    let admin = ADMIN
-        .get_or_init(init_admin)
-        .as_ref()
-        .map_err(Clone::clone)?;
+    fresh_database_with(Durability::Fast)
+}
+
+/// Creates a new, empty database on a cluster of the given durability.
+pub fn fresh_database_with(durability: Durability) -> Result<PgDatabase, PgError> {
+    let admin = match durability {
+        Durability::Fast => &ADMIN,
+        Durability::Normal => &ADMIN_DURABLE,
+    }
+    .get_or_init(|| init_admin(durability))
+    .as_ref()
+    .map_err(Clone::clone)?;
     let name = format!(
         "myelin_test_{}_{}_{:04x}",
         std::process::id(),
@@ -86,7 +109,7 @@ impl PgDatabase {
     /// Drops the database if it lives on a user-supplied server. Best effort:
     /// called from destructors, so it only reports problems.
     pub fn cleanup(&self) {
-        if let Some(Ok(admin)) = ADMIN.get() {
+        if let Some(Ok(admin)) = ADMIN.get().or(ADMIN_DURABLE.get()) {
             if admin.drop_databases {
                 if let Err(e) = psql(
                     admin,
@@ -137,7 +160,7 @@ fn replace_database(url: &str, database: &str) -> String {
     format!("{}/{database}{query}", &url[..path_start])
 }
 
-fn init_admin() -> Result<Admin, PgError> {
+fn init_admin(durability: Durability) -> Result<Admin, PgError> {
     if let Ok(url) = std::env::var("MYELIN_TEST_DATABASE_URL") {
         let psql = find_tool("psql").ok_or_else(|| {
             PgError::Failed("MYELIN_TEST_DATABASE_URL is set but psql was not found".into())
@@ -160,7 +183,7 @@ fn init_admin() -> Result<Admin, PgError> {
         .find(|p| p.is_file())
         .or_else(|| find_tool("psql"))
         .ok_or_else(|| PgError::NotInstalled("psql not found".into()))?;
-    let port = start_cluster(&bindir).map_err(PgError::Failed)?;
+    let port = start_cluster(&bindir, durability).map_err(PgError::Failed)?;
     Ok(Admin {
         url: format!("postgres://postgres@127.0.0.1:{port}/postgres"),
         psql,
@@ -276,7 +299,7 @@ fn run(mut cmd: Command, what: &str) -> Result<(), String> {
 }
 
 /// Creates and starts the throwaway cluster; returns its port.
-fn start_cluster(bindir: &Path) -> Result<u16, String> {
+fn start_cluster(bindir: &Path, durability: Durability) -> Result<u16, String> {
     let as_postgres = running_as_root();
     // As root the directory must be reachable by the postgres user, so it
     // goes under /tmp rather than a TMPDIR that may sit in root's home.
@@ -354,7 +377,9 @@ fn start_cluster(bindir: &Path) -> Result<u16, String> {
         let port = free_port();
         // Tests trade durability for speed; the benchmark asks for a durable cluster
         // (MYELIN_TEST_PG_DURABLE) so that "committed" means on disk, as in production.
-        let speed = if std::env::var_os("MYELIN_TEST_PG_DURABLE").is_some() {
+        let speed = if durability == Durability::Normal
+            || std::env::var_os("MYELIN_TEST_PG_DURABLE").is_some()
+        {
             ""
         } else {
             "-c fsync=off -c synchronous_commit=off -c full_page_writes=off"

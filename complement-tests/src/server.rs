@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use crate::binary::myelin_binary;
 use crate::client::Client;
-use crate::postgres::{self, PgDatabase, PgError};
+use crate::postgres::{self, Durability, PgDatabase, PgError};
 
 /// The shared secret every spawned server accepts for
 /// `/_synapse/admin/v1/register`.
@@ -49,6 +49,9 @@ pub struct ServerOptions {
     pub rate_limits: bool,
     /// `MYELIN_REGISTRATION_OPEN=false` when set.
     pub registration_closed: bool,
+    /// On PostgreSQL: the cluster's durability (ordering and durability tests ask for
+    /// [`Durability::Normal`]).
+    pub durability: Durability,
 }
 
 impl ServerOptions {
@@ -64,6 +67,12 @@ impl ServerOptions {
 
     pub fn registration_token_required(mut self, on: bool) -> Self {
         self.registration_token_required = on;
+        self
+    }
+
+    /// Runs a PostgreSQL server on a cluster with normal durability.
+    pub fn durable(mut self) -> Self {
+        self.durability = Durability::Normal;
         self
     }
 
@@ -114,7 +123,7 @@ impl TestServer {
 
         let database = match backend {
             Backend::Sqlite => None,
-            Backend::Postgres => match postgres::fresh_database() {
+            Backend::Postgres => match postgres::fresh_database_with(options.durability) {
                 Ok(db) => Some(db),
                 Err(PgError::NotInstalled(why)) if !crate::in_ci() => {
                     crate::skip("postgres", &why);

@@ -21,6 +21,8 @@ mod account;
 mod admin;
 #[path = "suite/config.rs"]
 mod config;
+#[path = "suite/consistency.rs"]
+mod consistency;
 #[path = "suite/delivered.rs"]
 mod delivered;
 #[path = "suite/devices.rs"]

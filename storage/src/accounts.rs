@@ -462,11 +462,8 @@ impl Storage {
         now: i64,
     ) -> Result<i64> {
         let mut tx = self.begin_write().await?;
-        let position = self.next_stream_position(&mut tx).await?;
-        let _in_flight = crate::stream::InFlight {
-            tracker: &self.stream,
-            position,
-        };
+        let in_flight = self.next_stream_position(&mut tx).await?;
+        let position = in_flight.position();
         sqlx::query(
             "INSERT INTO account_data (user_id, room_id, data_type, content, updated_ts, stream_ordering)
              VALUES ($1, $2, $3, $4, $5, $6)

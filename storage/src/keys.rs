@@ -89,11 +89,8 @@ impl Storage {
         tx: &mut Transaction<'static, Any>,
         user_id: &str,
     ) -> Result<InFlight<'_>> {
-        let position = self.next_stream_position(tx).await?;
-        let guard = InFlight {
-            tracker: &self.stream,
-            position,
-        };
+        let guard = self.next_stream_position(tx).await?;
+        let position = guard.position();
         self.recent.device_list_changed_at(position);
         // Concurrent changes of one user may commit out of order on PostgreSQL: the row keeps
         // the highest position either way.
@@ -583,11 +580,8 @@ impl Storage {
         let _in_flight = if public {
             self.mark_device_list_changed(&mut tx, user_id).await?
         } else {
-            let position = self.next_stream_position(&mut tx).await?;
-            let guard = InFlight {
-                tracker: &self.stream,
-                position,
-            };
+            let guard = self.next_stream_position(&mut tx).await?;
+            let position = guard.position();
             self.add_device_list_notice(&mut tx, user_id, user_id, position)
                 .await?;
             guard
@@ -636,11 +630,9 @@ impl Storage {
         others.sort_unstable();
         others.dedup();
         if !others.is_empty() {
-            let position = self.next_stream_position(&mut tx).await?;
-            guards.push(InFlight {
-                tracker: &self.stream,
-                position,
-            });
+            let guard = self.next_stream_position(&mut tx).await?;
+            let position = guard.position();
+            guards.push(guard);
             for other in others {
                 self.add_device_list_notice(&mut tx, signer, other, position)
                     .await?;

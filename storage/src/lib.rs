@@ -28,7 +28,9 @@ pub use error::{Error, Result};
 pub use keys::{ClaimedKey, DeviceKeysRow, KeySignature, KeyUpload, NewKey, UploadOutcome};
 pub use media::{MediaRow, PendingUpload, ThumbnailRow};
 pub use misc::{RegistrationTokenRow, SigningKeyRow, UiaSessionRow};
-pub use rooms::{Direction, EventRow, NewEvent, Persisted, RoomRow, StateMap, TopologicalPosition};
+pub use rooms::{
+    Direction, EventRow, NewEvent, NewRoom, Persisted, RoomRow, StateMap, TopologicalPosition,
+};
 pub use stream::StreamTracker;
 pub use sync::{AccountDataChange, MembershipRow, ReceiptRow};
 pub use to_device::{OutgoingToDevice, ToDeviceRow};

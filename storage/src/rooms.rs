@@ -108,10 +108,26 @@ pub struct NewEvent<'a> {
     pub membership: Option<&'a str>,
     /// `(user, device, txn_id)` for a client send with a transaction ID.
     pub txn: Option<(&'a str, &'a str, &'a str)>,
-    /// For a room's create event: `(room_version, creator)`; inserts the room.
-    pub new_room: Option<(&'a str, &'a str)>,
+    /// For a room's create event: inserts the room (and its alias) in the same transaction.
+    pub new_room: Option<NewRoom<'a>>,
     /// `(rel_type, parent event ID)` from the content's `m.relates_to`.
     pub relates_to: Option<(&'a str, &'a str)>,
+    /// For a redaction the homeserver decided to apply: `(target event ID, the target's
+    /// redacted PDU)`. The target is rewritten in the same transaction, so a stored redaction
+    /// never leaves its target unredacted.
+    pub redacts: Option<(&'a str, &'a str)>,
+}
+
+/// A room created by the transaction that writes its create event.
+#[derive(Debug, Clone, Copy)]
+pub struct NewRoom<'a> {
+    pub version: &'a str,
+    pub creator: &'a str,
+    /// An alias for the room, taken in the same transaction (a taken one fails the whole
+    /// creation with [`Error::UniqueViolation`]).
+    pub alias: Option<&'a str>,
+    /// Published in the room directory.
+    pub public: bool,
 }
 
 /// Where a persisted event landed.
@@ -136,28 +152,30 @@ pub enum Direction {
 }
 
 impl Storage {
-    /// Hands out the next stream position and marks it in flight; the caller holds an
-    /// [`crate::stream::InFlight`] until its transaction has finished.
+    /// Takes the next stream position inside `tx`. The returned guard keeps it in flight
+    /// (readers stop below it) until it is dropped, after the transaction has finished.
     pub(crate) async fn next_stream_position(
         &self,
         tx: &mut Transaction<'static, Any>,
-    ) -> Result<i64> {
-        let positions = self.next_stream_positions(tx, 1).await?;
-        positions
-            .first()
-            .copied()
-            .ok_or_else(|| Error::Corrupt("no stream position handed out".into()))
+    ) -> Result<crate::stream::InFlight<'_>> {
+        self.next_stream_positions(tx, 1).await
     }
 
-    /// Hands out `n` ascending stream positions in one round trip and marks them in flight,
-    /// like [`Self::next_stream_position`].
+    /// Hands out `n` ascending stream positions in one round trip and keeps them in flight,
+    /// like [`Self::next_stream_position`]. The tracker hears of the positions *before* the
+    /// database hands them out (a reservation), so no reader can see a later position commit
+    /// while one of these is still unknown to it (see `stream.rs`).
     pub(crate) async fn next_stream_positions(
         &self,
         tx: &mut Transaction<'static, Any>,
         n: usize,
-    ) -> Result<Vec<i64>> {
+    ) -> Result<crate::stream::InFlight<'_>> {
         let count = i64::try_from(n).map_err(|_| Error::Corrupt("batch too large".into()))?;
-        let mut positions: Vec<i64> = match self.backend {
+        if count < 1 {
+            return Err(Error::Corrupt("no stream position asked for".into()));
+        }
+        let reservation = self.stream.reserve();
+        let positions: Vec<i64> = match self.backend {
             Backend::Postgres => sqlx::query(
                 "SELECT nextval('stream_positions') AS position FROM generate_series(1, $1::bigint)",
             )
@@ -177,11 +195,12 @@ impl Storage {
                 (last - count + 1..=last).collect()
             }
         };
-        positions.sort_unstable();
-        for &position in &positions {
-            self.stream.begin(position);
+        if positions.len() != n {
+            return Err(Error::Corrupt(
+                "the database handed out too few stream positions".into(),
+            ));
         }
-        Ok(positions)
+        Ok(reservation.fill(positions))
     }
 
     /// The highest stream position handed out so far.
@@ -356,23 +375,27 @@ impl Storage {
             return Err(Error::Corrupt("a batch spans several rooms".into()));
         }
         let mut tx = self.begin_write().await?;
-        if let Some((version, creator)) = first.new_room {
-            sqlx::query("INSERT INTO rooms (room_id, room_version, creator, is_public, created_ts) VALUES ($1, $2, $3, 0, $4)")
+        if let Some(room) = first.new_room {
+            sqlx::query("INSERT INTO rooms (room_id, room_version, creator, is_public, created_ts) VALUES ($1, $2, $3, $4, $5)")
                 .bind(room_id)
-                .bind(version)
-                .bind(creator)
+                .bind(room.version)
+                .bind(room.creator)
+                .bind(i64::from(room.public))
                 .bind(now)
                 .execute(&mut *tx)
                 .await?;
+            if let Some(alias) = room.alias {
+                sqlx::query("INSERT INTO room_aliases (alias, room_id, creator, created_ts) VALUES ($1, $2, $3, $4)")
+                    .bind(alias)
+                    .bind(room_id)
+                    .bind(room.creator)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+            }
         }
-        let positions = self.next_stream_positions(&mut tx, events.len()).await?;
-        let _in_flight: Vec<crate::stream::InFlight<'_>> = positions
-            .iter()
-            .map(|&position| crate::stream::InFlight {
-                tracker: &self.stream,
-                position,
-            })
-            .collect();
+        let in_flight = self.next_stream_positions(&mut tx, events.len()).await?;
+        let positions = in_flight.positions().to_vec();
 
         // 1. State snapshots, in chain order (each builds on the one before).
         let mut placed = Vec::with_capacity(events.len());
@@ -519,7 +542,21 @@ impl Storage {
             }
         }
 
-        // 5. Client transaction IDs, one multi-row insert.
+        // 5. Redactions: the redacted event's stored PDU is replaced by its redacted form.
+        for event in events {
+            if let Some((target, redacted)) = event.redacts {
+                sqlx::query(
+                    "UPDATE events SET pdu = $2, redacted_by = $3 WHERE event_id = $1 AND redacted_by IS NULL",
+                )
+                .bind(target)
+                .bind(redacted)
+                .bind(event.event_id)
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+
+        // 6. Client transaction IDs, one multi-row insert.
         let txns: Vec<(&str, &str, &str, &str)> = events
             .iter()
             .filter_map(|e| e.txn.map(|(u, d, t)| (u, d, t, e.event_id)))
@@ -542,6 +579,11 @@ impl Storage {
         }
         tx.commit().await?;
         // Committed, and the positions are still in flight: tell the cache (see `recent.rs`).
+        for event in events {
+            if let Some((target, redacted)) = event.redacts {
+                self.recent.redact(target, redacted, event.event_id);
+            }
+        }
         self.recent.add_events(
             room_id,
             events
@@ -874,23 +916,6 @@ impl Storage {
             }
         }
         Ok(out)
-    }
-
-    /// Replaces an event's stored PDU with its redacted form.
-    pub async fn redact_event(
-        &self,
-        event_id: &str,
-        redacted_pdu: &str,
-        redacted_by: &str,
-    ) -> Result<()> {
-        sqlx::query("UPDATE events SET pdu = $2, redacted_by = $3 WHERE event_id = $1")
-            .bind(event_id)
-            .bind(redacted_pdu)
-            .bind(redacted_by)
-            .execute(&self.pool)
-            .await?;
-        self.recent.redact(event_id, redacted_pdu, redacted_by);
-        Ok(())
     }
 
     pub async fn create_alias(

@@ -195,11 +195,8 @@ impl Storage {
     /// Moves a user's receipt forward to `event_id` at a new stream position, which it returns.
     pub async fn set_receipt(&self, receipt: &ReceiptRow) -> Result<i64> {
         let mut tx = self.begin_write().await?;
-        let position = self.next_stream_position(&mut tx).await?;
-        let _in_flight = crate::stream::InFlight {
-            tracker: &self.stream,
-            position,
-        };
+        let in_flight = self.next_stream_position(&mut tx).await?;
+        let position = in_flight.position();
         sqlx::query(
             "INSERT INTO receipts (room_id, user_id, receipt_type, thread_id, event_id, ts, stream_ordering)
              VALUES ($1, $2, $3, $4, $5, $6, $7)
@@ -232,11 +229,8 @@ impl Storage {
         }
         let rows: Vec<&ReceiptRow> = unique.into_values().collect();
         let mut tx = self.begin_write().await?;
-        let position = self.next_stream_position(&mut tx).await?;
-        let _in_flight = crate::stream::InFlight {
-            tracker: &self.stream,
-            position,
-        };
+        let in_flight = self.next_stream_position(&mut tx).await?;
+        let position = in_flight.position();
         // 7 parameters a row; 500 rows stay far below both engines' limits.
         for chunk in rows.chunks(500) {
             let sql = format!(

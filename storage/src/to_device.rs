@@ -8,7 +8,7 @@
 
 use sqlx::{AssertSqlSafe, Row};
 
-use crate::{stream::InFlight, Result, Storage};
+use crate::{Result, Storage};
 
 /// A message for the devices of one user: `device_id` `None` means all of them (`*`).
 #[derive(Debug, Clone)]
@@ -58,11 +58,8 @@ impl Storage {
             tx.commit().await?;
             return Ok(None);
         }
-        let position = self.next_stream_position(&mut tx).await?;
-        let _in_flight = InFlight {
-            tracker: &self.stream,
-            position,
-        };
+        let in_flight = self.next_stream_position(&mut tx).await?;
+        let position = in_flight.position();
         for (seq, message) in messages.iter().enumerate() {
             // INSERT … SELECT from devices: `*` expands to the devices that exist now, and a
             // message for an unknown device inserts nothing.
