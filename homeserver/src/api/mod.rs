@@ -28,6 +28,7 @@ pub fn router(state: AppState) -> Router {
     router
         .fallback(unknown_endpoint)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn(run_to_completion))
         .layer(axum::middleware::from_fn(server_timing))
         // Browsers (Element Web) call the API cross-origin; the spec asks for these headers.
         .layer(
@@ -64,6 +65,38 @@ async fn server_timing(
         response.headers_mut().insert("server-timing", value);
     }
     response
+}
+
+/// Runs every request that may change something (any method but GET, HEAD and OPTIONS) in
+/// its own task, so that it runs to the end even if the client hangs up.
+///
+/// hyper drops a request's future when its connection closes. A write's effect is committed
+/// by one await (the transaction's commit) and followed by work in memory: invalidating the
+/// access-token cache after a logout, waking the syncs that wait for account data, moving a
+/// room's head. Dropped between the two, the change would be in the database but not in the
+/// process (a logged-out token that keeps working, account data never delivered), and a
+/// multi-step operation (creating a room, propagating a profile into every room) would stop
+/// half-way. So writes are not cancellable, as in Synapse, where only chosen read endpoints
+/// are. Reads (GET) stay cancellable: a long-poll `/sync` whose client went away stops at
+/// once (and does not mark messages delivered to a device that never got them).
+async fn run_to_completion(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    if matches!(
+        *request.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS
+    ) {
+        return next.run(request).await;
+    }
+    match tokio::spawn(next.run(request)).await {
+        Ok(response) => response,
+        Err(e) => {
+            // A panic in a handler (a bug): the client gets a 500 like any internal error.
+            tracing::error!(error = %e, "request task failed");
+            Error::internal("request task failed").into_response()
+        }
+    }
 }
 
 /// `GET /health`: 200 once the server can reach its database, 503 otherwise.

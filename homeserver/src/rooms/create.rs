@@ -14,10 +14,14 @@ use ruma::{
     RoomId, RoomVersionId, UInt, UserId,
 };
 
-use super::{pdu_error, persist, send, Send};
+use super::{pdu_error, Send};
 use crate::{auth::now_ms, error::Error, AppState};
 
 /// The presets of the spec.
+/// Most events a room's creation writes (its transaction's size): the preset's, plus the
+/// client's `initial_state` and invites.
+const MAX_CREATION_EVENTS: usize = 1000;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Preset {
     PrivateChat,
@@ -183,18 +187,8 @@ pub async fn create_room(
     )
     .map_err(|e| Error::bad_json(format!("Invalid creation_content: {e}")))?;
     let room_id = built.room_id.clone();
-    {
-        let lock = state.room_locks.get(&room_id);
-        let _guard = lock.lock().await;
-        persist(
-            state,
-            &built,
-            &pdu,
-            (create.version.as_str(), creator.as_str()),
-            now,
-        )
-        .await?;
-    }
+    // Every event after the create event, in order; written with it in one transaction.
+    let mut sends: Vec<Send> = Vec::new();
 
     // 2. The creator joins, with their profile.
     let (displayname, avatar_url) = state
@@ -209,52 +203,22 @@ pub async fn create_room(
     if let Some(url) = avatar_url {
         member["avatar_url"] = url.into();
     }
-    send(
-        state,
-        &room_id,
-        creator,
-        Send::state("m.room.member", creator.as_str(), obj(member)),
-    )
-    .await?;
+    sends.push(Send::state("m.room.member", creator.as_str(), obj(member)));
 
     // 3. Power levels, with the client's overrides.
     let mut power_levels = default_power_levels(creator, &create, creators_privileged);
     if let Some(overrides) = create.power_level_override.clone() {
         merge(&mut power_levels, overrides);
     }
-    send(
-        state,
-        &room_id,
-        creator,
-        Send::state("m.room.power_levels", "", power_levels),
-    )
-    .await?;
+    sends.push(Send::state("m.room.power_levels", "", power_levels));
 
     // 4. The canonical alias.
     if let Some(alias) = &create.alias {
-        state
-            .storage
-            .create_alias(alias, room_id.as_str(), creator.as_str(), now_ms())
-            .await
-            .map_err(|e| match e {
-                myelin_storage::Error::UniqueViolation => Error::new(
-                    axum::http::StatusCode::BAD_REQUEST,
-                    "M_ROOM_IN_USE",
-                    "Room alias already taken",
-                ),
-                e => e.into(),
-            })?;
-        send(
-            state,
-            &room_id,
-            creator,
-            Send::state(
-                "m.room.canonical_alias",
-                "",
-                obj(serde_json::json!({ "alias": alias })),
-            ),
-        )
-        .await?;
+        sends.push(Send::state(
+            "m.room.canonical_alias",
+            "",
+            obj(serde_json::json!({ "alias": alias })),
+        ));
     }
 
     // 5. The preset's state, unless initial_state sets the same keys.
@@ -287,47 +251,31 @@ pub async fn create_room(
         "m.room.guest_access",
     ] {
         if !overridden(event_type) {
-            send(
-                state,
-                &room_id,
-                creator,
-                Send::state(event_type, "", obj(preset_state[event_type].clone())),
-            )
-            .await?;
+            sends.push(Send::state(
+                event_type,
+                "",
+                obj(preset_state[event_type].clone()),
+            ));
         }
     }
 
     // 6. initial_state, 7. name and topic.
     for (event_type, state_key, content) in &create.initial_state {
-        send(
-            state,
-            &room_id,
-            creator,
-            Send::state(event_type, state_key, content.clone()),
-        )
-        .await?;
+        sends.push(Send::state(event_type, state_key, content.clone()));
     }
     if let Some(name) = &create.name {
-        send(
-            state,
-            &room_id,
-            creator,
-            Send::state("m.room.name", "", obj(serde_json::json!({ "name": name }))),
-        )
-        .await?;
+        sends.push(Send::state(
+            "m.room.name",
+            "",
+            obj(serde_json::json!({ "name": name })),
+        ));
     }
     if let Some(topic) = &create.topic {
         let content = serde_json::json!({
             "topic": topic,
             "m.topic": { "m.text": [{ "body": topic, "mimetype": "text/plain" }] },
         });
-        send(
-            state,
-            &room_id,
-            creator,
-            Send::state("m.room.topic", "", obj(content)),
-        )
-        .await?;
+        sends.push(Send::state("m.room.topic", "", obj(content)));
     }
 
     // 8. Invites.
@@ -336,20 +284,29 @@ pub async fn create_room(
         if create.is_direct {
             content["is_direct"] = true.into();
         }
-        send(
-            state,
-            &room_id,
-            creator,
-            Send::state("m.room.member", invitee.as_str(), obj(content)),
-        )
-        .await?;
+        sends.push(Send::state("m.room.member", invitee.as_str(), obj(content)));
     }
-    if create.publish {
-        state
-            .storage
-            .set_room_public(room_id.as_str(), true)
-            .await?;
+    if sends.len() > MAX_CREATION_EVENTS {
+        return Err(Error::new(
+            axum::http::StatusCode::BAD_REQUEST,
+            "M_INVALID_PARAM",
+            format!("A room is created with at most {MAX_CREATION_EVENTS} events"),
+        ));
     }
+    super::write_new_room(
+        state,
+        &built,
+        pdu,
+        myelin_storage::NewRoom {
+            version: create.version.as_str(),
+            creator: creator.as_str(),
+            alias: create.alias.as_deref(),
+            public: create.publish,
+        },
+        creator,
+        sends,
+    )
+    .await?;
     tracing::info!(%room_id, %creator, version = %create.version, "created room");
     Ok(room_id)
 }

@@ -298,6 +298,9 @@ struct Prepared {
     membership: Option<String>,
     relates_to: Option<(String, String)>,
     txn: Option<(String, String, String)>,
+    /// For a redaction: `(target event ID, the target's redacted PDU)`, rewritten in the same
+    /// transaction as the redaction is stored. `None` if the target was redacted before.
+    redacts: Option<(String, String)>,
 }
 
 impl Prepared {
@@ -335,6 +338,7 @@ impl Prepared {
             membership,
             relates_to,
             txn,
+            redacts: None,
         })
     }
 
@@ -342,7 +346,6 @@ impl Prepared {
         &'a self,
         room_id: &'a str,
         state_before: Option<i64>,
-        new_room: Option<(&'a str, &'a str)>,
     ) -> myelin_storage::NewEvent<'a> {
         myelin_storage::NewEvent {
             event_id: self.event_id.as_str(),
@@ -360,11 +363,15 @@ impl Prepared {
                 .txn
                 .as_ref()
                 .map(|(u, d, t)| (u.as_str(), d.as_str(), t.as_str())),
-            new_room,
+            new_room: None,
             relates_to: self
                 .relates_to
                 .as_ref()
                 .map(|(r, p)| (r.as_str(), p.as_str())),
+            redacts: self
+                .redacts
+                .as_ref()
+                .map(|(target, redacted)| (target.as_str(), redacted.as_str())),
         }
     }
 }
@@ -458,19 +465,20 @@ async fn write_batch(
     let rows: Vec<myelin_storage::NewEvent<'_>> = prepared
         .iter()
         .enumerate()
-        .map(|(i, (p, _))| {
-            p.row(
-                room_id.as_str(),
-                if i == 0 { state_before } else { None },
-                None,
-            )
-        })
+        .map(|(i, (p, _))| p.row(room_id.as_str(), if i == 0 { state_before } else { None }))
         .collect();
     let result = state.storage.persist_events(&rows, now_ms()).await;
     drop(rows);
     match result {
         Ok(persisted) => {
             head.state_after = persisted.last().map(|p| p.state_after).or(head.state_after);
+            // A redacted state event is re-read (redacted) when the rules next need it; an
+            // auth check later in this batch may have cached the original meanwhile.
+            for (p, _) in &prepared {
+                if let Some((target, _)) = &p.redacts {
+                    head.pdus.remove(target);
+                }
+            }
             state
                 .notifier
                 .notify(head.interested().chain(targets.iter().map(String::as_str)));
@@ -504,10 +512,22 @@ async fn place(
     room_id: &RoomId,
     head: &mut RoomHead,
     sender: &UserId,
-    send: Send,
+    mut send: Send,
     txn: Option<(String, String, String)>,
 ) -> Result<(Prepared, Option<String>), Error> {
     let rules = head.rules.clone();
+    let is_redaction = send.event_type == "m.room.redaction" && send.state_key.is_none();
+    if is_redaction && send.redacts.is_none() {
+        // Sent through `/send`: the target is named in the content (as room version 11 puts
+        // it), whatever the room version; the event is then built like one from `/redact`.
+        send.redacts = match send.content.get("redacts") {
+            Some(ruma::CanonicalJsonValue::String(id)) => Some(
+                OwnedEventId::try_from(id.as_str())
+                    .map_err(|_| Error::bad_json("redacts is not an event ID"))?,
+            ),
+            _ => return Err(Error::bad_json("A redaction needs redacts")),
+        };
+    }
     let depth = head.extremities.iter().map(|(_, d)| *d).max().unwrap_or(0) + 1;
     // Local sends are serialised per room, so there is one extremity; should federation
     // leave several, the newest one's state is the base until state resolution lands.
@@ -589,7 +609,10 @@ async fn place(
             Error::forbidden(format!("Event not allowed: {reason}"))
         })?;
     }
-    let prepared = Prepared::new(&built, &pdu, &prev_events, txn)?;
+    let mut prepared = Prepared::new(&built, &pdu, &prev_events, txn)?;
+    if is_redaction {
+        prepared.redacts = redaction(state, room_id, head, sender, send.redacts.as_deref()).await?;
+    }
 
     // Move the head past the event. Until the batch commits this is ahead of storage; if the
     // commit fails, the writer drops the head.
@@ -612,16 +635,123 @@ async fn place(
     Ok((prepared, target))
 }
 
-/// Writes an authorised event outside the queue (a room's create event, under the room's
-/// lock).
-pub(crate) async fn persist(
+/// The checks a redaction needs beyond the authorization rules, and what it rewrites: the
+/// target must be an event of this room, and redacting someone else's event needs the
+/// `redact` power level (the rules of room versions 3+ leave that to the server). Returns
+/// `(target, redacted PDU)` to rewrite in the redaction's transaction, or `None` if the target
+/// was redacted before. Every redaction takes this path, from `/redact` or `/send`.
+async fn redaction(
+    state: &AppState,
+    room_id: &RoomId,
+    head: &RoomHead,
+    sender: &UserId,
+    target: Option<&ruma::EventId>,
+) -> Result<Option<(String, String)>, Error> {
+    let target = target.ok_or_else(|| Error::bad_json("A redaction needs redacts"))?;
+    let row = state
+        .storage
+        .get_event(target.as_str())
+        .await?
+        .filter(|row| row.room_id == room_id.as_str())
+        .ok_or_else(|| Error::not_found("Event not found"))?;
+    if row.sender != sender.as_str() {
+        let content_of = |event_type: &str| -> Option<serde_json::Value> {
+            let id = head.current.get(&(event_type.to_owned(), String::new()))?;
+            let pdu = head.pdus.get(id)?;
+            Some(serde_json::json!({
+                "sender": pdu.sender,
+                "content": serde_json::from_str::<serde_json::Value>(pdu.content.get()).ok()?,
+            }))
+        };
+        let create = content_of("m.room.create");
+        let levels = content_of("m.room.power_levels");
+        if !power::allows(
+            &head.rules,
+            create.as_ref(),
+            levels.as_ref().map(|l| &l["content"]),
+            sender.as_str(),
+            power::Action::Redact,
+        ) {
+            return Err(Error::forbidden("You may not redact other users' events"));
+        }
+    }
+    if row.redacted_by.is_some() {
+        return Ok(None);
+    }
+    let original: CanonicalJsonObject = serde_json::from_str(&row.pdu).map_err(Error::internal)?;
+    let redacted =
+        myelin_federation::pdu::redact_pdu(&original, &head.rules).map_err(Error::internal)?;
+    let text = serde_json::to_string(&redacted).map_err(Error::internal)?;
+    Ok(Some((row.event_id, text)))
+}
+
+/// Writes a new room in one transaction: its create event (`built`, already checked) and then
+/// every event of its creation (`sends`, in order, all from `creator`), each placed, built
+/// and authorised on the room's head as it grows. Either the whole room is committed, with
+/// its alias and directory entry, or nothing is: a refused event, a taken alias (400
+/// `M_ROOM_IN_USE`) or a failed commit leaves no room behind.
+pub(crate) async fn write_new_room(
     state: &AppState,
     built: &myelin_federation::pdu::BuiltEvent,
-    pdu: &Pdu,
-    new_room: (&str, &str),
-    now: i64,
-) -> Result<myelin_storage::Persisted, Error> {
-    let prepared = Prepared::new(built, pdu, &[], None)?;
-    let row = prepared.row(built.room_id.as_str(), None, Some(new_room));
-    Ok(state.storage.persist_event(&row, now).await?)
+    create_pdu: Pdu,
+    new_room: myelin_storage::NewRoom<'_>,
+    creator: &UserId,
+    sends: Vec<Send>,
+) -> Result<(), Error> {
+    let room_id = built.room_id.clone();
+    let slot = state.room_locks.get(&room_id);
+    let mut guard = slot.lock().await;
+    let version = RoomVersionId::try_from(new_room.version).map_err(Error::internal)?;
+    let create_id = built.event_id.to_string();
+    let mut head = RoomHead {
+        rules: rules_for(&version).map_err(Error::internal)?,
+        extremities: vec![(built.event_id.clone(), create_pdu.depth as i64)],
+        state_after: None,
+        current: [(
+            ("m.room.create".to_owned(), String::new()),
+            create_id.clone(),
+        )]
+        .into_iter()
+        .collect(),
+        pdus: HashMap::new(),
+        members: HashMap::new(),
+    };
+    let mut prepared = vec![Prepared::new(built, &create_pdu, &[], None)?];
+    head.pdus.insert(create_id, create_pdu);
+    let mut targets = Vec::new();
+    for send in sends {
+        let (event, target) = place(state, &room_id, &mut head, creator, send, None).await?;
+        targets.extend(target);
+        prepared.push(event);
+    }
+    let rows: Vec<myelin_storage::NewEvent<'_>> = prepared
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let mut row = p.row(room_id.as_str(), None);
+            if i == 0 {
+                row.new_room = Some(new_room);
+            }
+            row
+        })
+        .collect();
+    let persisted = state
+        .storage
+        .persist_events(&rows, now_ms())
+        .await
+        .map_err(|e| match e {
+            // Room and event IDs are new; only the alias can be taken.
+            myelin_storage::Error::UniqueViolation => Error::new(
+                StatusCode::BAD_REQUEST,
+                "M_ROOM_IN_USE",
+                "Room alias already taken",
+            ),
+            e => e.into(),
+        })?;
+    head.state_after = persisted.last().map(|p| p.state_after);
+    state
+        .notifier
+        .notify(head.interested().chain(targets.iter().map(String::as_str)));
+    *guard = Some(head);
+    Ok(())
 }

@@ -4,7 +4,6 @@
 //! <https://spec.matrix.org/latest/client-server-api/#get_matrixclientv3roomsroomidmessages>
 
 use axum::{extract::State, http::StatusCode};
-use myelin_federation::pdu::redact_pdu;
 use myelin_storage::{Direction as StorageDirection, TopologicalPosition};
 use ruma::{
     api::{
@@ -475,7 +474,9 @@ fn type_matches(pattern: &str, event_type: &str) -> bool {
 
 /// PUT /_matrix/client/v3/rooms/{roomId}/redact/{eventId}/{txnId}
 ///
-/// Anyone may redact their own events; redacting others' needs the `redact` power level.
+/// Anyone may redact their own events; redacting others' needs the `redact` power level. The
+/// checks and the rewrite of the target are the write pipeline's (`rooms::redaction`), the
+/// same for a redaction sent through `/send`.
 /// <https://spec.matrix.org/latest/client-server-api/#put_matrixclientv3roomsroomidredacteventidtxnid>
 pub async fn redact_event(
     State(state): State<AppState>,
@@ -484,24 +485,6 @@ pub async fn redact_event(
     let sender = req.sender();
     let room_id = &req.body.room_id;
     require_joined(&state, room_id, &sender.user_id).await?;
-    let (_, rules) = room_rules(&state, room_id).await?;
-    let target = state
-        .storage
-        .get_event(req.body.event_id.as_str())
-        .await?
-        .filter(|row| row.room_id == room_id.as_str())
-        .ok_or_else(|| Error::not_found("Event not found"))?;
-    if target.sender != sender.user_id.as_str()
-        && !rooms::power::has_level(
-            &state,
-            room_id,
-            &sender.user_id,
-            rooms::power::Action::Redact,
-        )
-        .await?
-    {
-        return Err(Error::forbidden("You may not redact other users' events"));
-    }
     let mut content = CanonicalJsonObject::new();
     if let Some(reason) = &req.body.reason {
         content.insert("reason".into(), CanonicalJsonValue::String(reason.clone()));
@@ -510,19 +493,5 @@ pub async fn redact_event(
     send.redacts = Some(req.body.event_id.clone());
     send.txn = Some((sender.device_id.to_string(), req.body.txn_id.to_string()));
     let redaction_id = rooms::send(&state, room_id, &sender.user_id, send).await?;
-    if target.redacted_by.is_none() {
-        let pdu: CanonicalJsonObject =
-            serde_json::from_str(&target.pdu).map_err(Error::internal)?;
-        let redacted = redact_pdu(&pdu, &rules).map_err(Error::internal)?;
-        let text = serde_json::to_string(&redacted).map_err(Error::internal)?;
-        state
-            .storage
-            .redact_event(&target.event_id, &text, redaction_id.as_str())
-            .await?;
-        if target.state_key.is_some() {
-            // The pipeline caches parsed state events; drop the room's cache.
-            state.room_locks.invalidate(room_id).await;
-        }
-    }
     Ok(redact_event::v3::Response::new(redaction_id))
 }
