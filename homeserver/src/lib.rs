@@ -440,6 +440,8 @@ pub async fn serve(
     let presence_sweeper = tokio::spawn(presence_sweeper(state.clone()));
     let presence_announcer = tokio::spawn(presence_announcer(state.clone()));
     let delivery_recorder = tokio::spawn(sync::delivery::recorder(state.clone()));
+    // Profile changes a stopped server had not carried into every room yet.
+    let profiles = tokio::spawn(rooms::profile::resume_pending(state.clone()));
     let app = api::router(state.clone());
     accept_loop(listener, app, shutdown).await;
     housekeeping.abort();
@@ -447,6 +449,7 @@ pub async fn serve(
     presence_sweeper.abort();
     presence_announcer.abort();
     delivery_recorder.abort();
+    profiles.abort();
     state.storage.close().await;
     Ok(())
 }

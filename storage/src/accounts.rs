@@ -1,6 +1,6 @@
 //! Users, devices, access tokens, profiles and account data.
 
-use sqlx::Row;
+use sqlx::{AssertSqlSafe, Row};
 
 use crate::{Result, Storage};
 
@@ -415,22 +415,64 @@ impl Storage {
             .transpose()
     }
 
-    pub async fn set_displayname(&self, user_id: &str, displayname: Option<&str>) -> Result<()> {
-        sqlx::query("UPDATE profiles SET displayname = $2 WHERE user_id = $1")
+    /// Sets the display name and marks the profile as still to be carried into the user's
+    /// rooms; returns the mark (see [`Storage::profile_propagated`]).
+    pub async fn set_displayname(&self, user_id: &str, displayname: Option<&str>) -> Result<i64> {
+        self.set_profile_column(user_id, "displayname", displayname)
+            .await
+    }
+
+    /// Like [`Storage::set_displayname`], for the avatar.
+    pub async fn set_avatar_url(&self, user_id: &str, avatar_url: Option<&str>) -> Result<i64> {
+        self.set_profile_column(user_id, "avatar_url", avatar_url)
+            .await
+    }
+
+    async fn set_profile_column(
+        &self,
+        user_id: &str,
+        column: &'static str,
+        value: Option<&str>,
+    ) -> Result<i64> {
+        let sql = format!(
+            "UPDATE profiles SET {column} = $2, propagation_pending = propagation_pending + 1
+             WHERE user_id = $1 RETURNING propagation_pending"
+        );
+        let row = sqlx::query(AssertSqlSafe(sql.as_str()))
             .bind(user_id)
-            .bind(displayname)
-            .execute(&self.pool)
+            .bind(value)
+            .fetch_optional(&self.pool)
             .await?;
+        Ok(match row {
+            Some(row) => row.try_get("propagation_pending")?,
+            None => 0,
+        })
+    }
+
+    /// The profile change marked `mark` is in every room: clears the mark unless a newer
+    /// change raised it meanwhile (that change's propagation clears it).
+    pub async fn profile_propagated(&self, user_id: &str, mark: i64) -> Result<()> {
+        sqlx::query(
+            "UPDATE profiles SET propagation_pending = 0 WHERE user_id = $1 AND propagation_pending = $2",
+        )
+        .bind(user_id)
+        .bind(mark)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 
-    pub async fn set_avatar_url(&self, user_id: &str, avatar_url: Option<&str>) -> Result<()> {
-        sqlx::query("UPDATE profiles SET avatar_url = $2 WHERE user_id = $1")
-            .bind(user_id)
-            .bind(avatar_url)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+    /// Users whose last profile change may not be in all their rooms yet (a server stopped
+    /// during propagation), with their marks.
+    pub async fn pending_profile_propagations(&self) -> Result<Vec<(String, i64)>> {
+        sqlx::query(
+            "SELECT user_id, propagation_pending FROM profiles WHERE propagation_pending > 0",
+        )
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|row| Ok((row.try_get("user_id")?, row.try_get("propagation_pending")?)))
+        .collect()
     }
 
     /// Account data: `room_id` is `None` for global account data. Content is JSON text.

@@ -21,6 +21,7 @@
 pub mod create;
 pub mod format;
 pub mod power;
+pub mod profile;
 pub mod summary;
 pub mod upgrade;
 pub mod visibility;

@@ -18,8 +18,7 @@ use ruma::{
 use crate::{
     api::ruma::Ruma,
     error::{Error, Result},
-    rooms::{self, Send},
-    AppState,
+    rooms, AppState,
 };
 
 /// Longest display name accepted, in characters (Synapse's limit).
@@ -93,7 +92,7 @@ pub async fn set_profile_field(
 ) -> Result<set_profile_field::v3::Response> {
     let user_id = &req.sender().user_id;
     check_own(user_id, &req.body.user_id)?;
-    match &req.body.value {
+    let mark = match &req.body.value {
         ProfileFieldValue::DisplayName(name) => {
             if name.chars().count() > MAX_DISPLAYNAME_LEN {
                 return Err(Error::invalid_param(format!(
@@ -105,7 +104,7 @@ pub async fn set_profile_field(
             state
                 .storage
                 .set_displayname(user_id.as_str(), name)
-                .await?;
+                .await?
         }
         ProfileFieldValue::AvatarUrl(url) => {
             let url = Some(url.as_str()).filter(|u| !u.is_empty());
@@ -114,15 +113,15 @@ pub async fn set_profile_field(
                     return Err(Error::invalid_param("avatar_url must be an mxc:// URI"));
                 }
             }
-            state.storage.set_avatar_url(user_id.as_str(), url).await?;
+            state.storage.set_avatar_url(user_id.as_str(), url).await?
         }
         _ => {
             return Err(Error::forbidden(
                 "Only displayname and avatar_url can be set on this server",
             ))
         }
-    }
-    propagate_to_rooms(&state, user_id).await?;
+    };
+    rooms::profile::propagate(&state, user_id, mark).await?;
     Ok(set_profile_field::v3::Response::new())
 }
 
@@ -135,7 +134,7 @@ pub async fn delete_profile_field(
 ) -> Result<delete_profile_field::v3::Response> {
     let user_id = &req.sender().user_id;
     check_own(user_id, &req.body.user_id)?;
-    match req.body.field {
+    let mark = match req.body.field {
         ProfileFieldName::DisplayName => {
             state
                 .storage
@@ -148,64 +147,7 @@ pub async fn delete_profile_field(
                 "Only displayname and avatar_url can be changed on this server",
             ))
         }
-    }
-    propagate_to_rooms(&state, user_id).await?;
+    };
+    rooms::profile::propagate(&state, user_id, mark).await?;
     Ok(delete_profile_field::v3::Response::new())
-}
-
-/// Sends a new `m.room.member` event with the user's current profile into every room they are
-/// joined to, where it differs from what the room shows.
-async fn propagate_to_rooms(state: &AppState, user_id: &UserId) -> Result<()> {
-    let (displayname, avatar_url) = state
-        .storage
-        .get_profile(user_id.as_str())
-        .await?
-        .unwrap_or((None, None));
-    for room in state
-        .storage
-        .rooms_for_user(user_id.as_str(), "join")
-        .await?
-    {
-        let Ok(room_id) = ruma::RoomId::parse(&room) else {
-            continue;
-        };
-        let Some((_, event_id)) = state.storage.membership(&room, user_id.as_str()).await? else {
-            continue;
-        };
-        let Some(row) = state.storage.get_event(&event_id).await? else {
-            continue;
-        };
-        let pdu: serde_json::Value = serde_json::from_str(&row.pdu).map_err(Error::internal)?;
-        let mut content = pdu["content"].clone();
-        let unchanged = content["displayname"].as_str() == displayname.as_deref()
-            && content["avatar_url"].as_str() == avatar_url.as_deref();
-        if unchanged || content["membership"] != "join" {
-            continue;
-        }
-        let Some(object) = content.as_object_mut() else {
-            continue;
-        };
-        object.remove("reason");
-        match &displayname {
-            Some(name) => object.insert("displayname".into(), name.clone().into()),
-            None => object.remove("displayname"),
-        };
-        match &avatar_url {
-            Some(url) => object.insert("avatar_url".into(), url.clone().into()),
-            None => object.remove("avatar_url"),
-        };
-        let content = super::room::canonical_object(&content.to_string(), "member content")?;
-        // One room refusing the update (e.g. a power level change) must not fail the others.
-        if let Err(e) = rooms::send(
-            state,
-            &room_id,
-            user_id,
-            Send::state("m.room.member", user_id.as_str(), content),
-        )
-        .await
-        {
-            tracing::warn!(%room_id, %user_id, error = %e, "could not update the member event after a profile change");
-        }
-    }
-    Ok(())
 }
