@@ -12,11 +12,14 @@
 //!    other (client-side time, so it includes HTTP on loopback).
 //! 3. Idle connections: `BENCH_IDLE` (default 10,000; half long-poll, half WebSocket) idle
 //!    connections are opened and the server's resident memory is read before and after, while
-//!    the fan-out keeps running. Needs `ulimit -n` above twice that.
+//!    the fan-out keeps running. Needs `ulimit -n` above twice that. The connections are
+//!    spread over `BENCH_IDLE_USERS` (default 1,000) users with `BENCH_IDLE_DEVICES` (default
+//!    2) devices each, as a real server's would be: per-user and per-device state (tokens,
+//!    notifier entries, presence) counts, not only per-socket memory. The users' registration
+//!    and logins are made before the memory is first read.
 
 use std::{
     collections::HashMap,
-    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -348,20 +351,45 @@ async fn main() {
 
     // 3. Idle connections.
     if idle > 0 {
+        let users = env_num("BENCH_IDLE_USERS", 1_000).max(1) as usize;
+        let devices_per_user = env_num("BENCH_IDLE_DEVICES", 2).max(1) as usize;
+        // Every idle device with its own sync token: `(device, token)`.
+        let idlers: Vec<(Client, String)> = futures_util::stream::iter(0..users)
+            .map(|_| {
+                let hs = &hs;
+                async move {
+                    let user = hs.register_user("idler").await;
+                    // Online before the connections open, so that they are not all woken
+                    // (and closed) by the user's own coming online after the debounce.
+                    let presence = format!(
+                        "/_matrix/client/v3/presence/{}/status",
+                        encode(user.user_id())
+                    );
+                    let (status, body) =
+                        user.put(&presence, &json!({ "presence": "online" })).await;
+                    assert_eq!(status, 200, "{body}");
+                    let mut devices = vec![user.clone()];
+                    for _ in 1..devices_per_user {
+                        devices.push(user.new_device().await);
+                    }
+                    let mut out = Vec::new();
+                    for device in devices {
+                        let (_, initial) = device.sync_with(None, 0, &[]).await;
+                        let token = initial["next_batch"].as_str().unwrap().to_owned();
+                        out.push((device, token));
+                    }
+                    out
+                }
+            })
+            .buffer_unordered(8)
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .flatten()
+            .collect();
+        tokio::time::sleep(Duration::from_millis(2500)).await;
         let before = rss_kib(pid);
         let fds_before = open_fds(pid);
-        let idler = Arc::new(hs.register_user("idler").await);
-        // Online before the connections open, so that they are not all woken (and closed) by
-        // the idler's own coming online after the debounce.
-        let presence = format!(
-            "/_matrix/client/v3/presence/{}/status",
-            encode(idler.user_id())
-        );
-        let (status, body) = idler.put(&presence, &json!({ "presence": "online" })).await;
-        assert_eq!(status, 200, "{body}");
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let (_, initial) = idler.sync_with(None, 0, &[]).await;
-        let token = initial["next_batch"].as_str().unwrap().to_owned();
         let http = reqwest::Client::builder()
             .pool_max_idle_per_host(0)
             .build()
@@ -371,6 +399,7 @@ async fn main() {
         // BENCH_IDLE_KIND=poll or ws measures one kind alone.
         let kind = std::env::var("BENCH_IDLE_KIND").unwrap_or_default();
         for i in 0..idle {
+            let (idler, token) = &idlers[i % idlers.len()];
             let poll = match kind.as_str() {
                 "poll" => true,
                 "ws" => false,
@@ -380,7 +409,7 @@ async fn main() {
                 let url = format!(
                     "{}/_matrix/client/v3/sync?since={}&timeout=120000",
                     hs.url(),
-                    encode(&token)
+                    encode(token)
                 );
                 let request = http
                     .get(url)
@@ -388,7 +417,7 @@ async fn main() {
                     .send();
                 polls.push(tokio::spawn(request));
             } else {
-                match tokio_tungstenite::connect_async(ws_url(hs.url(), &idler, &token)).await {
+                match tokio_tungstenite::connect_async(ws_url(hs.url(), idler, token)).await {
                     Ok((socket, _)) => sockets.push(socket),
                     Err(e) => {
                         eprintln!("stopped opening WebSockets at {i}: {e}");
@@ -414,9 +443,10 @@ async fn main() {
         flowing.abort();
         let open = polls.len() + sockets.len();
         println!(
-            "{open} idle connections ({} long-poll, {} WebSocket): server memory {} KiB -> {} KiB, {:.1} KiB per connection",
+            "{open} idle connections ({} long-poll, {} WebSocket) of {} devices of {users} users: server memory {} KiB -> {} KiB, {:.1} KiB per connection",
             polls.len(),
             sockets.len(),
+            idlers.len(),
             before,
             after,
             (after.saturating_sub(before)) as f64 / open.max(1) as f64
