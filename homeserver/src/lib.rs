@@ -442,6 +442,8 @@ pub async fn serve(
     let delivery_recorder = tokio::spawn(sync::delivery::recorder(state.clone()));
     // Profile changes a stopped server had not carried into every room yet.
     let profiles = tokio::spawn(rooms::profile::resume_pending(state.clone()));
+    // Room upgrades a stopped server had not finished in the old room.
+    let upgrades = tokio::spawn(rooms::upgrade::resume_pending(state.clone()));
     let app = api::router(state.clone());
     accept_loop(listener, app, shutdown).await;
     housekeeping.abort();
@@ -450,6 +452,7 @@ pub async fn serve(
     presence_announcer.abort();
     delivery_recorder.abort();
     profiles.abort();
+    upgrades.abort();
     state.storage.close().await;
     Ok(())
 }

@@ -128,6 +128,10 @@ pub struct NewRoom<'a> {
     pub alias: Option<&'a str>,
     /// Published in the room directory.
     pub public: bool,
+    /// For an upgrade: the room this one replaces. Its aliases and directory entry move to
+    /// the new room in the same transaction, and it is marked as still to be finished
+    /// (tombstone, power levels) until [`Storage::finish_upgrade`].
+    pub replaces: Option<&'a str>,
 }
 
 /// Where a persisted event landed.
@@ -384,6 +388,20 @@ impl Storage {
                 .bind(now)
                 .execute(&mut *tx)
                 .await?;
+            if let Some(old) = room.replaces {
+                sqlx::query("UPDATE room_aliases SET room_id = $2 WHERE room_id = $1")
+                    .bind(old)
+                    .bind(room_id)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query(
+                    "UPDATE rooms SET is_public = 0, upgrade_pending = $2 WHERE room_id = $1",
+                )
+                .bind(old)
+                .bind(room_id)
+                .execute(&mut *tx)
+                .await?;
+            }
             if let Some(alias) = room.alias {
                 sqlx::query("INSERT INTO room_aliases (alias, room_id, creator, created_ts) VALUES ($1, $2, $3, $4)")
                     .bind(alias)
@@ -916,6 +934,25 @@ impl Storage {
             }
         }
         Ok(out)
+    }
+
+    /// The old room of an upgrade is finished (tombstone and power levels sent).
+    pub async fn finish_upgrade(&self, old_room_id: &str) -> Result<()> {
+        sqlx::query("UPDATE rooms SET upgrade_pending = NULL WHERE room_id = $1")
+            .bind(old_room_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Upgrades whose old room a stopped server did not finish: `(old room, new room)`.
+    pub async fn pending_upgrades(&self) -> Result<Vec<(String, String)>> {
+        sqlx::query("SELECT room_id, upgrade_pending FROM rooms WHERE upgrade_pending IS NOT NULL")
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|row| Ok((row.try_get("room_id")?, row.try_get("upgrade_pending")?)))
+            .collect()
     }
 
     pub async fn create_alias(

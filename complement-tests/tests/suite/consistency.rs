@@ -578,7 +578,87 @@ async fn a10_profile_reaches_every_room_after_a_crash(backend: Backend) {
     }
 }
 
+/// A room upgrade finishes even if the server is killed while it runs: after a restart,
+/// every room that names the old room as its predecessor is the one the old room's tombstone
+/// points to, and the old room's alias has moved with it.
+async fn room_upgrade_finishes_after_a_crash(backend: Backend) {
+    let Some(mut hs) = TestServer::start(backend, ServerOptions::default().durable()).await else {
+        return;
+    };
+    if hs.is_external() {
+        return;
+    }
+    let alice = hs.register_user("alice").await;
+    let token = alice.access_token.clone().unwrap();
+    for (i, delay) in [5u64, 15, 30, 60].into_iter().enumerate() {
+        let alias_name = complement_tests::unique_name("upgraded");
+        let old = alice
+            .create_room(&json!({ "preset": "public_chat", "room_alias_name": alias_name, "room_version": "11" }))
+            .await;
+        let path = format!("/_matrix/client/v3/rooms/{}/upgrade", encode(&old));
+        hang_up(
+            &hs,
+            "POST",
+            &path,
+            &token,
+            r#"{"new_version":"12"}"#,
+            Duration::from_millis(delay),
+        )
+        .await;
+        hs.signal("KILL");
+        hs.wait_exit(Duration::from_secs(10))
+            .await
+            .expect("the server did not die");
+        hs.restart().await;
+
+        // The rooms alice is in that replace `old`.
+        let (_, joined) = alice.get("/_matrix/client/v3/joined_rooms").await;
+        let mut successors = Vec::new();
+        for room in joined["joined_rooms"].as_array().unwrap() {
+            let room = room.as_str().unwrap();
+            let (status, create) = alice.get_state(room, "m.room.create", "").await;
+            assert_eq!(status, 200, "{create}");
+            if create["predecessor"]["room_id"] == old.as_str() {
+                successors.push(room.to_owned());
+            }
+        }
+        assert!(
+            successors.len() <= 1,
+            "round {i}: two successors {successors:?}"
+        );
+        let Some(new) = successors.first() else {
+            continue; // killed before the new room was committed: nothing happened
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let (status, tombstone) = alice.get_state(&old, "m.room.tombstone", "").await;
+            if status == 200 && tombstone["replacement_room"] == new.as_str() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "round {i}, killed {delay} ms into the upgrade: {new} replaces {old}, but the old room has no tombstone for it ({status} {tombstone})"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let alias = format!("#{alias_name}:{}", hs.server_name());
+        let (status, resolved) = alice
+            .get(&format!(
+                "/_matrix/client/v3/directory/room/{}",
+                encode(&alias)
+            ))
+            .await;
+        assert_eq!(status, 200, "{resolved}");
+        assert_eq!(
+            resolved["room_id"],
+            new.as_str(),
+            "round {i}: the alias did not move"
+        );
+    }
+}
+
 backend_tests!(
+    room_upgrade_finishes_after_a_crash,
     a10_profile_reaches_every_room_after_a_crash,
     a11_create_room_is_all_or_nothing,
     a31_redaction_through_send_is_checked_and_applied,

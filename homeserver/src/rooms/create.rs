@@ -45,6 +45,9 @@ pub struct CreateRoom {
     pub invite: Vec<OwnedUserId>,
     pub is_direct: bool,
     pub publish: bool,
+    /// For an upgrade: the room this one replaces (its aliases and directory entry move in
+    /// the creation's transaction; see `upgrade.rs`).
+    pub replaces: Option<OwnedRoomId>,
 }
 
 fn obj(value: serde_json::Value) -> CanonicalJsonObject {
@@ -302,6 +305,7 @@ pub async fn create_room(
             creator: creator.as_str(),
             alias: create.alias.as_deref(),
             public: create.publish,
+            replaces: create.replaces.as_ref().map(|r| r.as_str()),
         },
         creator,
         sends,

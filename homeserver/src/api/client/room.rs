@@ -178,6 +178,7 @@ pub async fn create_room(
             invite: body.invite.clone(),
             is_direct: body.is_direct,
             publish: body.visibility == Visibility::Public,
+            replaces: None,
         },
     )
     .await?;
