@@ -2,7 +2,7 @@
 //! memberships, transaction IDs and aliases.
 //!
 //! [`Storage::persist_event`] is the only way an event enters the database: one transaction
-//! that allocates the stream position, writes the event and its edges, moves the forward
+//! that allocates the stream position, writes the event, moves the forward
 //! extremities, records the state snapshot after it and updates current state and
 //! membership. Deciding whether the event is allowed happens before, in the homeserver.
 
@@ -280,10 +280,19 @@ impl Storage {
         // 2. The events, one multi-row insert.
         let sql = format!(
             "INSERT INTO events (event_id, room_id, stream_ordering, depth, event_type, state_key, sender,
-                                 origin_server_ts, pdu, state_before, state_after)
+                                 origin_server_ts, pdu, state_before, state_after, txn_device, txn_id)
              VALUES {}",
-            value_rows(events.len(), 11)
+            value_rows(events.len(), 13)
         );
+        // A transaction ID is the sender's (the key of `find_txns`).
+        if events
+            .iter()
+            .any(|e| e.txn.is_some_and(|(user, _, _)| user != e.sender))
+        {
+            return Err(Error::Corrupt(
+                "a transaction ID of another user than the sender".into(),
+            ));
+        }
         let mut query = sqlx::query(AssertSqlSafe(sql.as_str()));
         for ((event, position), (before, after)) in events.iter().zip(&positions).zip(&placed) {
             query = query
@@ -297,25 +306,19 @@ impl Storage {
                 .bind(event.origin_server_ts)
                 .bind(event.pdu)
                 .bind(*before)
-                .bind(*after);
+                .bind(*after)
+                .bind(event.txn.map(|(_, device, _)| device))
+                .bind(event.txn.map(|(_, _, txn_id)| txn_id));
         }
         query.execute(&mut *tx).await?;
 
-        // 3. The DAG: edges, and the forward extremities move to the chain's tips.
+        // 3. The DAG: the forward extremities move to the chain's tips. (The edges
+        //    themselves are the PDUs' `prev_events`; no query needs them as rows.)
         let edges: Vec<(&str, &str)> = events
             .iter()
             .flat_map(|e| e.prev_events.iter().map(move |p| (e.event_id, p.as_str())))
             .collect();
         if !edges.is_empty() {
-            let sql = format!(
-                "INSERT INTO event_edges (event_id, prev_event_id) VALUES {}",
-                value_rows(edges.len(), 2)
-            );
-            let mut query = sqlx::query(AssertSqlSafe(sql.as_str()));
-            for (event_id, prev) in &edges {
-                query = query.bind(*event_id).bind(*prev);
-            }
-            query.execute(&mut *tx).await?;
             let mut prevs: Vec<&str> = edges.iter().map(|(_, p)| *p).collect();
             prevs.sort_unstable();
             prevs.dedup();
@@ -388,27 +391,6 @@ impl Storage {
             }
         }
 
-        // 5. Client transaction IDs, one multi-row insert.
-        let txns: Vec<(&str, &str, &str, &str)> = events
-            .iter()
-            .filter_map(|e| e.txn.map(|(u, d, t)| (u, d, t, e.event_id)))
-            .collect();
-        if !txns.is_empty() {
-            let sql = format!(
-                "INSERT INTO event_txns (user_id, device_id, txn_id, event_id, created_ts) VALUES {}",
-                value_rows(txns.len(), 5)
-            );
-            let mut query = sqlx::query(AssertSqlSafe(sql.as_str()));
-            for (user, device, txn_id, event_id) in &txns {
-                query = query
-                    .bind(*user)
-                    .bind(*device)
-                    .bind(*txn_id)
-                    .bind(*event_id)
-                    .bind(now);
-            }
-            query.execute(&mut *tx).await?;
-        }
         tx.commit().await?;
         if let Some(snapshot) = checkpoint_due {
             self.spawn_checkpoint(snapshot);
@@ -719,8 +701,8 @@ impl Storage {
         let mut found = HashMap::new();
         for chunk in txns.chunks(100) {
             let sql = format!(
-                "SELECT user_id, device_id, txn_id, event_id FROM event_txns
-                 WHERE (user_id, device_id, txn_id) IN ({})",
+                "SELECT sender AS user_id, txn_device AS device_id, txn_id, event_id FROM events
+                 WHERE txn_id IS NOT NULL AND (sender, txn_device, txn_id) IN ({})",
                 value_rows(chunk.len(), 3)
             );
             let mut query = sqlx::query(AssertSqlSafe(sql.as_str()));
@@ -749,7 +731,8 @@ impl Storage {
         let mut out = HashMap::new();
         for chunk in event_ids.chunks(100) {
             let sql = format!(
-                "SELECT event_id, device_id, txn_id FROM event_txns WHERE event_id IN ({})",
+                "SELECT event_id, txn_device AS device_id, txn_id FROM events
+                 WHERE event_id IN ({}) AND txn_id IS NOT NULL",
                 placeholders(chunk.len())
             );
             let mut query = sqlx::query(AssertSqlSafe(sql.as_str()));

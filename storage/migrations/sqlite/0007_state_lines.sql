@@ -76,3 +76,25 @@ FROM walk w JOIN state_snapshot_entries e ON e.snapshot_id = w.snapshot_id;
 
 DROP TABLE state_snapshot_entries;
 DROP TABLE state_snapshots;
+
+-- Storage per message (issue 10: ~2.2 KB of PostgreSQL per 40-byte message). What a message
+-- no longer pays for:
+-- * `event_edges` (a row and two index entries per parent): no query reads it; an event's
+--   parents are its PDU's `prev_events`, and the DAG's tips are `forward_extremities`.
+-- * `outlier` and `soft_failed`: never set or read (an outlier is an event without a stream
+--   position; soft-failing will come with federation, as a rare nullable column if needed).
+DROP TABLE event_edges;
+ALTER TABLE events DROP COLUMN outlier;
+ALTER TABLE events DROP COLUMN soft_failed;
+-- (PostgreSQL also drops the unique index on `stream_ordering`; SQLite cannot drop an inline
+-- UNIQUE without rebuilding the table, and its size matters less there.)
+-- * `event_txns` (a row and two indexes per message sent by a client): the device and
+--   transaction ID become two nullable columns of the event, looked up by one partial index
+--   (retries: sender, device, transaction ID); showing a device its own transaction IDs reads
+--   the events it formats anyway. The uniqueness the old primary key gave is kept.
+ALTER TABLE events ADD COLUMN txn_device TEXT;
+ALTER TABLE events ADD COLUMN txn_id TEXT;
+UPDATE events SET txn_device = t.device_id, txn_id = t.txn_id
+FROM event_txns t WHERE t.event_id = events.event_id AND t.user_id = events.sender;
+CREATE UNIQUE INDEX events_txn ON events (sender, txn_device, txn_id) WHERE txn_id IS NOT NULL;
+DROP TABLE event_txns;
