@@ -108,14 +108,28 @@ impl PgDatabase {
             .and_then(|a| a.as_ref().ok())
             .ok_or("no PostgreSQL admin connection")?;
         let out = Command::new(&admin.psql)
-            .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-d", &self.url, "-c", sql])
+            .args([
+                "-X",
+                "-q",
+                "-A",
+                "-t",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-d",
+                &self.url,
+                "-c",
+                sql,
+            ])
             .stdin(Stdio::null())
             .output()
             .map_err(|e| format!("could not run {}: {e}", admin.psql.display()))?;
         if out.status.success() {
             Ok(String::from_utf8_lossy(&out.stdout).into_owned())
         } else {
-            Err(format!("psql `{sql}` failed: {}", String::from_utf8_lossy(&out.stderr)))
+            Err(format!(
+                "psql `{sql}` failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ))
         }
     }
 }

@@ -67,12 +67,11 @@ impl Storage {
             }
             Backend::Sqlite => {
                 // BEGIN IMMEDIATE holds the write lock, so nobody else takes these.
-                let last: i64 = sqlx::query(
-                    "SELECT coalesce(max(snapshot_id), 0) AS id FROM state_entries",
-                )
-                .fetch_one(&mut **tx)
-                .await?
-                .try_get("id")?;
+                let last: i64 =
+                    sqlx::query("SELECT coalesce(max(snapshot_id), 0) AS id FROM state_entries")
+                        .fetch_one(&mut **tx)
+                        .await?
+                        .try_get("id")?;
                 Ok((last + 1..=last + count).collect())
             }
         }
@@ -344,8 +343,7 @@ impl Storage {
             .enumerate()
             .map(|(i, (snapshot, _, _))| (i, *snapshot))
             .collect();
-        let mut located: std::collections::HashMap<i64, Located> =
-            std::collections::HashMap::new();
+        let mut located: std::collections::HashMap<i64, Located> = std::collections::HashMap::new();
         while !pending.is_empty() {
             let mut unknown: Vec<i64> = pending
                 .iter()
@@ -500,7 +498,11 @@ mod tests {
             }
         }
         for (id, expected) in naive.iter().step_by(7) {
-            assert_eq!(&storage.load_snapshot(*id).await.unwrap(), expected, "snapshot {id}");
+            assert_eq!(
+                &storage.load_snapshot(*id).await.unwrap(),
+                expected,
+                "snapshot {id}"
+            );
         }
         // Point lookups, set and unset keys, across many snapshots in one call.
         let mut requests = Vec::new();
@@ -526,8 +528,16 @@ mod tests {
         for round in 0..60 {
             let batch: Vec<(String, String, String)> = (0..100)
                 .map(|i| {
-                    let key = if round < 20 { round * 100 + i } else { (round * 37 + i) % 2000 };
-                    ("m.bench".to_owned(), format!("k{key}"), format!("$e{round}_{i}"))
+                    let key = if round < 20 {
+                        round * 100 + i
+                    } else {
+                        (round * 37 + i) % 2000
+                    };
+                    (
+                        "m.bench".to_owned(),
+                        format!("k{key}"),
+                        format!("$e{round}_{i}"),
+                    )
                 })
                 .collect();
             let ids = write(&storage, base, &batch).await;
@@ -555,7 +565,10 @@ mod tests {
             entries + checkpoints <= 2 * changes,
             "{entries} + {checkpoints} rows for {changes} changes"
         );
-        assert_eq!(storage.load_snapshot(base.unwrap()).await.unwrap().len(), 2000);
+        assert_eq!(
+            storage.load_snapshot(base.unwrap()).await.unwrap().len(),
+            2000
+        );
         storage.close().await;
         let _ = std::fs::remove_dir_all(dir);
     }

@@ -139,7 +139,11 @@ async fn storage_per_message(hs: &TestServer, messages: u64) {
                 .iter()
                 .find(|(k, n, _)| k == kind && n == name)
                 .map_or(0, |(_, _, b)| *b);
-            (kind.clone(), name.clone(), (bytes - old) as f64 / messages as f64)
+            (
+                kind.clone(),
+                name.clone(),
+                (bytes - old) as f64 / messages as f64,
+            )
         })
         .filter(|(_, _, per)| *per > 0.5)
         .collect();
@@ -166,7 +170,10 @@ async fn main() {
         std::process::exit(1);
     };
     let pid = hs.pid().expect("our own server");
-    println!("# Myelin state benchmark ({backend:?}, server {})", hs.url());
+    println!(
+        "# Myelin state benchmark ({backend:?}, server {})",
+        hs.url()
+    );
 
     if backend == Backend::Postgres {
         storage_per_message(&hs, messages).await;
@@ -207,7 +214,10 @@ async fn main() {
     if backend == Backend::Postgres {
         // Checkpoints are written behind the sends; give the last one a moment.
         tokio::time::sleep(Duration::from_secs(2)).await;
-        let changes = count(&hs, "SELECT count(*) FROM events WHERE state_key IS NOT NULL");
+        let changes = count(
+            &hs,
+            "SELECT count(*) FROM events WHERE state_key IS NOT NULL",
+        );
         let entries = count(&hs, "SELECT count(*) FROM state_entries");
         let checkpoints = count(&hs, "SELECT count(*) FROM state_checkpoints");
         let lines = count(&hs, "SELECT count(*) FROM state_lines");
@@ -230,7 +240,15 @@ async fn main() {
     );
     let mut state_sends = Vec::new();
     for n in 0..200u64 {
-        state_sends.push(send_state(&owner, &room, &format!("k{}", n * 37 % state_events), n + 1_000_000).await);
+        state_sends.push(
+            send_state(
+                &owner,
+                &room,
+                &format!("k{}", n * 37 % state_events),
+                n + 1_000_000,
+            )
+            .await,
+        );
     }
     state_sends.sort();
     println!(
@@ -242,7 +260,10 @@ async fn main() {
     // 4. /messages over the whole room, as a member who did not send it.
     for (label, filter) in [
         ("", None),
-        (" (lazy-loading members)", Some(r#"{"lazy_load_members":true}"#)),
+        (
+            " (lazy-loading members)",
+            Some(r#"{"lazy_load_members":true}"#),
+        ),
     ] {
         let rss_before = rss_kib(pid);
         let mut rss_peak = rss_before;

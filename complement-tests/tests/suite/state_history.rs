@@ -65,7 +65,9 @@ async fn many_state_changes_read_the_same_state(backend: Backend) {
     let mut bob_saw = 0;
     for i in 0..320u64 {
         let key = format!("k{}", (i * 7) % 45);
-        let response = alice.put_state(&room, TYPE, &key, &json!({ "value": i })).await;
+        let response = alice
+            .put_state(&room, TYPE, &key, &json!({ "value": i }))
+            .await;
         assert_ok(&response, "PUT state");
         expected.insert(key, i);
         if i < 160 {
@@ -97,7 +99,11 @@ async fn many_state_changes_read_the_same_state(backend: Backend) {
         let unsigned = &event["unsigned"];
         match replay.get(&key) {
             Some((value, id)) => {
-                assert_eq!(unsigned["prev_content"], json!({ "value": value }), "{event}");
+                assert_eq!(
+                    unsigned["prev_content"],
+                    json!({ "value": value }),
+                    "{event}"
+                );
                 assert_eq!(unsigned["replaces_state"], id.as_str(), "{event}");
             }
             None => assert!(unsigned.get("prev_content").is_none(), "{event}"),
@@ -119,12 +125,16 @@ async fn many_state_changes_read_the_same_state(backend: Backend) {
         .filter(|e| e["type"] == TYPE)
         .map(|e| e["content"]["value"].as_u64().unwrap())
         .collect();
-    assert_eq!(counters_seen.len(), bob_saw, "bob's view: {counters_seen:?}");
+    assert_eq!(
+        counters_seen.len(),
+        bob_saw,
+        "bob's view: {counters_seen:?}"
+    );
     assert!(counters_seen.iter().all(|v| *v < 160), "{counters_seen:?}");
     assert!(
-        bobs.iter()
-            .any(|e| e["type"] == "m.room.member" && e["state_key"] == bob.user_id()
-                && e["content"]["membership"] == "leave"),
+        bobs.iter().any(|e| e["type"] == "m.room.member"
+            && e["state_key"] == bob.user_id()
+            && e["content"]["membership"] == "leave"),
         "bob sees his own leave"
     );
 }
