@@ -122,6 +122,41 @@ impl PgDatabase {
     }
 }
 
+impl PgDatabase {
+    /// Runs `sql` on this database with psql and returns its unaligned, tuples-only output
+    /// (`|` between columns), for benchmarks that measure what the server stored.
+    pub fn query(&self, sql: &str) -> Result<String, String> {
+        let admin = ADMIN
+            .get()
+            .and_then(|a| a.as_ref().ok())
+            .ok_or("no PostgreSQL admin connection")?;
+        let out = Command::new(&admin.psql)
+            .args([
+                "-X",
+                "-q",
+                "-A",
+                "-t",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-d",
+                &self.url,
+                "-c",
+                sql,
+            ])
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("could not run {}: {e}", admin.psql.display()))?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(format!(
+                "psql `{sql}` failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ))
+        }
+    }
+}
+
 fn psql(admin: &Admin, sql: &str) -> Result<(), String> {
     let out = Command::new(&admin.psql)
         .args([

@@ -234,6 +234,11 @@ impl TestServer {
         self.process.as_ref().map(|p| p.data_dir.path())
     }
 
+    /// The PostgreSQL database of a spawned server, for benchmarks that measure it.
+    pub fn postgres_database(&self) -> Option<&PgDatabase> {
+        self.process.as_ref()?.database.as_ref()
+    }
+
     /// The server process's ID, when we started it (for benchmarks reading its memory).
     pub fn pid(&self) -> Option<u32> {
         self.process.as_ref()?.child.as_ref().map(Child::id)

@@ -53,6 +53,8 @@ mod restart;
 mod rooms;
 #[path = "suite/rooms_advanced.rs"]
 mod rooms_advanced;
+#[path = "suite/state_history.rs"]
+mod state_history;
 #[path = "suite/sync.rs"]
 mod sync;
 #[path = "suite/versions.rs"]

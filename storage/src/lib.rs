@@ -18,6 +18,7 @@ mod media;
 mod misc;
 mod recent;
 mod rooms;
+mod state;
 mod stream;
 mod sync;
 mod to_device;

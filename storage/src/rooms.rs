@@ -2,7 +2,7 @@
 //! memberships, transaction IDs and aliases.
 //!
 //! [`Storage::persist_event`] is the only way an event enters the database: one transaction
-//! that allocates the stream position, writes the event and its edges, moves the forward
+//! that allocates the stream position, writes the event, moves the forward
 //! extremities, records the state snapshot after it and updates current state and
 //! membership. Deciding whether the event is allowed happens before, in the homeserver.
 
@@ -11,9 +11,6 @@ use std::collections::HashMap;
 use sqlx::{any::AnyRow, Any, AssertSqlSafe, Row, Transaction};
 
 use crate::{Backend, Error, Result, Storage};
-
-/// After this many deltas a snapshot is written in full, bounding the walk a read needs.
-const MAX_SNAPSHOT_CHAIN: i64 = 32;
 
 /// A room as stored.
 #[derive(Debug, Clone)]
@@ -67,7 +64,7 @@ pub(crate) fn event_from_row(row: &AnyRow) -> Result<EventRow> {
 }
 
 /// `$1, $2, …, $n`, for an `IN (…)` list.
-fn placeholders(n: usize) -> String {
+pub(crate) fn placeholders(n: usize) -> String {
     placeholders_from(1, n)
 }
 
@@ -220,135 +217,6 @@ impl Storage {
         Ok(row.try_get("position")?)
     }
 
-    /// Writes a state snapshot: `parent` plus `changes`. Returns its ID.
-    async fn write_snapshot(
-        &self,
-        tx: &mut Transaction<'static, Any>,
-        room_id: &str,
-        parent: Option<i64>,
-        changes: &[(&str, &str, &str)],
-    ) -> Result<i64> {
-        let parent_chain = match parent {
-            Some(parent) => {
-                let row =
-                    sqlx::query("SELECT chain_length FROM state_snapshots WHERE snapshot_id = $1")
-                        .bind(parent)
-                        .fetch_optional(&mut **tx)
-                        .await?
-                        .ok_or_else(|| {
-                            Error::Corrupt(format!("missing state snapshot {parent}"))
-                        })?;
-                Some(row.try_get::<i64, _>("chain_length")?)
-            }
-            None => None,
-        };
-        // A long chain is cut by writing the whole state into the new snapshot.
-        let (parent, chain_length, entries): (Option<i64>, i64, Vec<(String, String, String)>) =
-            match (parent, parent_chain) {
-                (Some(parent), Some(len)) if len + 1 < MAX_SNAPSHOT_CHAIN => (
-                    Some(parent),
-                    len + 1,
-                    changes
-                        .iter()
-                        .map(|(t, k, e)| (t.to_string(), k.to_string(), e.to_string()))
-                        .collect(),
-                ),
-                (Some(parent), _) => {
-                    let mut full = self.load_snapshot_in(tx, parent).await?;
-                    for (t, k, e) in changes {
-                        full.insert((t.to_string(), k.to_string()), e.to_string());
-                    }
-                    (
-                        None,
-                        0,
-                        full.into_iter().map(|((t, k), e)| (t, k, e)).collect(),
-                    )
-                }
-                (None, _) => (
-                    None,
-                    0,
-                    changes
-                        .iter()
-                        .map(|(t, k, e)| (t.to_string(), k.to_string(), e.to_string()))
-                        .collect(),
-                ),
-            };
-        let row = sqlx::query(
-            "INSERT INTO state_snapshots (room_id, parent_id, chain_length) VALUES ($1, $2, $3) RETURNING snapshot_id",
-        )
-        .bind(room_id)
-        .bind(parent)
-        .bind(chain_length)
-        .fetch_one(&mut **tx)
-        .await?;
-        let snapshot_id: i64 = row.try_get("snapshot_id")?;
-        for (event_type, state_key, event_id) in entries {
-            sqlx::query(
-                "INSERT INTO state_snapshot_entries (snapshot_id, event_type, state_key, event_id) VALUES ($1, $2, $3, $4)",
-            )
-            .bind(snapshot_id)
-            .bind(event_type)
-            .bind(state_key)
-            .bind(event_id)
-            .execute(&mut **tx)
-            .await?;
-        }
-        Ok(snapshot_id)
-    }
-
-    async fn load_snapshot_in(
-        &self,
-        tx: &mut Transaction<'static, Any>,
-        snapshot_id: i64,
-    ) -> Result<StateMap> {
-        let mut state = StateMap::new();
-        let mut next = Some(snapshot_id);
-        while let Some(id) = next {
-            let rows = sqlx::query("SELECT event_type, state_key, event_id FROM state_snapshot_entries WHERE snapshot_id = $1")
-                .bind(id)
-                .fetch_all(&mut **tx)
-                .await?;
-            for row in rows {
-                state
-                    .entry((row.try_get("event_type")?, row.try_get("state_key")?))
-                    .or_insert(row.try_get("event_id")?);
-            }
-            next = sqlx::query("SELECT parent_id FROM state_snapshots WHERE snapshot_id = $1")
-                .bind(id)
-                .fetch_optional(&mut **tx)
-                .await?
-                .map(|row| row.try_get::<Option<i64>, _>("parent_id"))
-                .transpose()?
-                .flatten();
-        }
-        Ok(state)
-    }
-
-    /// The full state of a snapshot. Entries of nearer snapshots win over their ancestors'.
-    pub async fn load_snapshot(&self, snapshot_id: i64) -> Result<StateMap> {
-        let mut state = StateMap::new();
-        let mut next = Some(snapshot_id);
-        while let Some(id) = next {
-            let rows = sqlx::query("SELECT event_type, state_key, event_id FROM state_snapshot_entries WHERE snapshot_id = $1")
-                .bind(id)
-                .fetch_all(&self.pool)
-                .await?;
-            for row in rows {
-                state
-                    .entry((row.try_get("event_type")?, row.try_get("state_key")?))
-                    .or_insert(row.try_get("event_id")?);
-            }
-            next = sqlx::query("SELECT parent_id FROM state_snapshots WHERE snapshot_id = $1")
-                .bind(id)
-                .fetch_optional(&self.pool)
-                .await?
-                .map(|row| row.try_get::<Option<i64>, _>("parent_id"))
-                .transpose()?
-                .flatten();
-        }
-        Ok(state)
-    }
-
     /// Persists an authorised event in one transaction (see the module docs).
     pub async fn persist_event(&self, event: &NewEvent<'_>, now: i64) -> Result<Persisted> {
         let mut persisted = self
@@ -415,29 +283,30 @@ impl Storage {
         let in_flight = self.next_stream_positions(&mut tx, events.len()).await?;
         let positions = in_flight.positions().to_vec();
 
-        // 1. State snapshots, in chain order (each builds on the one before).
+        // 1. State snapshots: one row per state event, each built on the one before (see
+        //    `state.rs`); a non-state event points at the snapshot it was placed on.
+        let base = first.state_before;
+        if events.iter().skip(1).any(|e| e.state_before.is_some()) {
+            return Err(Error::Corrupt(
+                "only the first event of a chain names its state".into(),
+            ));
+        }
+        let changes: Vec<(&str, &str, &str)> = events
+            .iter()
+            .filter_map(|e| e.state_key.map(|k| (e.event_type, k, e.event_id)))
+            .collect();
+        let (snapshots, checkpoint_due) = self
+            .write_state_changes(&mut tx, room_id, base, &changes)
+            .await?;
+        let mut snapshots = snapshots.into_iter();
         let mut placed = Vec::with_capacity(events.len());
-        let mut previous_after: Option<i64> = None;
-        for (i, event) in events.iter().enumerate() {
-            let before = match (i, event.state_before) {
-                (0, before) => before,
-                (_, None) => previous_after,
-                (_, Some(_)) => {
-                    return Err(Error::Corrupt(
-                        "only the first event of a chain names its state".into(),
-                    ))
-                }
-            };
+        let mut previous_after: Option<i64> = base;
+        for event in events {
+            let before = previous_after;
             let after = match (event.state_key, before) {
-                (Some(state_key), before) => {
-                    self.write_snapshot(
-                        &mut tx,
-                        room_id,
-                        before,
-                        &[(event.event_type, state_key, event.event_id)],
-                    )
-                    .await?
-                }
+                (Some(_), _) => snapshots
+                    .next()
+                    .ok_or_else(|| Error::Corrupt("a state event without a snapshot".into()))?,
                 (None, Some(before)) => before,
                 (None, None) => {
                     return Err(Error::Corrupt(
@@ -452,10 +321,19 @@ impl Storage {
         // 2. The events, one multi-row insert.
         let sql = format!(
             "INSERT INTO events (event_id, room_id, stream_ordering, depth, event_type, state_key, sender,
-                                 origin_server_ts, pdu, state_before, state_after)
+                                 origin_server_ts, pdu, state_before, state_after, txn_device, txn_id)
              VALUES {}",
-            value_rows(events.len(), 11)
+            value_rows(events.len(), 13)
         );
+        // A transaction ID is the sender's (the key of `find_txns`).
+        if events
+            .iter()
+            .any(|e| e.txn.is_some_and(|(user, _, _)| user != e.sender))
+        {
+            return Err(Error::Corrupt(
+                "a transaction ID of another user than the sender".into(),
+            ));
+        }
         let mut query = sqlx::query(AssertSqlSafe(sql.as_str()));
         for ((event, position), (before, after)) in events.iter().zip(&positions).zip(&placed) {
             query = query
@@ -469,25 +347,19 @@ impl Storage {
                 .bind(event.origin_server_ts)
                 .bind(event.pdu)
                 .bind(*before)
-                .bind(*after);
+                .bind(*after)
+                .bind(event.txn.map(|(_, device, _)| device))
+                .bind(event.txn.map(|(_, _, txn_id)| txn_id));
         }
         query.execute(&mut *tx).await?;
 
-        // 3. The DAG: edges, and the forward extremities move to the chain's tips.
+        // 3. The DAG: the forward extremities move to the chain's tips. (The edges
+        //    themselves are the PDUs' `prev_events`; no query needs them as rows.)
         let edges: Vec<(&str, &str)> = events
             .iter()
             .flat_map(|e| e.prev_events.iter().map(move |p| (e.event_id, p.as_str())))
             .collect();
         if !edges.is_empty() {
-            let sql = format!(
-                "INSERT INTO event_edges (event_id, prev_event_id) VALUES {}",
-                value_rows(edges.len(), 2)
-            );
-            let mut query = sqlx::query(AssertSqlSafe(sql.as_str()));
-            for (event_id, prev) in &edges {
-                query = query.bind(*event_id).bind(*prev);
-            }
-            query.execute(&mut *tx).await?;
             let mut prevs: Vec<&str> = edges.iter().map(|(_, p)| *p).collect();
             prevs.sort_unstable();
             prevs.dedup();
@@ -574,28 +446,10 @@ impl Storage {
             }
         }
 
-        // 6. Client transaction IDs, one multi-row insert.
-        let txns: Vec<(&str, &str, &str, &str)> = events
-            .iter()
-            .filter_map(|e| e.txn.map(|(u, d, t)| (u, d, t, e.event_id)))
-            .collect();
-        if !txns.is_empty() {
-            let sql = format!(
-                "INSERT INTO event_txns (user_id, device_id, txn_id, event_id, created_ts) VALUES {}",
-                value_rows(txns.len(), 5)
-            );
-            let mut query = sqlx::query(AssertSqlSafe(sql.as_str()));
-            for (user, device, txn_id, event_id) in &txns {
-                query = query
-                    .bind(*user)
-                    .bind(*device)
-                    .bind(*txn_id)
-                    .bind(*event_id)
-                    .bind(now);
-            }
-            query.execute(&mut *tx).await?;
-        }
         tx.commit().await?;
+        if let Some(snapshot) = checkpoint_due {
+            self.spawn_checkpoint(snapshot);
+        }
         // Committed, and the positions are still in flight: tell the cache (see `recent.rs`).
         for event in events {
             if let Some((target, redacted)) = event.redacts {
@@ -708,6 +562,24 @@ impl Storage {
                 ))
             })
             .collect()
+    }
+
+    /// The event of one `(type, state key)` in the room's current state.
+    pub async fn current_state_event(
+        &self,
+        room_id: &str,
+        event_type: &str,
+        state_key: &str,
+    ) -> Result<Option<String>> {
+        let row = sqlx::query(
+            "SELECT event_id FROM current_state WHERE room_id = $1 AND event_type = $2 AND state_key = $3",
+        )
+        .bind(room_id)
+        .bind(event_type)
+        .bind(state_key)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|row| Ok(row.try_get("event_id")?)).transpose()
     }
 
     pub async fn get_event(&self, event_id: &str) -> Result<Option<EventRow>> {
@@ -889,8 +761,8 @@ impl Storage {
         let mut found = HashMap::new();
         for chunk in txns.chunks(100) {
             let sql = format!(
-                "SELECT user_id, device_id, txn_id, event_id FROM event_txns
-                 WHERE (user_id, device_id, txn_id) IN ({})",
+                "SELECT sender AS user_id, txn_device AS device_id, txn_id, event_id FROM events
+                 WHERE txn_id IS NOT NULL AND (sender, txn_device, txn_id) IN ({})",
                 value_rows(chunk.len(), 3)
             );
             let mut query = sqlx::query(AssertSqlSafe(sql.as_str()));
@@ -919,7 +791,8 @@ impl Storage {
         let mut out = HashMap::new();
         for chunk in event_ids.chunks(100) {
             let sql = format!(
-                "SELECT event_id, device_id, txn_id FROM event_txns WHERE event_id IN ({})",
+                "SELECT event_id, txn_device AS device_id, txn_id FROM events
+                 WHERE event_id IN ({}) AND txn_id IS NOT NULL",
                 placeholders(chunk.len())
             );
             let mut query = sqlx::query(AssertSqlSafe(sql.as_str()));

@@ -69,21 +69,30 @@ impl Replaced {
 }
 
 /// For each state event among `rows`, by event ID, the state event it replaced (if any):
-/// one snapshot read per distinct snapshot (cached) and one query for the events.
+/// one point lookup of its key in the state it was placed on (all of them in a few
+/// statements, never a whole state) and one query for the events.
 async fn replaced_states<'a>(
     state: &AppState,
     rows: impl IntoIterator<Item = &'a EventRow>,
 ) -> Result<HashMap<String, Replaced>, Error> {
-    let mut previous: Vec<(String, String)> = Vec::new(); // (event ID, replaced event ID)
+    let mut events = Vec::new();
+    let mut requests = Vec::new();
     for row in rows {
         let (Some(state_key), Some(snapshot)) = (&row.state_key, row.state_before) else {
             continue;
         };
-        let map = state.snapshot(snapshot).await?;
-        if let Some(prev) = map.get(&(row.event_type.clone(), state_key.clone())) {
-            previous.push((row.event_id.clone(), prev.clone()));
-        }
+        events.push(row.event_id.clone());
+        requests.push((snapshot, row.event_type.clone(), state_key.clone()));
     }
+    if requests.is_empty() {
+        return Ok(HashMap::new());
+    }
+    // (event ID, replaced event ID)
+    let previous: Vec<(String, String)> = events
+        .into_iter()
+        .zip(state.storage.state_lookups(&requests).await?)
+        .filter_map(|(event, prev)| Some((event, prev?)))
+        .collect();
     if previous.is_empty() {
         return Ok(HashMap::new());
     }

@@ -15,12 +15,12 @@
 
 use std::collections::HashMap;
 
-use myelin_storage::{EventRow, StateMap};
+use myelin_storage::EventRow;
 use ruma::UserId;
 
 use crate::{error::Error, AppState};
 
-/// A per-request checker; caches what it reads from snapshots.
+/// A per-request checker; caches what it decided per snapshot.
 pub struct Visibility<'a> {
     state: &'a AppState,
     user: &'a UserId,
@@ -57,28 +57,58 @@ impl<'a> Visibility<'a> {
         if let Some(decided) = self.decided.get(&snapshot) {
             return Ok(decided.clone());
         }
-        let map: std::sync::Arc<StateMap> = self.state.snapshot(snapshot).await?;
-        let mut wanted = Vec::new();
-        let hv_id = map
-            .get(&("m.room.history_visibility".to_owned(), String::new()))
-            .cloned();
-        let member_id = map
-            .get(&("m.room.member".to_owned(), self.user.to_string()))
-            .cloned();
-        wanted.extend(hv_id.clone());
-        wanted.extend(member_id.clone());
-        let rows = self.state.storage.get_events(&wanted).await?;
-        let find = |id: &Option<String>| {
-            id.as_ref()
-                .and_then(|id| rows.iter().find(|r| &r.event_id == id))
-        };
-        let history = find(&hv_id)
-            .and_then(|r| content_field(r, "history_visibility"))
-            .unwrap_or_else(|| "shared".to_owned());
-        let membership = find(&member_id).and_then(|r| content_field(r, "membership"));
-        let decided = (history, membership);
-        self.decided.insert(snapshot, decided.clone());
-        Ok(decided)
+        self.load(&[snapshot]).await?;
+        self.decided
+            .get(&snapshot)
+            .cloned()
+            .ok_or_else(|| Error::internal("snapshot visibility not loaded"))
+    }
+
+    /// Decides the history visibility and the user's membership at each of `snapshots` not
+    /// decided yet: two point lookups per snapshot (in a few statements for all of them) and
+    /// one read of the events they name, never a whole state, so a page of state events
+    /// costs what a page of messages does.
+    async fn load(&mut self, snapshots: &[i64]) -> Result<(), Error> {
+        let mut todo: Vec<i64> = snapshots
+            .iter()
+            .copied()
+            .filter(|s| !self.decided.contains_key(s))
+            .collect();
+        todo.sort_unstable();
+        todo.dedup();
+        if todo.is_empty() {
+            return Ok(());
+        }
+        let mut requests = Vec::with_capacity(todo.len() * 2);
+        for &snapshot in &todo {
+            requests.push((
+                snapshot,
+                "m.room.history_visibility".to_owned(),
+                String::new(),
+            ));
+            requests.push((snapshot, "m.room.member".to_owned(), self.user.to_string()));
+        }
+        let found = self.state.storage.state_lookups(&requests).await?;
+        let mut wanted: Vec<String> = found.iter().flatten().cloned().collect();
+        wanted.sort();
+        wanted.dedup();
+        let rows: HashMap<String, EventRow> = self
+            .state
+            .storage
+            .get_events(&wanted)
+            .await?
+            .into_iter()
+            .map(|r| (r.event_id.clone(), r))
+            .collect();
+        let find = |id: &Option<String>| id.as_ref().and_then(|id| rows.get(id));
+        for (snapshot, ids) in todo.iter().zip(found.chunks(2)) {
+            let history = find(&ids[0])
+                .and_then(|r| content_field(r, "history_visibility"))
+                .unwrap_or_else(|| "shared".to_owned());
+            let membership = find(&ids[1]).and_then(|r| content_field(r, "membership"));
+            self.decided.insert(*snapshot, (history, membership));
+        }
+        Ok(())
     }
 
     fn decide(&self, history: &str, membership: Option<&str>) -> bool {
@@ -116,6 +146,12 @@ impl<'a> Visibility<'a> {
 
     /// The subset of `rows` the user may read, in the same order.
     pub async fn filter(&mut self, rows: Vec<EventRow>) -> Result<Vec<EventRow>, Error> {
+        let snapshots: Vec<i64> = rows
+            .iter()
+            .flat_map(|r| [r.state_before, r.state_after])
+            .flatten()
+            .collect();
+        self.load(&snapshots).await?;
         let mut out = Vec::with_capacity(rows.len());
         for row in rows {
             if self.allows(&row).await? {

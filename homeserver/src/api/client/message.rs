@@ -130,9 +130,13 @@ pub async fn send_state_event(
         check_canonical_alias(&state, room_id, &content).await?;
     }
     // An identical state event from the same sender changes nothing: answer with it.
-    let current = state.storage.current_state(room_id.as_str()).await?;
-    if let Some(existing) = current.get(&(event_type.clone(), req.body.state_key.clone())) {
-        if let Some(row) = state.storage.get_event(existing).await? {
+    // One key, not the whole state: a send's cost must not grow with the room's state.
+    let existing = state
+        .storage
+        .current_state_event(room_id.as_str(), &event_type, &req.body.state_key)
+        .await?;
+    if let Some(existing) = existing {
+        if let Some(row) = state.storage.get_event(&existing).await? {
             let pdu: Value = serde_json::from_str(&row.pdu).map_err(Error::internal)?;
             let same_content =
                 serde_json::to_value(&content).map_err(Error::internal)? == pdu["content"];
@@ -434,13 +438,20 @@ pub async fn get_message_events(
     // Lazy-loading members: the member events of the chunk's senders, as of its last event.
     let lazy_state = match rows.last().and_then(|r| r.state_after) {
         Some(snapshot) if !filter.lazy_load_options.is_disabled() => {
-            let map = state.snapshot(snapshot).await?;
-            let mut ids: Vec<String> = rows
-                .iter()
-                .filter_map(|r| {
-                    map.get(&("m.room.member".to_owned(), r.sender.clone()))
-                        .cloned()
-                })
+            // One point lookup per sender, not the whole state (which can be large).
+            let mut senders: Vec<&str> = rows.iter().map(|r| r.sender.as_str()).collect();
+            senders.sort_unstable();
+            senders.dedup();
+            let requests: Vec<(i64, String, String)> = senders
+                .into_iter()
+                .map(|s| (snapshot, "m.room.member".to_owned(), s.to_owned()))
+                .collect();
+            let mut ids: Vec<String> = state
+                .storage
+                .state_lookups(&requests)
+                .await?
+                .into_iter()
+                .flatten()
                 .collect();
             ids.sort();
             ids.dedup();
