@@ -53,6 +53,10 @@ mod rooms;
 mod rooms_advanced;
 #[path = "suite/sync.rs"]
 mod sync;
+#[path = "suite/sync_consistency.rs"]
+mod sync_consistency;
+#[path = "suite/filters.rs"]
+mod filters;
 #[path = "suite/versions.rs"]
 mod versions;
 #[path = "suite/websocket.rs"]
