@@ -280,9 +280,12 @@ async fn receipts_never_move_backwards(backend: Backend) {
             .await;
         assert_ok(&response, "receipt for the later event");
     }
+    // The threaded receipt on another event: an `m.receipt` holds one receipt per event,
+    // type and user.
+    let thread_late = &ids[1];
     let thread_body = json!({ "thread_id": "main" });
     assert_ok(
-        &bob.post(&receipt_path(&room, "m.read", late), &thread_body)
+        &bob.post(&receipt_path(&room, "m.read", thread_late), &thread_body)
             .await,
         "threaded receipt",
     );
@@ -327,7 +330,7 @@ async fn receipts_never_move_backwards(backend: Backend) {
         receipt_of(&alice, &room, b, "m.read", Some("main"))
             .await
             .as_deref(),
-        Some(late.as_str())
+        Some(thread_late.as_str())
     );
     assert_eq!(
         receipt_of(&bob, &room, b, "m.read.private", None)
