@@ -33,6 +33,8 @@ mod e2ee;
 mod ephemeral;
 #[path = "suite/errors.rs"]
 mod errors;
+#[path = "suite/filters.rs"]
+mod filters;
 #[path = "suite/login.rs"]
 mod login;
 #[path = "suite/matrix_sdk_e2ee.rs"]
@@ -55,8 +57,6 @@ mod rooms_advanced;
 mod sync;
 #[path = "suite/sync_consistency.rs"]
 mod sync_consistency;
-#[path = "suite/filters.rs"]
-mod filters;
 #[path = "suite/versions.rs"]
 mod versions;
 #[path = "suite/websocket.rs"]

@@ -108,9 +108,7 @@ async fn messages_filter_applies_before_limit(backend: Backend) {
     };
     let alice = hs.register_user("alice").await;
     let bob = hs.register_user("bob").await;
-    let room = alice
-        .create_room(&json!({ "preset": "public_chat" }))
-        .await;
+    let room = alice.create_room(&json!({ "preset": "public_chat" })).await;
     assert_ok(&bob.join(&room).await, "bob joins");
     for i in 0..4 {
         alice.send_text(&room, &format!("a{i}")).await;
@@ -183,9 +181,7 @@ async fn sync_timeline_filter_parts(backend: Backend) {
     };
     let alice = hs.register_user("alice").await;
     let bob = hs.register_user("bob").await;
-    let room = alice
-        .create_room(&json!({ "preset": "public_chat" }))
-        .await;
+    let room = alice.create_room(&json!({ "preset": "public_chat" })).await;
     let other = alice.create_room(&json!({})).await;
     assert_ok(&bob.join(&room).await, "bob joins");
     alice.send_text(&room, "from alice").await;
@@ -208,7 +204,10 @@ async fn sync_timeline_filter_parts(backend: Backend) {
     };
     let bob_id = bob.user_id().to_owned();
     let body = sync_filtered(&alice, None, &only_msgs(json!({ "senders": [bob_id] }))).await;
-    assert_eq!(bodies(&events(joined(&body, &room), "timeline")), ["from bob"]);
+    assert_eq!(
+        bodies(&events(joined(&body, &room), "timeline")),
+        ["from bob"]
+    );
     let body = sync_filtered(
         &alice,
         None,
@@ -267,11 +266,15 @@ async fn sync_other_filter_parts(backend: Backend) {
             "global drop",
         ),
         (
-            format!("/_matrix/client/v3/user/{user}/rooms/{room_enc}/account_data/org.example.keep"),
+            format!(
+                "/_matrix/client/v3/user/{user}/rooms/{room_enc}/account_data/org.example.keep"
+            ),
             "room keep",
         ),
         (
-            format!("/_matrix/client/v3/user/{user}/rooms/{room_enc}/account_data/org.example.drop"),
+            format!(
+                "/_matrix/client/v3/user/{user}/rooms/{room_enc}/account_data/org.example.drop"
+            ),
             "room drop",
         ),
     ] {
@@ -289,7 +292,12 @@ async fn sync_other_filter_parts(backend: Backend) {
     }
 
     // Unfiltered, everything is there (so the filtered checks below can fail).
-    let body = sync_filtered(&alice, None, &json!({ "room": { "timeline": { "limit": 1 } } })).await;
+    let body = sync_filtered(
+        &alice,
+        None,
+        &json!({ "room": { "timeline": { "limit": 1 } } }),
+    )
+    .await;
     let r = joined(&body, &room);
     let types = |events: Vec<Value>| -> Vec<String> {
         let mut t: Vec<String> = events
@@ -300,8 +308,15 @@ async fn sync_other_filter_parts(backend: Backend) {
         t.dedup();
         t
     };
-    assert!(types(events(r, "state")).contains(&"m.room.topic".to_owned()), "{r}");
-    assert_eq!(types(events(r, "ephemeral")), ["m.receipt", "m.typing"], "{r}");
+    assert!(
+        types(events(r, "state")).contains(&"m.room.topic".to_owned()),
+        "{r}"
+    );
+    assert_eq!(
+        types(events(r, "ephemeral")),
+        ["m.receipt", "m.typing"],
+        "{r}"
+    );
     assert_eq!(
         types(events(r, "account_data")),
         ["org.example.drop", "org.example.keep"]
@@ -322,20 +337,31 @@ async fn sync_other_filter_parts(backend: Backend) {
     let body = sync_filtered(&alice, None, &filter).await;
     let r = joined(&body, &room);
     let state = events(r, "state");
-    assert_eq!(types(state.clone()), ["m.room.member", "m.room.name"], "{r}");
+    assert_eq!(
+        types(state.clone()),
+        ["m.room.member", "m.room.name"],
+        "{r}"
+    );
     assert!(
         state.iter().all(|e| e["sender"] != bob.user_id()),
         "state.not_senders ignored: {r}"
     );
     assert_eq!(types(events(r, "ephemeral")), ["m.typing"], "{r}");
-    assert_eq!(types(events(r, "account_data")), ["org.example.keep"], "{r}");
+    assert_eq!(
+        types(events(r, "account_data")),
+        ["org.example.keep"],
+        "{r}"
+    );
     let global = types(events(&body, "account_data"));
     assert!(
         global.contains(&"org.example.keep".to_owned())
             && !global.contains(&"org.example.drop".to_owned()),
         "{global:?}"
     );
-    assert!(events(&body, "presence").is_empty(), "presence filter ignored: {body}");
+    assert!(
+        events(&body, "presence").is_empty(),
+        "presence filter ignored: {body}"
+    );
 
     // Limits of the other parts.
     let filter = json!({

@@ -41,9 +41,7 @@ fn events<'a>(room: &'a Value, part: &str) -> Vec<&'a Value> {
 
 /// Alice creates a room, Bob joins, Alice sends `n` messages; returns the room and the IDs.
 async fn room_with_messages(alice: &Client, bob: &Client, n: usize) -> (String, Vec<String>) {
-    let room = alice
-        .create_room(&json!({ "preset": "public_chat" }))
-        .await;
+    let room = alice.create_room(&json!({ "preset": "public_chat" })).await;
     assert_ok(&bob.join(&room).await, "bob joins");
     let mut ids = Vec::new();
     for i in 0..n {
@@ -53,10 +51,7 @@ async fn room_with_messages(alice: &Client, bob: &Client, n: usize) -> (String, 
 }
 
 /// Starts a long-poll sync (20 s) after `since` and returns its handle and start time.
-fn long_poll(
-    client: &Client,
-    since: &str,
-) -> (tokio::task::JoinHandle<(u16, Value)>, Instant) {
+fn long_poll(client: &Client, since: &str) -> (tokio::task::JoinHandle<(u16, Value)>, Instant) {
     let client = client.clone();
     let since = since.to_owned();
     let started = Instant::now();
@@ -113,9 +108,7 @@ async fn display_name_change_is_not_a_new_join(backend: Backend) {
             joined(b, &room).is_some_and(|r| {
                 events(r, "timeline")
                     .iter()
-                    .filter(|e| e["type"] == "m.room.member")
-                    .count()
-                    == 2
+                    .any(|e| e["content"]["displayname"] == "Alice A.")
             })
         })
         .await;
@@ -190,7 +183,8 @@ async fn room_account_data_and_tags_wake_waiting_sync(backend: Backend) {
     let token = next_batch(&sync_ok(&alice, None, 0).await);
     let (handle, started) = long_poll(&alice, &token);
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let path = format!("/_matrix/client/v3/user/{user}/rooms/{room_enc}/account_data/org.example.x");
+    let path =
+        format!("/_matrix/client/v3/user/{user}/rooms/{room_enc}/account_data/org.example.x");
     assert_ok(&other.put(&path, &json!({ "a": 1 })).await, "PUT room data");
     let body = answered_promptly(handle, started, "room account data").await;
     let r = joined(&body, &room).unwrap_or_else(|| panic!("room missing: {body}"));
@@ -323,7 +317,9 @@ async fn receipts_never_move_backwards(backend: Backend) {
     // Stored receipts did not move back.
     let b = bob.user_id();
     assert_eq!(
-        receipt_of(&alice, &room, b, "m.read", None).await.as_deref(),
+        receipt_of(&alice, &room, b, "m.read", None)
+            .await
+            .as_deref(),
         Some(late.as_str())
     );
     assert_eq!(
@@ -369,7 +365,9 @@ async fn receipts_never_move_backwards(backend: Backend) {
         "receipt forward",
     );
     assert_eq!(
-        receipt_of(&alice, &room, b, "m.read", None).await.as_deref(),
+        receipt_of(&alice, &room, b, "m.read", None)
+            .await
+            .as_deref(),
         Some(late2.as_str())
     );
 }

@@ -407,7 +407,9 @@ mod tests {
         assert!(filter(json!({ "room": { "timeline": { "limit": 3 } } }))
             .parts
             .is_none());
-        assert!(filter(json!({ "presence": { "limit": 0 } })).parts.is_some());
+        assert!(filter(json!({ "presence": { "limit": 0 } }))
+            .parts
+            .is_some());
     }
 
     #[test]

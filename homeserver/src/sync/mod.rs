@@ -210,7 +210,9 @@ async fn compute(
                         .ok()
                         .map(|c| json!({ "type": a.data_type, "content": c }))
                 });
-            events.take(room_check.limit.unwrap_or(usize::MAX)).collect()
+            events
+                .take(room_check.limit.unwrap_or(usize::MAX))
+                .collect()
         } else {
             Vec::new()
         };

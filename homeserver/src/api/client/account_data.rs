@@ -167,7 +167,14 @@ pub async fn set_room_account_data(
     let data_type = req.body.event_type.to_string();
     let content = req.body.data.json().get();
     check_writable(&data_type, content)?;
-    write_account_data(&state, user_id, Some(&req.body.room_id), &data_type, content).await?;
+    write_account_data(
+        &state,
+        user_id,
+        Some(&req.body.room_id),
+        &data_type,
+        content,
+    )
+    .await?;
     Ok(set_room_account_data::v3::Response::new())
 }
 

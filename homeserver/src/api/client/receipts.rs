@@ -129,14 +129,8 @@ async fn set_fully_read(
         }
     }
     let content = serde_json::json!({ "event_id": event_id }).to_string();
-    super::account_data::write_account_data(
-        state,
-        user,
-        Some(room_id),
-        "m.fully_read",
-        &content,
-    )
-    .await
+    super::account_data::write_account_data(state, user, Some(room_id), "m.fully_read", &content)
+        .await
 }
 
 /// POST /_matrix/client/v3/rooms/{roomId}/receipt/{receiptType}/{eventId}
