@@ -143,7 +143,7 @@ impl EventCheck {
             .into_iter()
             .filter(|e| {
                 self.allows_type(e["type"].as_str().unwrap_or(""))
-                    && (self.senders.is_none() && self.not_senders.is_empty()
+                    && ((self.senders.is_none() && self.not_senders.is_empty())
                         || self.allows_sender(e["sender"].as_str().unwrap_or("")))
             })
             .collect();
