@@ -35,6 +35,8 @@ mod e2ee;
 mod ephemeral;
 #[path = "suite/errors.rs"]
 mod errors;
+#[path = "suite/filters.rs"]
+mod filters;
 #[path = "suite/login.rs"]
 mod login;
 #[path = "suite/matrix_sdk_e2ee.rs"]
@@ -57,6 +59,8 @@ mod rooms_advanced;
 mod state_history;
 #[path = "suite/sync.rs"]
 mod sync;
+#[path = "suite/sync_consistency.rs"]
+mod sync_consistency;
 #[path = "suite/versions.rs"]
 mod versions;
 #[path = "suite/websocket.rs"]

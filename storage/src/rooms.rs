@@ -402,11 +402,19 @@ impl Storage {
                 .execute(&mut *tx)
                 .await?;
                 if let (Some(membership), "m.room.member") = (event.membership, event.event_type) {
+                    // `stream_ordering` is where the membership last *changed*: a `join` ->
+                    // `join` event (a new display name or avatar) keeps the join's position,
+                    // so sync does not take the room for newly joined (and device lists do
+                    // not take it for a new shared room). `event_id` is always the latest.
                     sqlx::query(
                         "INSERT INTO room_memberships (room_id, user_id, membership, event_id, stream_ordering, forgotten)
                          VALUES ($1, $2, $3, $4, $5, 0)
                          ON CONFLICT (room_id, user_id) DO UPDATE SET membership = excluded.membership,
-                            event_id = excluded.event_id, stream_ordering = excluded.stream_ordering, forgotten = 0",
+                            event_id = excluded.event_id, forgotten = 0,
+                            stream_ordering = CASE
+                                WHEN room_memberships.membership = 'join' AND excluded.membership = 'join'
+                                THEN room_memberships.stream_ordering
+                                ELSE excluded.stream_ordering END",
                     )
                     .bind(room_id)
                     .bind(state_key)

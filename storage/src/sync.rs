@@ -11,7 +11,11 @@ use crate::{rooms::EventRow, Backend, Result, Storage};
 pub struct MembershipRow {
     pub room_id: String,
     pub membership: String,
+    /// The current member event (for `join`, possibly a later profile change).
     pub event_id: String,
+    /// Where the membership last changed to what it is: a `join` -> `join` event (a display
+    /// name or avatar change) does not move it, so `stream_ordering > since` means "joined,
+    /// left, invited... since then", never "changed their profile".
     pub stream_ordering: i64,
     pub forgotten: bool,
 }
@@ -192,16 +196,28 @@ fn receipt_from_row(row: &sqlx::any::AnyRow) -> Result<ReceiptRow> {
 }
 
 impl Storage {
-    /// Moves a user's receipt forward to `event_id` at a new stream position, which it returns.
-    pub async fn set_receipt(&self, receipt: &ReceiptRow) -> Result<i64> {
+    /// Moves a user's receipt forward to `event_id` at a new stream position, which it
+    /// returns; `None` when the receipt already points at that event or a later one (in
+    /// topological order), so a receipt never moves backwards and nothing is sent.
+    ///
+    /// The check is part of the upsert, so two concurrent receipts of one user cannot leave
+    /// the earlier event stored (PostgreSQL locks the conflicting row and evaluates the
+    /// condition on its latest version; SQLite writers are serialised).
+    pub async fn set_receipt(&self, receipt: &ReceiptRow) -> Result<Option<i64>> {
         let mut tx = self.begin_write().await?;
         let in_flight = self.next_stream_position(&mut tx).await?;
         let position = in_flight.position();
-        sqlx::query(
+        let written = sqlx::query(
             "INSERT INTO receipts (room_id, user_id, receipt_type, thread_id, event_id, ts, stream_ordering)
              VALUES ($1, $2, $3, $4, $5, $6, $7)
              ON CONFLICT (room_id, user_id, receipt_type, thread_id)
-             DO UPDATE SET event_id = excluded.event_id, ts = excluded.ts, stream_ordering = excluded.stream_ordering",
+             DO UPDATE SET event_id = excluded.event_id, ts = excluded.ts, stream_ordering = excluded.stream_ordering
+             WHERE NOT EXISTS (
+                SELECT 1 FROM events old_event, events new_event
+                WHERE old_event.event_id = receipts.event_id AND new_event.event_id = excluded.event_id
+                  AND (old_event.depth > new_event.depth
+                       OR (old_event.depth = new_event.depth
+                           AND old_event.stream_ordering >= new_event.stream_ordering)))",
         )
         .bind(&receipt.room_id)
         .bind(&receipt.user_id)
@@ -211,11 +227,37 @@ impl Storage {
         .bind(receipt.ts)
         .bind(position)
         .execute(&mut *tx)
-        .await?;
+        .await?
+        .rows_affected();
+        if written == 0 {
+            // Not a move forward: nothing to commit (the position stays unused).
+            tx.rollback().await?;
+            return Ok(None);
+        }
         tx.commit().await?;
         self.recent
             .receipts_moved(position, std::slice::from_ref(receipt));
-        Ok(position)
+        Ok(Some(position))
+    }
+
+    /// Whether event `later` comes after event `earlier` in topological order (depth, then
+    /// stream position); `None` if either is unknown. Used for the read marker, which must
+    /// not move backwards either.
+    pub async fn event_is_after(&self, later: &str, earlier: &str) -> Result<Option<bool>> {
+        let row = sqlx::query(
+            "SELECT CASE WHEN l.depth > e.depth
+                           OR (l.depth = e.depth AND l.stream_ordering > e.stream_ordering)
+                         THEN 1 ELSE 0 END AS after
+             FROM events l, events e WHERE l.event_id = $1 AND e.event_id = $2",
+        )
+        .bind(later)
+        .bind(earlier)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row
+            .map(|r| r.try_get::<i64, _>("after"))
+            .transpose()?
+            .map(|a| a == 1))
     }
 
     /// Writes many receipts in one transaction at one stream position (the delivered

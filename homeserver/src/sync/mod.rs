@@ -199,18 +199,28 @@ async fn compute(
         .iter()
         .filter(|m| req.filter.wants_room(&m.room_id))
     {
-        let room_account_data: Vec<Value> = account_data
-            .iter()
-            .filter(|a| a.room_id.as_deref() == Some(m.room_id.as_str()))
-            .filter_map(|a| {
-                serde_json::from_str::<Value>(&a.content)
-                    .ok()
-                    .map(|c| json!({ "type": a.data_type, "content": c }))
-            })
-            .collect();
+        let room_check = req.filter.room_account_data();
+        let room_account_data: Vec<Value> = if room_check.allows_room(&m.room_id) {
+            let events = account_data
+                .iter()
+                .filter(|a| a.room_id.as_deref() == Some(m.room_id.as_str()))
+                .filter(|a| room_check.allows_type(&a.data_type))
+                .filter_map(|a| {
+                    serde_json::from_str::<Value>(&a.content)
+                        .ok()
+                        .map(|c| json!({ "type": a.data_type, "content": c }))
+                });
+            events
+                .take(room_check.limit.unwrap_or(usize::MAX))
+                .collect()
+        } else {
+            Vec::new()
+        };
         match m.membership.as_str() {
             "join" => {
                 // Joined within the window: the client has never seen this room's state.
+                // The row's position is that of the join itself; a later join -> join (a
+                // profile change) does not move it, so it is no reason to resend the room.
                 let fresh = initial || m.stream_ordering > since;
                 let ephemeral = ephemeral(state, req, m, fresh, upto, &receipts).await?;
                 let room = joined_room(
@@ -259,6 +269,7 @@ async fn compute(
                 .ok()
                 .map(|c| json!({ "type": a.data_type, "content": c }))
         })
+        .take(req.filter.account_data().limit.unwrap_or(usize::MAX))
         .collect();
 
     let mut rooms = Map::new();
@@ -274,6 +285,7 @@ async fn compute(
         let events = state
             .presence
             .events_since(&watched, since_presence, crate::auth::now_ms());
+        let events = req.filter.presence().apply(events);
         if !events.is_empty() {
             response["presence"] = json!({ "events": events });
         }
@@ -289,6 +301,7 @@ async fn compute(
         next_batch: format_token(upto, typing_serial, presence_serial),
         join,
         rest: response,
+        event_fields: req.filter.event_fields().map(<[_]>::to_vec),
     })
 }
 
@@ -297,23 +310,98 @@ fn token_before(row: &EventRow) -> String {
     format!("t{}_{}", row.depth, row.stream_ordering.unwrap_or(0))
 }
 
-/// The timeline of a room for `(after, upto]`: the newest `limit` visible events in order,
-/// whether some were left out, and the snapshot at the timeline's start.
+/// Events looked at per room before a filtered timeline gives up filling its limit (then it
+/// is `limited`, and `prev_batch` continues from the last event looked at).
+const TIMELINE_SCAN_BUDGET: usize = 1000;
+/// Events read per storage call while filling a filtered timeline.
+const TIMELINE_CHUNK: i64 = 100;
+
+/// A room's timeline for a sync.
+struct Timeline {
+    /// In stream order.
+    rows: Vec<EventRow>,
+    /// More events the filter lets through were left out.
+    limited: bool,
+    /// Where `/messages` continues backwards (`None`: from the first event, or from `upto`
+    /// if there is none).
+    prev_batch: Option<String>,
+}
+
+/// The timeline of a room for `(after, upto]`: the newest `limit` events the timeline filter
+/// lets through and the user may see, in order, and whether some were left out.
+///
+/// The filter is applied before the limit. Without one this is a single read of `limit + 1`
+/// events (mostly from memory); with one, events are read newest first in chunks until the
+/// limit is filled, the range is exhausted or [`TIMELINE_SCAN_BUDGET`] events were looked
+/// at. In the last case the timeline is `limited` and `prev_batch` points just before the
+/// oldest event looked at, so paginating with the same filter misses nothing.
 async fn timeline(
     state: &AppState,
     req: &SyncRequest<'_>,
     m: &MembershipRow,
     after: i64,
     upto: i64,
-) -> Result<(Vec<EventRow>, bool), Error> {
+) -> Result<Timeline, Error> {
     let room_id = m.room_id.as_str();
     let limit = req.filter.timeline_limit;
-    let mut rows = state
-        .storage
-        .room_events_in_range(room_id, after, upto, limit + 1)
-        .await?;
-    let limited = rows.len() as i64 > limit;
-    rows.truncate(limit as usize);
+    let check = req.filter.timeline();
+    if !check.allows_room(room_id) {
+        return Ok(Timeline {
+            rows: Vec::new(),
+            limited: false,
+            prev_batch: None,
+        });
+    }
+    let (mut rows, limited, prev_batch) = if check.passes_everything() {
+        let mut rows = state
+            .storage
+            .room_events_in_range(room_id, after, upto, limit + 1)
+            .await?;
+        let limited = rows.len() as i64 > limit;
+        rows.truncate(limit as usize);
+        (rows, limited, None)
+    } else {
+        let wanted = limit as usize;
+        let chunk = TIMELINE_CHUNK.max(limit + 1);
+        let mut kept: Vec<EventRow> = Vec::new();
+        // The oldest event looked at and either kept or passed over.
+        let mut oldest_examined: Option<EventRow> = None;
+        let mut scanned = 0usize;
+        let mut hi = upto;
+        let mut limited = false;
+        let mut budget_spent = false;
+        'read: loop {
+            let batch = state
+                .storage
+                .room_events_in_range(room_id, after, hi, chunk)
+                .await?;
+            let exhausted = (batch.len() as i64) < chunk;
+            for row in batch {
+                hi = row.stream_ordering.unwrap_or(0) - 1;
+                if check.allows_event(&row) {
+                    if kept.len() == wanted {
+                        limited = true;
+                        break 'read;
+                    }
+                    kept.push(row.clone());
+                }
+                oldest_examined = Some(row);
+                scanned += 1;
+            }
+            if exhausted || hi <= after {
+                break;
+            }
+            if scanned >= TIMELINE_SCAN_BUDGET {
+                limited = true;
+                budget_spent = true;
+                break;
+            }
+        }
+        let prev_batch = budget_spent
+            .then(|| oldest_examined.as_ref().map(token_before))
+            .flatten();
+        (kept, limited, prev_batch)
+    };
     rows.reverse();
     // Events after the user's current join are theirs to see whatever the history
     // visibility: skip the check (and its reads) for them, the common case of a busy room.
@@ -331,11 +419,11 @@ async fn timeline(
             .filter(rows)
             .await?
     };
-    let rows = rows
-        .into_iter()
-        .filter(|r| req.filter.wants_timeline_event(r))
-        .collect();
-    Ok((rows, limited))
+    Ok(Timeline {
+        rows,
+        limited,
+        prev_batch,
+    })
 }
 
 /// State events to send: `full` gives the whole state at `start_snapshot`; otherwise the
@@ -364,6 +452,7 @@ async fn state_section(
         .chain(std::iter::once(req.user.as_str()))
         .collect();
     let lazy = req.filter.lazy_load_members;
+    let check = req.filter.state();
     let ids: Vec<String> = at_start
         .iter()
         .filter(|(key, id)| before.as_ref().is_none_or(|b| b.get(*key) != Some(*id)))
@@ -371,9 +460,14 @@ async fn state_section(
         .filter(|((event_type, state_key), _)| {
             !lazy || event_type != "m.room.member" || senders.contains(state_key.as_str())
         })
+        .filter(|((event_type, _), _)| check.allows_type(event_type))
         .map(|(_, id)| id.clone())
         .collect();
-    Ok(state.storage.get_events(&ids).await?)
+    let mut rows = state.storage.get_events(&ids).await?;
+    if !check.passes_everything() {
+        rows.retain(|r| check.allows_event(r));
+    }
+    Ok(rows)
 }
 
 async fn format(
@@ -385,6 +479,9 @@ async fn format(
     for event in &mut events {
         if let Some(object) = event.as_object_mut() {
             object.remove("room_id");
+        }
+        if let Some(paths) = req.filter.event_fields() {
+            *event = filter::project(event, paths);
         }
     }
     Ok(events)
@@ -405,7 +502,11 @@ async fn joined_room(
     // token; a room new to the client gets both from the start.
     let full = fresh || req.full_state;
     let after = if fresh { 0 } else { since };
-    let (rows, limited) = timeline(state, req, m, after, upto).await?;
+    let Timeline {
+        rows,
+        limited,
+        prev_batch,
+    } = timeline(state, req, m, after, upto).await?;
     if !full && rows.is_empty() && !limited && account_data.is_empty() && ephemeral.is_empty() {
         return Ok(None);
     }
@@ -429,6 +530,7 @@ async fn joined_room(
         // The timeline's senders' member events, which an earlier lazy sync may not have sent,
         // less those this device is known to have (unless it asks for redundant ones).
         let mut members = sender_members(state, start_snapshot, &rows, &state_rows).await?;
+        members.retain(|r| req.filter.state().allows_event(r));
         if !req.filter.include_redundant_members {
             members.retain(|r| {
                 !state.lazy_members.known(
@@ -454,9 +556,8 @@ async fn joined_room(
             upto,
         );
     }
-    let prev_batch = rows
-        .first()
-        .map(token_before)
+    let prev_batch = prev_batch
+        .or_else(|| rows.first().map(token_before))
         .unwrap_or_else(|| format!("s{upto}"));
     let members_changed = rows
         .iter()
@@ -488,7 +589,11 @@ async fn left_room(
 ) -> Result<Value, Error> {
     // Nothing after the leave is theirs to see.
     let end = m.stream_ordering.min(upto);
-    let (rows, limited) = timeline(state, req, m, since, end).await?;
+    let Timeline {
+        rows,
+        limited,
+        prev_batch,
+    } = timeline(state, req, m, since, end).await?;
     let start_snapshot = match rows.first() {
         Some(first) => first.state_before.or(first.state_after),
         None => state.storage.snapshot_at(&m.room_id, end).await?,
@@ -511,9 +616,8 @@ async fn left_room(
     } else {
         Vec::new()
     };
-    let prev_batch = rows
-        .first()
-        .map(token_before)
+    let prev_batch = prev_batch
+        .or_else(|| rows.first().map(token_before))
         .unwrap_or_else(|| format!("s{end}"));
     Ok(json!({
         "timeline": { "events": format(state, req, &rows).await?, "limited": limited, "prev_batch": prev_batch },
@@ -588,7 +692,15 @@ async fn ephemeral(
     moved: &[std::sync::Arc<myelin_storage::ReceiptRow>],
 ) -> Result<Vec<SyncEvent>, Error> {
     let mut events = Vec::new();
-    let typing = if fresh {
+    let check = req.filter.ephemeral();
+    if !check.allows_room(&m.room_id) || check.limit == Some(0) {
+        return Ok(events);
+    }
+    let wants_typing = check.allows_type("m.typing");
+    let wants_receipts = check.allows_type("m.receipt");
+    let typing = if !wants_typing {
+        None
+    } else if fresh {
         Some(state.typing.current(&m.room_id)).filter(|users| !users.is_empty())
     } else {
         state.typing.changed_since(&m.room_id, req.since_typing)
@@ -597,6 +709,9 @@ async fn ephemeral(
         events.push(SyncEvent::Value(
             json!({ "type": "m.typing", "content": { "user_ids": user_ids } }),
         ));
+    }
+    if !wants_receipts || check.limit == Some(events.len()) {
+        return Ok(events);
     }
     let viewer = req.user.as_str();
     // Private receipts are their owner's alone; everything else every member sees alike.

@@ -19,6 +19,10 @@ pub struct SyncResponse {
     /// Every other top-level field (`presence`, `account_data`, `to_device`, ...), with
     /// `rooms` holding only the `invite`, `knock` and `leave` sections. Always an object.
     pub rest: Value,
+    /// The filter's `event_fields`: joined rooms' timeline and state events are cut down to
+    /// these paths when written (the engine keeps them whole, since the delivered receipt
+    /// needs their IDs and senders).
+    pub event_fields: Option<Vec<Vec<String>>>,
 }
 
 /// One room of `rooms.join`.
@@ -42,31 +46,42 @@ pub(crate) fn write_value(out: &mut Vec<u8>, value: &(impl Serialize + ?Sized)) 
 }
 
 fn write_events(out: &mut Vec<u8>, events: &[SyncEvent]) {
-    out.extend_from_slice(br#"{"events":["#);
+    out.extend_from_slice(br#"{"events":"#);
+    write_event_list(out, events, None);
+    out.push(b'}');
+}
+
+/// `[event, ...]`, each cut down to `fields` if given (rare: written, parsed, projected).
+fn write_event_list(out: &mut Vec<u8>, events: &[SyncEvent], fields: Option<&[Vec<String>]>) {
+    out.push(b'[');
     for (i, event) in events.iter().enumerate() {
         if i > 0 {
             out.push(b',');
         }
-        event.write_json(out);
+        match fields {
+            None => event.write_json(out),
+            Some(paths) => {
+                let mut whole = Vec::new();
+                event.write_json(&mut whole);
+                let value: Value = serde_json::from_slice(&whole).unwrap_or_default();
+                write_value(out, &super::filter::project(&value, paths));
+            }
+        }
     }
-    out.extend_from_slice(b"]}");
+    out.push(b']');
 }
 
 impl JoinedRoom {
-    fn write_json(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(br#"{"timeline":{"events":["#);
-        for (i, event) in self.timeline.iter().enumerate() {
-            if i > 0 {
-                out.push(b',');
-            }
-            event.write_json(out);
-        }
-        out.extend_from_slice(br#"],"limited":"#);
+    fn write_json(&self, out: &mut Vec<u8>, fields: Option<&[Vec<String>]>) {
+        out.extend_from_slice(br#"{"timeline":{"events":"#);
+        write_event_list(out, &self.timeline, fields);
+        out.extend_from_slice(br#","limited":"#);
         out.extend_from_slice(if self.limited { b"true" } else { b"false" });
         out.extend_from_slice(br#","prev_batch":"#);
         write_value(out, &self.prev_batch);
-        out.extend_from_slice(br#"},"state":"#);
-        write_events(out, &self.state);
+        out.extend_from_slice(br#"},"state":{"events":"#);
+        write_event_list(out, &self.state, fields);
+        out.push(b'}');
         out.extend_from_slice(br#","account_data":{"events":"#);
         write_value(out, &self.account_data);
         out.extend_from_slice(br#"},"ephemeral":"#);
@@ -86,6 +101,7 @@ impl SyncResponse {
             next_batch,
             join: Vec::new(),
             rest: Value::Object(Map::new()),
+            event_fields: None,
         }
     }
 
@@ -134,7 +150,7 @@ impl SyncResponse {
                     }
                     write_value(&mut out, room_id);
                     out.push(b':');
-                    room.write_json(&mut out);
+                    room.write_json(&mut out, self.event_fields.as_deref());
                 }
                 out.push(b'}');
                 first = false;

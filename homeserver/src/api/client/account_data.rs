@@ -53,6 +53,34 @@ fn check_own(sender: &UserId, target: &UserId) -> Result<()> {
     Ok(())
 }
 
+/// Writes account data and wakes the user's waiting syncs, which report it.
+///
+/// The write and the wake-up run in their own task: a client hanging up after the commit
+/// must not leave the change undelivered until something else wakes the syncs.
+pub(crate) async fn write_account_data(
+    state: &AppState,
+    user_id: &UserId,
+    room_id: Option<&ruma::RoomId>,
+    data_type: &str,
+    content: &str,
+) -> Result<()> {
+    let state = state.clone();
+    let user = user_id.to_string();
+    let room = room_id.map(|r| r.to_string());
+    let data_type = data_type.to_owned();
+    let content = content.to_owned();
+    tokio::spawn(async move {
+        state
+            .storage
+            .set_account_data(&user, room.as_deref(), &data_type, &content, now_ms())
+            .await?;
+        state.notifier.notify([user.as_str()]);
+        Ok::<_, Error>(())
+    })
+    .await
+    .map_err(Error::internal)?
+}
+
 /// GET /_matrix/client/v3/user/{userId}/account_data/{type}
 ///
 /// <https://spec.matrix.org/latest/client-server-api/#get_matrixclientv3useruseridaccount_datatype>
@@ -85,10 +113,7 @@ pub async fn set_global_account_data(
     let data_type = req.body.event_type.to_string();
     let content = req.body.data.json().get();
     check_writable(&data_type, content)?;
-    state
-        .storage
-        .set_account_data(user_id.as_str(), None, &data_type, content, now_ms())
-        .await?;
+    write_account_data(&state, user_id, None, &data_type, content).await?;
     Ok(set_global_account_data::v3::Response::new())
 }
 
@@ -142,16 +167,14 @@ pub async fn set_room_account_data(
     let data_type = req.body.event_type.to_string();
     let content = req.body.data.json().get();
     check_writable(&data_type, content)?;
-    state
-        .storage
-        .set_account_data(
-            user_id.as_str(),
-            Some(req.body.room_id.as_str()),
-            &data_type,
-            content,
-            now_ms(),
-        )
-        .await?;
+    write_account_data(
+        &state,
+        user_id,
+        Some(&req.body.room_id),
+        &data_type,
+        content,
+    )
+    .await?;
     Ok(set_room_account_data::v3::Response::new())
 }
 
@@ -179,17 +202,7 @@ async fn store_tags(
     tags: serde_json::Map<String, Value>,
 ) -> Result<()> {
     let content = serde_json::json!({ "tags": tags }).to_string();
-    state
-        .storage
-        .set_account_data(
-            user_id.as_str(),
-            Some(room_id.as_str()),
-            "m.tag",
-            &content,
-            now_ms(),
-        )
-        .await?;
-    Ok(())
+    write_account_data(state, user_id, Some(room_id), "m.tag", &content).await
 }
 
 /// GET /_matrix/client/v3/user/{userId}/rooms/{roomId}/tags

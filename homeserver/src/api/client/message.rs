@@ -380,61 +380,20 @@ pub async fn get_message_events(
         None => None,
     };
     let limit = u64::from(req.body.limit).clamp(1, MAX_MESSAGES_LIMIT) as i64;
-    let rows = state
-        .storage
-        .room_events_topological(room_id.as_str(), from, to, dir, limit)
-        .await?;
-    let full_page = rows.len() as i64 == limit;
+    let filter = &req.body.filter;
+    let check = crate::sync::filter::EventCheck::from_room_event_filter(filter);
+    let page = filtered_page(&state, room_id, from, to, dir, limit, &check).await?;
     // Without `from`, a backward walk starts at the newest event now: name that position
     // (just after it), not "the end", so the token keeps meaning this point in history.
-    let start = match (&req.body.from, dir, rows.first()) {
+    let start = match (&req.body.from, dir, &page.newest_read) {
         (Some(token), _, _) => token.clone(),
-        (None, StorageDirection::Backward, Some(newest)) => format_token(TopologicalPosition {
-            depth: newest.depth,
-            stream: newest.stream_ordering.unwrap_or(0) + 1,
-        }),
+        (None, StorageDirection::Backward, Some(newest)) => format_token(*newest),
         (None, _, _) => format_token(from),
     };
-    // The position past the last event in the walking direction: just before it going
-    // backward, just after it going forward.
-    let end = rows.last().and_then(|r| {
-        r.stream_ordering.map(|stream| match dir {
-            StorageDirection::Backward => TopologicalPosition {
-                depth: r.depth,
-                stream,
-            },
-            StorageDirection::Forward => TopologicalPosition {
-                depth: r.depth,
-                stream: stream + 1,
-            },
-        })
-    });
+    let end = page.end;
 
-    let filter = &req.body.filter;
     let mut visibility = Visibility::new(&state, &sender.user_id, room_id.as_str()).await?;
-    let rows = visibility.filter(rows).await?;
-    let rows: Vec<_> = rows
-        .into_iter()
-        .filter(|row| {
-            let types_ok = filter
-                .types
-                .as_ref()
-                .is_none_or(|types| types.iter().any(|t| type_matches(t, &row.event_type)));
-            let not_types_ok = !filter
-                .not_types
-                .iter()
-                .any(|t| type_matches(t, &row.event_type));
-            let url_ok = match filter.url_filter {
-                None => true,
-                Some(wanted) => {
-                    let has_url = serde_json::from_str::<Value>(&row.pdu)
-                        .is_ok_and(|pdu| pdu["content"].get("url").is_some());
-                    has_url == (wanted == ruma::api::client::filter::UrlFilter::EventsWithUrl)
-                }
-            };
-            types_ok && not_types_ok && url_ok
-        })
-        .collect();
+    let rows = visibility.filter(page.rows).await?;
     // Lazy-loading members: the member events of the chunk's senders, as of its last event.
     let lazy_state = match rows.last().and_then(|r| r.state_after) {
         Some(snapshot) if !filter.lazy_load_options.is_disabled() => {
@@ -463,11 +422,7 @@ pub async fn get_message_events(
     let mut response = get_message_events::v3::Response::new();
     response.start = start;
     // `end` is left out when there is nothing further to read.
-    response.end = if full_page {
-        end.map(format_token)
-    } else {
-        None
-    };
+    response.end = end.map(format_token);
     response.chunk = events.iter().map(raw).collect::<Result<_>>()?;
     let viewer = Some((&*sender.user_id, &*sender.device_id));
     let members = client_events(&state, &lazy_state, viewer).await?;
@@ -475,11 +430,100 @@ pub async fn get_message_events(
     Ok(response)
 }
 
-/// Event type filters allow a trailing `*` wildcard.
-fn type_matches(pattern: &str, event_type: &str) -> bool {
-    match pattern.strip_suffix('*') {
-        Some(prefix) => event_type.starts_with(prefix),
-        None => pattern == event_type,
+/// Events `/messages` looks at for one filtered page before it answers with what it found
+/// (and an `end` to continue from), so a filter that matches little is never a long scan.
+const MESSAGES_SCAN_BUDGET: usize = 2000;
+/// Events read per storage call while filling a filtered page.
+const MESSAGES_CHUNK: i64 = 200;
+
+/// One `/messages` page before the visibility check.
+struct Page {
+    /// The events the filter lets through, in walking order, at most `limit`.
+    rows: Vec<myelin_storage::EventRow>,
+    /// Just after the first event read walking backwards (the `start` of a walk without
+    /// `from`).
+    newest_read: Option<TopologicalPosition>,
+    /// Where the next page starts; `None` when the walk reached the end.
+    end: Option<TopologicalPosition>,
+}
+
+/// Reads events from `from` towards `to`, keeping those `check` lets through, until `limit`
+/// are kept, the history ends, or [`MESSAGES_SCAN_BUDGET`] events were read. The filter is
+/// applied before the limit, so "the last 3 messages" is 3 messages however many other
+/// events lie between them; `end` is just past the last event *read* (kept or not).
+async fn filtered_page(
+    state: &AppState,
+    room_id: &RoomId,
+    from: TopologicalPosition,
+    to: Option<TopologicalPosition>,
+    dir: StorageDirection,
+    limit: i64,
+    check: &crate::sync::filter::EventCheck,
+) -> Result<Page> {
+    // The position past `row` in the walking direction: just before it going backward,
+    // just after it going forward.
+    let past = |row: &myelin_storage::EventRow| {
+        row.stream_ordering.map(|stream| match dir {
+            StorageDirection::Backward => TopologicalPosition {
+                depth: row.depth,
+                stream,
+            },
+            StorageDirection::Forward => TopologicalPosition {
+                depth: row.depth,
+                stream: stream + 1,
+            },
+        })
+    };
+    let mut page = Page {
+        rows: Vec::new(),
+        newest_read: None,
+        end: None,
+    };
+    if !check.allows_room(room_id.as_str()) {
+        return Ok(page);
+    }
+    let unfiltered = check.passes_everything();
+    let chunk = if unfiltered {
+        limit
+    } else {
+        MESSAGES_CHUNK.max(limit)
+    };
+    let mut position = from;
+    let mut read = 0usize;
+    loop {
+        let rows = state
+            .storage
+            .room_events_topological(room_id.as_str(), position, to, dir, chunk)
+            .await?;
+        let full = rows.len() as i64 == chunk;
+        if page.newest_read.is_none() {
+            page.newest_read = rows.first().map(|newest| TopologicalPosition {
+                depth: newest.depth,
+                stream: newest.stream_ordering.unwrap_or(0) + 1,
+            });
+        }
+        let mut last_read = None;
+        for row in rows {
+            read += 1;
+            last_read = past(&row);
+            if unfiltered || check.allows_event(&row) {
+                page.rows.push(row);
+                if page.rows.len() as i64 == limit {
+                    // A full page: there may be more (as before, `end` is given).
+                    page.end = last_read;
+                    return Ok(page);
+                }
+            }
+        }
+        let Some(next) = last_read.filter(|_| full) else {
+            // The history (or the range up to `to`) ended.
+            return Ok(page);
+        };
+        if read >= MESSAGES_SCAN_BUDGET {
+            page.end = Some(next);
+            return Ok(page);
+        }
+        position = next;
     }
 }
 

@@ -81,7 +81,7 @@ async fn store_receipt(
     if !visibility.allows(&row).await? {
         return Err(Error::not_found("Event not found"));
     }
-    state
+    let moved = state
         .storage
         .set_receipt(&myelin_storage::ReceiptRow {
             room_id: room_id.to_string(),
@@ -92,12 +92,45 @@ async fn store_receipt(
             ts: now_ms(),
         })
         .await?;
+    if moved.is_none() {
+        // For an earlier event than the current receipt: ignored, and the request still
+        // succeeds (as on Synapse), since clients send receipts out of order.
+        return Ok(());
+    }
     if receipt_type == "m.read.private" {
         state.notifier.notify([user.as_str()]);
     } else {
         state.wake_room(room_id.as_str()).await?;
     }
     Ok(())
+}
+
+/// Moves the `m.fully_read` marker to `event_id`, unless it already points at a later event
+/// (then, like a receipt, it stays and the request still succeeds).
+async fn set_fully_read(
+    state: &AppState,
+    room_id: &RoomId,
+    user: &UserId,
+    event_id: &EventId,
+) -> Result<()> {
+    let current = state
+        .storage
+        .get_account_data(user.as_str(), Some(room_id.as_str()), "m.fully_read")
+        .await?
+        .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+        .and_then(|v| v["event_id"].as_str().map(str::to_owned));
+    if let Some(current) = current {
+        let after = state
+            .storage
+            .event_is_after(event_id.as_str(), &current)
+            .await?;
+        if after == Some(false) {
+            return Ok(());
+        }
+    }
+    let content = serde_json::json!({ "event_id": event_id }).to_string();
+    super::account_data::write_account_data(state, user, Some(room_id), "m.fully_read", &content)
+        .await
 }
 
 /// POST /_matrix/client/v3/rooms/{roomId}/receipt/{receiptType}/{eventId}
@@ -115,18 +148,7 @@ pub async fn create_receipt(
     };
     match &req.body.receipt_type {
         ReceiptType::FullyRead => {
-            let content = serde_json::json!({ "event_id": req.body.event_id }).to_string();
-            state
-                .storage
-                .set_account_data(
-                    user.as_str(),
-                    Some(req.body.room_id.as_str()),
-                    "m.fully_read",
-                    &content,
-                    now_ms(),
-                )
-                .await?;
-            state.notifier.notify([user.as_str()]);
+            set_fully_read(&state, &req.body.room_id, user, &req.body.event_id).await?;
         }
         other => {
             let receipt_type = other.to_string();
@@ -159,18 +181,7 @@ pub async fn set_read_marker(
     let room_id = &req.body.room_id;
     require_joined(&state, room_id, user).await?;
     if let Some(event_id) = &req.body.fully_read {
-        let content = serde_json::json!({ "event_id": event_id }).to_string();
-        state
-            .storage
-            .set_account_data(
-                user.as_str(),
-                Some(room_id.as_str()),
-                "m.fully_read",
-                &content,
-                now_ms(),
-            )
-            .await?;
-        state.notifier.notify([user.as_str()]);
+        set_fully_read(&state, room_id, user, event_id).await?;
     }
     if let Some(event_id) = &req.body.read_receipt {
         store_receipt(&state, room_id, user, "m.read", None, event_id).await?;
