@@ -16,15 +16,21 @@ use ruma::{
         },
         Direction,
     },
-    CanonicalJsonObject, CanonicalJsonValue, OwnedEventId, RoomId, UserId,
+    CanonicalJsonObject, CanonicalJsonValue, EventId, OwnedEventId, RoomId, UserId,
 };
 use serde_json::Value;
 
 use super::room::{canonical_object, raw, require_joined};
 use crate::{
-    api::ruma::Ruma,
+    api::ruma::{Ruma, Sender},
     error::{Error, Result},
-    rooms::{self, format::client_events, room_rules, visibility::Visibility, Send},
+    rooms::{
+        self,
+        format::client_events,
+        room_rules,
+        visibility::{readable_state, ReadableState, Visibility},
+        Send,
+    },
     AppState,
 };
 
@@ -39,7 +45,27 @@ pub async fn send_message_event(
     let sender = req.sender();
     // No membership pre-check: the authorization rules refuse a non-member's event (403), and
     // an unknown room is a 404 from the pipeline. This keeps the hot path to one transaction.
-    let content = canonical_object(req.body.body.json().get(), "event content")?;
+    let mut content = canonical_object(req.body.body.json().get(), "event content")?;
+    if req.body.event_type.to_string() == "m.room.redaction" {
+        // A redaction is a redaction whichever endpoint sends it: the same power check and
+        // the same rewrite of the stored original as `/redact` (the event it redacts is named
+        // by `redacts` in the content, as room version 11 puts it).
+        let target = match content.remove("redacts") {
+            Some(CanonicalJsonValue::String(id)) => OwnedEventId::try_from(id)
+                .map_err(|_| Error::bad_json("redacts must be an event ID"))?,
+            _ => return Err(Error::bad_json("A redaction needs \"redacts\" in its content")),
+        };
+        let event_id = redact(
+            &state,
+            &req.body.room_id,
+            sender,
+            &target,
+            content,
+            req.body.txn_id.as_str(),
+        )
+        .await?;
+        return Ok(send_message_event::v3::Response::new(event_id));
+    }
     let mut send = Send::message(&req.body.event_type.to_string(), content);
     send.txn = Some((sender.device_id.to_string(), req.body.txn_id.to_string()));
     let event_id = rooms::send(&state, &req.body.room_id, &sender.user_id, send).await?;
@@ -149,41 +175,16 @@ pub async fn send_state_event(
     Ok(send_state_event::v3::Response::new(event_id))
 }
 
-/// The state a user may see: the current state while joined (or if the room is world
-/// readable), the state when they left otherwise.
+/// The state a user may see (see [`readable_state`]): the current state while joined or if
+/// the room is world readable, the state at their leave for a former member.
 async fn visible_state(
     state: &AppState,
     room_id: &RoomId,
     user: &UserId,
 ) -> Result<myelin_storage::StateMap> {
-    if state.storage.get_room(room_id.as_str()).await?.is_none() {
-        return Err(Error::not_found("Room not found"));
-    }
-    match state
-        .storage
-        .membership(room_id.as_str(), user.as_str())
-        .await?
-    {
-        Some((m, _)) if m == "join" => Ok(state.storage.current_state(room_id.as_str()).await?),
-        Some((m, event_id)) if m == "leave" || m == "ban" => {
-            let row = state
-                .storage
-                .get_event(&event_id)
-                .await?
-                .ok_or_else(|| Error::internal("missing member event"))?;
-            let snapshot = row
-                .state_after
-                .ok_or_else(|| Error::internal("member event without state"))?;
-            Ok((*state.snapshot(snapshot).await?).clone())
-        }
-        _ => {
-            let current = state.storage.current_state(room_id.as_str()).await?;
-            if history_visibility(state, &current).await? == "world_readable" {
-                Ok(current)
-            } else {
-                Err(Error::forbidden("You are not a member of this room"))
-            }
-        }
+    match readable_state(state, room_id.as_str(), user).await? {
+        ReadableState::Current => Ok(state.storage.current_state(room_id.as_str()).await?),
+        ReadableState::AtLeave(snapshot) => Ok((*state.snapshot(snapshot).await?).clone()),
     }
 }
 
@@ -482,34 +483,51 @@ pub async fn redact_event(
     req: Ruma<redact_event::v3::Request>,
 ) -> Result<redact_event::v3::Response> {
     let sender = req.sender();
-    let room_id = &req.body.room_id;
-    require_joined(&state, room_id, &sender.user_id).await?;
-    let (_, rules) = room_rules(&state, room_id).await?;
-    let target = state
-        .storage
-        .get_event(req.body.event_id.as_str())
-        .await?
-        .filter(|row| row.room_id == room_id.as_str())
-        .ok_or_else(|| Error::not_found("Event not found"))?;
-    if target.sender != sender.user_id.as_str()
-        && !rooms::power::has_level(
-            &state,
-            room_id,
-            &sender.user_id,
-            rooms::power::Action::Redact,
-        )
-        .await?
-    {
-        return Err(Error::forbidden("You may not redact other users' events"));
-    }
     let mut content = CanonicalJsonObject::new();
     if let Some(reason) = &req.body.reason {
         content.insert("reason".into(), CanonicalJsonValue::String(reason.clone()));
     }
+    let redaction_id = redact(
+        &state,
+        &req.body.room_id,
+        sender,
+        &req.body.event_id,
+        content,
+        req.body.txn_id.as_str(),
+    )
+    .await?;
+    Ok(redact_event::v3::Response::new(redaction_id))
+}
+
+/// Sends an `m.room.redaction` of `target` with `content` and redacts the stored original,
+/// for `/redact` and `/send/m.room.redaction` alike: anyone may redact their own events;
+/// redacting others' needs the `redact` power level. Idempotent per device and `txn_id`.
+async fn redact(
+    state: &AppState,
+    room_id: &RoomId,
+    sender: &Sender,
+    target_id: &EventId,
+    content: CanonicalJsonObject,
+    txn_id: &str,
+) -> Result<OwnedEventId> {
+    require_joined(state, room_id, &sender.user_id).await?;
+    let (_, rules) = room_rules(state, room_id).await?;
+    let target = state
+        .storage
+        .get_event(target_id.as_str())
+        .await?
+        .filter(|row| row.room_id == room_id.as_str())
+        .ok_or_else(|| Error::not_found("Event not found"))?;
+    if target.sender != sender.user_id.as_str()
+        && !rooms::power::has_level(state, room_id, &sender.user_id, rooms::power::Action::Redact)
+            .await?
+    {
+        return Err(Error::forbidden("You may not redact other users' events"));
+    }
     let mut send = Send::message("m.room.redaction", content);
-    send.redacts = Some(req.body.event_id.clone());
-    send.txn = Some((sender.device_id.to_string(), req.body.txn_id.to_string()));
-    let redaction_id = rooms::send(&state, room_id, &sender.user_id, send).await?;
+    send.redacts = Some(target_id.to_owned());
+    send.txn = Some((sender.device_id.to_string(), txn_id.to_owned()));
+    let redaction_id = rooms::send(state, room_id, &sender.user_id, send).await?;
     if target.redacted_by.is_none() {
         let pdu: CanonicalJsonObject =
             serde_json::from_str(&target.pdu).map_err(Error::internal)?;
@@ -520,9 +538,11 @@ pub async fn redact_event(
             .redact_event(&target.event_id, &text, redaction_id.as_str())
             .await?;
         if target.state_key.is_some() {
-            // The pipeline caches parsed state events; drop the room's cache.
+            // The pipeline caches parsed state events; drop the room's cache. Events formatted
+            // for sync that carry the original as `prev_content` are formatted again.
             state.room_locks.invalidate(room_id).await;
+            rooms::format::forget_replaced(state, &target.event_id);
         }
     }
-    Ok(redact_event::v3::Response::new(redaction_id))
+    Ok(redaction_id)
 }
