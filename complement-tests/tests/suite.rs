@@ -47,6 +47,8 @@ mod media;
 mod pagination;
 #[path = "suite/presence.rs"]
 mod presence;
+#[path = "suite/privacy.rs"]
+mod privacy;
 #[path = "suite/register.rs"]
 mod register;
 #[path = "suite/restart.rs"]

@@ -36,9 +36,25 @@ pub struct TokenOwner {
 /// deactivation, admin flag) calls [`TokenCache::invalidate`] after its commit. That bumps a
 /// generation: a lookup that read the database before the change but finishes after it does
 /// not store what it read. (One server process per database, like the other caches.)
-#[derive(Debug, Default)]
+///
+/// The same call tells holders of long-lived sessions (the sync WebSocket) whose tokens
+/// changed, so they re-check theirs and close when it is gone: a logged-out, deleted or
+/// deactivated device must stop receiving at once, not at its next request.
+#[derive(Debug)]
 pub(crate) struct TokenCache {
     inner: std::sync::Mutex<(u64, std::collections::HashMap<String, TokenOwner>)>,
+    /// The user IDs whose tokens changed, after the commit. A subscriber that lags behind
+    /// re-checks its token anyway, so a small buffer loses nothing.
+    changed: tokio::sync::broadcast::Sender<std::sync::Arc<str>>,
+}
+
+impl Default for TokenCache {
+    fn default() -> Self {
+        TokenCache {
+            inner: Default::default(),
+            changed: tokio::sync::broadcast::channel(64).0,
+        }
+    }
 }
 
 /// Tokens cached at most; the cache starts over when full.
@@ -68,9 +84,13 @@ impl TokenCache {
 
     /// Forgets every cached token of `user_id`.
     fn invalidate(&self, user_id: &str) {
-        let mut inner = self.lock();
-        inner.0 += 1;
-        inner.1.retain(|_, owner| owner.user_id != user_id);
+        {
+            let mut inner = self.lock();
+            inner.0 += 1;
+            inner.1.retain(|_, owner| owner.user_id != user_id);
+        }
+        // No subscriber is not an error.
+        let _ = self.changed.send(user_id.into());
     }
 }
 
@@ -250,6 +270,13 @@ impl Storage {
         self.tokens.invalidate(user_id);
         self.recent.key_counts_changed();
         Ok(created)
+    }
+
+    /// Announces, after each commit that removes or changes a user's tokens (logout, device
+    /// deletion, password change logging out devices, deactivation), that user's ID. Subscribe
+    /// *before* checking a token, so a change in between is not missed.
+    pub fn subscribe_token_changes(&self) -> tokio::sync::broadcast::Receiver<std::sync::Arc<str>> {
+        self.tokens.changed.subscribe()
     }
 
     pub async fn find_token(&self, token_hash: &str) -> Result<Option<TokenOwner>> {

@@ -879,10 +879,13 @@ impl Storage {
         rows.iter().map(|r| Ok(r.try_get("alias")?)).collect()
     }
 
-    /// Events relating to `parent`, optionally of one relation and event type, paged by stream
-    /// position (exclusive `from`, newest first when walking backward).
+    /// Events of `room_id` relating to `parent`, optionally of one relation and event type,
+    /// paged by stream position (exclusive `from`, newest first when walking backward).
+    /// Relations exist only within a room: an event elsewhere naming `parent` is not one.
+    #[allow(clippy::too_many_arguments)]
     pub async fn relations(
         &self,
+        room_id: &str,
         parent: &str,
         rel_type: Option<&str>,
         event_type: Option<&str>,
@@ -897,7 +900,7 @@ impl Storage {
         let sql = format!(
             "SELECT {cols} FROM event_relations r JOIN events e ON e.event_id = r.event_id
              WHERE r.relates_to = $1 AND ($2 = '' OR r.rel_type = $2) AND ($3 = '' OR r.event_type = $3)
-               AND r.stream_ordering {cmp} $4 AND e.rejected_reason IS NULL
+               AND r.stream_ordering {cmp} $4 AND e.rejected_reason IS NULL AND e.room_id = $6
              ORDER BY r.stream_ordering {order} LIMIT $5",
             cols = EVENT_COLUMNS.split(", ").map(|c| format!("e.{c}")).collect::<Vec<_>>().join(", ")
         );
@@ -907,6 +910,7 @@ impl Storage {
             .bind(event_type.unwrap_or(""))
             .bind(from.unwrap_or(start))
             .bind(limit)
+            .bind(room_id)
             .fetch_all(&self.pool)
             .await?;
         rows.iter().map(event_from_row).collect()

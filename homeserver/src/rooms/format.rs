@@ -219,6 +219,9 @@ pub async fn client_event(
 pub struct SharedEvent {
     pub event_id: String,
     pub sender: String,
+    /// The state event this one replaced, whose content is its `prev_content`: when that
+    /// event is redacted, this formatted copy is dropped ([`forget_replaced`]).
+    replaces: Option<String>,
     /// The event's stream position.
     pub position: Option<i64>,
     prefix: String,
@@ -252,6 +255,7 @@ impl SharedEvent {
         Ok(SharedEvent {
             event_id: row.event_id.clone(),
             sender: row.sender.clone(),
+            replaces: replaced.map(|r| r.event_id.clone()),
             position: row.stream_ordering,
             prefix,
             unsigned: shared_unsigned,
@@ -329,6 +333,9 @@ pub async fn sync_events(
     viewer: (&UserId, &DeviceId),
 ) -> Result<Vec<SyncEvent>, Error> {
     let now = now_ms();
+    // Read before what replaced events say is read: a redaction meanwhile keeps our copies
+    // (made from the unredacted content) out of the cache.
+    let generation = state.shared_events.generation();
     let txns = own_transaction_ids(state, rows, Some(viewer)).await?;
     // The events already formatted, taken in one look at the cache (held here, so that the
     // cache being cleared meanwhile changes nothing); for state events not formatted yet,
@@ -364,7 +371,7 @@ pub async fn sync_events(
         }
         let event = match cached.get(&row.event_id) {
             Some(event) => event.clone(),
-            None => shared_event(state, row, replaced.get(&row.event_id))?,
+            None => shared_event(state, generation, row, replaced.get(&row.event_id))?,
         };
         out.push(SyncEvent::Shared {
             event,
@@ -379,14 +386,24 @@ pub async fn sync_events(
 /// the row, so a cached entry is never used for a redacted event.
 fn shared_event(
     state: &AppState,
+    generation: u64,
     row: &EventRow,
     replaced: Option<&Replaced>,
 ) -> Result<Arc<SharedEvent>, Error> {
     let event = Arc::new(SharedEvent::new(row, replaced)?);
     state
         .shared_events
-        .insert(row.event_id.clone(), event.clone());
+        .insert_if_current(generation, row.event_id.clone(), event.clone());
     Ok(event)
+}
+
+/// Called after the state event `redacted` was redacted in storage: formatted events that
+/// show its original content as `prev_content` are dropped, so the next sync formats them
+/// again from the redacted form (which is what `prev_content` must carry).
+pub fn forget_replaced(state: &AppState, redacted: &str) {
+    state
+        .shared_events
+        .remove_where(|event| event.replaces.as_deref() == Some(redacted));
 }
 
 #[cfg(test)]

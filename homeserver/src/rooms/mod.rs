@@ -478,6 +478,9 @@ async fn write_batch(
             for (p, _) in &prepared {
                 if let Some((target, _)) = &p.redacts {
                     head.pdus.remove(target);
+                    // Events formatted for sync that carry the original as `prev_content`
+                    // are formatted again.
+                    format::forget_replaced(state, target);
                 }
             }
             state

@@ -12,6 +12,11 @@
 //!
 //! A user's own membership events are visible if the membership before or after them allows
 //! it, so a user sees their own join, leave and invite.
+//!
+//! The room *state* a user may read (`/state`, `/members`) is decided by [`readable_state`]:
+//! the current state for members and for anyone when the room is `world_readable`, the state
+//! at their leave for a former member, nothing for anyone else (a user banned or invited
+//! without ever having joined has no more right to the state than a stranger).
 
 use std::collections::HashMap;
 
@@ -19,6 +24,90 @@ use myelin_storage::EventRow;
 use ruma::UserId;
 
 use crate::{error::Error, AppState};
+
+/// Which state of a room a user may read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadableState {
+    /// The current state: the user is joined, or the room is `world_readable`.
+    Current,
+    /// The state after the user's leave (this snapshot): they were joined until then.
+    AtLeave(i64),
+}
+
+/// The state `user` may read in `room_id`, as the spec and Synapse decide it: joined users
+/// read the current state; a user whose membership is `leave` after having been joined reads
+/// it as of their leave; anyone else only if the room is `world_readable` now. 404 for an
+/// unknown room, 403 otherwise.
+pub async fn readable_state(
+    state: &AppState,
+    room_id: &str,
+    user: &UserId,
+) -> Result<ReadableState, Error> {
+    if state.storage.get_room(room_id).await?.is_none() {
+        return Err(Error::not_found("Room not found"));
+    }
+    match state.storage.membership(room_id, user.as_str()).await? {
+        Some((m, _)) if m == "join" => return Ok(ReadableState::Current),
+        Some((m, event_id)) if m == "leave" => {
+            if let Some(after) = joined_until(state, &event_id, user).await? {
+                return Ok(ReadableState::AtLeave(after));
+            }
+        }
+        _ => {}
+    }
+    let current = state.storage.current_state(room_id).await?;
+    let history = match current.get(&("m.room.history_visibility".to_owned(), String::new())) {
+        Some(id) => match state.storage.get_event(id).await? {
+            Some(row) => content_field(&row, "history_visibility"),
+            None => None,
+        },
+        None => None,
+    };
+    if history.as_deref() == Some("world_readable") {
+        Ok(ReadableState::Current)
+    } else {
+        Err(Error::forbidden("You are not a member of this room"))
+    }
+}
+
+/// If `user` was joined right before their membership event `event_id` (a leave or a ban),
+/// the state snapshot after it: what they may still read of the room. `None` for a user
+/// who was only invited, knocking or nothing before it.
+pub async fn joined_until(
+    state: &AppState,
+    event_id: &str,
+    user: &UserId,
+) -> Result<Option<i64>, Error> {
+    let Some(row) = state.storage.get_event(event_id).await? else {
+        return Ok(None);
+    };
+    let was_joined = match row.state_before {
+        Some(before) => membership_at(state, before, user).await?.as_deref() == Some("join"),
+        None => false,
+    };
+    Ok(row.state_after.filter(|_| was_joined))
+}
+
+/// `user`'s membership in the state `snapshot`.
+async fn membership_at(
+    state: &AppState,
+    snapshot: i64,
+    user: &UserId,
+) -> Result<Option<String>, Error> {
+    // One key of the snapshot: one index probe, not the whole state.
+    let found = state
+        .storage
+        .state_lookups(&[(snapshot, "m.room.member".to_owned(), user.to_string())])
+        .await?;
+    let Some(Some(id)) = found.into_iter().next() else {
+        return Ok(None);
+    };
+    Ok(state
+        .storage
+        .get_event(&id)
+        .await?
+        .and_then(|row| content_field(&row, "membership")))
+}
 
 /// A per-request checker; caches what it decided per snapshot.
 pub struct Visibility<'a> {

@@ -603,7 +603,12 @@ async fn left_room(
     } else {
         None
     };
-    let state_rows = if limited || since == 0 {
+    // The room's state only for a user who was joined until this leave or ban: one banned
+    // or rejecting an invite without ever joining learns no more than a stranger.
+    let was_joined = crate::rooms::visibility::joined_until(state, &m.event_id, req.user)
+        .await?
+        .is_some();
+    let state_rows = if was_joined && (limited || since == 0) {
         state_section(
             state,
             req,

@@ -2,8 +2,9 @@
 //! committed. The protocol is documented in docs/websocket.md.
 //!
 //! `GET /_matrix/client/unstable/io.myelin/sync/ws` upgrades to a WebSocket. The access token
-//! comes as `access_token` in the query (browsers cannot set headers on a WebSocket) or as a
-//! Bearer header; `since` and `filter` work as for `/sync`. Then:
+//! comes as a Bearer header or, when there is none, as `access_token` in the query (browsers
+//! cannot set headers on a WebSocket); the header wins, as for every other endpoint. `since`
+//! and `filter` work as for `/sync`. Then:
 //! - every text frame from the server is a `/sync` response (`next_batch` included); the next
 //!   one covers everything after it, so a slow reader gets fewer, larger frames (the server
 //!   computes the next frame only once the previous one was written) and never buffers more
@@ -14,7 +15,13 @@
 //!   to TOKEN, so the to-device messages in them can be removed (they are also removed when
 //!   the client reconnects with a later `since`); anything else closes this socket with code
 //!   1003 and a reason. Nothing else is affected.
-//! - reconnecting with the last `next_batch` as `since` resumes with nothing lost or repeated.
+//! - reconnecting with the last `next_batch` as `since` resumes with nothing lost or repeated;
+//! - when the socket's access token stops being valid (logout, logout of all devices, device
+//!   deletion, password change that logs devices out, deactivation), the server closes it with
+//!   code 1008 and reason `M_UNKNOWN_TOKEN` and sends nothing more. The socket listens to
+//!   storage's token-change announcements (subscribed before the token is first checked, so
+//!   no change is missed) and re-checks its token on each one, and once more before each
+//!   frame it sends.
 
 use std::time::Duration;
 
@@ -59,12 +66,13 @@ pub async fn sync_ws(
                 .or_else(|| v.strip_prefix("bearer "))
         })
         .map(str::to_owned);
-    let token = params
-        .access_token
-        .clone()
-        .or(header_token)
+    let token = header_token
+        .or_else(|| params.access_token.clone())
         .ok_or_else(Error::missing_token)?;
+    // Subscribed before the check: a logout between the two is still heard.
+    let token_changes = state.storage.subscribe_token_changes();
     let sender = crate::auth::authenticate(&state, &token, addr.ip()).await?;
+
     let since = params.since.as_deref().map(parse_token).transpose()?;
     if let Some(since) = since {
         // Presenting a token acknowledges the to-device messages up to it.
@@ -94,6 +102,11 @@ pub async fn sync_ws(
         }
     };
     let filter = SyncFilter::from_definition(&filter);
+    let session = Session {
+        token_hash: crate::auth::hash_token(&token),
+        changes: token_changes,
+        sender,
+    };
     // Small buffers: an idle socket should cost a few KiB, not tungstenite's 128 KiB
     // defaults. A slow reader's unsent data is capped too (one frame is in flight at most).
     Ok(upgrade
@@ -101,8 +114,64 @@ pub async fn sync_ws(
         .write_buffer_size(0)
         .max_write_buffer_size(16 * 1024 * 1024)
         .max_message_size(64 * 1024)
-        .on_upgrade(move |socket| serve(state, socket, sender, since, filter))
+        .on_upgrade(move |socket| serve(state, socket, session, since, filter))
         .into_response())
+}
+
+/// The socket's login: who it is and how to notice that its token was revoked.
+struct Session {
+    token_hash: String,
+    changes: tokio::sync::broadcast::Receiver<std::sync::Arc<str>>,
+    sender: Sender,
+}
+
+impl Session {
+    /// Waits until the token may have been revoked: a change of this user's tokens, or
+    /// announcements missed by lagging behind.
+    async fn token_may_have_changed(&mut self) {
+        use tokio::sync::broadcast::error::RecvError;
+        loop {
+            match self.changes.recv().await {
+                Ok(user) if *user == *self.sender.user_id.as_str() => return,
+                Ok(_) => {}
+                Err(RecvError::Lagged(_)) => return,
+                // The storage lives as long as the server; never stop on its account.
+                Err(RecvError::Closed) => std::future::pending::<()>().await,
+            }
+        }
+    }
+
+    /// Whether the token still names this device. Announcements that arrived meanwhile are
+    /// consumed: this check covers them.
+    async fn still_valid(&mut self, state: &AppState) -> bool {
+        use tokio::sync::broadcast::error::TryRecvError;
+        loop {
+            match self.changes.try_recv() {
+                Ok(_) | Err(TryRecvError::Lagged(_)) => continue,
+                Err(TryRecvError::Empty) | Err(TryRecvError::Closed) => break,
+            }
+        }
+        match state.storage.find_token(&self.token_hash).await {
+            Ok(Some(owner)) => {
+                owner.user_id == self.sender.user_id.as_str()
+                    && owner.device_id == self.sender.device_id.as_str()
+            }
+            Ok(None) => false,
+            // A failed read is not a logout; the next check decides.
+            Err(e) => {
+                tracing::warn!(error = %e, "could not re-check a WebSocket's token");
+                true
+            }
+        }
+    }
+}
+
+/// The close frame of a socket whose token was revoked.
+fn revoked_frame() -> Message {
+    Message::Close(Some(CloseFrame {
+        code: 1008,
+        reason: "M_UNKNOWN_TOKEN".into(),
+    }))
 }
 
 /// Why a client frame is refused, if it is; for an acknowledgement, the stream position it
@@ -135,10 +204,11 @@ fn check_client_frame(message: &Message) -> Result<Option<i64>, &'static str> {
 async fn serve(
     state: AppState,
     socket: WebSocket,
-    sender: Sender,
+    mut session: Session,
     since: Option<super::Token>,
     filter: SyncFilter,
 ) {
+    let sender = session.sender.clone();
     let (mut sink, mut stream) = socket.split();
     // The reader watches client frames and tells the writer when to stop (and why).
     let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<Option<&'static str>>();
@@ -189,6 +259,14 @@ async fn serve(
                 }
                 break;
             }
+            () = session.token_may_have_changed() => {
+                if session.still_valid(&state).await {
+                    // Another device of the user: compute this frame again from `since`.
+                    continue;
+                }
+                let _ = sink.send(revoked_frame()).await;
+                break;
+            }
             outcome = sync(&state, &request) => outcome,
         };
         let response = match outcome {
@@ -203,6 +281,11 @@ async fn serve(
                 break;
             }
         };
+        // A revocation that landed while the frame was computed: nothing more goes out.
+        if !session.changes.is_empty() && !session.still_valid(&state).await {
+            let _ = sink.send(revoked_frame()).await;
+            break;
+        }
         let next = parse_token(&response.next_batch).ok();
         let is_news = since.is_none() || !response.is_empty();
         let sent = if is_news {

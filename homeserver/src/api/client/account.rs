@@ -67,8 +67,9 @@ pub async fn change_password(
 
 /// POST /_matrix/client/v3/account/deactivate
 ///
-/// Requires UIA with the password. The account can never log in again and its user ID is
-/// never given to anyone else.
+/// Requires UIA with the password. The user leaves every room and rejects every pending
+/// invite (as Synapse does); the account can never log in again and its user ID is never
+/// given to anyone else.
 /// <https://spec.matrix.org/latest/client-server-api/#post_matrixclientv3accountdeactivate>
 pub async fn deactivate(
     State(state): State<AppState>,
@@ -82,10 +83,15 @@ pub async fn deactivate(
         Some(&sender.user_id),
     )
     .await?;
+    // Leave every room (and reject every invite, withdraw every knock) first: if that fails,
+    // the account is still usable and deactivating again finishes the job. A join that slips
+    // in meanwhile from another device is left by the second pass, once no token is valid.
+    super::membership::leave_all_rooms(&state, &sender.user_id).await?;
     state
         .storage
         .deactivate_user(sender.user_id.as_str())
         .await?;
+    super::membership::leave_all_rooms(&state, &sender.user_id).await?;
     crate::e2ee::announce_device_list_change(&state, sender.user_id.as_str()).await;
     tracing::info!(user_id = %sender.user_id, "deactivated account");
     Ok(deactivate::v3::Response::new(

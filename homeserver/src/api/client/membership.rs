@@ -22,7 +22,12 @@ use super::room::{membership_of, raw, require_joined};
 use crate::{
     api::ruma::Ruma,
     error::{Error, Result},
-    rooms::{self, format::client_events, Send},
+    rooms::{
+        self,
+        format::client_events,
+        visibility::{readable_state, ReadableState},
+        Send,
+    },
     AppState,
 };
 
@@ -75,6 +80,27 @@ async fn set_membership(
     )
     .await?;
     Ok(())
+}
+
+/// Takes `user` out of every room they are joined to, invited to or knocking on, with a
+/// `leave` event of their own through the write pipeline (a leave, an invite rejected, a knock
+/// withdrawn), as Synapse does when an account is deactivated. Every room is tried; the first
+/// failure is returned after the others were done.
+pub(crate) async fn leave_all_rooms(state: &AppState, user: &UserId) -> Result<()> {
+    let mut first_error = None;
+    for membership in ["join", "invite", "knock"] {
+        for room_id in state.storage.rooms_for_user(user.as_str(), membership).await? {
+            let Ok(room_id) = ruma::OwnedRoomId::try_from(room_id) else {
+                continue;
+            };
+            let content = member_content("leave", None);
+            if let Err(e) = set_membership(state, &room_id, user, user, content).await {
+                tracing::warn!(%room_id, %user, error = %e, "could not leave a room");
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    first_error.map_or(Ok(()), Err)
 }
 
 /// Joins `user` to a local room, with their profile. Joining a room one is in is a no-op.
@@ -457,13 +483,11 @@ pub async fn get_member_events(
 ) -> Result<get_member_events::v3::Response> {
     let user = &req.sender().user_id;
     let room_id = &req.body.room_id;
-    // Members see the current list; a user who left sees it as of their leave.
-    let member_ids: Vec<String> = match state
-        .storage
-        .membership(room_id.as_str(), user.as_str())
-        .await?
-    {
-        Some((m, _)) if m == "join" => match &req.body.at {
+    // Members (and anyone, in a world-readable room) see the current list; a user who left
+    // after having been joined sees it as of their leave; nobody else sees it.
+    let readable = readable_state(&state, room_id.as_str(), user).await?;
+    let member_ids: Vec<String> = match readable {
+        ReadableState::Current => match &req.body.at {
             // The members as of a pagination token: the state after the last event before it.
             Some(at) => {
                 let position = super::message::parse_token(&state, room_id, at).await?;
@@ -496,25 +520,13 @@ pub async fn get_member_events(
                 .map(|(_, _, e)| e.clone())
                 .collect(),
         },
-        Some((m, event_id)) if m == "leave" || m == "ban" => {
-            let leave = state
-                .storage
-                .get_event(&event_id)
-                .await?
-                .ok_or_else(|| Error::internal("missing leave event"))?;
-            let snapshot = leave
-                .state_after
-                .ok_or_else(|| Error::internal("leave event without state"))?;
-            let map = state.snapshot(snapshot).await?;
-            map.iter()
-                .filter(|((t, _), _)| t == "m.room.member")
-                .map(|(_, e)| e.clone())
-                .collect()
-        }
-        _ if state.storage.get_room(room_id.as_str()).await?.is_none() => {
-            return Err(Error::not_found("Room not found"))
-        }
-        _ => return Err(Error::forbidden("You are not a member of this room")),
+        ReadableState::AtLeave(snapshot) => state
+            .snapshot(snapshot)
+            .await?
+            .iter()
+            .filter(|((t, _), _)| t == "m.room.member")
+            .map(|(_, e)| e.clone())
+            .collect(),
     };
     let rows = state.storage.get_events(&member_ids).await?;
     let membership_of_row = |row: &myelin_storage::EventRow| -> Option<String> {

@@ -23,7 +23,13 @@ use super::room::{canonical_object, raw, require_joined};
 use crate::{
     api::ruma::Ruma,
     error::{Error, Result},
-    rooms::{self, format::client_events, room_rules, visibility::Visibility, Send},
+    rooms::{
+        self,
+        format::client_events,
+        room_rules,
+        visibility::{readable_state, ReadableState, Visibility},
+        Send,
+    },
     AppState,
 };
 
@@ -152,41 +158,16 @@ pub async fn send_state_event(
     Ok(send_state_event::v3::Response::new(event_id))
 }
 
-/// The state a user may see: the current state while joined (or if the room is world
-/// readable), the state when they left otherwise.
+/// The state a user may see (see [`readable_state`]): the current state while joined or if
+/// the room is world readable, the state at their leave for a former member.
 async fn visible_state(
     state: &AppState,
     room_id: &RoomId,
     user: &UserId,
 ) -> Result<myelin_storage::StateMap> {
-    if state.storage.get_room(room_id.as_str()).await?.is_none() {
-        return Err(Error::not_found("Room not found"));
-    }
-    match state
-        .storage
-        .membership(room_id.as_str(), user.as_str())
-        .await?
-    {
-        Some((m, _)) if m == "join" => Ok(state.storage.current_state(room_id.as_str()).await?),
-        Some((m, event_id)) if m == "leave" || m == "ban" => {
-            let row = state
-                .storage
-                .get_event(&event_id)
-                .await?
-                .ok_or_else(|| Error::internal("missing member event"))?;
-            let snapshot = row
-                .state_after
-                .ok_or_else(|| Error::internal("member event without state"))?;
-            Ok((*state.snapshot(snapshot).await?).clone())
-        }
-        _ => {
-            let current = state.storage.current_state(room_id.as_str()).await?;
-            if history_visibility(state, &current).await? == "world_readable" {
-                Ok(current)
-            } else {
-                Err(Error::forbidden("You are not a member of this room"))
-            }
-        }
+    match readable_state(state, room_id.as_str(), user).await? {
+        ReadableState::Current => Ok(state.storage.current_state(room_id.as_str()).await?),
+        ReadableState::AtLeave(snapshot) => Ok((*state.snapshot(snapshot).await?).clone()),
     }
 }
 

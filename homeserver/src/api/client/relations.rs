@@ -32,8 +32,8 @@ const MAX_LIMIT: u64 = 100;
 
 /// GET /_matrix/client/v3/rooms/{roomId}/context/{eventId}
 ///
-/// The event, up to `limit` events around it (split before and after), and the room state
-/// after the last event returned.
+/// The event, up to `limit` events around it (split before and after) that the user may see,
+/// and the room state after the last event returned.
 pub async fn get_context(
     State(state): State<AppState>,
     req: Ruma<get_context::v3::Request>,
@@ -92,9 +92,11 @@ pub async fn get_context(
     let end = after
         .last()
         .and_then(|r| r.stream_ordering.map(|s| format!("t{}_{}", r.depth, s + 1)));
-    let last_state = after.last().unwrap_or(&row).state_after;
     let before = visibility.filter(before).await?;
     let after = visibility.filter(after).await?;
+    // The state at the last event the user may see, never at one they may not: for a user who
+    // left, events after the leave are filtered out above, and so is the state they made.
+    let last_state = after.last().unwrap_or(&row).state_after;
 
     let viewer = Some((&*sender.user_id, &*sender.device_id));
     let mut response = get_context::v3::Response::new();
@@ -161,7 +163,7 @@ async fn relations_page(
         .storage
         .get_event(q.event_id.as_str())
         .await?
-        .filter(|r| r.room_id == q.room_id.as_str())
+        .filter(|r| r.room_id == q.room_id.as_str() && !r.rejected)
         .ok_or_else(|| Error::not_found("Event not found"))?;
     let mut visibility = Visibility::new(state, &sender.user_id, q.room_id.as_str()).await?;
     if !visibility.allows(&parent).await? {
@@ -184,6 +186,7 @@ async fn relations_page(
     let rows = state
         .storage
         .relations(
+            q.room_id.as_str(),
             q.event_id.as_str(),
             q.rel_type.as_deref(),
             q.event_type.as_deref(),
