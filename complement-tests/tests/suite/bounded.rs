@@ -79,7 +79,8 @@ async fn read_response(stream: &mut TcpStream, limit: Duration) -> Option<String
         }
     })
     .await;
-    read.ok().map(|_| String::from_utf8_lossy(&buf).into_owned())
+    read.ok()
+        .map(|_| String::from_utf8_lossy(&buf).into_owned())
 }
 
 /// A raw HTTP/1.1 request on an open connection (kept alive).
@@ -128,7 +129,9 @@ async fn deeply_nested_content_is_refused_and_rooms_stay_readable(backend: Backe
     // A member event with deep content (a profile field, say) is refused too.
     let mut member = json!({ "membership": "join" });
     member["deep"] = nested(127);
-    let response = bob.put_state(&room, "m.room.member", bob.user_id(), &member).await;
+    let response = bob
+        .put_state(&room, "m.room.member", bob.user_id(), &member)
+        .await;
     assert_error(&response, 400, "M_BAD_JSON", "a deep member event");
 
     // Within the limit: stored, and read back by every path.
@@ -222,7 +225,9 @@ async fn a35_to_device_messages_come_at_most_100_a_sync_each_once(backend: Backe
         }
         let body = json!({ "messages": { bob.user_id(): devices } });
         assert_ok(
-            &alice.put(&send_to_device_path("org.example.n"), &body).await,
+            &alice
+                .put(&send_to_device_path("org.example.n"), &body)
+                .await,
             "sendToDevice",
         );
     }
@@ -276,7 +281,9 @@ async fn large_to_device_messages_are_refused(backend: Backend) {
         bob.device_id(): { "blob": "x".repeat(70 * 1024) }
     } } });
     assert_error(
-        &alice.put(&send_to_device_path("org.example.big"), &big).await,
+        &alice
+            .put(&send_to_device_path("org.example.big"), &big)
+            .await,
         413,
         "M_TOO_LARGE",
         "a 70 KiB to-device message",
@@ -285,7 +292,9 @@ async fn large_to_device_messages_are_refused(backend: Backend) {
         bob.device_id(): { "blob": "x".repeat(60 * 1024) }
     } } });
     assert_ok(
-        &alice.put(&send_to_device_path("org.example.ok"), &fine).await,
+        &alice
+            .put(&send_to_device_path("org.example.ok"), &fine)
+            .await,
         "a 60 KiB to-device message",
     );
     let (_, body) = bob.sync(Some(&since), 0).await;
@@ -309,14 +318,20 @@ async fn to_device_senders_are_rate_limited(backend: Backend) {
     let body = json!({ "messages": { bob.user_id(): { "*": { "hello": true } } } });
     for _ in 0..3 {
         assert_ok(
-            &alice.put(&send_to_device_path("org.example.hi"), &body).await,
+            &alice
+                .put(&send_to_device_path("org.example.hi"), &body)
+                .await,
             "within the burst",
         );
     }
-    let response = alice.put(&send_to_device_path("org.example.hi"), &body).await;
+    let response = alice
+        .put(&send_to_device_path("org.example.hi"), &body)
+        .await;
     assert_error(&response, 429, "M_LIMIT_EXCEEDED", "beyond the burst");
     assert!(
-        response.1["retry_after_ms"].as_u64().is_some_and(|ms| ms > 0),
+        response.1["retry_after_ms"]
+            .as_u64()
+            .is_some_and(|ms| ms > 0),
         "{}",
         response.1
     );
@@ -412,10 +427,7 @@ async fn slow_bodies_are_cut_off_but_long_polls_are_not(backend: Backend) {
     let alice = hs.register_user("alice").await;
     let token = alice.access_token.clone().unwrap();
     let mut stream = TcpStream::connect(address(&hs)).await.expect("connect");
-    let path = format!(
-        "/_matrix/client/v3/user/{}/filter",
-        encode(alice.user_id())
-    );
+    let path = format!("/_matrix/client/v3/user/{}/filter", encode(alice.user_id()));
     let head = format!(
         "POST {path} HTTP/1.1\r\nhost: localhost\r\nauthorization: Bearer {token}\r\n\
          content-type: application/json\r\ncontent-length: 100\r\n\r\n{{\"room\":"
@@ -487,7 +499,9 @@ async fn thumbnails_come_only_in_configured_sizes(backend: Backend) {
     let mxc = body["content_uri"].as_str().unwrap();
     let (server, id) = mxc.strip_prefix("mxc://").unwrap().split_once('/').unwrap();
     let thumb = |w: u32, h: u32, method: &str| {
-        format!("/_matrix/client/v1/media/thumbnail/{server}/{id}?width={w}&height={h}&method={method}")
+        format!(
+            "/_matrix/client/v1/media/thumbnail/{server}/{id}?width={w}&height={h}&method={method}"
+        )
     };
     let (status, scale) = get_bytes(&alice, &thumb(320, 240, "scale")).await;
     assert_eq!(status, 200);
@@ -502,12 +516,20 @@ async fn thumbnails_come_only_in_configured_sizes(backend: Backend) {
     for (w, h) in [(37, 41), (100, 100), (200, 150), (250, 10), (301, 239)] {
         let (status, bytes) = get_bytes(&alice, &thumb(w, h, "scale")).await;
         assert_eq!(status, 200);
-        assert!(bytes == scale, "{w}x{h} scale is the 320x240 one, got {:?}", size(&bytes));
+        assert!(
+            bytes == scale,
+            "{w}x{h} scale is the 320x240 one, got {:?}",
+            size(&bytes)
+        );
     }
     for (w, h) in [(33, 33), (50, 40), (64, 64), (90, 20)] {
         let (status, bytes) = get_bytes(&alice, &thumb(w, h, "crop")).await;
         assert_eq!(status, 200);
-        assert!(bytes == crop, "{w}x{h} crop is the 96x96 one, got {:?}", size(&bytes));
+        assert!(
+            bytes == crop,
+            "{w}x{h} crop is the 96x96 one, got {:?}",
+            size(&bytes)
+        );
     }
 }
 
@@ -531,7 +553,9 @@ async fn registration_nonces_are_rate_limited(backend: Backend) {
     }
     let response = anonymous.get("/_synapse/admin/v1/register").await;
     assert_error(&response, 429, "M_LIMIT_EXCEEDED", "a fourth nonce at once");
-    assert!(response.1["retry_after_ms"].as_u64().is_some_and(|ms| ms > 0));
+    assert!(response.1["retry_after_ms"]
+        .as_u64()
+        .is_some_and(|ms| ms > 0));
 }
 
 // ----- /publicRooms ---------------------------------------------------------------
@@ -543,21 +567,35 @@ async fn a40_public_rooms_refuses_a_huge_since(backend: Backend) {
         return;
     };
     let alice = hs.register_user("alice").await;
-    for since in ["o18446744073709551615", "o18446744073709551000", "o99999999999"] {
+    for since in [
+        "o18446744073709551615",
+        "o18446744073709551000",
+        "o99999999999",
+    ] {
         let response = alice
             .get(&format!(
                 "/_matrix/client/v3/publicRooms?limit=10&since={}",
                 encode(since)
             ))
             .await;
-        assert_error(&response, 400, "M_INVALID_PARAM", &format!("GET since={since}"));
+        assert_error(
+            &response,
+            400,
+            "M_INVALID_PARAM",
+            &format!("GET since={since}"),
+        );
         let response = alice
             .post(
                 "/_matrix/client/v3/publicRooms",
                 &json!({ "limit": 10, "since": since }),
             )
             .await;
-        assert_error(&response, 400, "M_INVALID_PARAM", &format!("POST since={since}"));
+        assert_error(
+            &response,
+            400,
+            "M_INVALID_PARAM",
+            &format!("POST since={since}"),
+        );
     }
     let (status, body) = alice
         .get("/_matrix/client/v3/publicRooms?limit=10&since=o5")

@@ -685,7 +685,9 @@ pub async fn thumbnail(
     let Some((width, height, method)) =
         thumbnail::choose_size(&state.media.thumbnail_sizes, width, height, method)
     else {
-        return Err(Error::not_found("Thumbnails are not available on this server"));
+        return Err(Error::not_found(
+            "Thumbnails are not available on this server",
+        ));
     };
     let served = match from_stored(state, row, width, height, method).await? {
         Some(served) => served,

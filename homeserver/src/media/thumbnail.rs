@@ -82,7 +82,11 @@ pub fn parse_size(text: &str) -> Option<Size> {
 /// image for a size of its choosing (forty sizes of one picture cost 23 s of CPU before).
 pub fn choose_size(sizes: &[Size], width: u32, height: u32, method: Method) -> Option<Size> {
     let same: Vec<Size> = sizes.iter().copied().filter(|s| s.2 == method).collect();
-    let pool = if same.is_empty() { sizes.to_vec() } else { same };
+    let pool = if same.is_empty() {
+        sizes.to_vec()
+    } else {
+        same
+    };
     let (w, h) = (width.max(1) as f64, height.max(1) as f64);
     let key = |&(tw, th, _): &Size| {
         let (tw, th) = (tw as f64, th as f64);

@@ -196,8 +196,7 @@ impl RoomLocks {
     pub fn get(&self, room_id: &RoomId) -> Arc<RoomSlot> {
         let mut map = self.locks.lock().unwrap_or_else(|e| e.into_inner());
         let slot = map.entry(room_id.to_owned()).or_default().clone();
-        *slot.last_used.lock().unwrap_or_else(|e| e.into_inner()) =
-            Some(std::time::Instant::now());
+        *slot.last_used.lock().unwrap_or_else(|e| e.into_inner()) = Some(std::time::Instant::now());
         slot
     }
 

@@ -214,7 +214,8 @@ async fn directory_page(
         Some(token) => token
             .strip_prefix('o')
             .and_then(|n| n.parse::<u32>().ok())
-            .ok_or_else(|| Error::invalid_param("Invalid since token"))? as usize,
+            .ok_or_else(|| Error::invalid_param("Invalid since token"))?
+            as usize,
         None => 0,
     };
     let limit = limit
