@@ -441,10 +441,14 @@ async fn slow_bodies_are_cut_off_but_long_polls_are_not(backend: Backend) {
     let started = std::time::Instant::now();
     let (status, body) = alice.sync(None, 0).await;
     assert_eq!(status, 200);
-    let since = body["next_batch"].as_str().unwrap().to_owned();
-    let (status, body) = alice.sync(Some(&since), 3000).await;
-    assert_eq!(status, 200, "a 3 s long-poll: {body}");
-    assert!(started.elapsed() >= Duration::from_millis(2500));
+    let mut since = body["next_batch"].as_str().unwrap().to_owned();
+    // Long-polls (woken early by presence, say) keep answering 200 for longer than the body
+    // and header timeouts.
+    while started.elapsed() < Duration::from_secs(3) {
+        let (status, body) = alice.sync(Some(&since), 3000).await;
+        assert_eq!(status, 200, "a 3 s long-poll: {body}");
+        since = body["next_batch"].as_str().unwrap().to_owned();
+    }
 }
 
 /// The access token is checked before the body is read: a request with a bad token and a
