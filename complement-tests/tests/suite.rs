@@ -19,6 +19,8 @@
 mod account;
 #[path = "suite/admin.rs"]
 mod admin;
+#[path = "suite/bounded.rs"]
+mod bounded;
 #[path = "suite/config.rs"]
 mod config;
 #[path = "suite/consistency.rs"]

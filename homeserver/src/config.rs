@@ -24,6 +24,9 @@ pub struct Config {
     pub registration_shared_secret: Option<String>,
     pub registration_token_required: bool,
     pub max_json_body_bytes: usize,
+    pub max_connections: usize,
+    pub header_read_timeout_seconds: u64,
+    pub body_read_timeout_seconds: u64,
     pub delivery_receipts: bool,
     pub log: String,
     pub rate_limits: RateLimits,
@@ -40,6 +43,9 @@ pub struct MediaConfig {
     /// Make the common thumbnail sizes right after an image is uploaded (otherwise on the
     /// first request for each).
     pub pregenerate_thumbnails: bool,
+    /// The sizes thumbnails are made in, `"<width>x<height> <crop|scale>"` (checked by
+    /// `validate`). A request is answered with the best fit among them.
+    pub thumbnail_sizes: Vec<String>,
     /// How long an ID from `POST /_matrix/media/v1/create` waits for its upload.
     pub unused_id_lifetime_seconds: u64,
     /// How many such IDs a user may have waiting at once.
@@ -71,6 +77,10 @@ pub struct RateLimits {
     pub failed_login_burst: u32,
     pub registration_per_second: f64,
     pub registration_burst: u32,
+    pub registration_nonce_per_second: f64,
+    pub registration_nonce_burst: u32,
+    pub to_device_per_second: f64,
+    pub to_device_burst: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -113,6 +123,12 @@ const KEYS: &[Key] = &[
           doc: "Require a registration token (m.login.registration_token) to register, even when registration_open is false." },
     Key { path: "max_json_body_bytes", kind: Kind::Int, default: Some("8388608"),
           doc: "Largest JSON request body accepted, in bytes; larger ones get 413 M_TOO_LARGE." },
+    Key { path: "max_connections", kind: Kind::Int, default: Some("50000"),
+          doc: "Most client connections open at once (idle long-polls and WebSockets included); a connection beyond it is answered 503 M_LIMIT_EXCEEDED and closed. Keep it below the process's open-file limit." },
+    Key { path: "header_read_timeout_seconds", kind: Kind::Int, default: Some("30"),
+          doc: "A client must send a request's headers within this many seconds (also how long an idle keep-alive connection is kept between requests), else the connection is closed." },
+    Key { path: "body_read_timeout_seconds", kind: Kind::Int, default: Some("60"),
+          doc: "A JSON request body must arrive within this many seconds, and an upload may pause at most this long between pieces; else 408 and the connection is closed." },
     Key { path: "delivery_receipts", kind: Kind::Bool, default: Some("true"),
           doc: "Record when a member's device first receives an event and show senders an io.myelin.delivered receipt (see docs/delivered-receipts.md)." },
     Key { path: "log", kind: Kind::Str, default: Some("\"info,ruma_state_res=warn,sqlx=warn\""),
@@ -131,6 +147,14 @@ const KEYS: &[Key] = &[
           doc: "Registration requests per second per client IP address, refill rate." },
     Key { path: "rate_limits.registration_burst", kind: Kind::Int, default: Some("5"),
           doc: "Registration requests allowed in a burst per client IP address." },
+    Key { path: "rate_limits.registration_nonce_per_second", kind: Kind::Float, default: Some("1.0"),
+          doc: "Requests for a shared-secret registration nonce (GET /_synapse/admin/v1/register) per second per client IP address, refill rate. Each stores a row until it is used or expires (60 s)." },
+    Key { path: "rate_limits.registration_nonce_burst", kind: Kind::Int, default: Some("10"),
+          doc: "Shared-secret registration nonces allowed in a burst per client IP address." },
+    Key { path: "rate_limits.to_device_per_second", kind: Kind::Float, default: Some("10.0"),
+          doc: "PUT /sendToDevice requests per second per sending user, refill rate." },
+    Key { path: "rate_limits.to_device_burst", kind: Kind::Int, default: Some("100"),
+          doc: "PUT /sendToDevice requests allowed in a burst per sending user." },
     Key { path: "presence.enabled", kind: Kind::Bool, default: Some("true"),
           doc: "Track and share online/offline status and last-active time with users who share a room." },
     Key { path: "presence.offline_after_seconds", kind: Kind::Int, default: Some("60"),
@@ -142,7 +166,9 @@ const KEYS: &[Key] = &[
     Key { path: "media.max_upload_size", kind: Kind::Int, default: Some("52428800"),
           doc: "Largest media upload accepted, in bytes (clients see it as m.upload.size); larger ones get 413 M_TOO_LARGE." },
     Key { path: "media.pregenerate_thumbnails", kind: Kind::Bool, default: Some("true"),
-          doc: "Make the usual thumbnail sizes (32x32 and 96x96 crop; 320x240, 640x480 and 800x600 scale) right after an image is uploaded, instead of on first request." },
+          doc: "Make the thumbnails of media.thumbnail_sizes right after an image is uploaded, instead of on first request." },
+    Key { path: "media.thumbnail_sizes", kind: Kind::List, default: Some("[\"32x32 crop\", \"96x96 crop\", \"320x240 scale\", \"640x480 scale\", \"800x600 scale\"]"),
+          doc: "The only sizes thumbnails are made in, each \"<width>x<height> <crop|scale>\" (Synapse's thumbnail_sizes). A request for another size gets the best fit among these, so clients cannot make the server decode images for sizes of their choosing." },
     Key { path: "media.unused_id_lifetime_seconds", kind: Kind::Int, default: Some("86400"),
           doc: "How long a media ID created with POST /_matrix/media/v1/create waits for its content before it lapses." },
     Key { path: "media.max_pending_uploads", kind: Kind::Int, default: Some("5"),
@@ -352,10 +378,32 @@ impl Config {
                 "max_json_body_bytes (MYELIN_MAX_JSON_BODY_BYTES): must be at least 1024".into(),
             ));
         }
+        for (name, value) in [
+            ("max_connections", self.max_connections as u64),
+            (
+                "header_read_timeout_seconds",
+                self.header_read_timeout_seconds,
+            ),
+            ("body_read_timeout_seconds", self.body_read_timeout_seconds),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::Invalid(format!(
+                    "{name} ({}): must be at least 1",
+                    env_name(name)
+                )));
+            }
+        }
         if self.media.max_upload_size == 0 {
             return Err(ConfigError::Invalid(
                 "media.max_upload_size (MYELIN_MEDIA_MAX_UPLOAD_SIZE): must be at least 1".into(),
             ));
+        }
+        for size in &self.media.thumbnail_sizes {
+            if crate::media::thumbnail::parse_size(size).is_none() {
+                return Err(ConfigError::Invalid(format!(
+                    "media.thumbnail_sizes (MYELIN_MEDIA_THUMBNAIL_SIZES): {size:?} is not a size like \"320x240 scale\" or \"96x96 crop\""
+                )));
+            }
         }
         for range in &self.media.url_preview_ip_range_allowlist {
             if range.parse::<ipnet::IpNet>().is_err() {
@@ -375,6 +423,11 @@ impl Config {
                 "rate_limits.registration_per_second",
                 rl.registration_per_second,
             ),
+            (
+                "rate_limits.registration_nonce_per_second",
+                rl.registration_nonce_per_second,
+            ),
+            ("rate_limits.to_device_per_second", rl.to_device_per_second),
         ] {
             if !(rate.is_finite() && rate > 0.0) {
                 return Err(ConfigError::Invalid(format!(
@@ -387,6 +440,11 @@ impl Config {
             ("rate_limits.login_burst", rl.login_burst),
             ("rate_limits.failed_login_burst", rl.failed_login_burst),
             ("rate_limits.registration_burst", rl.registration_burst),
+            (
+                "rate_limits.registration_nonce_burst",
+                rl.registration_nonce_burst,
+            ),
+            ("rate_limits.to_device_burst", rl.to_device_burst),
         ] {
             if burst == 0 {
                 return Err(ConfigError::Invalid(format!(

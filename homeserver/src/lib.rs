@@ -67,7 +67,7 @@ pub struct Services {
     /// The media repository (file store, thumbnail work, URL preview client).
     pub media: Arc<media::Media>,
     /// State snapshots are immutable once written, so they can be cached without
-    /// invalidation; the cache is bounded by clearing it when full.
+    /// invalidation; the cache is bounded (in bytes) by clearing it when full.
     pub snapshots: ClearingCache<i64, Arc<myelin_storage::StateMap>>,
     /// A room's `m.receipt` event for a sync range `(room, after, upto)`, serialised once
     /// for every member woken by those receipts (none if the range has none for the room).
@@ -82,14 +82,30 @@ pub struct Services {
     pub shared_events: ClearingCache<String, Arc<rooms::format::SharedEvent>>,
 }
 
-/// How many formatted events [`Services::shared_events`] keeps.
-const SHARED_EVENTS_ENTRIES: usize = 16_384;
+/// How much memory [`Services::shared_events`] may hold (events are up to 64 KiB each).
+const SHARED_EVENTS_BYTES: usize = 64 * 1024 * 1024;
 
-/// How many ranges [`Services::shared_receipts`] keeps.
-const SHARED_RECEIPTS_ENTRIES: usize = 1024;
+/// How much memory [`Services::shared_receipts`] may hold.
+const SHARED_RECEIPTS_BYTES: usize = 16 * 1024 * 1024;
 
-/// How many state snapshots [`AppState::snapshot`] keeps in memory.
-const SNAPSHOT_CACHE_ENTRIES: usize = 4096;
+/// How much memory the state snapshots [`AppState::snapshot`] keeps may hold.
+const SNAPSHOT_CACHE_BYTES: usize = 64 * 1024 * 1024;
+
+/// What a cached state snapshot holds: each entry's type, state key and event ID, plus the
+/// map's own slot.
+fn weigh_snapshot(_: &i64, map: &Arc<myelin_storage::StateMap>) -> usize {
+    map.iter()
+        .map(|((t, k), id)| t.len() + k.len() + id.len() + 3 * 24 + 16)
+        .sum()
+}
+
+fn weigh_receipts(key: &(String, i64, i64), json: &Option<Arc<str>>) -> usize {
+    key.0.len() + json.as_ref().map_or(0, |j| j.len())
+}
+
+fn weigh_shared_event(key: &String, event: &Arc<rooms::format::SharedEvent>) -> usize {
+    key.len() + event.heap_size()
+}
 
 impl AppState {
     /// Wakes the waiting syncs of a room's joined members (after a change that is not an
@@ -195,10 +211,10 @@ impl AppState {
             presence: Arc::new(presence::Presence::default()),
             presence_changes: Default::default(),
             media: Arc::new(media),
-            snapshots: ClearingCache::new(SNAPSHOT_CACHE_ENTRIES),
-            shared_events: ClearingCache::new(SHARED_EVENTS_ENTRIES),
+            snapshots: ClearingCache::new(SNAPSHOT_CACHE_BYTES, weigh_snapshot),
+            shared_events: ClearingCache::new(SHARED_EVENTS_BYTES, weigh_shared_event),
             deliveries: Default::default(),
-            shared_receipts: ClearingCache::new(SHARED_RECEIPTS_ENTRIES),
+            shared_receipts: ClearingCache::new(SHARED_RECEIPTS_BYTES, weigh_receipts),
             lazy_members: Default::default(),
         })))
     }
@@ -212,7 +228,10 @@ async fn housekeeping(state: AppState) {
         tick.tick().await;
         if let Err(e) = state
             .storage
-            .expire_transient(auth::now_ms() - uia::SESSION_LIFETIME_MS)
+            .expire_transient(
+                auth::now_ms() - uia::SESSION_LIFETIME_MS,
+                auth::now_ms() - api::synapse_admin::NONCE_LIFETIME_MS,
+            )
             .await
         {
             tracing::warn!(error = %e, "housekeeping failed");
@@ -222,6 +241,7 @@ async fn housekeeping(state: AppState) {
         }
         state.limits.forget_idle();
         state.notifier.prune();
+        state.room_locks.evict_idle(rooms::IDLE_SLOT);
     }
 }
 
@@ -359,9 +379,14 @@ async fn presence_sweeper(state: AppState) {
 async fn accept_loop(
     listener: TcpListener,
     app: axum::Router,
+    limits: ConnectionLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
     use tower::ServiceExt;
+    // One permit per open connection: a connection over the cap is answered 503 and closed
+    // instead of being served, so a flood of connections cannot take every descriptor.
+    let permits = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let mut last_refusal_logged: Option<std::time::Instant> = None;
     // Shutdown is signalled by dropping `signal_tx`; every connection task holds a `done_rx`
     // clone, so `done_tx.closed()` resolves once all of them have finished.
     let (signal_tx, signal_rx) = tokio::sync::watch::channel(());
@@ -381,6 +406,18 @@ async fn accept_loop(
             _ = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            // Logged at most every 10 s: a flood would otherwise also flood the log.
+            if last_refusal_logged.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+                last_refusal_logged = Some(std::time::Instant::now());
+                tracing::warn!(
+                    max_connections = limits.max_connections,
+                    "connection limit reached; refusing new connections with 503"
+                );
+            }
+            tokio::spawn(refuse_connection(stream));
+            continue;
+        };
         let app = app.clone();
         let service = hyper::service::service_fn(
             move |mut request: hyper::Request<hyper::body::Incoming>| {
@@ -393,7 +430,15 @@ async fn accept_loop(
         let mut signal_rx = signal_rx.clone();
         let done_rx = done_rx.clone();
         tokio::spawn(async move {
+            // Held for the connection's life, WebSocket included (`with_upgrades` keeps the
+            // upgraded stream inside this future).
+            let _permit = permit;
             let connection = hyper::server::conn::http1::Builder::new()
+                // A client must send a request's headers within this time (also the idle
+                // time allowed between keep-alive requests); a request being served, such
+                // as a long-poll, is not reading headers and is not affected.
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(limits.header_read_timeout)
                 .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
                 .with_upgrades();
             tokio::pin!(connection);
@@ -428,6 +473,34 @@ async fn accept_loop(
     }
 }
 
+/// What the accept loop enforces per connection (from the configuration).
+#[derive(Debug, Clone, Copy)]
+struct ConnectionLimits {
+    max_connections: usize,
+    header_read_timeout: Duration,
+}
+
+/// The answer to a connection over the limit: 503 `M_LIMIT_EXCEEDED`, then close. Whatever
+/// the client already sent is read (briefly) before closing, so the kernel does not reset the
+/// connection and destroy the answer in flight.
+async fn refuse_connection(mut stream: tokio::net::TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let body = r#"{"errcode":"M_LIMIT_EXCEEDED","error":"Too many connections; try again later","retry_after_ms":1000}"#;
+    let response = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\nretry-after: 1\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        stream.write_all(response.as_bytes()).await?;
+        stream.shutdown().await?;
+        let mut sink = [0u8; 4096];
+        while stream.read(&mut sink).await? > 0 {}
+        Ok::<_, std::io::Error>(())
+    })
+    .await;
+}
+
 /// Serves the client API on `listener` until `shutdown` resolves, then lets in-flight requests
 /// finish and closes the database.
 pub async fn serve(
@@ -445,7 +518,11 @@ pub async fn serve(
     // Room upgrades a stopped server had not finished in the old room.
     let upgrades = tokio::spawn(rooms::upgrade::resume_pending(state.clone()));
     let app = api::router(state.clone());
-    accept_loop(listener, app, shutdown).await;
+    let limits = ConnectionLimits {
+        max_connections: state.config.max_connections,
+        header_read_timeout: Duration::from_secs(state.config.header_read_timeout_seconds),
+    };
+    accept_loop(listener, app, limits, shutdown).await;
     housekeeping.abort();
     typing_sweeper.abort();
     presence_sweeper.abort();

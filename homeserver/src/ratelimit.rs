@@ -1,5 +1,6 @@
-//! Rate limits for login and registration: token buckets keyed by client IP or account,
-//! answered with `429 M_LIMIT_EXCEEDED` and `retry_after_ms`.
+//! Rate limits for login, registration, the shared-secret registration nonce and to-device
+//! sends: token buckets keyed by client IP or account, answered with `429 M_LIMIT_EXCEEDED`
+//! and `retry_after_ms`.
 //!
 //! The buckets live in process memory (governor's keyed limiter). With several server
 //! processes each enforces its own share, which is the usual trade-off: limits are a defence
@@ -21,6 +22,11 @@ pub struct RateLimiters {
     login_account: DefaultKeyedRateLimiter<String>,
     failed_login: DefaultKeyedRateLimiter<String>,
     registration_ip: DefaultKeyedRateLimiter<String>,
+    /// `GET /_synapse/admin/v1/register` needs no authentication and writes a row.
+    registration_nonce_ip: DefaultKeyedRateLimiter<String>,
+    /// `PUT /sendToDevice`, per sending user: each request may queue megabytes in other
+    /// users' inboxes.
+    to_device_user: DefaultKeyedRateLimiter<String>,
 }
 
 fn quota(per_second: f64, burst: u32) -> Quota {
@@ -59,6 +65,14 @@ impl RateLimiters {
                 config.registration_per_second,
                 config.registration_burst,
             )),
+            registration_nonce_ip: RateLimiter::keyed(quota(
+                config.registration_nonce_per_second,
+                config.registration_nonce_burst,
+            )),
+            to_device_user: RateLimiter::keyed(quota(
+                config.to_device_per_second,
+                config.to_device_burst,
+            )),
         }
     }
 
@@ -82,6 +96,16 @@ impl RateLimiters {
         check(self.enabled, &self.registration_ip, ip.to_string())
     }
 
+    /// Every request for a shared-secret registration nonce, per client address.
+    pub fn check_registration_nonce_ip(&self, ip: std::net::IpAddr) -> Result<(), Error> {
+        check(self.enabled, &self.registration_nonce_ip, ip.to_string())
+    }
+
+    /// Every to-device send, per sending user.
+    pub fn check_to_device(&self, user_id: &str) -> Result<(), Error> {
+        check(self.enabled, &self.to_device_user, user_id.to_owned())
+    }
+
     /// Drops buckets that are full again, so memory does not grow with every address seen.
     pub fn forget_idle(&self) {
         for limiter in [
@@ -89,6 +113,8 @@ impl RateLimiters {
             &self.login_account,
             &self.failed_login,
             &self.registration_ip,
+            &self.registration_nonce_ip,
+            &self.to_device_user,
         ] {
             limiter.retain_recent();
             limiter.shrink_to_fit();
@@ -109,6 +135,10 @@ mod tests {
             failed_login_burst: 1,
             registration_per_second: 0.1,
             registration_burst: 3,
+            registration_nonce_per_second: 0.1,
+            registration_nonce_burst: 1,
+            to_device_per_second: 0.1,
+            to_device_burst: 1,
         }
     }
 

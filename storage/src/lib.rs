@@ -243,6 +243,32 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn expired_registration_nonces_are_deleted_when_new_ones_are_made() {
+        let (dir, url) = temp_sqlite_url();
+        let storage = Storage::connect(&url).await.unwrap();
+        for i in 0..5 {
+            storage
+                .create_registration_nonce(&format!("old{i}"), 1_000 + i, 0)
+                .await
+                .unwrap();
+        }
+        assert_eq!(storage.registration_nonce_count().await.unwrap(), 5);
+        // 60 s later, a new nonce takes the place of all the expired ones.
+        storage
+            .create_registration_nonce("new", 61_100, 61_100 - 60_000)
+            .await
+            .unwrap();
+        assert_eq!(storage.registration_nonce_count().await.unwrap(), 1);
+        assert_eq!(
+            storage.take_registration_nonce("new").await.unwrap(),
+            Some(61_100)
+        );
+        storage.expire_transient(0, i64::MAX).await.unwrap();
+        storage.close().await;
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test]
     async fn registration_token_uses_are_counted_atomically() {
         let (dir, url) = temp_sqlite_url();
         let storage = Storage::connect(&url).await.unwrap();

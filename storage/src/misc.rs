@@ -213,15 +213,15 @@ impl Storage {
         Ok(())
     }
 
-    /// Forgets UIA sessions, registration nonces and to-device transaction IDs created before
-    /// `cutoff`.
-    pub async fn expire_transient(&self, cutoff: i64) -> Result<()> {
+    /// Forgets UIA sessions and to-device transaction IDs created before `cutoff`, and
+    /// registration nonces created before `nonce_cutoff`.
+    pub async fn expire_transient(&self, cutoff: i64, nonce_cutoff: i64) -> Result<()> {
         sqlx::query("DELETE FROM uia_sessions WHERE created_ts < $1")
             .bind(cutoff)
             .execute(&self.pool)
             .await?;
         sqlx::query("DELETE FROM registration_nonces WHERE created_ts < $1")
-            .bind(cutoff)
+            .bind(nonce_cutoff)
             .execute(&self.pool)
             .await?;
         sqlx::query("DELETE FROM to_device_txns WHERE created_ts < $1")
@@ -231,13 +231,35 @@ impl Storage {
         Ok(())
     }
 
-    pub async fn create_registration_nonce(&self, nonce: &str, now: i64) -> Result<()> {
+    /// Stores a fresh nonce and deletes those created before `expire_before` in the same
+    /// transaction, so the table holds only the nonces still usable, however often the
+    /// (unauthenticated) endpoint is called between housekeeping runs.
+    pub async fn create_registration_nonce(
+        &self,
+        nonce: &str,
+        now: i64,
+        expire_before: i64,
+    ) -> Result<()> {
+        let mut tx = self.begin_write().await?;
+        sqlx::query("DELETE FROM registration_nonces WHERE created_ts < $1")
+            .bind(expire_before)
+            .execute(&mut *tx)
+            .await?;
         sqlx::query("INSERT INTO registration_nonces (nonce, created_ts) VALUES ($1, $2)")
             .bind(nonce)
             .bind(now)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
+        tx.commit().await?;
         Ok(())
+    }
+
+    /// How many registration nonces are stored (for tests and metrics).
+    pub async fn registration_nonce_count(&self) -> Result<i64> {
+        let row = sqlx::query("SELECT COUNT(*) AS n FROM registration_nonces")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get("n")?)
     }
 
     /// Removes a nonce, returning its creation time if it existed: each nonce works once.

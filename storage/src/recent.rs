@@ -30,8 +30,23 @@ use crate::{
 
 /// Events kept per room: enough for a sync's timeline in the common case.
 const EVENTS_PER_ROOM: usize = 50;
-/// Events kept in all, bounding memory (~1 KiB each).
+/// Events kept in all (~1 KiB each typically).
 const MAX_EVENTS: usize = 50_000;
+/// Bytes of events kept in all: an event may be up to 64 KiB, so the count alone would allow
+/// three gigabytes.
+const MAX_EVENT_BYTES: usize = 64 * 1024 * 1024;
+
+/// The memory an event row holds, roughly: its strings plus the struct.
+fn event_bytes(event: &EventRow) -> usize {
+    event.event_id.len()
+        + event.room_id.len()
+        + event.event_type.len()
+        + event.state_key.as_ref().map_or(0, String::len)
+        + event.sender.len()
+        + event.pdu.len()
+        + event.redacted_by.as_ref().map_or(0, String::len)
+        + std::mem::size_of::<EventRow>()
+}
 /// Receipt moves kept (~200 bytes each). Delivered receipts move once per member per
 /// message, so a 200-member room adds 200 per message.
 const MAX_RECEIPTS: usize = 20_000;
@@ -53,6 +68,9 @@ struct Inner {
     absent_rooms_floor: i64,
     rooms: HashMap<String, RoomTail>,
     events: usize,
+    /// The sum of [`event_bytes`] over the events kept (a redaction's shrinking is ignored
+    /// until the next drop).
+    event_bytes: usize,
     /// The last position at which each user's account data changed.
     account_data: HashMap<String, i64>,
     /// Receipt moves, ascending by position (several may share one: a batch).
@@ -216,6 +234,7 @@ impl Recent {
                 events: VecDeque::new(),
             });
         for event in events {
+            inner.event_bytes += event_bytes(&event);
             tail.events.push_back(event);
             inner.events += 1;
         }
@@ -223,9 +242,10 @@ impl Recent {
             if let Some(old) = tail.events.pop_front() {
                 tail.floor = tail.floor.max(old.stream_ordering.unwrap_or(0));
                 inner.events -= 1;
+                inner.event_bytes = inner.event_bytes.saturating_sub(event_bytes(&old));
             }
         }
-        if inner.events > MAX_EVENTS {
+        if inner.events > MAX_EVENTS || inner.event_bytes > MAX_EVENT_BYTES {
             // Drop every tail; rooms start again from the highest position dropped.
             for (_, tail) in inner.rooms.drain() {
                 if let Some(last) = tail.events.back() {
@@ -235,6 +255,7 @@ impl Recent {
                 }
             }
             inner.events = 0;
+            inner.event_bytes = 0;
         }
     }
 
@@ -501,6 +522,22 @@ mod tests {
         assert!(recent.room_events("!r:x", 4, 100, 10).is_none());
         let got = recent.room_events("!r:x", 5, 100, 100).unwrap();
         assert_eq!(got.len(), EVENTS_PER_ROOM);
+    }
+
+    #[test]
+    fn large_events_are_bounded_by_bytes() {
+        let recent = Recent::starting_at(0);
+        // 64 KiB events in many rooms: far fewer than MAX_EVENTS, but more bytes than allowed.
+        let rooms = MAX_EVENT_BYTES / (64 * 1024) + 10;
+        for i in 0..rooms as i64 {
+            let mut row = event(i + 1);
+            row.pdu = "x".repeat(64 * 1024);
+            recent.add_events(&format!("!r{i}:x"), vec![row]);
+            let inner = recent.lock();
+            assert!(inner.event_bytes <= MAX_EVENT_BYTES + 128 * 1024);
+        }
+        // Dropped tails are read from the database again, never answered wrongly.
+        assert!(recent.room_events("!r0:x", 0, i64::MAX, 10).is_none());
     }
 
     #[test]

@@ -125,6 +125,56 @@ impl Storage {
             .collect()
     }
 
+    /// Where a response starting after `after` must stop so that it carries at most `limit`
+    /// of the device's messages: `None` when `(after, upto]` holds no more than `limit`,
+    /// else the highest position below the first message left out (or that message's own
+    /// position, when it is the first in the range: a position's messages are never split,
+    /// since a token acknowledges whole positions). Sync ends its whole response there, so
+    /// the token it hands out acknowledges only the messages it gave.
+    pub async fn to_device_cut(
+        &self,
+        user_id: &str,
+        device_id: &str,
+        after: i64,
+        upto: i64,
+        limit: usize,
+    ) -> Result<Option<i64>> {
+        if self.recent.to_device_none_since(user_id, after) {
+            return Ok(None);
+        }
+        let row = sqlx::query(
+            "SELECT stream_ordering FROM to_device_inbox
+             WHERE user_id = $1 AND device_id = $2 AND stream_ordering > $3 AND stream_ordering <= $4
+             ORDER BY stream_ordering, seq LIMIT 1 OFFSET $5",
+        )
+        .bind(user_id)
+        .bind(device_id)
+        .bind(after)
+        .bind(upto)
+        .bind(limit as i64)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let first_left_out: i64 = row.try_get("stream_ordering")?;
+        let first = sqlx::query(
+            "SELECT MIN(stream_ordering) AS first FROM to_device_inbox
+             WHERE user_id = $1 AND device_id = $2 AND stream_ordering > $3",
+        )
+        .bind(user_id)
+        .bind(device_id)
+        .bind(after)
+        .fetch_one(&self.pool)
+        .await?
+        .try_get::<Option<i64>, _>("first")?;
+        Ok(Some(if first == Some(first_left_out) {
+            first_left_out
+        } else {
+            first_left_out - 1
+        }))
+    }
+
     /// Removes the messages a device has acknowledged by syncing with a token at `upto`:
     /// those at or below it. Looks before it deletes, so the common case (nothing to
     /// remove) writes nothing and never waits for SQLite's write lock.

@@ -128,7 +128,13 @@ pub async fn json_body<T: DeserializeOwned>(
     request: axum::extract::Request,
 ) -> Result<T, Error> {
     let (parts, body) = request.into_parts();
-    let bytes = ruma::read_body(body, &parts.headers, state.config.max_json_body_bytes).await?;
+    let bytes = ruma::read_body(
+        body,
+        &parts.headers,
+        state.config.max_json_body_bytes,
+        std::time::Duration::from_secs(state.config.body_read_timeout_seconds),
+    )
+    .await?;
     let bytes: &[u8] = if bytes.is_empty() { b"{}" } else { &bytes };
     serde_json::from_slice(bytes).map_err(|e| Error::bad_json(format!("Invalid request body: {e}")))
 }

@@ -1,9 +1,10 @@
 //! The `Ruma<T>` extractor and route registration from ruma's endpoint metadata.
 //!
 //! A handler names the ruma request type it serves; this module does the rest once for every
-//! endpoint: it registers the handler on every path and method the metadata lists, reads the
-//! body (bounded, UTF-8, JSON, canonical-JSON number range), checks the access token the
-//! endpoint's `Authentication` scheme asks for, parses the typed request, and turns the typed
+//! endpoint: it registers the handler on every path and method the metadata lists, checks the
+//! access token the endpoint's `Authentication` scheme asks for (before the body is read, so
+//! an unauthenticated client cannot make us buffer one), reads the body (bounded in size,
+//! time and nesting; UTF-8, JSON, canonical-JSON number range), parses the typed request, and turns the typed
 //! response back into HTTP. Handlers therefore only see well-formed, authenticated requests.
 
 use std::{future::Future, net::SocketAddr};
@@ -157,12 +158,55 @@ fn check_number_range(value: &serde_json::Value) -> Result<(), Error> {
     }
 }
 
-/// Reads the body up to `limit` bytes, and checks that a JSON body is UTF-8, valid JSON and
-/// within the canonical-JSON number range.
+/// Deepest nesting of arrays and objects accepted in a request body.
+///
+/// serde_json refuses to parse anything nested deeper than 128 levels, and every stored event
+/// is parsed again later, wrapped in more levels (an event's content sits inside the PDU, the
+/// PDU inside a response). Content that was accepted at 127 levels could therefore never be
+/// read back: every `/sync` and `/messages` covering it failed. Half of serde_json's limit
+/// leaves room for any wrapping we do, so what is accepted can always be served.
+pub const MAX_JSON_DEPTH: usize = 64;
+
+/// Whether JSON `text` nests arrays and objects deeper than [`MAX_JSON_DEPTH`]. A linear scan
+/// of the bytes (brackets inside strings do not count), run before parsing so that the parser
+/// never meets its own recursion limit.
+fn too_deep(text: &str) -> bool {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for byte in text.bytes() {
+        if in_string {
+            match byte {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match byte {
+            b'"' => in_string = true,
+            b'{' | b'[' => {
+                depth += 1;
+                if depth > MAX_JSON_DEPTH {
+                    return true;
+                }
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
+}
+
+/// Reads the body up to `limit` bytes, and checks that a JSON body is UTF-8, valid JSON,
+/// nested at most [`MAX_JSON_DEPTH`] levels and within the canonical-JSON number range.
+///
+/// The whole body must arrive within `timeout` (else 408): a client trickling bytes would
+/// otherwise hold a connection and a buffer for as long as it likes.
 pub(crate) async fn read_body(
     body: Body,
     headers: &HeaderMap,
     limit: usize,
+    timeout: std::time::Duration,
 ) -> Result<bytes::Bytes, Error> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
@@ -174,24 +218,70 @@ pub(crate) async fn read_body(
     }
     let mut body = body.into_data_stream();
     let mut bytes = BytesMut::new();
-    while let Some(chunk) = body.next().await {
-        let chunk = chunk
-            .map_err(|_| Error::unknown(StatusCode::BAD_REQUEST, "Could not read request body"))?;
-        if bytes.len() + chunk.len() > limit {
-            drain(body).await;
-            return Err(Error::too_large("Request body too large"));
+    let read = tokio::time::timeout(timeout, async {
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|_| {
+                Error::unknown(StatusCode::BAD_REQUEST, "Could not read request body")
+            })?;
+            if bytes.len() + chunk.len() > limit {
+                drain(&mut body).await;
+                return Err(Error::too_large("Request body too large"));
+            }
+            bytes.extend_from_slice(&chunk);
         }
-        bytes.extend_from_slice(&chunk);
+        Ok(())
+    })
+    .await;
+    match read {
+        Ok(result) => result?,
+        Err(_) => return Err(body_timeout()),
     }
     let bytes = bytes.freeze();
     if !bytes.is_empty() && is_json(headers) {
         let text = std::str::from_utf8(&bytes)
             .map_err(|_| Error::not_json("Request body is not UTF-8"))?;
+        if too_deep(text) {
+            return Err(Error::bad_json(format!(
+                "Request body is nested deeper than {MAX_JSON_DEPTH} levels"
+            )));
+        }
         let value: serde_json::Value = serde_json::from_str(text)
             .map_err(|e| Error::not_json(format!("Request body is not valid JSON: {e}")))?;
         check_number_range(&value)?;
     }
     Ok(bytes)
+}
+
+fn body_timeout() -> Error {
+    Error::unknown(
+        StatusCode::REQUEST_TIMEOUT,
+        "Timed out waiting for the request body",
+    )
+}
+
+/// A request body that must keep coming: each piece must arrive within `idle` of the one
+/// before, else the stream ends with an error (for uploads, which may rightly take long in
+/// all but must not stall).
+pub(crate) fn with_idle_timeout(body: Body, idle: std::time::Duration) -> Body {
+    let stream = body.into_data_stream();
+    Body::from_stream(futures_util::stream::unfold(
+        Some(stream),
+        move |stream| async move {
+            let mut stream = stream?;
+            match tokio::time::timeout(idle, stream.next()).await {
+                Ok(Some(Ok(chunk))) => Some((Ok(chunk), Some(stream))),
+                Ok(Some(Err(e))) => Some((Err(std::io::Error::other(e)), None)),
+                Ok(None) => None,
+                Err(_) => Some((
+                    Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "request body stalled",
+                    )),
+                    None,
+                )),
+            }
+        },
+    ))
 }
 
 /// How much of an oversized body is read and thrown away before answering 413.
@@ -304,7 +394,24 @@ where
         let (mut parts, body) = req.into_parts();
         let path_args = path_args(&mut parts, state).await;
         let client_ip = client_ip(&parts);
-        let mut bytes = read_body(body, &parts.headers, state.config.max_json_body_bytes).await?;
+        // The token is in the headers or the query: check it before reading the body, so
+        // nobody without one gets a body buffered.
+        let headers_only = http::Request::from_parts(parts, &[][..]);
+        let sender = match authenticate::<T>(state, &headers_only, client_ip).await {
+            Ok(sender) => sender,
+            Err(e) => {
+                drain(body.into_data_stream()).await;
+                return Err(e);
+            }
+        };
+        let (parts, _) = headers_only.into_parts();
+        let mut bytes = read_body(
+            body,
+            &parts.headers,
+            state.config.max_json_body_bytes,
+            std::time::Duration::from_secs(state.config.body_read_timeout_seconds),
+        )
+        .await?;
         // An empty body on a POST or PUT means "no fields", as Synapse reads it: some clients
         // (matrix-nio's join, for one) send nothing where the spec's body is all optional.
         let has_body_method =
@@ -313,7 +420,6 @@ where
             bytes = bytes::Bytes::from_static(b"{}");
         }
         let request = http::Request::from_parts(parts, &bytes[..]);
-        let sender = authenticate::<T>(state, &request, client_ip).await?;
         let body = parse::<T>(request, path_args)?;
         Ok(Ruma {
             body,
@@ -362,7 +468,10 @@ where
                     sender,
                     client_ip,
                 },
-                body,
+                body: with_idle_timeout(
+                    body,
+                    std::time::Duration::from_secs(state.config.body_read_timeout_seconds),
+                ),
                 content_length,
             }),
             Err(e) => {
@@ -449,5 +558,19 @@ mod tests {
         assert!(check_number_range(&json!({"a": {"b": [-9007199254740992_i64]}})).is_err());
         assert!(check_number_range(&json!({"a": 1e300})).is_err());
         assert!(check_number_range(&json!({"a": 1.5})).is_ok());
+    }
+
+    fn nested(levels: usize) -> String {
+        format!("{}1{}", "[".repeat(levels), "]".repeat(levels))
+    }
+
+    #[test]
+    fn nesting_depth() {
+        assert!(!too_deep(&nested(MAX_JSON_DEPTH)));
+        assert!(too_deep(&nested(MAX_JSON_DEPTH + 1)));
+        // Brackets inside strings, escaped quotes included, are text.
+        let text = format!(r#"{{"a": "{}\"[[", "b": {}}}"#, "[".repeat(200), nested(10));
+        assert!(!too_deep(&text));
+        assert!(serde_json::from_str::<serde_json::Value>(&text).is_ok());
     }
 }

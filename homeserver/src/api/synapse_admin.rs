@@ -5,11 +5,13 @@
 //! <https://element-hq.github.io/synapse/latest/usage/administration/admin_api/registration_tokens.html>
 
 use axum::{
-    extract::{Path, Request, State},
+    extract::{ConnectInfo, Path, Request, State},
     http::StatusCode,
     routing::{get, post},
     Json, Router,
 };
+use std::net::SocketAddr;
+
 use hmac::{Hmac, Mac};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -23,7 +25,7 @@ use crate::{
 };
 
 /// How long a registration nonce stays valid (Synapse: 60 s).
-const NONCE_LIFETIME_MS: i64 = 60_000;
+pub const NONCE_LIFETIME_MS: i64 = 60_000;
 
 pub fn routes(router: Router<AppState>) -> Router<AppState> {
     router
@@ -60,13 +62,20 @@ fn shared_secret(state: &AppState) -> Result<&str> {
 
 /// GET /_synapse/admin/v1/register
 ///
-/// Hands out a single-use nonce for the registration MAC.
-async fn get_nonce(State(state): State<AppState>) -> Result<Json<Value>> {
+/// Hands out a single-use nonce for the registration MAC. Anyone may ask and each answer is
+/// a row, so requests are rate-limited per address and expired nonces are deleted as new
+/// ones are made.
+async fn get_nonce(
+    State(state): State<AppState>,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+) -> Result<Json<Value>> {
     shared_secret(&state)?;
+    state.limits.check_registration_nonce_ip(remote.ip())?;
     let nonce = new_opaque_id();
+    let now = now_ms();
     state
         .storage
-        .create_registration_nonce(&nonce, now_ms())
+        .create_registration_nonce(&nonce, now, now - NONCE_LIFETIME_MS)
         .await?;
     Ok(Json(json!({ "nonce": nonce })))
 }

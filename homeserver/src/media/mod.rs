@@ -72,6 +72,8 @@ pub struct Media {
     uploaded: Notify,
     /// The HTTP client for URL previews; `None` when previews are off.
     fetcher: Option<preview::Fetcher>,
+    /// The only sizes thumbnails are made in (`media.thumbnail_sizes`, checked at start-up).
+    thumbnail_sizes: Vec<thumbnail::Size>,
 }
 
 impl Media {
@@ -91,6 +93,11 @@ impl Media {
             generating: Default::default(),
             uploaded: Notify::new(),
             fetcher,
+            thumbnail_sizes: config
+                .thumbnail_sizes
+                .iter()
+                .filter_map(|size| thumbnail::parse_size(size))
+                .collect(),
         })
     }
 
@@ -610,7 +617,8 @@ fn pregenerate_thumbnails(state: &AppState, row: &MediaRow) {
     tokio::spawn(async move {
         let lock = state.media.generation_lock(&row);
         let _guard = lock.lock().await;
-        let result = match render_thumbnails(&state, &row, thumbnail::COMMON_SIZES).await {
+        let sizes = state.media.thumbnail_sizes.clone();
+        let result = match render_thumbnails(&state, &row, &sizes).await {
             Ok(made) => store_rendered(&state, &row, made).await,
             Err(e) => Err(e),
         };
@@ -658,8 +666,9 @@ async fn open_stored(state: &AppState, sha256: &str) -> Result<(Body, u64)> {
     Ok((Body::File(file), len))
 }
 
-/// A thumbnail of `row` of at least `width`×`height` (the spec's rules in [`thumbnail`]):
-/// stored, made now, or the original when it is no larger.
+/// A thumbnail of `row` in the configured size that best fits `width`×`height`
+/// ([`thumbnail::choose_size`]; the spec's rules in [`thumbnail`]): stored, made now, or the
+/// original when it is no larger.
 pub async fn thumbnail(
     state: &AppState,
     row: &MediaRow,
@@ -673,6 +682,13 @@ pub async fn thumbnail(
             "Thumbnail width and height must be positive",
         ));
     }
+    let Some((width, height, method)) =
+        thumbnail::choose_size(&state.media.thumbnail_sizes, width, height, method)
+    else {
+        return Err(Error::not_found(
+            "Thumbnails are not available on this server",
+        ));
+    };
     let served = match from_stored(state, row, width, height, method).await? {
         Some(served) => served,
         None => {

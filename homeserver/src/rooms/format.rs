@@ -109,7 +109,11 @@ async fn replaced_states<'a>(
         let Some(prev) = found.get(&prev_id) else {
             continue;
         };
-        let pdu: Value = serde_json::from_str(&prev.pdu).map_err(Error::internal)?;
+        // An unreadable replaced event only costs the `prev_content` of the new one.
+        let Ok(pdu) = serde_json::from_str::<Value>(&prev.pdu) else {
+            unreadable(prev, &Error::internal("stored PDU is not readable JSON"));
+            continue;
+        };
         out.insert(
             event_id,
             Replaced {
@@ -157,11 +161,32 @@ fn transaction_id_for(
 }
 
 /// Formats events for `viewer` (the transaction ID is shown only to the device that sent it).
+/// An event whose stored JSON cannot be read is left out (and logged) rather than failing
+/// the response for every other event in it.
 pub async fn client_events(
     state: &AppState,
     rows: &[EventRow],
     viewer: Option<(&UserId, &DeviceId)>,
 ) -> Result<Vec<Value>, Error> {
+    Ok(client_events_aligned(state, rows, viewer)
+        .await?
+        .into_iter()
+        .flatten()
+        .collect())
+}
+
+/// Logs a stored event that cannot be formatted; the caller leaves it out of its response.
+fn unreadable(row: &EventRow, e: &Error) {
+    tracing::warn!(event_id = %row.event_id, room_id = %row.room_id, error = ?e,
+        "a stored event cannot be formatted; leaving it out");
+}
+
+/// [`client_events`], one entry per row: `None` where the row cannot be formatted.
+async fn client_events_aligned(
+    state: &AppState,
+    rows: &[EventRow],
+    viewer: Option<(&UserId, &DeviceId)>,
+) -> Result<Vec<Option<Value>>, Error> {
     let now = now_ms();
     let redaction_ids: Vec<String> = rows.iter().filter_map(|r| r.redacted_by.clone()).collect();
     let redactions: HashMap<String, EventRow> = if redaction_ids.is_empty() {
@@ -179,7 +204,14 @@ pub async fn client_events(
     let replaced = replaced_states(state, rows).await?;
     let mut out = Vec::with_capacity(rows.len());
     for row in rows {
-        let mut event = base(row, now)?;
+        let mut event = match base(row, now) {
+            Ok(event) => event,
+            Err(e) => {
+                unreadable(row, &e);
+                out.push(None);
+                continue;
+            }
+        };
         let unsigned = event
             .get_mut("unsigned")
             .and_then(Value::as_object_mut)
@@ -191,12 +223,14 @@ pub async fn client_events(
             unsigned.insert("transaction_id".into(), Value::String(txn_id));
         }
         if let Some(redaction) = row.redacted_by.as_ref().and_then(|id| redactions.get(id)) {
-            unsigned.insert(
-                "redacted_because".into(),
-                Value::Object(base(redaction, now)?),
-            );
+            match base(redaction, now) {
+                Ok(because) => {
+                    unsigned.insert("redacted_because".into(), Value::Object(because));
+                }
+                Err(e) => unreadable(redaction, &e),
+            }
         }
-        out.push(Value::Object(event));
+        out.push(Some(Value::Object(event)));
     }
     Ok(out)
 }
@@ -207,9 +241,10 @@ pub async fn client_event(
     row: &EventRow,
     viewer: Option<(&UserId, &DeviceId)>,
 ) -> Result<Value, Error> {
-    Ok(client_events(state, std::slice::from_ref(row), viewer)
+    client_events(state, std::slice::from_ref(row), viewer)
         .await?
-        .remove(0))
+        .pop()
+        .ok_or_else(|| Error::internal(format!("stored event {} is unreadable", row.event_id)))
 }
 
 /// An event in the client format of sync (without `room_id`), serialised once for every
@@ -230,6 +265,11 @@ pub struct SharedEvent {
 }
 
 impl SharedEvent {
+    /// The bytes it holds on the heap (what a cache of them is bounded by).
+    pub fn heap_size(&self) -> usize {
+        self.event_id.len() + self.sender.len() + self.prefix.len() + self.unsigned.len()
+    }
+
     /// Formats a stored event that has not been redacted (a redacted event's `unsigned`
     /// carries the redaction, which is not shared).
     fn new(row: &EventRow, replaced: Option<&Replaced>) -> Result<SharedEvent, Error> {
@@ -354,14 +394,14 @@ pub async fn sync_events(
         .filter(|r| r.redacted_by.is_some())
         .cloned()
         .collect();
-    let mut redacted = client_events(state, &redacted, Some(viewer))
+    let mut redacted = client_events_aligned(state, &redacted, Some(viewer))
         .await?
         .into_iter();
     let mut out = Vec::with_capacity(rows.len());
     for row in rows {
         if row.redacted_by.is_some() {
-            let Some(mut value) = redacted.next() else {
-                return Err(Error::internal("a redacted event went missing"));
+            let Some(mut value) = redacted.next().flatten() else {
+                continue;
             };
             if let Some(object) = value.as_object_mut() {
                 object.remove("room_id");
@@ -371,7 +411,13 @@ pub async fn sync_events(
         }
         let event = match cached.get(&row.event_id) {
             Some(event) => event.clone(),
-            None => shared_event(state, generation, row, replaced.get(&row.event_id))?,
+            None => match shared_event(state, generation, row, replaced.get(&row.event_id)) {
+                Ok(event) => event,
+                Err(e) => {
+                    unreadable(row, &e);
+                    continue;
+                }
+            },
         };
         out.push(SyncEvent::Shared {
             event,

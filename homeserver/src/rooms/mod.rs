@@ -58,7 +58,9 @@ pub struct RoomHead {
     extremities: Vec<(OwnedEventId, i64)>,
     state_after: Option<i64>,
     current: myelin_storage::StateMap,
-    /// Parsed state events, filled as the authorization rules ask for them.
+    /// Parsed state events the authorization rules read, filled as they ask for them and
+    /// kept only while current (see [`RoomHead::remember`]); at most [`MAX_HEAD_PDUS`], so a
+    /// room's head does not grow with every state event ever written into it.
     pdus: HashMap<String, Pdu>,
     /// Current membership of every user with a member event, for waking sync waiters.
     members: HashMap<String, String>,
@@ -96,6 +98,23 @@ impl RoomHead {
         })
     }
 
+    /// Keeps a parsed state event that became current, in place of the one it replaced.
+    /// Only the types the authorization rules read are kept (a name or topic never is), and
+    /// past [`MAX_HEAD_PDUS`] the parsed events are dropped: the next send that needs one
+    /// reads it from storage again.
+    fn remember(&mut self, replaced: Option<&str>, pdu: Pdu) {
+        if let Some(old) = replaced {
+            self.pdus.remove(old);
+        }
+        if !AUTH_TYPES.contains(&pdu.kind.to_string().as_str()) {
+            return;
+        }
+        if self.pdus.len() >= MAX_HEAD_PDUS {
+            self.pdus.clear();
+        }
+        self.pdus.insert(pdu.event_id.to_string(), pdu);
+    }
+
     /// Users whose syncs care about a new event in this room.
     fn interested(&self) -> impl Iterator<Item = &str> {
         self.members
@@ -104,6 +123,23 @@ impl RoomHead {
             .map(|(u, _)| u.as_str())
     }
 }
+
+/// The state event types the authorization rules read (and so the only ones a head keeps
+/// parsed).
+const AUTH_TYPES: &[&str] = &[
+    "m.room.create",
+    "m.room.power_levels",
+    "m.room.join_rules",
+    "m.room.member",
+    "m.room.third_party_invite",
+];
+
+/// Most parsed state events a head keeps (member events of a big room would otherwise all
+/// stay in memory).
+const MAX_HEAD_PDUS: usize = 256;
+
+/// How long a room's slot (and its cached head) is kept after its last send.
+pub const IDLE_SLOT: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// Most sends one commit writes. Bounds the transaction; further queued sends go into the
 /// next one.
@@ -126,6 +162,9 @@ pub struct RoomSlot {
     /// The room's write lock. Its holder writes every queued send, so a sender that gets the
     /// lock may find its send already written by the holder before it.
     head: Arc<tokio::sync::Mutex<Option<RoomHead>>>,
+    /// When the slot was last handed out, for evicting idle rooms (a std mutex: held only
+    /// to read or set it).
+    last_used: Mutex<Option<std::time::Instant>>,
 }
 
 impl RoomSlot {
@@ -157,7 +196,40 @@ pub struct RoomLocks {
 impl RoomLocks {
     pub fn get(&self, room_id: &RoomId) -> Arc<RoomSlot> {
         let mut map = self.locks.lock().unwrap_or_else(|e| e.into_inner());
-        map.entry(room_id.to_owned()).or_default().clone()
+        let slot = map.entry(room_id.to_owned()).or_default().clone();
+        *slot.last_used.lock().unwrap_or_else(|e| e.into_inner()) = Some(std::time::Instant::now());
+        slot
+    }
+
+    /// Forgets the slots (and cached heads) of rooms with no send for `idle`, so memory does
+    /// not grow with every room ever written to. Safe because a head is only a copy: the next
+    /// send reloads it from storage under a fresh lock. A slot still referenced (a writer
+    /// holds it, or a sender is queued on it) or whose lock is held is kept; `get` takes the
+    /// map's lock, so no new reference appears while this looks.
+    pub fn evict_idle(&self, idle: std::time::Duration) -> usize {
+        let mut map = self.locks.lock().unwrap_or_else(|e| e.into_inner());
+        let before = map.len();
+        map.retain(|_, slot| {
+            let recently = slot
+                .last_used
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_some_and(|t| t.elapsed() < idle);
+            recently
+                || Arc::strong_count(slot) > 1
+                || Arc::strong_count(&slot.head) > 1
+                || slot.head.try_lock().is_err()
+        });
+        before - map.len()
+    }
+
+    /// How many rooms have a slot (for tests).
+    pub fn len(&self) -> usize {
+        self.locks.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// Drops the cached head (after a change made outside the pipeline, e.g. a redaction
@@ -557,12 +629,17 @@ async fn place(
     // is not cited in `auth_events` because the room ID names it.
     let mut needed = auth_ids.clone();
     needed.extend(id_of(("m.room.create".to_owned(), String::new())));
-    let missing: Vec<String> = needed
+    let mut missing: Vec<String> = needed
         .iter()
         .filter(|id| !head.pdus.contains_key(id.as_str()))
         .cloned()
         .collect();
     if !missing.is_empty() {
+        if head.pdus.len() + missing.len() > MAX_HEAD_PDUS {
+            // Start over rather than grow with every member who ever sent.
+            head.pdus.clear();
+            missing = needed.clone();
+        }
         for row in state.storage.get_events(&missing).await? {
             let pdu = parse_row(&row)?;
             head.pdus.insert(pdu.event_id.to_string(), pdu);
@@ -623,7 +700,7 @@ async fn place(
     head.extremities = vec![(built.event_id.clone(), depth)];
     let mut target = None;
     if let Some(state_key) = &pdu.state_key {
-        head.current.insert(
+        let replaced = head.current.insert(
             (pdu.kind.to_string(), state_key.clone()),
             built.event_id.to_string(),
         );
@@ -634,7 +711,7 @@ async fn place(
             );
             target = Some(state_key.clone());
         }
-        head.pdus.insert(built.event_id.to_string(), pdu);
+        head.remember(replaced.as_deref(), pdu);
     }
     Ok((prepared, target))
 }
@@ -758,4 +835,27 @@ pub(crate) async fn write_new_room(
         .notify(head.interested().chain(targets.iter().map(String::as_str)));
     *guard = Some(head);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn idle_room_slots_are_evicted_unless_in_use() {
+        let locks = RoomLocks::default();
+        let a: OwnedRoomId = "!a:x".try_into().unwrap();
+        let b: OwnedRoomId = "!b:x".try_into().unwrap();
+        drop(locks.get(&a));
+        let held = locks.get(&b);
+        assert_eq!(locks.len(), 2);
+        // Used just now: kept.
+        assert_eq!(locks.evict_idle(std::time::Duration::from_secs(60)), 0);
+        // Idle: the unused one goes, the one still held stays.
+        assert_eq!(locks.evict_idle(std::time::Duration::ZERO), 1);
+        assert_eq!(locks.len(), 1);
+        drop(held);
+        assert_eq!(locks.evict_idle(std::time::Duration::ZERO), 1);
+        assert!(locks.is_empty());
+    }
 }

@@ -9,7 +9,9 @@
 //!   leave the inbox only when the device presents a token at or past them
 //!   ([`acknowledge`], called by the transports), so a response lost on the way is sent
 //!   again to a client retrying with its old token, and each message is processed once by a
-//!   client that keeps its tokens.
+//!   client that keeps its tokens. A response carries at most
+//!   [`MAX_TO_DEVICE_PER_RESPONSE`] of them: [`capped_upto`] ends the whole response early
+//!   when more are waiting.
 //! - `device_lists.changed` / `left` (incremental syncs only): see [`device_list_changes`].
 //! - `device_one_time_keys_count` (with `signed_curve25519` always present) and
 //!   `device_unused_fallback_key_types`, in every response.
@@ -77,6 +79,33 @@ pub(super) fn is_empty(response: &Value) -> bool {
     none(&response["to_device"]["events"])
         && none(&response["device_lists"]["changed"])
         && none(&response["device_lists"]["left"])
+}
+
+/// Most to-device messages one response carries (Synapse's number). The rest come in the
+/// next responses.
+pub const MAX_TO_DEVICE_PER_RESPONSE: usize = 100;
+
+/// Where a response over `(since, upto]` must end so that it carries at most
+/// [`MAX_TO_DEVICE_PER_RESPONSE`] to-device messages. The whole response ends there (not only
+/// its to-device section): its token then acknowledges exactly the messages it gave, and
+/// whatever else happened after that position comes in the next response.
+pub(super) async fn capped_upto(
+    state: &AppState,
+    req: &SyncRequest<'_>,
+    upto: i64,
+) -> Result<i64, Error> {
+    let since = req.since.unwrap_or(0);
+    Ok(state
+        .storage
+        .to_device_cut(
+            req.user.as_str(),
+            req.device.as_str(),
+            since,
+            upto,
+            MAX_TO_DEVICE_PER_RESPONSE,
+        )
+        .await?
+        .map_or(upto, |cut| cut.clamp(since, upto)))
 }
 
 /// Removes the to-device messages a device has acknowledged by presenting a token at

@@ -119,6 +119,8 @@ pub async fn sync(state: &AppState, req: &SyncRequest<'_>) -> Result<SyncRespons
                 ));
             }
         }
+        // At most so many to-device messages per response: end it early if more wait.
+        let upto = e2ee::capped_upto(state, req, upto).await?;
         // A typing serial above ours is from before a restart: everything typing is new then.
         let typing_serial = state.typing.serial();
         let presence_serial = state.presence.serial();

@@ -208,11 +208,14 @@ async fn directory_page(
     since: Option<&str>,
     search: Option<&str>,
 ) -> Result<(Vec<PublicRoomsChunk>, Option<String>, Option<String>, usize)> {
+    // Offsets are ours (`o<n>`), so any token beyond `u32` was not made by us; refusing it
+    // keeps `offset + limit` far from overflowing `usize`.
     let offset: usize = match since {
         Some(token) => token
             .strip_prefix('o')
-            .and_then(|n| n.parse().ok())
-            .ok_or_else(|| Error::invalid_param("Invalid since token"))?,
+            .and_then(|n| n.parse::<u32>().ok())
+            .ok_or_else(|| Error::invalid_param("Invalid since token"))?
+            as usize,
         None => 0,
     };
     let limit = limit
@@ -244,7 +247,8 @@ async fn directory_page(
             .then_with(|| a.room_id.cmp(&b.room_id))
     });
     let total = rooms.len();
-    let next = (offset + limit < total).then(|| format!("o{}", offset + limit));
+    let end = offset.saturating_add(limit);
+    let next = (end < total).then(|| format!("o{end}"));
     let prev = (offset > 0).then(|| format!("o{}", offset.saturating_sub(limit)));
     let page = rooms.into_iter().skip(offset).take(limit).collect();
     Ok((page, next, prev, total))

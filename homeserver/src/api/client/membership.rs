@@ -89,7 +89,11 @@ async fn set_membership(
 pub(crate) async fn leave_all_rooms(state: &AppState, user: &UserId) -> Result<()> {
     let mut first_error = None;
     for membership in ["join", "invite", "knock"] {
-        for room_id in state.storage.rooms_for_user(user.as_str(), membership).await? {
+        for room_id in state
+            .storage
+            .rooms_for_user(user.as_str(), membership)
+            .await?
+        {
             let Ok(room_id) = ruma::OwnedRoomId::try_from(room_id) else {
                 continue;
             };

@@ -18,16 +18,23 @@ use crate::{
 };
 use myelin_storage::OutgoingToDevice;
 
+/// Largest content of one to-device message, in bytes (a room key or a verification step is
+/// a few hundred bytes). Every message waits in an inbox until its device syncs, so without a
+/// bound one request could queue the whole body size for every device it names.
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
+
 /// PUT /_matrix/client/v3/sendToDevice/{eventType}/{txnId}
 ///
 /// `*` as the device ID sends to every device of the user. A repeated transaction ID (from
-/// the same device) sends nothing again.
+/// the same device) sends nothing again. Sends are rate-limited per user, and each message's
+/// content is at most [`MAX_MESSAGE_BYTES`] (413 `M_TOO_LARGE`).
 /// <https://spec.matrix.org/latest/client-server-api/#put_matrixclientv3sendtodeviceeventtypetxnid>
 pub async fn send_event_to_device(
     State(state): State<AppState>,
     req: Ruma<send_event_to_device::v3::Request>,
 ) -> Result<send_event_to_device::v3::Response> {
     let sender = req.sender();
+    state.limits.check_to_device(sender.user_id.as_str())?;
     let mut messages = Vec::new();
     let mut targets = Vec::new();
     for (user, devices) in &req.body.messages {
@@ -36,6 +43,11 @@ pub async fn send_event_to_device(
             continue;
         }
         for (device, content) in devices {
+            if content.json().get().len() > MAX_MESSAGE_BYTES {
+                return Err(Error::too_large(format!(
+                    "A to-device message's content may be at most {MAX_MESSAGE_BYTES} bytes"
+                )));
+            }
             let content: serde_json::Value = serde_json::from_str(content.json().get())
                 .map_err(|e| Error::bad_json(format!("Invalid message content: {e}")))?;
             if !content.is_object() {
