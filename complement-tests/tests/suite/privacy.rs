@@ -70,6 +70,16 @@ fn has_message(frame: &Value, body: &str) -> bool {
         .any(|e| e["content"]["body"] == body)
 }
 
+/// Reads frames until one carries a message with `body` (within 10 s).
+async fn expect_message(socket: &mut Socket, body: &str, what: &str) {
+    while let Some(frame) = next_text(socket, Duration::from_secs(10)).await {
+        if has_message(&frame, body) {
+            return;
+        }
+    }
+    panic!("{what}: {body:?} never arrived");
+}
+
 /// Waits for the server to close `socket` (close frame 1008, or the end of the stream),
 /// failing if a frame carrying `body` arrives first or nothing happens within 10 s.
 async fn expect_closed(socket: &mut Socket, body: &str, what: &str) {
@@ -117,8 +127,9 @@ async fn revoked_token_closes_the_websocket(backend: Backend) {
     let device = bob.new_device().await;
     let (status, body) = device.post("/_matrix/client/v3/logout", &json!({})).await;
     assert_eq!(status, 200, "{body}");
-    let other = open_socket(&hs, &bob).await; // still open after another device's logout
-    let _ = other;
+    // Another device's logout leaves this socket open: it still gets news.
+    alice.send_text(&room, "between").await;
+    expect_message(&mut socket, "between", "after another device's logout").await;
     let (status, body) = bob.post("/_matrix/client/v3/logout", &json!({})).await;
     assert_eq!(status, 200, "{body}");
     alice.send_text(&room, "after logout").await;
@@ -163,21 +174,29 @@ async fn revoked_token_closes_the_websocket(backend: Backend) {
     let mut socket = open_socket(&hs, &keeper).await;
     let carol = hs.register_user("carol").await;
     let (status, body) = carol
-        .with_password_uia(Method::POST, "/_matrix/client/v3/account/deactivate", json!({}))
+        .with_password_uia(
+            Method::POST,
+            "/_matrix/client/v3/account/deactivate",
+            json!({}),
+        )
         .await;
     assert_eq!(status, 200, "carol deactivates: {body}");
     // Another user's deactivation leaves the socket alone: it still gets news.
     alice.send_text(&room, "still here").await;
-    let mut got = false;
-    while let Some(frame) = next_text(&mut socket, Duration::from_secs(10)).await {
-        if has_message(&frame, "still here") {
-            got = true;
-            break;
-        }
-    }
-    assert!(got, "another user's deactivation closed the socket");
+    expect_message(
+        &mut socket,
+        "still here",
+        "after another user's deactivation",
+    )
+    .await;
     let (status, body) = keeper
-        .with_password_uia(Method::POST, "/_matrix/client/v3/account/deactivate", json!({}))
+        .with_uia(
+            Method::POST,
+            "/_matrix/client/v3/account/deactivate",
+            json!({}),
+            keeper.user_id(),
+            "a new password",
+        )
         .await;
     assert_eq!(status, 200, "deactivate: {body}");
     alice.send_text(&room, "after deactivation").await;
@@ -228,7 +247,9 @@ async fn relations_stay_in_their_room(backend: Backend) {
     let alice = hs.register_user("alice").await;
     let public = eve.create_room(&json!({ "preset": "public_chat" })).await;
     let parent = eve.send_text(&public, "parent").await;
-    let private = alice.create_room(&json!({ "preset": "private_chat" })).await;
+    let private = alice
+        .create_room(&json!({ "preset": "private_chat" }))
+        .await;
     let content = json!({
         "msgtype": "m.text",
         "body": "private text",
@@ -252,7 +273,9 @@ async fn relations_stay_in_their_room(backend: Backend) {
     // One relation inside the room, to show the endpoint works.
     assert_ok(&alice.join(&public).await, "alice joins");
     assert_ok(
-        &alice.send_event(&public, "m.reaction", "t3", &reaction).await,
+        &alice
+            .send_event(&public, "m.reaction", "t3", &reaction)
+            .await,
         "alice reacts in the room",
     );
 
@@ -293,7 +316,12 @@ async fn context_after_leave_shows_the_state_at_the_leave(backend: Backend) {
     );
     assert_ok(
         &alice
-            .put_state(&room, "m.room.topic", "", &json!({ "topic": "later topic" }))
+            .put_state(
+                &room,
+                "m.room.topic",
+                "",
+                &json!({ "topic": "later topic" }),
+            )
             .await,
         "topic",
     );
@@ -340,8 +368,13 @@ async fn redaction_through_send_is_checked_and_applied(backend: Backend) {
     let bobs = bob.send_text(&room, "bob's words").await;
 
     assert_error(
-        &bob.send_event(&room, "m.room.redaction", "r1", &json!({ "redacts": alices }))
-            .await,
+        &bob.send_event(
+            &room,
+            "m.room.redaction",
+            "r1",
+            &json!({ "redacts": alices }),
+        )
+        .await,
         403,
         "M_FORBIDDEN",
         "bob redacts alice's event through /send",
@@ -362,7 +395,11 @@ async fn redaction_through_send_is_checked_and_applied(backend: Backend) {
         let redaction = assert_ok(&response, "redaction through /send")["event_id"].clone();
         let (status, event) = alice.get_event(&room, target).await;
         assert_eq!(status, 200, "{event}");
-        assert_eq!(event["content"], json!({}), "the server redacted its copy: {event}");
+        assert_eq!(
+            event["content"],
+            json!({}),
+            "the server redacted its copy: {event}"
+        );
         assert_eq!(
             event["unsigned"]["redacted_because"]["event_id"], redaction,
             "{event}"
@@ -406,11 +443,21 @@ async fn redacted_content_leaves_prev_content(backend: Backend) {
     let room = alice.create_room(&json!({ "preset": "public_chat" })).await;
     assert_ok(&bob.join(&room).await, "bob joins");
     let (_, secret) = alice
-        .put_state(&room, "m.room.topic", "", &json!({ "topic": "secret topic" }))
+        .put_state(
+            &room,
+            "m.room.topic",
+            "",
+            &json!({ "topic": "secret topic" }),
+        )
         .await;
     let secret = secret["event_id"].as_str().unwrap().to_owned();
     alice
-        .put_state(&room, "m.room.topic", "", &json!({ "topic": "public topic" }))
+        .put_state(
+            &room,
+            "m.room.topic",
+            "",
+            &json!({ "topic": "public topic" }),
+        )
         .await;
     // Both see the replacing event with what it replaced (formatted once, shared).
     for client in [&alice, &bob] {
@@ -503,8 +550,10 @@ async fn state_and_members_need_to_have_been_joined(backend: Backend) {
         }))
         .await;
     let response = dave.get(&state_path(&open, "/members")).await;
-    let chunk = assert_ok(&response, "a stranger reads a world-readable room's /members")
-        ["chunk"]
+    let chunk = assert_ok(
+        &response,
+        "a stranger reads a world-readable room's /members",
+    )["chunk"]
         .clone();
     assert!(
         chunk
@@ -532,7 +581,12 @@ async fn sync_of_a_ban_without_join_shows_no_state(backend: Backend) {
         .create_room(&json!({ "preset": "private_chat", "name": "secret name" }))
         .await;
     alice
-        .put_state(&room, "m.room.topic", "", &json!({ "topic": "secret topic" }))
+        .put_state(
+            &room,
+            "m.room.topic",
+            "",
+            &json!({ "topic": "secret topic" }),
+        )
         .await;
     assert_ok(
         &alice.membership_action(&room, "ban", bob.user_id()).await,
@@ -558,7 +612,9 @@ async fn deactivation_leaves_every_room(backend: Backend) {
     let bob = hs.register_user("bob").await;
     let joined = alice.create_room(&json!({ "preset": "public_chat" })).await;
     assert_ok(&bob.join(&joined).await, "bob joins");
-    let invited = alice.create_room(&json!({ "preset": "private_chat" })).await;
+    let invited = alice
+        .create_room(&json!({ "preset": "private_chat" }))
+        .await;
     assert_ok(&alice.invite(&invited, bob.user_id()).await, "invite bob");
     let knocked = alice
         .create_room(&json!({
@@ -573,7 +629,11 @@ async fn deactivation_leaves_every_room(backend: Backend) {
     assert_ok(&bob.post(&knock, &json!({})).await, "bob knocks");
 
     let (status, body) = bob
-        .with_password_uia(Method::POST, "/_matrix/client/v3/account/deactivate", json!({}))
+        .with_password_uia(
+            Method::POST,
+            "/_matrix/client/v3/account/deactivate",
+            json!({}),
+        )
         .await;
     assert_eq!(status, 200, "deactivate: {body}");
 
@@ -585,10 +645,7 @@ async fn deactivation_leaves_every_room(backend: Backend) {
     let (_, members) = alice
         .get(&Client::room_path(&joined, "/joined_members"))
         .await;
-    assert!(
-        members["joined"].get(bob.user_id()).is_none(),
-        "{members}"
-    );
+    assert!(members["joined"].get(bob.user_id()).is_none(), "{members}");
 }
 
 backend_tests!(

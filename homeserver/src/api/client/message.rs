@@ -53,7 +53,11 @@ pub async fn send_message_event(
         let target = match content.remove("redacts") {
             Some(CanonicalJsonValue::String(id)) => OwnedEventId::try_from(id)
                 .map_err(|_| Error::bad_json("redacts must be an event ID"))?,
-            _ => return Err(Error::bad_json("A redaction needs \"redacts\" in its content")),
+            _ => {
+                return Err(Error::bad_json(
+                    "A redaction needs \"redacts\" in its content",
+                ))
+            }
         };
         let event_id = redact(
             &state,
@@ -519,8 +523,13 @@ async fn redact(
         .filter(|row| row.room_id == room_id.as_str())
         .ok_or_else(|| Error::not_found("Event not found"))?;
     if target.sender != sender.user_id.as_str()
-        && !rooms::power::has_level(state, room_id, &sender.user_id, rooms::power::Action::Redact)
-            .await?
+        && !rooms::power::has_level(
+            state,
+            room_id,
+            &sender.user_id,
+            rooms::power::Action::Redact,
+        )
+        .await?
     {
         return Err(Error::forbidden("You may not redact other users' events"));
     }
