@@ -145,12 +145,7 @@ impl Session {
     /// consumed: this check covers them.
     async fn still_valid(&mut self, state: &AppState) -> bool {
         use tokio::sync::broadcast::error::TryRecvError;
-        loop {
-            match self.changes.try_recv() {
-                Ok(_) | Err(TryRecvError::Lagged(_)) => continue,
-                Err(TryRecvError::Empty) | Err(TryRecvError::Closed) => break,
-            }
-        }
+        while let Ok(_) | Err(TryRecvError::Lagged(_)) = self.changes.try_recv() {}
         match state.storage.find_token(&self.token_hash).await {
             Ok(Some(owner)) => {
                 owner.user_id == self.sender.user_id.as_str()

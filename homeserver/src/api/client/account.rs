@@ -83,9 +83,10 @@ pub async fn deactivate(
         Some(&sender.user_id),
     )
     .await?;
-    // Leave every room (and reject every invite, withdraw every knock) first: if that fails,
-    // the account is still usable and deactivating again finishes the job. A join that slips
-    // in meanwhile from another device is left by the second pass, once no token is valid.
+    // Leave every room (and reject every invite, withdraw every knock) first, while the
+    // account still works: a crash in between leaves it usable, and deactivating again
+    // finishes the job. A join that slips in meanwhile from another device is left by the
+    // second pass, once no token is valid.
     super::membership::leave_all_rooms(&state, &sender.user_id).await?;
     state
         .storage

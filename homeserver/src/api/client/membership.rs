@@ -84,10 +84,10 @@ async fn set_membership(
 
 /// Takes `user` out of every room they are joined to, invited to or knocking on, with a
 /// `leave` event of their own through the write pipeline (a leave, an invite rejected, a knock
-/// withdrawn), as Synapse does when an account is deactivated. Every room is tried; the first
-/// failure is returned after the others were done.
+/// withdrawn), as Synapse does when an account is deactivated. Every room is tried: one that
+/// refuses the leave (it is logged) does not keep the user in the others, nor the account
+/// from being deactivated.
 pub(crate) async fn leave_all_rooms(state: &AppState, user: &UserId) -> Result<()> {
-    let mut first_error = None;
     for membership in ["join", "invite", "knock"] {
         for room_id in state
             .storage
@@ -100,11 +100,10 @@ pub(crate) async fn leave_all_rooms(state: &AppState, user: &UserId) -> Result<(
             let content = member_content("leave", None);
             if let Err(e) = set_membership(state, &room_id, user, user, content).await {
                 tracing::warn!(%room_id, %user, error = %e, "could not leave a room");
-                first_error.get_or_insert(e);
             }
         }
     }
-    first_error.map_or(Ok(()), Err)
+    Ok(())
 }
 
 /// Joins `user` to a local room, with their profile. Joining a room one is in is a no-op.
