@@ -133,6 +133,7 @@ impl<K: Eq + Hash, V: Clone> ClearingCache<K, V> {
 mod tests {
     use super::*;
 
+    #[allow(clippy::ptr_arg)] // a weigher is a `fn(&K, &V)` with `V = String`
     fn weigh(_: &i32, v: &String) -> usize {
         v.len()
     }

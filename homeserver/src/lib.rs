@@ -103,6 +103,8 @@ fn weigh_receipts(key: &(String, i64, i64), json: &Option<Arc<str>>) -> usize {
     key.0.len() + json.as_ref().map_or(0, |j| j.len())
 }
 
+// `&String`: the cache's weigher is a `fn(&K, &V)` with `K = String`.
+#[allow(clippy::ptr_arg)]
 fn weigh_shared_event(key: &String, event: &Arc<rooms::format::SharedEvent>) -> usize {
     key.len() + event.heap_size()
 }
