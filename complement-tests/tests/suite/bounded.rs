@@ -54,10 +54,7 @@ async fn read_response(stream: &mut TcpStream, limit: Duration) -> Option<String
     let read = tokio::time::timeout(limit, async {
         let mut chunk = [0u8; 4096];
         loop {
-            let n = match stream.read(&mut chunk).await {
-                Ok(n) => n,
-                Err(_) => 0,
-            };
+            let n: usize = stream.read(&mut chunk).await.unwrap_or_default();
             if n == 0 {
                 return;
             }
