@@ -53,10 +53,9 @@ fn check_own(sender: &UserId, target: &UserId) -> Result<()> {
     Ok(())
 }
 
-/// Writes account data and wakes the user's waiting syncs, which report it.
-///
-/// The write and the wake-up run in their own task: a client hanging up after the commit
-/// must not leave the change undelivered until something else wakes the syncs.
+/// Writes account data and wakes the user's waiting syncs, which report it. (Every write
+/// request runs to its end even if the client hangs up, `api::run_to_completion`, so the
+/// wake-up after the commit is never skipped.)
 pub(crate) async fn write_account_data(
     state: &AppState,
     user_id: &UserId,
@@ -64,21 +63,18 @@ pub(crate) async fn write_account_data(
     data_type: &str,
     content: &str,
 ) -> Result<()> {
-    let state = state.clone();
-    let user = user_id.to_string();
-    let room = room_id.map(|r| r.to_string());
-    let data_type = data_type.to_owned();
-    let content = content.to_owned();
-    tokio::spawn(async move {
-        state
-            .storage
-            .set_account_data(&user, room.as_deref(), &data_type, &content, now_ms())
-            .await?;
-        state.notifier.notify([user.as_str()]);
-        Ok::<_, Error>(())
-    })
-    .await
-    .map_err(Error::internal)?
+    state
+        .storage
+        .set_account_data(
+            user_id.as_str(),
+            room_id.map(|r| r.as_str()),
+            data_type,
+            content,
+            now_ms(),
+        )
+        .await?;
+    state.notifier.notify([user_id.as_str()]);
+    Ok(())
 }
 
 /// GET /_matrix/client/v3/user/{userId}/account_data/{type}
