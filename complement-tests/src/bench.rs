@@ -1,10 +1,10 @@
-//! What the benchmark binaries (`src/bin/bench.rs`, `src/bin/bench_sync.rs`) share: knobs
-//! from the environment, percentiles, and a release build of the server on a durable
-//! PostgreSQL.
+//! What the benchmark binaries (`src/bin/bench*.rs`) share: knobs from the environment, the
+//! backend and the server they measure, percentiles, the server's memory, and a release build
+//! of the server on a durable PostgreSQL.
 
 use std::{process::Command, time::Duration};
 
-use crate::binary;
+use crate::{binary, Backend, ServerOptions, TestServer};
 
 /// A numeric knob from the environment.
 pub fn env_num(name: &str, default: u64) -> u64 {
@@ -58,4 +58,38 @@ pub fn build_release_server() {
         binary::target_dir().join("release").join("myelin"),
     );
     std::env::set_var("MYELIN_TEST_PG_DURABLE", "1");
+}
+
+/// The backend to measure: PostgreSQL, or SQLite with `BENCH_BACKEND=sqlite`.
+pub fn backend() -> Backend {
+    match std::env::var("BENCH_BACKEND").as_deref() {
+        Ok("sqlite") => Backend::Sqlite,
+        _ => Backend::Postgres,
+    }
+}
+
+/// Starts the server to measure, or exits saying why it cannot.
+pub async fn start_server(backend: Backend, options: ServerOptions) -> TestServer {
+    match TestServer::start(backend, options).await {
+        Some(hs) => hs,
+        None => {
+            eprintln!(
+                "PostgreSQL is not available; set BENCH_BACKEND=sqlite or install PostgreSQL"
+            );
+            std::process::exit(1);
+        }
+    }
+}
+
+/// The resident memory of process `pid` in KiB (0 if it cannot be read).
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
 }

@@ -26,7 +26,7 @@ use std::{
 
 use complement_tests::{
     bench::{build_release_server, env_num, ms, percentile},
-    encode, Backend, Client, ServerOptions, TestServer,
+    encode, Client, ServerOptions,
 };
 use serde_json::json;
 
@@ -69,17 +69,11 @@ async fn send(client: &Client, room_id: &str, txn: &str) -> Duration {
 #[tokio::main]
 async fn main() {
     build_release_server();
-    let backend = match std::env::var("BENCH_BACKEND").as_deref() {
-        Ok("sqlite") => Backend::Sqlite,
-        _ => Backend::Postgres,
-    };
+    let backend = complement_tests::bench::backend();
     let seconds = env_num("BENCH_SECONDS", 20);
     let history = env_num("BENCH_HISTORY", 100_000);
     let options = ServerOptions::default().env("MYELIN_LOG", "error");
-    let Some(hs) = TestServer::start(backend, options).await else {
-        eprintln!("PostgreSQL is not available; set BENCH_BACKEND=sqlite or install PostgreSQL");
-        std::process::exit(1);
-    };
+    let hs = complement_tests::bench::start_server(backend, options).await;
     println!("# Myelin room benchmark ({backend:?}, server {})", hs.url());
 
     // 1. 50 senders over 10 rooms.

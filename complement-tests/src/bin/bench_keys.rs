@@ -19,7 +19,7 @@ use std::{
 
 use complement_tests::{
     bench::{build_release_server, env_num, ms, percentile},
-    Backend, Client, ServerOptions, TestServer,
+    Client, ServerOptions,
 };
 use serde_json::{json, Value};
 
@@ -51,17 +51,11 @@ async fn upload_keys(client: &Client, count: u64) {
 #[tokio::main]
 async fn main() {
     build_release_server();
-    let backend = match std::env::var("BENCH_BACKEND").as_deref() {
-        Ok("sqlite") => Backend::Sqlite,
-        _ => Backend::Postgres,
-    };
+    let backend = complement_tests::bench::backend();
     let devices = env_num("BENCH_DEVICES", 100);
     let runs = env_num("BENCH_RUNS", 50);
     let options = ServerOptions::default().env("MYELIN_LOG", "error");
-    let Some(hs) = TestServer::start(backend, options).await else {
-        eprintln!("PostgreSQL is not available; set BENCH_BACKEND=sqlite or install PostgreSQL");
-        std::process::exit(1);
-    };
+    let hs = complement_tests::bench::start_server(backend, options).await;
     println!("# Myelin key benchmark ({backend:?}, server {})", hs.url());
 
     let setup = Instant::now();

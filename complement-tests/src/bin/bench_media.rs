@@ -26,7 +26,7 @@ use std::{
 
 use complement_tests::{
     bench::{build_release_server, env_num, ms, percentile},
-    Backend, Client, ServerOptions, TestServer,
+    Client, ServerOptions,
 };
 
 /// A field of `/proc/<pid>/status` in KiB.
@@ -144,20 +144,14 @@ fn twelve_megapixel_jpeg() -> Vec<u8> {
 #[tokio::main]
 async fn main() {
     build_release_server();
-    let backend = match std::env::var("BENCH_BACKEND").as_deref() {
-        Ok("sqlite") => Backend::Sqlite,
-        _ => Backend::Postgres,
-    };
+    let backend = complement_tests::bench::backend();
     let megabytes = env_num("BENCH_MEDIA_MB", 100);
     let size = megabytes * 1_000_000;
     let options = ServerOptions::default()
         .env("MYELIN_LOG", "error")
         .env("MYELIN_MEDIA_MAX_UPLOAD_SIZE", &(size + 1).to_string())
         .env("MYELIN_MEDIA_PREGENERATE_THUMBNAILS", "false");
-    let Some(hs) = TestServer::start(backend, options).await else {
-        eprintln!("PostgreSQL is not available; set BENCH_BACKEND=sqlite or install PostgreSQL");
-        std::process::exit(1);
-    };
+    let hs = complement_tests::bench::start_server(backend, options).await;
     let pid = hs.pid().expect("our own server");
     let server = hs.server_name().to_owned();
     println!("# Myelin media benchmark ({backend:?})");

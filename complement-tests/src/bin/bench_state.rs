@@ -25,22 +25,10 @@ use std::{
 };
 
 use complement_tests::{
-    bench::{build_release_server, env_num, ms, percentile},
+    bench::{build_release_server, env_num, ms, percentile, rss_kib},
     encode, Backend, Client, ServerOptions, TestServer,
 };
 use serde_json::json;
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
-}
 
 async fn send_message(client: &Client, room: &str, txn: &str, body: &str) -> Duration {
     let start = Instant::now();
@@ -158,17 +146,11 @@ async fn storage_per_message(hs: &TestServer, messages: u64) {
 #[tokio::main]
 async fn main() {
     build_release_server();
-    let backend = match std::env::var("BENCH_BACKEND").as_deref() {
-        Ok("sqlite") => Backend::Sqlite,
-        _ => Backend::Postgres,
-    };
+    let backend = complement_tests::bench::backend();
     let state_events = env_num("BENCH_STATE", 10_000);
     let messages = env_num("BENCH_MESSAGES", 10_000);
     let options = ServerOptions::default().env("MYELIN_LOG", "error");
-    let Some(hs) = TestServer::start(backend, options).await else {
-        eprintln!("PostgreSQL is not available; set BENCH_BACKEND=sqlite or install PostgreSQL");
-        std::process::exit(1);
-    };
+    let hs = complement_tests::bench::start_server(backend, options).await;
     let pid = hs.pid().expect("our own server");
     println!(
         "# Myelin state benchmark ({backend:?}, server {})",

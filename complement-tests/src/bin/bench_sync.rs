@@ -24,8 +24,8 @@ use std::{
 };
 
 use complement_tests::{
-    bench::{build_release_server, env_num, ms, percentile},
-    encode, Backend, Client, ServerOptions, TestServer,
+    bench::{build_release_server, env_num, ms, percentile, rss_kib},
+    encode, Client, ServerOptions,
 };
 use futures_util::StreamExt;
 use serde_json::json;
@@ -37,18 +37,6 @@ use tokio_tungstenite::tungstenite::Message;
 fn open_fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
         .map(|d| d.count())
-        .unwrap_or(0)
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|n| n.parse().ok())
-        })
         .unwrap_or(0)
 }
 
@@ -201,10 +189,7 @@ async fn ws_member(
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
     build_release_server();
-    let backend = match std::env::var("BENCH_BACKEND").as_deref() {
-        Ok("sqlite") => Backend::Sqlite,
-        _ => Backend::Postgres,
-    };
+    let backend = complement_tests::bench::backend();
     let members = env_num("BENCH_MEMBERS", 200) as usize;
     let rounds = env_num("BENCH_ROUNDS", 100) as usize;
     let idle = env_num("BENCH_IDLE", 10_000) as usize;
@@ -214,10 +199,7 @@ async fn main() {
     let options = ServerOptions::default()
         .env("MYELIN_LOG", "error")
         .env("MYELIN_DELIVERY_RECEIPTS", &delivery_receipts);
-    let Some(hs) = TestServer::start(backend, options).await else {
-        eprintln!("PostgreSQL is not available; set BENCH_BACKEND=sqlite or install PostgreSQL");
-        std::process::exit(1);
-    };
+    let hs = complement_tests::bench::start_server(backend, options).await;
     let pid = hs.pid().expect("our own server");
     println!(
         "# Myelin sync benchmark ({backend:?}, {members} members, {rounds} rounds, delivered receipts {delivery_receipts})"
