@@ -16,6 +16,7 @@ mod error;
 mod keys;
 mod media;
 mod misc;
+mod pdu_form;
 mod recent;
 mod rooms;
 mod state;

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 
 use sqlx::{any::AnyRow, Any, AssertSqlSafe, Row, Transaction};
 
-use crate::{Backend, Error, Result, Storage};
+use crate::{pdu_form, Backend, Error, Result, Storage};
 
 /// A room as stored.
 #[derive(Debug, Clone)]
@@ -44,7 +44,7 @@ pub(crate) const EVENT_COLUMNS: &str =
      origin_server_ts, pdu, state_before, state_after, rejected_reason, redacted_by";
 
 pub(crate) fn event_from_row(row: &AnyRow) -> Result<EventRow> {
-    Ok(EventRow {
+    let mut event = EventRow {
         event_id: row.try_get("event_id")?,
         room_id: row.try_get("room_id")?,
         stream_ordering: row.try_get("stream_ordering")?,
@@ -53,14 +53,35 @@ pub(crate) fn event_from_row(row: &AnyRow) -> Result<EventRow> {
         state_key: row.try_get("state_key")?,
         sender: row.try_get("sender")?,
         origin_server_ts: row.try_get("origin_server_ts")?,
-        pdu: row.try_get("pdu")?,
+        pdu: String::new(),
         state_before: row.try_get("state_before")?,
         state_after: row.try_get("state_after")?,
         rejected: row
             .try_get::<Option<String>, _>("rejected_reason")?
             .is_some(),
         redacted_by: row.try_get("redacted_by")?,
-    })
+    };
+    let stored: String = row.try_get("pdu")?;
+    event.pdu = pdu_form::restore(&stored, event.pdu_columns())?;
+    Ok(event)
+}
+
+impl EventRow {
+    /// The PDU parsed as `T` (see [`pdu_form::parse_stored`]): every reader of a stored PDU
+    /// goes through here, so no event an older server accepted is refused for its depth.
+    pub fn parse_pdu<T: serde::de::DeserializeOwned>(&self) -> serde_json::Result<T> {
+        pdu_form::parse_stored(&self.pdu)
+    }
+
+    fn pdu_columns(&self) -> pdu_form::Columns<'_> {
+        pdu_form::Columns {
+            room_id: &self.room_id,
+            sender: &self.sender,
+            event_type: &self.event_type,
+            origin_server_ts: self.origin_server_ts,
+            depth: self.depth,
+        }
+    }
 }
 
 /// `$1, $2, …, $n`, for an `IN (…)` list.
@@ -321,9 +342,9 @@ impl Storage {
         // 2. The events, one multi-row insert.
         let sql = format!(
             "INSERT INTO events (event_id, room_id, stream_ordering, depth, event_type, state_key, sender,
-                                 origin_server_ts, pdu, state_before, state_after, txn_device, txn_id)
+                                 origin_server_ts, pdu, state_before, state_after, txn_device, txn_id, txn_hash)
              VALUES {}",
-            value_rows(events.len(), 13)
+            value_rows(events.len(), 14)
         );
         // A transaction ID is the sender's (the key of `find_txns`).
         if events
@@ -334,8 +355,25 @@ impl Storage {
                 "a transaction ID of another user than the sender".into(),
             ));
         }
+        let stored_pdus = events
+            .iter()
+            .map(|event| {
+                pdu_form::strip(
+                    event.pdu,
+                    pdu_form::Columns {
+                        room_id,
+                        sender: event.sender,
+                        event_type: event.event_type,
+                        origin_server_ts: event.origin_server_ts,
+                        depth: event.depth,
+                    },
+                )
+            })
+            .collect::<Result<Vec<_>>>()?;
         let mut query = sqlx::query(AssertSqlSafe(sql.as_str()));
-        for ((event, position), (before, after)) in events.iter().zip(&positions).zip(&placed) {
+        for (((event, position), (before, after)), stored_pdu) in
+            events.iter().zip(&positions).zip(&placed).zip(&stored_pdus)
+        {
             query = query
                 .bind(event.event_id)
                 .bind(room_id)
@@ -345,11 +383,16 @@ impl Storage {
                 .bind(event.state_key)
                 .bind(event.sender)
                 .bind(event.origin_server_ts)
-                .bind(event.pdu)
+                .bind(stored_pdu.as_str())
                 .bind(*before)
                 .bind(*after)
                 .bind(event.txn.map(|(_, device, _)| device))
-                .bind(event.txn.map(|(_, _, txn_id)| txn_id));
+                .bind(event.txn.map(|(_, _, txn_id)| txn_id))
+                .bind(
+                    event
+                        .txn
+                        .map(|(user, device, txn_id)| txn_hash(user, device, txn_id)),
+                );
         }
         query.execute(&mut *tx).await?;
 
@@ -443,11 +486,32 @@ impl Storage {
         // 5. Redactions: the redacted event's stored PDU is replaced by its redacted form.
         for event in events {
             if let Some((target, redacted)) = event.redacts {
+                let Some(row) = sqlx::query(
+                    "SELECT room_id, sender, event_type, origin_server_ts, depth FROM events WHERE event_id = $1",
+                )
+                .bind(target)
+                .fetch_optional(&mut *tx)
+                .await?
+                else {
+                    continue;
+                };
+                let (room, sender, event_type): (String, String, String) =
+                    (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
+                let stored = pdu_form::strip(
+                    redacted,
+                    pdu_form::Columns {
+                        room_id: &room,
+                        sender: &sender,
+                        event_type: &event_type,
+                        origin_server_ts: row.try_get(3)?,
+                        depth: row.try_get(4)?,
+                    },
+                )?;
                 sqlx::query(
                     "UPDATE events SET pdu = $2, redacted_by = $3 WHERE event_id = $1 AND redacted_by IS NULL",
                 )
                 .bind(target)
-                .bind(redacted)
+                .bind(stored)
                 .bind(event.event_id)
                 .execute(&mut *tx)
                 .await?;
@@ -768,24 +832,37 @@ impl Storage {
     ) -> Result<HashMap<(String, String, String), String>> {
         let mut found = HashMap::new();
         for chunk in txns.chunks(100) {
+            // By hash (every row since migration 0009), then by the whole key (rows from
+            // before, which have no hash); a hash that matches another key is dropped below.
             let sql = format!(
                 "SELECT sender AS user_id, txn_device AS device_id, txn_id, event_id FROM events
-                 WHERE txn_id IS NOT NULL AND (sender, txn_device, txn_id) IN ({})",
-                value_rows(chunk.len(), 3)
+                 WHERE txn_hash IN ({})
+                 UNION ALL
+                 SELECT sender AS user_id, txn_device AS device_id, txn_id, event_id FROM events
+                 WHERE txn_id IS NOT NULL AND txn_hash IS NULL AND (sender, txn_device, txn_id) IN ({})",
+                placeholders(chunk.len()),
+                (0..chunk.len())
+                    .map(|r| format!("({})", placeholders_from(chunk.len() + r * 3 + 1, 3)))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             );
             let mut query = sqlx::query(AssertSqlSafe(sql.as_str()));
+            for (user, device, txn_id) in chunk {
+                query = query.bind(txn_hash(user, device, txn_id));
+            }
             for (user, device, txn_id) in chunk {
                 query = query.bind(user).bind(device).bind(txn_id);
             }
             for row in query.fetch_all(&self.pool).await? {
-                found.insert(
-                    (
-                        row.try_get("user_id")?,
-                        row.try_get("device_id")?,
-                        row.try_get("txn_id")?,
-                    ),
-                    row.try_get("event_id")?,
+                let key: (String, String, String) = (
+                    row.try_get("user_id")?,
+                    row.try_get("device_id")?,
+                    row.try_get::<Option<String>, _>("txn_id")?
+                        .unwrap_or_default(),
                 );
+                if chunk.contains(&key) {
+                    found.insert(key, row.try_get("event_id")?);
+                }
             }
         }
         Ok(found)
@@ -923,4 +1000,20 @@ impl Storage {
             .await?;
         rows.iter().map(|r| Ok(r.try_get("room_id")?)).collect()
     }
+}
+
+/// The key of a client transaction's retry lookup (`events.txn_hash`): the first 8 bytes of
+/// SHA-256 over the sender, device and transaction ID, each ended by a 0 byte. Not unique (nor
+/// meant to be): [`Storage::find_txns`] compares the rows it finds with the whole key.
+fn txn_hash(user: &str, device: &str, txn_id: &str) -> i64 {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    for part in [user, device, txn_id] {
+        hasher.update(part.as_bytes());
+        hasher.update([0]);
+    }
+    let digest = hasher.finalize();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    i64::from_be_bytes(first)
 }

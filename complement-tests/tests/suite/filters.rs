@@ -420,10 +420,230 @@ async fn sync_event_fields(backend: Backend) {
     }
 }
 
+/// `room.ephemeral`'s `senders` / `not_senders` pick the users an ephemeral event reports:
+/// who is typing, whose receipts.
+async fn ephemeral_senders(backend: Backend) {
+    let Some(hs) = start(backend).await else {
+        return;
+    };
+    let alice = hs.register_user("alice").await;
+    let bob = hs.register_user("bob").await;
+    let carol = hs.register_user("carol").await;
+    let room = alice.create_room(&json!({ "preset": "public_chat" })).await;
+    assert_ok(&bob.join(&room).await, "bob joins");
+    assert_ok(&carol.join(&room).await, "carol joins");
+    let last = alice.send_text(&room, "hello").await;
+    for who in [&bob, &carol] {
+        let receipt = Client::room_path(&room, &format!("/receipt/m.read/{}", encode(&last)));
+        assert_ok(&who.post(&receipt, &json!({})).await, "receipt");
+        let typing = Client::room_path(&room, &format!("/typing/{}", encode(who.user_id())));
+        assert_ok(
+            &who.put(&typing, &json!({ "typing": true, "timeout": 30000 }))
+                .await,
+            "typing",
+        );
+    }
+    let reported = |body: &Value| -> (Vec<String>, Vec<String>) {
+        let r = joined(body, &room);
+        let mut typing = Vec::new();
+        let mut receipts = Vec::new();
+        for event in events(r, "ephemeral") {
+            match event["type"].as_str() {
+                Some("m.typing") => typing.extend(
+                    event["content"]["user_ids"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|u| u.as_str().unwrap().to_owned()),
+                ),
+                Some("m.receipt") => {
+                    for by_type in event["content"].as_object().unwrap().values() {
+                        for users in by_type.as_object().unwrap().values() {
+                            receipts.extend(users.as_object().unwrap().keys().cloned());
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        typing.sort();
+        receipts.sort();
+        receipts.dedup();
+        (typing, receipts)
+    };
+    let mut both = vec![bob.user_id().to_owned(), carol.user_id().to_owned()];
+    both.sort();
+    let body = sync_filtered(&alice, None, &json!({})).await;
+    assert_eq!(reported(&body), (both.clone(), both), "{body}");
+
+    let only_bob = json!({ "room": { "ephemeral": { "senders": [bob.user_id()] } } });
+    let body = sync_filtered(&alice, None, &only_bob).await;
+    let bob_only = vec![bob.user_id().to_owned()];
+    assert_eq!(reported(&body), (bob_only.clone(), bob_only), "{body}");
+
+    let not_bob = json!({ "room": { "ephemeral": { "not_senders": [bob.user_id()] } } });
+    let body = sync_filtered(&alice, None, &not_bob).await;
+    let token = body["next_batch"].as_str().unwrap().to_owned();
+    let carol_only = vec![carol.user_id().to_owned()];
+    assert_eq!(
+        reported(&body),
+        (carol_only.clone(), carol_only.clone()),
+        "{body}"
+    );
+
+    // Incremental: bob stops typing and reads again; with bob filtered out, the typing list
+    // still says carol and no receipt of bob's comes.
+    let newer = alice.send_text(&room, "again").await;
+    let receipt = Client::room_path(&room, &format!("/receipt/m.read/{}", encode(&newer)));
+    assert_ok(&bob.post(&receipt, &json!({})).await, "receipt");
+    let typing = Client::room_path(&room, &format!("/typing/{}", encode(bob.user_id())));
+    assert_ok(
+        &bob.put(&typing, &json!({ "typing": false })).await,
+        "typing",
+    );
+    let body = sync_filtered(&alice, Some(&token), &not_bob).await;
+    let (typing, receipts) = reported(&body);
+    assert_eq!(typing, carol_only, "{body}");
+    assert!(receipts.is_empty(), "{body}");
+}
+
+/// `/context` applies its `filter` to the events around the one asked for, before the limit
+/// (like `/messages`), and leaves that event itself alone.
+async fn context_filter(backend: Backend) {
+    let Some(hs) = start(backend).await else {
+        return;
+    };
+    let alice = hs.register_user("alice").await;
+    let bob = hs.register_user("bob").await;
+    let room = alice.create_room(&json!({ "preset": "public_chat" })).await;
+    assert_ok(&bob.join(&room).await, "bob joins");
+    for i in 0..3 {
+        alice.send_text(&room, &format!("before{i}")).await;
+        noise(&alice, &room, 4).await;
+    }
+    let middle = send(
+        &alice,
+        &room,
+        "org.example.noise",
+        json!({ "middle": true }),
+    )
+    .await;
+    for i in 0..3 {
+        noise(&alice, &room, 4).await;
+        alice.send_text(&room, &format!("after{i}")).await;
+        bob.send_text(&room, &format!("bob{i}")).await;
+    }
+    let context = |filter: Value, limit: u32| {
+        let alice = alice.clone();
+        let room = room.clone();
+        let middle = middle.clone();
+        async move {
+            let path = Client::room_path(
+                &room,
+                &format!(
+                    "/context/{}?limit={limit}&filter={}",
+                    encode(&middle),
+                    encode(&filter.to_string())
+                ),
+            );
+            let response = alice.get(&path).await;
+            assert_ok(&response, "/context").clone()
+        }
+    };
+    let body = context(json!({ "types": ["m.room.message"] }), 6).await;
+    assert_eq!(body["event"]["event_id"], middle.as_str(), "{body}");
+    assert_eq!(
+        bodies(body["events_before"].as_array().unwrap()),
+        ["before2", "before1", "before0"],
+        "{body}"
+    );
+    assert_eq!(
+        bodies(body["events_after"].as_array().unwrap()),
+        ["after0", "bob0", "after1"],
+        "{body}"
+    );
+    let body = context(
+        json!({ "types": ["m.room.message"], "not_senders": [bob.user_id()] }),
+        4,
+    )
+    .await;
+    assert_eq!(
+        bodies(body["events_after"].as_array().unwrap()),
+        ["after0", "after1"],
+        "{body}"
+    );
+    // The tokens continue the walk: forwards from `end` (same filter) gives the rest.
+    let end = body["end"].as_str().unwrap();
+    let path = Client::room_path(
+        &room,
+        &format!(
+            "/messages?dir=f&limit=10&from={}&filter={}",
+            encode(end),
+            encode(
+                &json!({ "types": ["m.room.message"], "not_senders": [bob.user_id()] }).to_string()
+            )
+        ),
+    );
+    let page = alice.get(&path).await;
+    assert_eq!(
+        bodies(assert_ok(&page, "/messages")["chunk"].as_array().unwrap()),
+        ["after2"],
+        "{page:?}"
+    );
+}
+
+/// A user who left gets a `/context` whose `end` stops at their leave: paginating back from
+/// it gives their leave, not an empty page of events they may not see.
+async fn context_end_stops_at_the_leave(backend: Backend) {
+    let Some(hs) = start(backend).await else {
+        return;
+    };
+    let alice = hs.register_user("alice").await;
+    let bob = hs.register_user("bob").await;
+    let room = alice
+        .create_room(&json!({ "preset": "private_chat", "invite": [bob.user_id()] }))
+        .await;
+    let visibility = Client::room_path(&room, "/state/m.room.history_visibility/");
+    assert_ok(
+        &alice
+            .put(&visibility, &json!({ "history_visibility": "joined" }))
+            .await,
+        "history visibility",
+    );
+    assert_ok(&bob.join(&room).await, "bob joins");
+    let seen = alice.send_text(&room, "seen").await;
+    assert_ok(&bob.leave(&room).await, "bob leaves");
+    for i in 0..5 {
+        alice.send_text(&room, &format!("secret{i}")).await;
+    }
+    let path = Client::room_path(&room, &format!("/context/{}?limit=10", encode(&seen)));
+    let response = bob.get(&path).await;
+    let body = assert_ok(&response, "/context").clone();
+    let after = body["events_after"].as_array().unwrap();
+    assert_eq!(after.len(), 1, "{body}");
+    assert_eq!(after[0]["type"], "m.room.member", "{body}");
+    assert!(!body.to_string().contains("secret"), "{body}");
+    let end = body["end"].as_str().unwrap();
+    let path = Client::room_path(
+        &room,
+        &format!("/messages?dir=b&limit=1&from={}", encode(end)),
+    );
+    let page = bob.get(&path).await;
+    let chunk = assert_ok(&page, "/messages")["chunk"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(chunk.len(), 1, "{page:?}");
+    assert_eq!(chunk[0]["content"]["membership"], "leave", "{page:?}");
+}
+
 backend_tests!(
     timeline_limit_counts_filtered_events,
     messages_filter_applies_before_limit,
     sync_timeline_filter_parts,
     sync_other_filter_parts,
     sync_event_fields,
+    ephemeral_senders,
+    context_filter,
+    context_end_stops_at_the_leave,
 );

@@ -30,7 +30,7 @@ const CLIENT_FIELDS: &[&str] = &[
 ];
 
 fn base(row: &EventRow, now: i64) -> Result<Map<String, Value>, Error> {
-    let pdu: Map<String, Value> = serde_json::from_str(&row.pdu).map_err(Error::internal)?;
+    let pdu: Map<String, Value> = row.parse_pdu().map_err(Error::internal)?;
     let mut event = Map::new();
     for field in CLIENT_FIELDS {
         if let Some(value) = pdu.get(*field) {
@@ -110,7 +110,7 @@ async fn replaced_states<'a>(
             continue;
         };
         // An unreadable replaced event only costs the `prev_content` of the new one.
-        let Ok(pdu) = serde_json::from_str::<Value>(&prev.pdu) else {
+        let Ok(pdu) = prev.parse_pdu::<Value>() else {
             unreadable(prev, &Error::internal("stored PDU is not readable JSON"));
             continue;
         };

@@ -286,7 +286,8 @@ fn pdu_error(e: PduError) -> Error {
 
 /// Parses a stored event row into a [`Pdu`].
 pub fn parse_row(row: &myelin_storage::EventRow) -> Result<Pdu, Error> {
-    let object: CanonicalJsonObject = serde_json::from_str(&row.pdu)
+    let object: CanonicalJsonObject = row
+        .parse_pdu()
         .map_err(|e| Error::internal(format!("stored PDU {}: {e}", row.event_id)))?;
     let mut pdu = Pdu::from_canonical(
         OwnedEventId::try_from(row.event_id.as_str()).map_err(Error::internal)?,
@@ -759,7 +760,7 @@ async fn redaction(
     if row.redacted_by.is_some() {
         return Ok(None);
     }
-    let original: CanonicalJsonObject = serde_json::from_str(&row.pdu).map_err(Error::internal)?;
+    let original: CanonicalJsonObject = row.parse_pdu().map_err(Error::internal)?;
     let redacted =
         myelin_federation::pdu::redact_pdu(&original, &head.rules).map_err(Error::internal)?;
     let text = serde_json::to_string(&redacted).map_err(Error::internal)?;

@@ -29,7 +29,7 @@ async fn state_content(
     let Some(row) = state.storage.get_event(id).await? else {
         return Ok(None);
     };
-    let pdu: Value = serde_json::from_str(&row.pdu).map_err(Error::internal)?;
+    let pdu: Value = row.parse_pdu().map_err(Error::internal)?;
     Ok(Some(pdu))
 }
 

@@ -34,7 +34,7 @@ pub async fn propagate(state: &AppState, user_id: &UserId, mark: i64) -> Result<
         let Some(row) = state.storage.get_event(&event_id).await? else {
             continue;
         };
-        let pdu: serde_json::Value = serde_json::from_str(&row.pdu).map_err(Error::internal)?;
+        let pdu: serde_json::Value = row.parse_pdu().map_err(Error::internal)?;
         let mut content = pdu["content"].clone();
         let unchanged = content["displayname"].as_str() == displayname.as_deref()
             && content["avatar_url"].as_str() == avatar_url.as_deref();

@@ -34,7 +34,7 @@ pub async fn public_rooms_chunk(
     let content = |event_type: &str| -> Value {
         rows.iter()
             .find(|r| r.event_type == event_type)
-            .and_then(|r| serde_json::from_str::<Value>(&r.pdu).ok())
+            .and_then(|r| r.parse_pdu::<Value>().ok())
             .map(|pdu| pdu["content"].clone())
             .unwrap_or(Value::Null)
     };

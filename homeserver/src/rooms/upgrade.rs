@@ -62,7 +62,7 @@ pub async fn upgrade_room(
     {
         if let Some(id) = current.get(&(event_type.to_string(), String::new())) {
             if let Some(row) = state.storage.get_event(id).await? {
-                let pdu: Value = serde_json::from_str(&row.pdu).map_err(Error::internal)?;
+                let pdu: Value = row.parse_pdu().map_err(Error::internal)?;
                 contents.insert(*event_type, pdu["content"].clone());
             }
         }
@@ -183,7 +183,7 @@ async fn finish_old_room(
             let Some(row) = state.storage.get_event(&id).await? else {
                 return Ok(None);
             };
-            let pdu: Value = serde_json::from_str(&row.pdu).map_err(Error::internal)?;
+            let pdu: Value = row.parse_pdu().map_err(Error::internal)?;
             Ok(Some(pdu["content"].clone()))
         }
     };

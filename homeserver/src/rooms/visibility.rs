@@ -119,7 +119,7 @@ pub struct Visibility<'a> {
 }
 
 fn content_field(row: &EventRow, field: &str) -> Option<String> {
-    let pdu: serde_json::Value = serde_json::from_str(&row.pdu).ok()?;
+    let pdu: serde_json::Value = row.parse_pdu().ok()?;
     pdu.get("content")?.get(field)?.as_str().map(str::to_owned)
 }
 

@@ -12,7 +12,13 @@
 //! Limits are applied *after* the checks: a timeline filter for messages with `limit: 3`
 //! gets the last three messages, however many other events came after them. The reader
 //! (sync's timeline, `/messages`) reads in bounded chunks until the limit is filled or a
-//! bounded number of events has been looked at.
+//! bounded number of events has been looked at. `/context` walks both ways the same way.
+//!
+//! Two readings where the spec is loose: an ephemeral event's senders are the users it
+//! reports (who types, whose receipt), so `room.ephemeral.senders` picks those; and
+//! `room.state.limit` is not applied, as in Synapse: cutting the state at an arbitrary entry
+//! would leave a client with a room it cannot render (state is already bounded by
+//! `types`/`not_types` and lazy-loading).
 
 use myelin_storage::EventRow;
 use ruma::api::client::filter::{
@@ -102,6 +108,11 @@ impl EventCheck {
             && self.contains_url.is_none()
     }
 
+    /// Whether `senders` or `not_senders` is set.
+    pub fn filters_senders(&self) -> bool {
+        self.senders.is_some() || !self.not_senders.is_empty()
+    }
+
     /// `not_*` wins over the allow list, as the spec says.
     pub fn allows_type(&self, event_type: &str) -> bool {
         self.types
@@ -131,7 +142,8 @@ impl EventCheck {
             && self.allows_sender(&row.sender)
             && self.allows_room(&row.room_id)
             && self.contains_url.is_none_or(|wanted| {
-                let has_url = serde_json::from_str::<Value>(&row.pdu)
+                let has_url = row
+                    .parse_pdu::<Value>()
                     .is_ok_and(|pdu| pdu["content"]["url"].is_string());
                 has_url == wanted
             })

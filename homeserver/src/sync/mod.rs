@@ -653,7 +653,7 @@ async fn stripped_state(state: &AppState, m: &MembershipRow) -> Result<Vec<Value
     let rows = state.storage.get_events(&ids).await?;
     let mut out = Vec::new();
     for row in rows {
-        let pdu: Value = serde_json::from_str(&row.pdu).map_err(Error::internal)?;
+        let pdu: Value = row.parse_pdu().map_err(Error::internal)?;
         let mut stripped = json!({
             "type": row.event_type,
             "state_key": row.state_key,
@@ -712,7 +712,16 @@ async fn ephemeral(
     } else {
         state.typing.changed_since(&m.room_id, req.since_typing)
     };
-    if let Some(user_ids) = typing {
+    // `senders`/`not_senders` pick the users an ephemeral event reports (who types, whose
+    // receipts): those are its senders.
+    let by_sender = check.filters_senders();
+    let typing = typing.map(|mut users| {
+        if by_sender {
+            users.retain(|u| check.allows_sender(u));
+        }
+        users
+    });
+    if let Some(user_ids) = typing.filter(|users| !(fresh && users.is_empty())) {
         events.push(SyncEvent::Value(
             json!({ "type": "m.typing", "content": { "user_ids": user_ids } }),
         ));
@@ -722,8 +731,10 @@ async fn ephemeral(
     }
     let viewer = req.user.as_str();
     // Private receipts are their owner's alone; everything else every member sees alike.
-    let visible =
-        |r: &myelin_storage::ReceiptRow| r.receipt_type != "m.read.private" || r.user_id == viewer;
+    let visible = |r: &myelin_storage::ReceiptRow| {
+        (r.receipt_type != "m.read.private" || r.user_id == viewer)
+            && (!by_sender || check.allows_sender(&r.user_id))
+    };
     // Your own delivered watermark tells you nothing. It is left out where the receipts are
     // formatted for you alone; where they are shared with the room it may come along, but
     // never on its own (so it does not wake you).
@@ -746,7 +757,7 @@ async fn ephemeral(
     let own_private = in_room
         .iter()
         .any(|r| r.receipt_type == "m.read.private" && r.user_id == viewer);
-    if own_private {
+    if own_private || by_sender {
         // Rare: formatted for this viewer alone.
         let rows = in_room
             .iter()

@@ -147,7 +147,7 @@ async fn restricted_join_authoriser(
     let Some(row) = state.storage.get_event(rules_id).await? else {
         return Ok(None);
     };
-    let pdu: Value = serde_json::from_str(&row.pdu).map_err(Error::internal)?;
+    let pdu: Value = row.parse_pdu().map_err(Error::internal)?;
     let rule = pdu["content"]["join_rule"].as_str().unwrap_or("");
     if !matches!(rule, "restricted" | "knock_restricted")
         || membership_of(state, room_id, user).await?.as_deref() == Some("invite")
@@ -466,7 +466,7 @@ pub async fn joined_members(
     let rows = state.storage.get_events(&joined_ids).await?;
     let mut joined = BTreeMap::new();
     for row in rows {
-        let pdu: Value = serde_json::from_str(&row.pdu).map_err(Error::internal)?;
+        let pdu: Value = row.parse_pdu().map_err(Error::internal)?;
         let user = OwnedUserId::try_from(row.state_key.clone().unwrap_or_default())
             .map_err(Error::internal)?;
         let mut member = joined_members::v3::RoomMember::new();
@@ -533,7 +533,7 @@ pub async fn get_member_events(
     };
     let rows = state.storage.get_events(&member_ids).await?;
     let membership_of_row = |row: &myelin_storage::EventRow| -> Option<String> {
-        let pdu: Value = serde_json::from_str(&row.pdu).ok()?;
+        let pdu: Value = row.parse_pdu().ok()?;
         pdu["content"]["membership"].as_str().map(str::to_owned)
     };
     let wanted = req.body.membership.as_ref().map(|m| m.to_string());

@@ -87,8 +87,7 @@ async fn check_canonical_alias(
     let mut present = Vec::new();
     if let Some(id) = current.get(&("m.room.canonical_alias".to_owned(), String::new())) {
         if let Some(row) = state.storage.get_event(id).await? {
-            let pdu: CanonicalJsonObject =
-                serde_json::from_str(&row.pdu).map_err(Error::internal)?;
+            let pdu: CanonicalJsonObject = row.parse_pdu().map_err(Error::internal)?;
             if let Some(CanonicalJsonValue::Object(old)) = pdu.get("content") {
                 present = canonical_aliases(old).unwrap_or_default();
             }
@@ -143,7 +142,7 @@ pub async fn send_state_event(
         .await?;
     if let Some(existing) = existing {
         if let Some(row) = state.storage.get_event(&existing).await? {
-            let pdu: Value = serde_json::from_str(&row.pdu).map_err(Error::internal)?;
+            let pdu: Value = row.parse_pdu().map_err(Error::internal)?;
             let same_content =
                 serde_json::to_value(&content).map_err(Error::internal)? == pdu["content"];
             if same_content && row.sender == sender.as_str() {
@@ -180,7 +179,7 @@ async fn history_visibility(state: &AppState, map: &myelin_storage::StateMap) ->
         .get_event(id)
         .await?
         .ok_or_else(|| Error::internal("missing state event"))?;
-    let pdu: Value = serde_json::from_str(&row.pdu).map_err(Error::internal)?;
+    let pdu: Value = row.parse_pdu().map_err(Error::internal)?;
     Ok(pdu["content"]["history_visibility"]
         .as_str()
         .unwrap_or("shared")
@@ -312,7 +311,7 @@ pub(super) async fn parse_token(
     Err(Error::invalid_param("Invalid pagination token"))
 }
 
-fn format_token(pos: TopologicalPosition) -> String {
+pub(super) fn format_token(pos: TopologicalPosition) -> String {
     format!("t{}_{}", pos.depth, pos.stream)
 }
 
@@ -418,21 +417,21 @@ const MESSAGES_SCAN_BUDGET: usize = 2000;
 const MESSAGES_CHUNK: i64 = 200;
 
 /// One `/messages` page before the visibility check.
-struct Page {
+pub(super) struct Page {
     /// The events the filter lets through, in walking order, at most `limit`.
-    rows: Vec<myelin_storage::EventRow>,
+    pub rows: Vec<myelin_storage::EventRow>,
     /// Just after the first event read walking backwards (the `start` of a walk without
     /// `from`).
-    newest_read: Option<TopologicalPosition>,
+    pub newest_read: Option<TopologicalPosition>,
     /// Where the next page starts; `None` when the walk reached the end.
-    end: Option<TopologicalPosition>,
+    pub end: Option<TopologicalPosition>,
 }
 
 /// Reads events from `from` towards `to`, keeping those `check` lets through, until `limit`
 /// are kept, the history ends, or [`MESSAGES_SCAN_BUDGET`] events were read. The filter is
 /// applied before the limit, so "the last 3 messages" is 3 messages however many other
 /// events lie between them; `end` is just past the last event *read* (kept or not).
-async fn filtered_page(
+pub(super) async fn filtered_page(
     state: &AppState,
     room_id: &RoomId,
     from: TopologicalPosition,
@@ -460,7 +459,7 @@ async fn filtered_page(
         newest_read: None,
         end: None,
     };
-    if !check.allows_room(room_id.as_str()) {
+    if !check.allows_room(room_id.as_str()) || limit <= 0 {
         return Ok(page);
     }
     let unfiltered = check.passes_everything();

@@ -19,7 +19,10 @@ use ruma::{
     EventId, RoomId, UInt,
 };
 
-use super::room::raw;
+use super::{
+    message::{filtered_page, format_token},
+    room::raw,
+};
 use crate::{
     api::ruma::{Ruma, Sender},
     error::{Error, Result},
@@ -65,35 +68,49 @@ pub async fn get_context(
     };
     let before_n = limit / 2;
     let after_n = limit - before_n;
-    let before = state
-        .storage
-        .room_events_topological(
-            room_id.as_str(),
-            at,
-            None,
-            StorageDirection::Backward,
-            before_n,
-        )
-        .await?;
-    let after = state
-        .storage
-        .room_events_topological(
-            room_id.as_str(),
-            after_at,
-            None,
-            StorageDirection::Forward,
-            after_n,
-        )
-        .await?;
+    // The filter picks the events around the one asked for (never that one), before the
+    // limit, as `/messages` does.
+    let check = crate::sync::filter::EventCheck::from_room_event_filter(&req.body.filter);
+    let before = filtered_page(
+        &state,
+        room_id,
+        at,
+        None,
+        StorageDirection::Backward,
+        before_n,
+        &check,
+    )
+    .await?;
+    let after = filtered_page(
+        &state,
+        room_id,
+        after_at,
+        None,
+        StorageDirection::Forward,
+        after_n,
+        &check,
+    )
+    .await?;
+    let before_rows = visibility.filter(before.rows).await?;
+    let after_read = after.rows.last().map(|r| r.event_id.clone());
+    let after_rows = visibility.filter(after.rows).await?;
+    // `start` continues backwards from where the walk stopped. `end` continues forwards from
+    // where it stopped, unless what it read last was hidden from the user (events after they
+    // left): then from just after the last event they may see, so no token of theirs points
+    // past their leave.
     let start = before
-        .last()
-        .and_then(|r| r.stream_ordering.map(|s| format!("t{}_{}", r.depth, s)));
-    // Just after the newest event returned.
-    let end = after
-        .last()
-        .and_then(|r| r.stream_ordering.map(|s| format!("t{}_{}", r.depth, s + 1)));
-    let before = visibility.filter(before).await?;
-    let after = visibility.filter(after).await?;
+        .end
+        .or_else(|| before_rows.last().and_then(|r| position(r, 0)))
+        .unwrap_or(at);
+    let last_visible = after_rows.last().and_then(|r| position(r, 1));
+    let end = match (&after_read, after_rows.last()) {
+        (Some(read), Some(shown)) if *read == shown.event_id => {
+            after.end.or(last_visible).unwrap_or(after_at)
+        }
+        (Some(_), _) => last_visible.unwrap_or(after_at),
+        (None, _) => after.end.unwrap_or(after_at),
+    };
+    let (before, after) = (before_rows, after_rows);
     // The state at the last event the user may see, never at one they may not: for a user who
     // left, events after the leave are filtered out above, and so is the state they made.
     let last_state = after.last().unwrap_or(&row).state_after;
@@ -116,8 +133,8 @@ pub async fn get_context(
         .iter()
         .map(raw)
         .collect::<Result<_>>()?;
-    response.start = Some(start.unwrap_or_else(|| format!("t{}_{}", row.depth, stream)));
-    response.end = Some(end.unwrap_or_else(|| format!("t{}_{}", row.depth, stream + 1)));
+    response.start = Some(format_token(start));
+    response.end = Some(format_token(end));
     if let Some(snapshot) = last_state {
         let map = state.snapshot(snapshot).await?;
         let lazy = !req.body.filter.lazy_load_options.is_disabled();
@@ -140,6 +157,15 @@ pub async fn get_context(
             .collect::<Result<_>>()?;
     }
     Ok(response)
+}
+
+/// The position `offset` after `row` (0: the row's own, where a backward walk continues; 1:
+/// just after it, where a forward walk continues).
+fn position(row: &myelin_storage::EventRow, offset: i64) -> Option<TopologicalPosition> {
+    row.stream_ordering.map(|stream| TopologicalPosition {
+        depth: row.depth,
+        stream: stream + offset,
+    })
 }
 
 /// What the three relations endpoints share.
