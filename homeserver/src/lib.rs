@@ -234,7 +234,7 @@ async fn housekeeping(state: AppState) {
     loop {
         tick.tick().await;
         // Hourly (and at start-up): push actions that are read and a day old, or 30 days old.
-        if ticks % 60 == 0 {
+        if ticks.is_multiple_of(60) {
             match state.storage.prune_push_actions(auth::now_ms()).await {
                 Ok(0) => {}
                 Ok(n) => tracing::debug!(rows = n, "pruned push actions"),

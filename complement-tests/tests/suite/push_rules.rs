@@ -239,7 +239,7 @@ async fn push_rules_crud_with_before_and_after(backend: Backend) {
     );
     assert_eq!(
         rule_ids(&global_rules(&alice).await, "room"),
-        [room.clone()]
+        vec![room.to_owned()]
     );
 
     // enabled and actions, on a user rule and on a default rule.

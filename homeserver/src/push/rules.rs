@@ -57,6 +57,7 @@ impl Default for PushRules {
 }
 
 /// An estimate of a ruleset's heap: a rule with its conditions is a few hundred bytes.
+#[allow(clippy::ptr_arg)] // a weigher is a `fn(&K, &V)` with `K = String`
 fn weigh(user: &String, rules: &Arc<Ruleset>) -> usize {
     user.len() + rules.iter().count() * 400
 }
