@@ -185,7 +185,22 @@ pub fn insert(
             format!("A user may have at most {MAX_USER_RULES} push rules"),
         ));
     }
-    rules.insert(rule, after, before).map_err(|e| match e {
+    // ruma moves an existing rule in place and panics when `after` names the last rule of
+    // its kind; take the rule out first (keeping whether it was enabled), so it is placed
+    // like a new one. On an error the caller drops the whole changed ruleset.
+    let was_enabled = match rules.get(kind.clone(), &rule_id) {
+        Some(old) if !old.is_server_default() && (before.is_some() || after.is_some()) => {
+            let enabled = old.enabled();
+            let _ = rules.remove(kind.clone(), &rule_id);
+            Some(enabled)
+        }
+        _ => None,
+    };
+    let inserted = rules.insert(rule, after, before);
+    if let (Ok(()), Some(enabled)) = (&inserted, was_enabled) {
+        let _ = rules.set_enabled(kind.clone(), &rule_id, enabled);
+    }
+    inserted.map_err(|e| match e {
         InsertPushRuleError::ServerDefaultRuleId => {
             Error::invalid_param("Rule IDs starting with '.' are reserved for server-default rules")
         }
@@ -332,6 +347,11 @@ mod tests {
         assert_eq!(ids(&rules), ["b", "a", "c"]);
         insert(&mut rules, keyword("d"), Some("b"), None).unwrap();
         assert_eq!(ids(&rules), ["d", "b", "a", "c"]);
+        // Moving an existing rule after the last one (ruma alone panics here).
+        set_enabled(&mut rules, &RuleKind::Content, "d", false).unwrap();
+        insert(&mut rules, keyword("d"), None, Some("c")).unwrap();
+        assert_eq!(ids(&rules), ["b", "a", "c", "d"]);
+        assert!(!find(&rules, &RuleKind::Content, "d").unwrap().enabled);
         let e = insert(&mut rules, keyword("e"), Some("nope"), None).unwrap_err();
         assert!(format!("{e:?}").contains("M_UNKNOWN"));
         let e = insert(&mut rules, keyword(".m.rule.x"), None, None).unwrap_err();
