@@ -51,6 +51,10 @@ mod pagination;
 mod presence;
 #[path = "suite/privacy.rs"]
 mod privacy;
+#[path = "suite/push_counts.rs"]
+mod push_counts;
+#[path = "suite/push_rules.rs"]
+mod push_rules;
 #[path = "suite/register.rs"]
 mod register;
 #[path = "suite/restart.rs"]

@@ -110,6 +110,19 @@ impl<K: Eq + Hash, V: Clone> ClearingCache<K, V> {
         self.insert_locked(&mut inner, key, value);
     }
 
+    /// Keeps `value` for `key` in place of what was there, and starts a new generation, so a
+    /// value made from data read before this change is not kept after it
+    /// ([`ClearingCache::insert_if_current`]). For values that do change (push rules).
+    pub fn replace(&self, key: K, value: V) {
+        let mut inner = self.lock();
+        inner.generation += 1;
+        if let Some(old) = inner.entries.remove(&key) {
+            let weight = (self.weigh)(&key, &old) + ENTRY_OVERHEAD;
+            inner.bytes = inner.bytes.saturating_sub(weight);
+        }
+        self.insert_locked(&mut inner, key, value);
+    }
+
     /// Drops the entries `stale` picks and starts a new generation. A scan of the whole
     /// cache: for rare changes (a redaction of a state event), not for every write.
     pub fn remove_where(&self, mut stale: impl FnMut(&V) -> bool) {

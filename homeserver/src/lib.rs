@@ -21,6 +21,7 @@ pub mod error;
 pub mod media;
 pub mod notifier;
 pub mod presence;
+pub mod push;
 pub mod ratelimit;
 pub mod rooms;
 pub mod sync;
@@ -80,6 +81,8 @@ pub struct Services {
     /// Events formatted once for every sync response that carries them, by event ID (see
     /// [`rooms::format::SharedEvent`]).
     pub shared_events: ClearingCache<String, Arc<rooms::format::SharedEvent>>,
+    /// Each user's push rules, cached (see [`push::rules`]).
+    pub push_rules: push::rules::PushRules,
 }
 
 /// How much memory [`Services::shared_events`] may hold (events are up to 64 KiB each).
@@ -218,16 +221,27 @@ impl AppState {
             deliveries: Default::default(),
             shared_receipts: ClearingCache::new(SHARED_RECEIPTS_BYTES, weigh_receipts),
             lazy_members: Default::default(),
+            push_rules: Default::default(),
         })))
     }
 }
 
 /// Periodic housekeeping: expire UIA sessions, registration nonces and lapsed pending media
-/// IDs, drop idle rate-limit buckets.
+/// IDs, drop idle rate-limit buckets, prune push actions.
 async fn housekeeping(state: AppState) {
     let mut tick = tokio::time::interval(Duration::from_secs(60));
+    let mut ticks: u64 = 0;
     loop {
         tick.tick().await;
+        // Hourly (and at start-up): push actions that are read and a day old, or 30 days old.
+        if ticks.is_multiple_of(60) {
+            match state.storage.prune_push_actions(auth::now_ms()).await {
+                Ok(0) => {}
+                Ok(n) => tracing::debug!(rows = n, "pruned push actions"),
+                Err(e) => tracing::warn!(error = %e, "pruning push actions failed"),
+            }
+        }
+        ticks += 1;
         if let Err(e) = state
             .storage
             .expire_transient(

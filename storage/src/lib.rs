@@ -17,6 +17,7 @@ mod keys;
 mod media;
 mod misc;
 mod pdu_form;
+mod push;
 mod recent;
 mod rooms;
 mod state;
@@ -30,6 +31,7 @@ pub use error::{Error, Result};
 pub use keys::{ClaimedKey, DeviceKeysRow, KeySignature, KeyUpload, NewKey, UploadOutcome};
 pub use media::{MediaRow, PendingUpload, ThumbnailRow};
 pub use misc::{RegistrationTokenRow, SigningKeyRow, UiaSessionRow};
+pub use push::{NewPushAction, NotificationRow, UnreadCount};
 pub use rooms::{
     Direction, EventRow, NewEvent, NewRoom, Persisted, RoomRow, StateMap, TopologicalPosition,
 };

@@ -134,6 +134,8 @@ pub struct NewEvent<'a> {
     /// redacted PDU)`. The target is rewritten in the same transaction, so a stored redaction
     /// never leaves its target unredacted.
     pub redacts: Option<(&'a str, &'a str)>,
+    /// The local users this event notifies or highlights (see `push.rs`), stored with it.
+    pub push_actions: &'a [crate::NewPushAction],
 }
 
 /// A room created by the transaction that writes its create event.
@@ -395,6 +397,26 @@ impl Storage {
                 );
         }
         query.execute(&mut *tx).await?;
+
+        // 2b. Push actions, in the event's transaction: counts never miss an event that was
+        //     stored, nor count one that was not.
+        let actions: Vec<(i64, &str, &str, &crate::NewPushAction)> = events
+            .iter()
+            .zip(&positions)
+            .flat_map(|(event, position)| {
+                let thread = match event.relates_to {
+                    Some(("m.thread", root)) => root,
+                    _ => "main",
+                };
+                event
+                    .push_actions
+                    .iter()
+                    .map(move |a| (*position, event.event_id, thread, a))
+            })
+            .collect();
+        if !actions.is_empty() {
+            crate::push::insert_push_actions(&mut tx, room_id, &actions, now).await?;
+        }
 
         // 3. The DAG: the forward extremities move to the chain's tips. (The edges
         //    themselves are the PDUs' `prev_events`; no query needs them as rows.)

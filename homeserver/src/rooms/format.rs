@@ -182,7 +182,7 @@ fn unreadable(row: &EventRow, e: &Error) {
 }
 
 /// [`client_events`], one entry per row: `None` where the row cannot be formatted.
-async fn client_events_aligned(
+pub(crate) async fn client_events_aligned(
     state: &AppState,
     rows: &[EventRow],
     viewer: Option<(&UserId, &DeviceId)>,

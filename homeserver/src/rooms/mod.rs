@@ -11,7 +11,8 @@
 //!    state by the room version's rules;
 //! 3. build, hash and sign it (federation crate);
 //! 4. check the authorization rules against its auth events and the current state; an event
-//!    refused here is answered at once and leaves the batch;
+//!    refused here is answered at once and leaves the batch; then evaluate the push rules of
+//!    the room's local members for it (`push_actions.rs`);
 //! 5. persist the batch in one transaction (storage assigns the stream positions); only then
 //!    is any send of the batch answered;
 //! 6. notify waiters.
@@ -22,6 +23,7 @@ pub mod create;
 pub mod format;
 pub mod power;
 pub mod profile;
+mod push_actions;
 pub mod summary;
 pub mod upgrade;
 pub mod visibility;
@@ -64,6 +66,12 @@ pub struct RoomHead {
     pdus: HashMap<String, Pdu>,
     /// Current membership of every user with a member event, for waking sync waiters.
     members: HashMap<String, String>,
+    /// The power levels as push conditions read them (`push_actions.rs`); `None` until
+    /// needed, and again when a power levels or create event is placed.
+    push_power: Option<ruma::push::PushConditionPowerLevelsCtx>,
+    /// Members' display names, loaded only for members with a rule that reads them; an
+    /// entry is dropped when the member's event changes.
+    display_names: HashMap<String, String>,
 }
 
 impl RoomHead {
@@ -95,6 +103,8 @@ impl RoomHead {
             current,
             pdus: HashMap::new(),
             members,
+            push_power: None,
+            display_names: HashMap::new(),
         })
     }
 
@@ -375,6 +385,8 @@ struct Prepared {
     /// For a redaction: `(target event ID, the target's redacted PDU)`, rewritten in the same
     /// transaction as the redaction is stored. `None` if the target was redacted before.
     redacts: Option<(String, String)>,
+    /// The local users the event notifies or highlights (`push_actions.rs`).
+    push_actions: Vec<myelin_storage::NewPushAction>,
 }
 
 impl Prepared {
@@ -413,6 +425,7 @@ impl Prepared {
             relates_to,
             txn,
             redacts: None,
+            push_actions: Vec::new(),
         })
     }
 
@@ -446,6 +459,7 @@ impl Prepared {
                 .redacts
                 .as_ref()
                 .map(|(target, redacted)| (target.as_str(), redacted.as_str())),
+            push_actions: &self.push_actions,
         }
     }
 }
@@ -696,11 +710,14 @@ async fn place(
         prepared.redacts = redaction(state, room_id, head, sender, send.redacts.as_deref()).await?;
     }
 
+    prepared.push_actions = push_actions::evaluate(state, room_id, head, &prepared).await?;
+
     // Move the head past the event. Until the batch commits this is ahead of storage; if the
     // commit fails, the writer drops the head.
     head.extremities = vec![(built.event_id.clone(), depth)];
     let mut target = None;
     if let Some(state_key) = &pdu.state_key {
+        push_actions::forget(head, &pdu.kind, state_key);
         let replaced = head.current.insert(
             (pdu.kind.to_string(), state_key.clone()),
             built.event_id.to_string(),
@@ -797,6 +814,8 @@ pub(crate) async fn write_new_room(
         .collect(),
         pdus: HashMap::new(),
         members: HashMap::new(),
+        push_power: None,
+        display_names: HashMap::new(),
     };
     let mut prepared = vec![Prepared::new(built, &create_pdu, &[], None)?];
     head.pdus.insert(create_id, create_pdu);

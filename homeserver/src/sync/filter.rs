@@ -198,6 +198,9 @@ pub struct SyncFilter {
     /// With lazy-loading: send member events the device already has, too.
     pub include_redundant_members: bool,
     pub include_leave: bool,
+    /// `room.timeline.unread_thread_notifications`: counts per thread in
+    /// `unread_thread_notifications`, the main timeline's alone in `unread_notifications`.
+    pub unread_thread_notifications: bool,
     rooms: Option<Vec<String>>,
     not_rooms: Vec<String>,
     parts: Option<Box<Parts>>,
@@ -267,6 +270,7 @@ impl SyncFilter {
                 )
             }),
             include_leave: room.include_leave,
+            unread_thread_notifications: room.timeline.unread_thread_notifications,
             rooms: room
                 .rooms
                 .as_ref()

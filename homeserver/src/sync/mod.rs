@@ -27,12 +27,13 @@ pub mod ws;
 
 use std::{collections::HashSet, time::Duration};
 
-use myelin_storage::{EventRow, MembershipRow, StateMap};
+use myelin_storage::{EventRow, MembershipRow, StateMap, UnreadCount};
 use ruma::{DeviceId, UserId};
 use serde_json::{json, Map, Value};
 
 use crate::{
     error::Error,
+    push::rules::PUSH_RULES,
     rooms::{
         format::{client_events, sync_events, SyncEvent},
         visibility::Visibility,
@@ -184,6 +185,13 @@ async fn compute(
         .storage
         .account_data_changes(req.user.as_str(), since, upto)
         .await?;
+    // Unread counts at `upto`, the position the timelines end at: a response that carries an
+    // event carries counts that include it.
+    let unread = if memberships.iter().any(|m| m.membership == "join") {
+        state.storage.unread_counts(req.user.as_str(), upto).await?
+    } else {
+        Vec::new()
+    };
     // One query for the receipts that moved, shared out to rooms below.
     let receipts = if initial {
         Vec::new()
@@ -225,6 +233,10 @@ async fn compute(
                 // profile change) does not move it, so it is no reason to resend the room.
                 let fresh = initial || m.stream_ordering > since;
                 let ephemeral = ephemeral(state, req, m, fresh, upto, &receipts).await?;
+                let counts = unread_counts(
+                    unread.iter().filter(|c| c.room_id == m.room_id),
+                    req.filter.unread_thread_notifications,
+                );
                 let room = joined_room(
                     state,
                     req,
@@ -234,6 +246,7 @@ async fn compute(
                     fresh,
                     room_account_data,
                     ephemeral,
+                    counts,
                 );
                 if let Some(room) = room.await? {
                     join.push((m.room_id.clone(), room));
@@ -263,16 +276,27 @@ async fn compute(
         }
     }
 
-    let global: Vec<Value> = account_data
+    let mut global: Vec<Value> = account_data
         .iter()
         .filter(|a| a.room_id.is_none() && req.filter.wants_account_data(&a.data_type))
+        .filter(|a| a.data_type != PUSH_RULES)
         .filter_map(|a| {
             serde_json::from_str::<Value>(&a.content)
                 .ok()
                 .map(|c| json!({ "type": a.data_type, "content": c }))
         })
-        .take(req.filter.account_data().limit.unwrap_or(usize::MAX))
         .collect();
+    // Push rules exist for every user whether stored or not: an initial sync carries them,
+    // an incremental one when they changed; always as they are now (merged with the current
+    // server defaults), which is what the stored row says or newer.
+    let push_rules_changed = account_data
+        .iter()
+        .any(|a| a.room_id.is_none() && a.data_type == PUSH_RULES);
+    if (initial || push_rules_changed) && req.filter.wants_account_data(PUSH_RULES) {
+        let rules = state.push_rules.get(state, req.user).await?;
+        global.push(json!({ "type": PUSH_RULES, "content": { "global": *rules } }));
+    }
+    global.truncate(req.filter.account_data().limit.unwrap_or(usize::MAX));
 
     let mut rooms = Map::new();
     for (name, section) in [("invite", invite), ("knock", knock), ("leave", leave)] {
@@ -305,6 +329,35 @@ async fn compute(
         rest: response,
         event_fields: req.filter.event_fields().map(<[_]>::to_vec),
     })
+}
+
+/// A room's `unread_notifications` and, when the filter asks for threads,
+/// `unread_thread_notifications` (then the first counts the main timeline alone).
+fn unread_counts<'a>(
+    counts: impl Iterator<Item = &'a UnreadCount>,
+    by_thread: bool,
+) -> (Value, Option<Value>) {
+    let (mut notifications, mut highlights) = (0i64, 0i64);
+    let mut threads = Map::new();
+    for c in counts {
+        if by_thread && c.thread_id != "main" {
+            threads.insert(
+                c.thread_id.clone(),
+                json!({ "notification_count": c.notifications.max(0), "highlight_count": c.highlights.max(0) }),
+            );
+        } else {
+            notifications += c.notifications;
+            highlights += c.highlights;
+        }
+    }
+    let room = json!({
+        "notification_count": notifications.max(0),
+        "highlight_count": highlights.max(0),
+    });
+    (
+        room,
+        (!threads.is_empty()).then_some(Value::Object(threads)),
+    )
 }
 
 fn token_before(row: &EventRow) -> String {
@@ -499,6 +552,7 @@ async fn joined_room(
     fresh: bool,
     account_data: Vec<Value>,
     ephemeral: Vec<SyncEvent>,
+    (unread_notifications, unread_thread_notifications): (Value, Option<Value>),
 ) -> Result<Option<JoinedRoom>, Error> {
     // `full_state` sends the whole state but keeps the timeline to what is new since the
     // token; a room new to the client gets both from the start.
@@ -578,6 +632,8 @@ async fn joined_room(
         account_data,
         ephemeral,
         summary,
+        unread_notifications,
+        unread_thread_notifications,
     }))
 }
 

@@ -37,6 +37,10 @@ pub struct JoinedRoom {
     pub ephemeral: Vec<SyncEvent>,
     /// Only when the members changed (or the room is new to the client).
     pub summary: Option<Value>,
+    /// `{notification_count, highlight_count}`, at the response's position.
+    pub unread_notifications: Value,
+    /// Per thread root, when the filter asks for it (and there are any).
+    pub unread_thread_notifications: Option<Value>,
 }
 
 /// Appends `value` as JSON. Serialising into memory fails only for maps with non-string
@@ -89,6 +93,12 @@ impl JoinedRoom {
         if let Some(summary) = &self.summary {
             out.extend_from_slice(br#","summary":"#);
             write_value(out, summary);
+        }
+        out.extend_from_slice(br#","unread_notifications":"#);
+        write_value(out, &self.unread_notifications);
+        if let Some(threads) = &self.unread_thread_notifications {
+            out.extend_from_slice(br#","unread_thread_notifications":"#);
+            write_value(out, threads);
         }
         out.push(b'}');
     }
@@ -228,6 +238,8 @@ mod tests {
                     json!({ "type": "m.typing", "content": { "user_ids": [] } }),
                 )],
                 summary: Some(json!({ "m.joined_member_count": 2 })),
+                unread_notifications: json!({ "notification_count": 1, "highlight_count": 0 }),
+                unread_thread_notifications: None,
             },
         ));
         assert!(!response.is_empty());
@@ -246,7 +258,8 @@ mod tests {
                         "state": { "events": [] },
                         "account_data": { "events": [] },
                         "ephemeral": { "events": [{ "type": "m.typing", "content": { "user_ids": [] } }] },
-                        "summary": { "m.joined_member_count": 2 }
+                        "summary": { "m.joined_member_count": 2 },
+                        "unread_notifications": { "notification_count": 1, "highlight_count": 0 }
                     } },
                     "invite": { "!i:x": { "invite_state": { "events": [] } } }
                 }

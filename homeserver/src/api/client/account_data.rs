@@ -21,6 +21,7 @@ use crate::{
     api::ruma::Ruma,
     auth::now_ms,
     error::{Error, Result},
+    push::rules::PUSH_RULES,
     AppState,
 };
 
@@ -86,11 +87,18 @@ pub async fn get_global_account_data(
 ) -> Result<get_global_account_data::v3::Response> {
     let user_id = &req.sender().user_id;
     check_own(user_id, &req.body.user_id)?;
-    let content = state
-        .storage
-        .get_account_data(user_id.as_str(), None, &req.body.event_type.to_string())
-        .await?
-        .ok_or_else(|| Error::not_found("Account data not found"))?;
+    let data_type = req.body.event_type.to_string();
+    let content = if data_type == PUSH_RULES {
+        // The rules exist for every user, stored or not (as in Synapse).
+        let rules = state.push_rules.get(&state, user_id).await?;
+        crate::push::rules::account_data_content(&rules)?
+    } else {
+        state
+            .storage
+            .get_account_data(user_id.as_str(), None, &data_type)
+            .await?
+            .ok_or_else(|| Error::not_found("Account data not found"))?
+    };
     let raw = serde_json::value::RawValue::from_string(content).map_err(Error::internal)?;
     Ok(get_global_account_data::v3::Response::new(Raw::from_json(
         raw,

@@ -14,6 +14,7 @@ mod membership;
 mod message;
 mod presence;
 mod profile;
+mod push;
 mod receipts;
 pub(crate) mod register;
 mod relations;
@@ -24,6 +25,7 @@ mod to_device;
 
 use axum::Router;
 
+pub(crate) use account_data::write_account_data;
 pub use register::user_id_for_new_username;
 
 use super::ruma::{route, route_raw, route_stream};
@@ -100,6 +102,16 @@ pub fn routes(r: Router<AppState>) -> Router<AppState> {
     let r = route(r, receipts::create_typing_event);
     let r = route(r, receipts::create_receipt);
     let r = route(r, receipts::set_read_marker);
+    let r = route(r, push::get_pushrules_all);
+    let r = route(r, push::get_pushrules_global_scope);
+    let r = route(r, push::get_pushrule);
+    let r = route(r, push::set_pushrule);
+    let r = route(r, push::delete_pushrule);
+    let r = route(r, push::get_pushrule_enabled);
+    let r = route(r, push::set_pushrule_enabled);
+    let r = route(r, push::get_pushrule_actions);
+    let r = route(r, push::set_pushrule_actions);
+    let r = route(r, push::get_notifications);
     let r = route(r, presence::get_presence);
     let r = route(r, presence::set_presence);
     let r = route(r, keys::upload_keys);

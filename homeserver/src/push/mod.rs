@@ -1,0 +1,16 @@
+//! Push (issue 11): each user's push rules, their evaluation for every new event, and the
+//! unread counts that follow from it.
+//!
+//! <https://spec.matrix.org/latest/client-server-api/#push-notifications>
+//!
+//! - `rules.rs`: a user's ruleset, stored as their `m.push_rules` global account data (so
+//!   `/sync` and `GET /account_data/m.push_rules` deliver it through the one account-data
+//!   path) and cached per user; the changes the rules API makes, with its limits.
+//! - `eval.rs`: evaluating a new event for every local member, in the write pipeline
+//!   (`rooms::place`); the result is stored with the event (`event_push_actions`).
+//!
+//! The protocol itself (the predefined rules, conditions, evaluation) is ruma's
+//! (`ruma::push`); this module decides only where rules live and when they are evaluated.
+
+pub mod eval;
+pub mod rules;
