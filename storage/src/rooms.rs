@@ -99,8 +99,13 @@ fn placeholders_from(first: usize, n: usize) -> String {
 
 /// `($1, …, $cols), ($cols+1, …), …`: the `VALUES` list of a multi-row insert.
 pub(crate) fn value_rows(rows: usize, cols: usize) -> String {
+    value_rows_from(1, rows, cols)
+}
+
+/// [`value_rows`] whose first placeholder is `$first`.
+pub(crate) fn value_rows_from(first: usize, rows: usize, cols: usize) -> String {
     (0..rows)
-        .map(|r| format!("({})", placeholders_from(r * cols + 1, cols)))
+        .map(|r| format!("({})", placeholders_from(first + r * cols, cols)))
         .collect::<Vec<_>>()
         .join(", ")
 }
@@ -269,6 +274,22 @@ impl Storage {
         if events.iter().any(|e| e.room_id != room_id) {
             return Err(Error::Corrupt("a batch spans several rooms".into()));
         }
+        // The stored form of each PDU, made before the transaction opens.
+        let stored_pdus = events
+            .iter()
+            .map(|event| {
+                pdu_form::strip(
+                    event.pdu,
+                    pdu_form::Columns {
+                        room_id,
+                        sender: event.sender,
+                        event_type: event.event_type,
+                        origin_server_ts: event.origin_server_ts,
+                        depth: event.depth,
+                    },
+                )
+            })
+            .collect::<Result<Vec<_>>>()?;
         let mut tx = self.begin_write().await?;
         if let Some(room) = first.new_room {
             sqlx::query("INSERT INTO rooms (room_id, room_version, creator, is_public, created_ts) VALUES ($1, $2, $3, $4, $5)")
@@ -357,21 +378,6 @@ impl Storage {
                 "a transaction ID of another user than the sender".into(),
             ));
         }
-        let stored_pdus = events
-            .iter()
-            .map(|event| {
-                pdu_form::strip(
-                    event.pdu,
-                    pdu_form::Columns {
-                        room_id,
-                        sender: event.sender,
-                        event_type: event.event_type,
-                        origin_server_ts: event.origin_server_ts,
-                        depth: event.depth,
-                    },
-                )
-            })
-            .collect::<Result<Vec<_>>>()?;
         let mut query = sqlx::query(AssertSqlSafe(sql.as_str()));
         for (((event, position), (before, after)), stored_pdu) in
             events.iter().zip(&positions).zip(&placed).zip(&stored_pdus)
@@ -863,10 +869,7 @@ impl Storage {
                  SELECT sender AS user_id, txn_device AS device_id, txn_id, event_id FROM events
                  WHERE txn_id IS NOT NULL AND txn_hash IS NULL AND (sender, txn_device, txn_id) IN ({})",
                 placeholders(chunk.len()),
-                (0..chunk.len())
-                    .map(|r| format!("({})", placeholders_from(chunk.len() + r * 3 + 1, 3)))
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                value_rows_from(chunk.len() + 1, chunk.len(), 3)
             );
             let mut query = sqlx::query(AssertSqlSafe(sql.as_str()));
             for (user, device, txn_id) in chunk {

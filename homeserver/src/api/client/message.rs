@@ -315,6 +315,15 @@ pub(super) fn format_token(pos: TopologicalPosition) -> String {
     format!("t{}_{}", pos.depth, pos.stream)
 }
 
+/// The position `offset` after `row` (0: the row's own, where a backward walk continues; 1:
+/// just after it, where a forward walk continues).
+pub(super) fn position(row: &myelin_storage::EventRow, offset: i64) -> Option<TopologicalPosition> {
+    row.stream_ordering.map(|stream| TopologicalPosition {
+        depth: row.depth,
+        stream: stream + offset,
+    })
+}
+
 /// The largest page `/messages` returns.
 const MAX_MESSAGES_LIMIT: u64 = 1000;
 
@@ -442,17 +451,9 @@ pub(super) async fn filtered_page(
 ) -> Result<Page> {
     // The position past `row` in the walking direction: just before it going backward,
     // just after it going forward.
-    let past = |row: &myelin_storage::EventRow| {
-        row.stream_ordering.map(|stream| match dir {
-            StorageDirection::Backward => TopologicalPosition {
-                depth: row.depth,
-                stream,
-            },
-            StorageDirection::Forward => TopologicalPosition {
-                depth: row.depth,
-                stream: stream + 1,
-            },
-        })
+    let past = |row: &myelin_storage::EventRow| match dir {
+        StorageDirection::Backward => position(row, 0),
+        StorageDirection::Forward => position(row, 1),
     };
     let mut page = Page {
         rows: Vec::new(),

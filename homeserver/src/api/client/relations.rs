@@ -20,7 +20,7 @@ use ruma::{
 };
 
 use super::{
-    message::{filtered_page, format_token},
+    message::{filtered_page, format_token, position},
     room::raw,
 };
 use crate::{
@@ -157,15 +157,6 @@ pub async fn get_context(
             .collect::<Result<_>>()?;
     }
     Ok(response)
-}
-
-/// The position `offset` after `row` (0: the row's own, where a backward walk continues; 1:
-/// just after it, where a forward walk continues).
-fn position(row: &myelin_storage::EventRow, offset: i64) -> Option<TopologicalPosition> {
-    row.stream_ordering.map(|stream| TopologicalPosition {
-        depth: row.depth,
-        stream: stream + offset,
-    })
 }
 
 /// What the three relations endpoints share.
