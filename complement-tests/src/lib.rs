@@ -18,6 +18,8 @@
 //! - [`client`] is a small Matrix client ([`Client`]) whose calls return the
 //!   raw status and JSON body, so that tests assert on exactly what the spec
 //!   says.
+//! - [`gateway`] is a fake push gateway ([`FakeGateway`]) that records the
+//!   notifications a pusher is sent and can fail or reject on command.
 //! - [`backend_tests!`] turns one `async fn scenario(backend)` into a test per
 //!   storage backend.
 //!
@@ -29,12 +31,14 @@ pub mod assertions;
 pub mod bench;
 pub mod binary;
 pub mod client;
+pub mod gateway;
 mod macros;
 pub mod postgres;
 pub mod server;
 
 pub use assertions::{assert_error, assert_ok, assert_ok_object};
 pub use client::{encode, unique_name, Client};
+pub use gateway::FakeGateway;
 pub use server::{Backend, ServerOptions, TestServer};
 
 /// Environment variable naming an already-running homeserver to test against

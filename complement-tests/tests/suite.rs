@@ -55,6 +55,8 @@ mod privacy;
 mod push_counts;
 #[path = "suite/push_rules.rs"]
 mod push_rules;
+#[path = "suite/pushers.rs"]
+mod pushers;
 #[path = "suite/register.rs"]
 mod register;
 #[path = "suite/restart.rs"]

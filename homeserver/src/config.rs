@@ -32,6 +32,16 @@ pub struct Config {
     pub rate_limits: RateLimits,
     pub presence: PresenceConfig,
     pub media: MediaConfig,
+    pub push: PushConfig,
+}
+
+/// Push: where notifications may be sent.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PushConfig {
+    /// CIDR ranges push gateways may be reached at although they are private, loopback or
+    /// otherwise non-public (parsed and checked by `validate`).
+    pub ip_range_allowlist: Vec<String>,
 }
 
 /// The media repository: upload limits, thumbnails and URL previews.
@@ -177,6 +187,8 @@ const KEYS: &[Key] = &[
           doc: "Let clients ask the server to fetch web pages for link previews (/_matrix/client/v1/media/preview_url). The server then makes outgoing HTTP requests on users' behalf." },
     Key { path: "media.url_preview_ip_range_allowlist", kind: Kind::List, default: Some("[]"),
           doc: "CIDR ranges URL previews may fetch from although they are private, loopback or otherwise not public (e.g. [\"10.1.2.0/24\"]); everything non-public is refused otherwise. Like Synapse's url_preview_ip_range_whitelist." },
+    Key { path: "push.ip_range_allowlist", kind: Kind::List, default: Some("[]"),
+          doc: "CIDR ranges push gateways (the URLs of users' pushers) may be reached at although they are private, loopback or otherwise not public (e.g. [\"10.1.2.0/24\"]); notifications to other non-public addresses are refused. Like Synapse's ip_range_whitelist for pushers." },
 ];
 
 /// Why the configuration was refused. The message always names the key.
@@ -409,6 +421,13 @@ impl Config {
             if range.parse::<ipnet::IpNet>().is_err() {
                 return Err(ConfigError::Invalid(format!(
                     "media.url_preview_ip_range_allowlist (MYELIN_MEDIA_URL_PREVIEW_IP_RANGE_ALLOWLIST): {range:?} is not a CIDR range like 10.0.0.0/8 or fd00::/8"
+                )));
+            }
+        }
+        for range in &self.push.ip_range_allowlist {
+            if range.parse::<ipnet::IpNet>().is_err() {
+                return Err(ConfigError::Invalid(format!(
+                    "push.ip_range_allowlist (MYELIN_PUSH_IP_RANGE_ALLOWLIST): {range:?} is not a CIDR range like 10.0.0.0/8 or fd00::/8"
                 )));
             }
         }

@@ -20,6 +20,7 @@ pub mod e2ee;
 pub mod error;
 pub mod media;
 pub mod notifier;
+pub mod outbound;
 pub mod presence;
 pub mod push;
 pub mod ratelimit;
@@ -83,6 +84,8 @@ pub struct Services {
     pub shared_events: ClearingCache<String, Arc<rooms::format::SharedEvent>>,
     /// Each user's push rules, cached (see [`push::rules`]).
     pub push_rules: push::rules::PushRules,
+    /// The running pusher tasks and the push gateway client (see [`push::sender`]).
+    pub pushers: push::sender::Pushers,
 }
 
 /// How much memory [`Services::shared_events`] may hold (events are up to 64 KiB each).
@@ -124,6 +127,24 @@ impl AppState {
                 .map(|(u, _, _)| u.as_str()),
         );
         Ok(())
+    }
+
+    /// Wakes the waiting syncs of `users` after a commit at `position`: at once, and again
+    /// when `position` becomes safe to read if an earlier position (another room's commit)
+    /// still holds it back. Without the second wake-up a sync woken now would read up to the
+    /// safe position, find nothing, and sleep until its timeout with the event committed.
+    pub fn notify_when_safe<'a>(&self, position: i64, users: impl Iterator<Item = &'a str>) {
+        if self.storage.safe_stream_position() >= position {
+            self.notifier.notify(users);
+            return;
+        }
+        let users: Vec<String> = users.map(str::to_owned).collect();
+        self.notifier.notify(users.iter().map(String::as_str));
+        let state = self.clone();
+        tokio::spawn(async move {
+            state.storage.wait_safe(position).await;
+            state.notifier.notify(users.iter().map(String::as_str));
+        });
     }
 
     /// The receipts event for `(room, after, upto)` from the cache, or made by `make` and
@@ -185,6 +206,8 @@ impl AppState {
                 source,
             }
         })?;
+        let pushers = push::sender::Pushers::new(&config.push.ip_range_allowlist)
+            .map_err(|e| StartError::Io(std::io::Error::other(e)))?;
         let storage = Storage::connect(&config.database_url()).await?;
         let signing_key = match storage.current_signing_key().await? {
             Some(row) => ServerSigningKey::from_stored(&row.key_id, &row.secret_key)?,
@@ -222,17 +245,21 @@ impl AppState {
             shared_receipts: ClearingCache::new(SHARED_RECEIPTS_BYTES, weigh_receipts),
             lazy_members: Default::default(),
             push_rules: Default::default(),
+            pushers,
         })))
     }
 }
 
 /// Periodic housekeeping: expire UIA sessions, registration nonces and lapsed pending media
-/// IDs, drop idle rate-limit buckets, prune push actions.
+/// IDs, drop idle rate-limit buckets, prune push actions, claim pushers.
 async fn housekeeping(state: AppState) {
     let mut tick = tokio::time::interval(Duration::from_secs(60));
     let mut ticks: u64 = 0;
     loop {
         tick.tick().await;
+        // At start-up and every minute: claim this process's pushers (renewing the lease) and
+        // start their tasks.
+        push::sender::claim_and_start(&state).await;
         // Hourly (and at start-up): push actions that are read and a day old, or 30 days old.
         if ticks.is_multiple_of(60) {
             match state.storage.prune_push_actions(auth::now_ms()).await {
@@ -546,6 +573,7 @@ pub async fn serve(
     delivery_recorder.abort();
     profiles.abort();
     upgrades.abort();
+    state.pushers.stop_all();
     state.storage.close().await;
     Ok(())
 }

@@ -187,6 +187,10 @@ impl Storage {
             .bind(user_id)
             .execute(&mut *tx)
             .await?;
+        sqlx::query("DELETE FROM pushers WHERE user_id = $1")
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await?;
         // Device keys, one-time keys and pending to-device messages go with the devices.
         sqlx::query("DELETE FROM devices WHERE user_id = $1")
             .bind(user_id)
@@ -379,6 +383,12 @@ impl Storage {
                 .bind(device_id)
                 .execute(&mut *tx)
                 .await?;
+            // A pusher belongs to the device (access token) that set it.
+            sqlx::query("DELETE FROM pushers WHERE user_id = $1 AND device_id = $2")
+                .bind(user_id)
+                .bind(device_id)
+                .execute(&mut *tx)
+                .await?;
             let done = sqlx::query("DELETE FROM devices WHERE user_id = $1 AND device_id = $2")
                 .bind(user_id)
                 .bind(device_id)
@@ -405,6 +415,11 @@ impl Storage {
         let mut tx = self.begin_write().await?;
         let keep = keep.unwrap_or("");
         sqlx::query("DELETE FROM access_tokens WHERE user_id = $1 AND device_id <> $2")
+            .bind(user_id)
+            .bind(keep)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM pushers WHERE user_id = $1 AND device_id <> $2")
             .bind(user_id)
             .bind(keep)
             .execute(&mut *tx)

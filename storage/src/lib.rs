@@ -18,6 +18,7 @@ mod media;
 mod misc;
 mod pdu_form;
 mod push;
+mod pushers;
 mod recent;
 mod rooms;
 mod state;
@@ -32,6 +33,7 @@ pub use keys::{ClaimedKey, DeviceKeysRow, KeySignature, KeyUpload, NewKey, Uploa
 pub use media::{MediaRow, PendingUpload, ThumbnailRow};
 pub use misc::{RegistrationTokenRow, SigningKeyRow, UiaSessionRow};
 pub use push::{NewPushAction, NotificationRow, UnreadCount};
+pub use pushers::{NewPusher, PendingPush, PusherRow};
 pub use rooms::{
     Direction, EventRow, NewEvent, NewRoom, Persisted, RoomRow, StateMap, TopologicalPosition,
 };
@@ -148,6 +150,12 @@ impl Storage {
     /// The highest stream position whose writes are all visible; sync tokens stop here.
     pub fn safe_stream_position(&self) -> i64 {
         self.stream.safe_position()
+    }
+
+    /// Waits until every position up to `position` is visible (see
+    /// [`StreamTracker::wait_safe`]).
+    pub async fn wait_safe(&self, position: i64) {
+        self.stream.wait_safe(position).await
     }
 
     /// Whether no device list and no room membership changed after `after` (from memory; a

@@ -44,7 +44,7 @@ pub struct NotificationRow {
 
 /// The position of the user's read receipt covering row `a` (0 if none): the newest of their
 /// `m.read` and `m.read.private` receipts in the room, unthreaded or of the row's thread.
-const READ_UPTO: &str = "COALESCE((
+pub(crate) const READ_UPTO: &str = "COALESCE((
         SELECT MAX(e.stream_ordering) FROM receipts r JOIN events e ON e.event_id = r.event_id
         WHERE r.room_id = a.room_id AND r.user_id = a.user_id
           AND r.receipt_type IN ('m.read', 'm.read.private')

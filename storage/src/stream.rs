@@ -45,6 +45,10 @@ struct Inner {
 #[derive(Debug, Default)]
 pub struct StreamTracker {
     inner: Mutex<Inner>,
+    /// Woken whenever the safe position may have moved (positions or a reservation ended),
+    /// for work that must wait until a committed position is safe to read
+    /// ([`StreamTracker::wait_safe`]).
+    advanced: tokio::sync::Notify,
 }
 
 impl StreamTracker {
@@ -54,6 +58,7 @@ impl StreamTracker {
                 max_seen: position,
                 ..Inner::default()
             }),
+            advanced: tokio::sync::Notify::new(),
         }
     }
 
@@ -89,6 +94,22 @@ impl StreamTracker {
         }
         safe
     }
+
+    /// Waits until the safe position is at least `position`. A position committed in one
+    /// room can be unsafe for a moment because an earlier one (another room) is still open;
+    /// work that follows the commit (waking a pusher) waits here instead of reading past it
+    /// or missing it. Subscribes before it checks, so a move in between is not missed.
+    pub async fn wait_safe(&self, position: i64) {
+        loop {
+            let advanced = self.advanced.notified();
+            tokio::pin!(advanced);
+            advanced.as_mut().enable();
+            if self.safe_position() >= position {
+                return;
+            }
+            advanced.await;
+        }
+    }
 }
 
 /// Positions being taken from the database, not yet known (see the module docs).
@@ -122,6 +143,7 @@ impl Drop for Reservation<'_> {
     fn drop(&mut self) {
         if let Some(id) = self.id.take() {
             self.tracker.lock().reservations.remove(&id);
+            self.tracker.advanced.notify_waiters();
         }
     }
 }
@@ -153,6 +175,8 @@ impl Drop for InFlight<'_> {
         for position in &self.positions {
             inner.in_flight.remove(position);
         }
+        drop(inner);
+        self.tracker.advanced.notify_waiters();
     }
 }
 
@@ -189,6 +213,25 @@ mod tests {
         assert_eq!(t.safe_position(), 9);
         drop(ten);
         assert_eq!(t.safe_position(), 11);
+    }
+
+    #[tokio::test]
+    async fn waiting_for_a_position_ends_when_the_earlier_one_commits() {
+        let t = std::sync::Arc::new(StreamTracker::starting_at(9));
+        let ten = take(&t, &[10]);
+        let eleven = take(&t, &[11]);
+        drop(eleven);
+        let waiter = {
+            let t = t.clone();
+            tokio::spawn(async move { t.wait_safe(11).await })
+        };
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished(), "11 is committed but 10 is open");
+        drop(ten);
+        tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
+            .await
+            .expect("woken when 10 committed")
+            .unwrap();
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! - [`thumbnail`]: the spec's crop/scale rules as pure functions, and bounded decoding and
 //!   resizing with the `image` crate (on the blocking pool, a few at a time).
 //! - [`headers`]: `Content-Disposition`, inline-or-attachment, security headers.
-//! - [`preview`] and [`ip_filter`]: URL previews, which never reach private addresses.
+//! - [`preview`]: URL previews, which never reach private addresses ([`crate::outbound`]).
 //!
 //! This module decides what is stored and served; the HTTP handlers
 //! (`api::client::media`) only translate requests and responses. Rows live in storage's
@@ -18,7 +18,6 @@
 //! until then every remote media ID answers 404.
 
 pub mod headers;
-pub mod ip_filter;
 pub mod preview;
 pub mod store;
 pub mod thumbnail;
@@ -80,7 +79,7 @@ impl Media {
     /// Opens the store under `<data_dir>/media` and builds the preview client if previews are on.
     pub fn new(data_dir: &Path, config: &MediaConfig) -> std::io::Result<Media> {
         let fetcher = if config.url_preview_enabled {
-            let filter = ip_filter::IpFilter::new(&config.url_preview_ip_range_allowlist);
+            let filter = crate::outbound::IpFilter::new(&config.url_preview_ip_range_allowlist);
             Some(preview::Fetcher::new(filter).map_err(std::io::Error::other)?)
         } else {
             None

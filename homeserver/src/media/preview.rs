@@ -1,27 +1,18 @@
 //! URL previews: fetching a page for a user, guarded against server-side request forgery, and
 //! reading its Open Graph tags.
 //!
-//! Every connection goes through [`Fetcher`]'s client: its DNS resolver looks the host up itself
-//! and refuses the host when any address it resolves to is not allowed by the [`IpFilter`], so
-//! the address checked is the address connected to (no second lookup an attacker's DNS could
-//! answer differently). IP literals never reach a resolver, so they are checked in the URL and
-//! in every redirect. Proxies from the environment are ignored. Bodies are read up to a bound.
+//! Every connection goes through [`Fetcher`]'s client, guarded by [`crate::outbound`] with the
+//! `media.url_preview_ip_range_allowlist`: host names are checked where they resolve, IP
+//! literals in the URL and in every redirect. Proxies from the environment are ignored. Bodies
+//! are read up to a bound.
 
-use std::{
-    collections::BTreeMap,
-    net::{IpAddr, SocketAddr},
-    sync::Arc,
-    time::Duration,
-};
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use html5gum::{emitters::default::DefaultEmitter, Token, Tokenizer};
-use reqwest::{
-    dns::{Addrs, Name, Resolve, Resolving},
-    redirect, Url,
-};
+use reqwest::{redirect, Url};
 
-use super::ip_filter::IpFilter;
+use crate::outbound::{blocked_literal, find_blocked, Blocked, GuardedResolver, IpFilter};
 
 /// How much of an HTML page is read for its tags.
 pub const MAX_HTML_BYTES: usize = 1024 * 1024;
@@ -44,69 +35,28 @@ pub enum PreviewError {
     Fetch(String),
 }
 
-/// A refused address, carried through reqwest's error chain so it can be told apart from
-/// ordinary network failures.
-#[derive(Debug, thiserror::Error)]
-#[error("{0} is not an allowed address for URL previews")]
-struct Blocked(String);
-
-/// Looks names up and refuses them when any address is not allowed.
-struct GuardedResolver {
-    filter: Arc<IpFilter>,
-}
-
-impl Resolve for GuardedResolver {
-    fn resolve(&self, name: Name) -> Resolving {
-        let filter = self.filter.clone();
-        Box::pin(async move {
-            let host = name.as_str().to_owned();
-            let addrs: Vec<SocketAddr> =
-                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
-            if let Some(bad) = addrs.iter().find(|a| !filter.is_allowed(a.ip())) {
-                let err: Box<dyn std::error::Error + Send + Sync> =
-                    Box::new(Blocked(format!("{host} ({})", bad.ip())));
-                return Err(err);
-            }
-            if addrs.is_empty() {
-                return Err(format!("{host} has no addresses").into());
-            }
-            let addrs: Addrs = Box::new(addrs.into_iter());
-            Ok(addrs)
-        })
-    }
-}
-
 /// Checks a URL before it is requested (also each redirect): http or https, and an allowed
 /// address if the host is an IP literal. Host names are checked when resolved.
 fn check_url(url: &Url, filter: &IpFilter) -> Result<(), PreviewError> {
     if !matches!(url.scheme(), "http" | "https") {
         return Err(PreviewError::InvalidUrl("only http and https URLs".into()));
     }
-    // The URL parser has normalised IPv4 literals in any spelling ("2130706433", "0x7f.1")
-    // to dotted quads, and IPv6 ones to bracketed canonical form.
-    let Some(host) = url.host_str() else {
+    if url.host_str().is_none() {
         return Err(PreviewError::InvalidUrl("the URL has no host".into()));
-    };
-    let literal = host.trim_start_matches('[').trim_end_matches(']');
-    match literal.parse::<IpAddr>() {
-        Ok(ip) if !filter.is_allowed(ip) => {
-            Err(PreviewError::Blocked(Blocked(ip.to_string()).to_string()))
-        }
-        _ => Ok(()),
+    }
+    match blocked_literal(url, filter) {
+        Some(blocked) => Err(PreviewError::Blocked(blocked.to_string())),
+        None => Ok(()),
     }
 }
 
 /// Turns a reqwest error into a [`PreviewError`], recognising refused addresses anywhere in
 /// its chain of causes.
 fn classify(e: reqwest::Error) -> PreviewError {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
-    while let Some(err) = source {
-        if let Some(blocked) = err.downcast_ref::<Blocked>() {
-            return PreviewError::Blocked(blocked.to_string());
-        }
-        source = err.source();
+    match find_blocked(&e) {
+        Some(why) => PreviewError::Blocked(why),
+        None => PreviewError::Fetch(e.without_url().to_string()),
     }
-    PreviewError::Fetch(e.without_url().to_string())
 }
 
 /// The HTTP client for previews.

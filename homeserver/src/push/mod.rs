@@ -8,9 +8,14 @@
 //!   path) and cached per user; the changes the rules API makes, with its limits.
 //! - `eval.rs`: evaluating a new event for every local member, in the write pipeline
 //!   (`rooms::place`); the result is stored with the event (`event_push_actions`).
+//! - `sender.rs`: the pusher worker, one task per pusher, delivering those notifications to
+//!   push gateways durably and in order; `gateway.rs`: the Push Gateway API's request body and
+//!   the guarded HTTP client that sends it.
 //!
 //! The protocol itself (the predefined rules, conditions, evaluation) is ruma's
 //! (`ruma::push`); this module decides only where rules live and when they are evaluated.
 
 pub mod eval;
+pub mod gateway;
 pub mod rules;
+pub mod sender;

@@ -570,9 +570,16 @@ async fn write_batch(
                     format::forget_replaced(state, target);
                 }
             }
-            state
-                .notifier
-                .notify(head.interested().chain(targets.iter().map(String::as_str)));
+            let position = persisted.last().map_or(0, |p| p.stream_ordering);
+            state.notify_when_safe(
+                position,
+                head.interested().chain(targets.iter().map(String::as_str)),
+            );
+            crate::push::sender::wake_when_safe(
+                state,
+                position,
+                notified_users(prepared.iter().map(|(p, _)| p)),
+            );
             let ids: Vec<OwnedEventId> = prepared.iter().map(|(p, _)| p.event_id.clone()).collect();
             for (p, reply) in prepared {
                 let _ = reply.send(Ok(p.event_id));
@@ -850,11 +857,26 @@ pub(crate) async fn write_new_room(
             e => e.into(),
         })?;
     head.state_after = persisted.last().map(|p| p.state_after);
-    state
-        .notifier
-        .notify(head.interested().chain(targets.iter().map(String::as_str)));
+    let position = persisted.last().map_or(0, |p| p.stream_ordering);
+    state.notify_when_safe(
+        position,
+        head.interested().chain(targets.iter().map(String::as_str)),
+    );
+    crate::push::sender::wake_when_safe(state, position, notified_users(prepared.iter()));
     *guard = Some(head);
     Ok(())
+}
+
+/// The local users a batch of events notifies (whose pushers have work), each once.
+fn notified_users<'a>(events: impl Iterator<Item = &'a Prepared>) -> Vec<String> {
+    let mut users: Vec<String> = events
+        .flat_map(|p| p.push_actions.iter())
+        .filter(|a| a.notify)
+        .map(|a| a.user_id.clone())
+        .collect();
+    users.sort_unstable();
+    users.dedup();
+    users
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@ mod message;
 mod presence;
 mod profile;
 mod push;
+mod pushers;
 mod receipts;
 pub(crate) mod register;
 mod relations;
@@ -112,6 +113,8 @@ pub fn routes(r: Router<AppState>) -> Router<AppState> {
     let r = route(r, push::get_pushrule_actions);
     let r = route(r, push::set_pushrule_actions);
     let r = route(r, push::get_notifications);
+    let r = route(r, pushers::get_pushers);
+    let r = route(r, pushers::set_pusher);
     let r = route(r, presence::get_presence);
     let r = route(r, presence::set_presence);
     let r = route(r, keys::upload_keys);

@@ -102,6 +102,10 @@ async fn store_receipt(
     } else {
         state.wake_room(room_id.as_str()).await?;
     }
+    if matches!(receipt_type, "m.read" | "m.read.private") {
+        // The user's other devices get the new badge.
+        state.pushers.receipt(user.as_str());
+    }
     Ok(())
 }
 

@@ -1,7 +1,7 @@
-//! Which addresses the server may fetch from on a user's behalf (URL previews): public ones
-//! only, unless the operator allows a range explicitly.
+//! Which addresses the server may send requests to on a user's behalf (URL previews, push
+//! gateways): public ones only, unless the operator allows a range explicitly.
 //!
-//! A URL preview makes the server send a request a user chose. Without this check a user could
+//! A URL preview or a pusher's URL makes the server send a request a user chose. Without this check a user could
 //! make it fetch from loopback, the private network or a cloud metadata service and read the
 //! answer back through the preview. The check is applied to every address a host name resolves
 //! to (by the resolver the preview client connects through, so the address checked is the one
