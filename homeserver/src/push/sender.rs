@@ -291,19 +291,12 @@ async fn step(
         return Ok(Step::Idle);
     }
     let badge = state.storage.badge_count(&pusher.user_id, upto).await?;
-    let mut events = HashMap::new();
+    let mut details = BatchDetails::load(state, &due).await?;
     for push in &due {
         if worker.stopped.load(Ordering::Relaxed) {
             return Ok(Step::Stop);
         }
-        let details = match events.get(&push.event_id) {
-            Some(details) => details,
-            None => {
-                let details = event_details(state, push).await?;
-                events.entry(push.event_id.clone()).or_insert(details)
-            }
-        };
-        let Some(details) = details else {
+        let Some(details) = details.of(state, push).await? else {
             // The event is gone (purged): nothing to send.
             state
                 .storage
@@ -312,7 +305,7 @@ async fn step(
             continue;
         };
         let actions: Vec<Action> = serde_json::from_str(&push.actions).unwrap_or_default();
-        let body = gateway::notification(&pusher, details, &actions, badge);
+        let body = gateway::notification(&pusher, &details, &actions, badge);
         match deliver(state, worker, &pusher, &body, failing_since).await? {
             Delivery::Accepted { rejected: true } => {
                 tracing::info!(
@@ -405,36 +398,76 @@ async fn deliver(
     }
 }
 
-/// The event of a notification with the names the gateway shows, or `None` if it is gone.
-async fn event_details(
-    state: &AppState,
-    push: &PendingPush,
-) -> Result<Option<EventDetails>, crate::error::Error> {
-    let Some(row) = state.storage.get_event(&push.event_id).await? else {
-        return Ok(None);
-    };
-    let pdu: Value = row.parse_pdu().map_err(crate::error::Error::internal)?;
-    let room = push.room_id.as_str();
-    let sender_display_name = state_content(state, room, "m.room.member", &row.sender)
-        .await?
-        .and_then(|c| c["displayname"].as_str().map(str::to_owned));
-    let room_name = state_content(state, room, "m.room.name", "")
-        .await?
-        .and_then(|c| c["name"].as_str().map(str::to_owned));
-    let room_alias = state_content(state, room, "m.room.canonical_alias", "")
-        .await?
-        .and_then(|c| c["alias"].as_str().map(str::to_owned));
-    Ok(Some(EventDetails {
-        event_id: row.event_id,
-        room_id: row.room_id,
-        event_type: row.event_type,
-        sender: row.sender,
-        state_key: row.state_key,
-        content: pdu.get("content").cloned().unwrap_or(Value::Null),
-        sender_display_name,
-        room_name,
-        room_alias,
-    }))
+/// The events of a batch of notifications, read at once, and the names the gateway shows,
+/// read once per room (and sender) of the batch.
+struct BatchDetails {
+    events: HashMap<String, myelin_storage::EventRow>,
+    /// `(room name, canonical alias)` by room.
+    rooms: HashMap<String, (Option<String>, Option<String>)>,
+    /// Display names by `(room, user)`.
+    names: HashMap<(String, String), Option<String>>,
+}
+
+impl BatchDetails {
+    async fn load(
+        state: &AppState,
+        due: &[PendingPush],
+    ) -> Result<BatchDetails, crate::error::Error> {
+        let ids: Vec<String> = due.iter().map(|p| p.event_id.clone()).collect();
+        let events = state
+            .storage
+            .get_events(&ids)
+            .await?
+            .into_iter()
+            .map(|row| (row.event_id.clone(), row))
+            .collect();
+        Ok(BatchDetails {
+            events,
+            rooms: HashMap::new(),
+            names: HashMap::new(),
+        })
+    }
+
+    /// The details of one notification's event, or `None` if the event is gone.
+    async fn of(
+        &mut self,
+        state: &AppState,
+        push: &PendingPush,
+    ) -> Result<Option<EventDetails>, crate::error::Error> {
+        let Some(row) = self.events.get(&push.event_id) else {
+            return Ok(None);
+        };
+        let pdu: Value = row.parse_pdu().map_err(crate::error::Error::internal)?;
+        let room = push.room_id.as_str();
+        if !self.rooms.contains_key(room) {
+            let name = state_content(state, room, "m.room.name", "")
+                .await?
+                .and_then(|c| c["name"].as_str().map(str::to_owned));
+            let alias = state_content(state, room, "m.room.canonical_alias", "")
+                .await?
+                .and_then(|c| c["alias"].as_str().map(str::to_owned));
+            self.rooms.insert(room.to_owned(), (name, alias));
+        }
+        let key = (room.to_owned(), row.sender.clone());
+        if !self.names.contains_key(&key) {
+            let name = state_content(state, room, "m.room.member", &row.sender)
+                .await?
+                .and_then(|c| c["displayname"].as_str().map(str::to_owned));
+            self.names.insert(key.clone(), name);
+        }
+        let (room_name, room_alias) = self.rooms[room].clone();
+        Ok(Some(EventDetails {
+            event_id: row.event_id.clone(),
+            room_id: row.room_id.clone(),
+            event_type: row.event_type.clone(),
+            sender: row.sender.clone(),
+            state_key: row.state_key.clone(),
+            content: pdu.get("content").cloned().unwrap_or(Value::Null),
+            sender_display_name: self.names[&key].clone(),
+            room_name,
+            room_alias,
+        }))
+    }
 }
 
 /// The content of a current state event of a room.
