@@ -330,12 +330,18 @@ impl Storage {
     }
 
     /// The badge a user's devices show, as Synapse counts it by default: the rooms with
-    /// unread notifications at `upto`, plus the rooms they are invited to.
+    /// unread notifications at `upto`, plus the rooms they are invited to. A room (or thread)
+    /// is unread when its newest notifying row is after the user's receipt covering it, so
+    /// the receipt is looked up once per room and thread, not once per row.
     pub async fn badge_count(&self, user_id: &str, upto: i64) -> Result<i64> {
         let sql = format!(
-            "SELECT (SELECT COUNT(DISTINCT a.room_id) FROM event_push_actions a
-                     WHERE a.user_id = $1 AND a.stream_ordering <= $2 AND a.notify = 1
-                       AND a.stream_ordering > {READ_UPTO})
+            "SELECT (SELECT COUNT(DISTINCT a.room_id) FROM (
+                         SELECT n.user_id, n.room_id, n.thread_id,
+                                MAX(n.stream_ordering) AS newest
+                         FROM event_push_actions n
+                         WHERE n.user_id = $1 AND n.stream_ordering <= $2 AND n.notify = 1
+                         GROUP BY n.user_id, n.room_id, n.thread_id) a
+                     WHERE a.newest > {READ_UPTO})
                   + (SELECT COUNT(*) FROM room_memberships
                      WHERE user_id = $1 AND membership = 'invite') AS badge"
         );

@@ -17,7 +17,8 @@
 //!    back: whether every notification arrived exactly once and in order, and how long the
 //!    backlog took.
 //!
-//! Knobs: `BENCH_SECONDS` (duration of 1, default 20), `BENCH_DOWN_SECONDS`, `BENCH_BACKEND`.
+//! Knobs: `BENCH_SECONDS` (duration of 1, default 20), `BENCH_PUSHERS` (pushers per room in 1,
+//! default 2; 0 measures rule evaluation alone), `BENCH_DOWN_SECONDS`, `BENCH_BACKEND`.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -37,7 +38,6 @@ use serde_json::{json, Value};
 const ROOMS: usize = 10;
 const MEMBERS: usize = 50;
 const SENDERS_PER_ROOM: usize = 5;
-const PUSHERS_PER_ROOM: usize = 2;
 
 async fn create_room(client: &Client, name: &str) -> String {
     let (status, body) = client
@@ -131,6 +131,8 @@ async fn main() {
     let backend = complement_tests::bench::backend();
     let seconds = env_num("BENCH_SECONDS", 20);
     let down_seconds = env_num("BENCH_DOWN_SECONDS", 60);
+    // Members of each room with a pusher (0 measures evaluation alone).
+    let pushers_per_room = env_num("BENCH_PUSHERS", 2) as usize;
     let options = ServerOptions::default()
         .env("MYELIN_LOG", "error")
         .env("MYELIN_PUSH_IP_RANGE_ALLOWLIST", "127.0.0.0/8");
@@ -149,7 +151,7 @@ async fn main() {
             join(&member, &room).await;
             if m <= SENDERS_PER_ROOM {
                 senders.push((member, room.clone()));
-            } else if m <= SENDERS_PER_ROOM + PUSHERS_PER_ROOM {
+            } else if m <= SENDERS_PER_ROOM + pushers_per_room {
                 set_pusher(&member, &gateway.url(), &format!("key-{r}-{m}")).await;
             }
         }
@@ -157,7 +159,7 @@ async fn main() {
     println!(
         "set up {ROOMS} rooms of {MEMBERS} members, {} senders, {} pushers",
         senders.len(),
-        ROOMS * PUSHERS_PER_ROOM
+        ROOMS * pushers_per_room
     );
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
@@ -183,7 +185,7 @@ async fn main() {
     let elapsed = start.elapsed();
     let cpu_sending = cpu_time(pid) - cpu_before;
     let at_stop = gateway.received().len();
-    let expected = sent as usize * PUSHERS_PER_ROOM;
+    let expected = sent as usize * pushers_per_room;
     let drained_at = Instant::now();
     let got = drain(&gateway, expected, Duration::from_secs(120)).await;
     let drain_time = drained_at.elapsed();
