@@ -19,6 +19,7 @@ mod receipts;
 pub(crate) mod register;
 mod relations;
 mod room;
+mod rtc;
 mod session;
 mod sync;
 mod to_device;
@@ -112,6 +113,7 @@ pub fn routes(r: Router<AppState>) -> Router<AppState> {
     let r = route(r, push::get_pushrule_actions);
     let r = route(r, push::set_pushrule_actions);
     let r = route(r, push::get_notifications);
+    let r = route(r, rtc::get_rtc_transports);
     let r = route(r, presence::get_presence);
     let r = route(r, presence::set_presence);
     let r = route(r, keys::upload_keys);
