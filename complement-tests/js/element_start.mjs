@@ -263,6 +263,12 @@ try {
     const b = await step("B: startClient() until PREPARED", () => start("B", sessionB));
     clients.push(b);
 
+    // In a browser startClient() also asks for TURN credentials (and again every minute);
+    // on Node, which has no WebRTC, the SDK skips that, so ask the way it would.
+    await step("A and B ask for TURN servers, as startClient() does in a browser", async () => {
+        for (const c of [a, b]) await c.turnServer();
+    });
+
     phase = "exchange";
     const roomId = await step("A creates a room and invites B", async () => {
         const { room_id } = await a.createRoom({

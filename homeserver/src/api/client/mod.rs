@@ -23,6 +23,7 @@ mod rtc;
 mod session;
 mod sync;
 mod to_device;
+mod voip;
 
 use axum::Router;
 
@@ -114,6 +115,7 @@ pub fn routes(r: Router<AppState>) -> Router<AppState> {
     let r = route(r, push::set_pushrule_actions);
     let r = route(r, push::get_notifications);
     let r = route(r, rtc::get_rtc_transports);
+    let r = route_raw(r, voip::get_turn_server_info);
     let r = route(r, presence::get_presence);
     let r = route(r, presence::set_presence);
     let r = route(r, keys::upload_keys);
