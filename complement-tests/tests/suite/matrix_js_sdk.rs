@@ -108,7 +108,10 @@ fn node_or_skip() -> Option<String> {
     match problem {
         None => Some("node".into()),
         Some(why) if skip_allowed => {
-            complement_tests::skip("matrix-js-sdk", &format!("{why} (MYELIN_SKIP_NODE_TESTS=1)"));
+            complement_tests::skip(
+                "matrix-js-sdk",
+                &format!("{why} (MYELIN_SKIP_NODE_TESTS=1)"),
+            );
             None
         }
         Some(why) => panic!(
@@ -133,7 +136,12 @@ fn version_of(program: &str) -> Result<String, String> {
 
 /// 20 from "v20.20.2".
 fn node_major(version: &str) -> Option<u32> {
-    version.trim_start_matches('v').split('.').next()?.parse().ok()
+    version
+        .trim_start_matches('v')
+        .split('.')
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// The node_modules of `complement-tests/js`, installed with `npm ci` on first use into
