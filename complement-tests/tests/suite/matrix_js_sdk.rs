@@ -96,10 +96,7 @@ fn node_or_skip() -> Option<String> {
     let problem = match version_of("node") {
         Err(why) => Some(why),
         Ok(version) => match node_major(&version) {
-            Some(major) if major >= MIN_NODE_MAJOR => match version_of("npm") {
-                Err(why) => Some(why),
-                Ok(_) => None,
-            },
+            Some(major) if major >= MIN_NODE_MAJOR => version_of("npm").err(),
             _ => Some(format!(
                 "node {version} is too old: the matrix-js-sdk test needs Node {MIN_NODE_MAJOR} or newer"
             )),
