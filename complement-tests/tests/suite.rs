@@ -41,6 +41,8 @@ mod errors;
 mod filters;
 #[path = "suite/login.rs"]
 mod login;
+#[path = "suite/matrix_js_sdk.rs"]
+mod matrix_js_sdk;
 #[path = "suite/matrix_sdk_e2ee.rs"]
 mod matrix_sdk_e2ee;
 #[path = "suite/media.rs"]

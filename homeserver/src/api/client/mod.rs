@@ -20,9 +20,11 @@ mod receipts;
 pub(crate) mod register;
 mod relations;
 mod room;
+mod rtc;
 mod session;
 mod sync;
 mod to_device;
+mod voip;
 
 use axum::Router;
 
@@ -115,6 +117,8 @@ pub fn routes(r: Router<AppState>) -> Router<AppState> {
     let r = route(r, push::get_notifications);
     let r = route(r, pushers::get_pushers);
     let r = route(r, pushers::set_pusher);
+    let r = route(r, rtc::get_rtc_transports);
+    let r = route_raw(r, voip::get_turn_server_info);
     let r = route(r, presence::get_presence);
     let r = route(r, presence::set_presence);
     let r = route(r, keys::upload_keys);
