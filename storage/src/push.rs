@@ -3,7 +3,8 @@
 //! `/notifications`, and the bounding of the table.
 //!
 //! A row is *read* when the user's newest `m.read` or `m.read.private` receipt in its room,
-//! unthreaded or of the row's thread, is at or after it in the stream. The receipts are not
+//! unthreaded or of the row's thread, is at or after it in the stream (without a receipt:
+//! when the user's join is). The receipts are not
 //! copied here: counts join them, so a receipt clears counts in the receipt's own
 //! transaction and nothing can disagree after a restart.
 
@@ -42,13 +43,18 @@ pub struct NotificationRow {
     pub read: bool,
 }
 
-/// The position of the user's read receipt covering row `a` (0 if none): the newest of their
-/// `m.read` and `m.read.private` receipts in the room, unthreaded or of the row's thread.
+/// The position up to which the user has read for row `a`: their newest `m.read` or
+/// `m.read.private` receipt in the room, unthreaded or of the row's thread; without one, their
+/// join (as Synapse counts: what came before joining, the invite among it, is not unread once
+/// they are in the room); 0 if neither.
 pub(crate) const READ_UPTO: &str = "COALESCE((
         SELECT MAX(e.stream_ordering) FROM receipts r JOIN events e ON e.event_id = r.event_id
         WHERE r.room_id = a.room_id AND r.user_id = a.user_id
           AND r.receipt_type IN ('m.read', 'm.read.private')
           AND (r.thread_id = '' OR r.thread_id = a.thread_id)
+    ), (
+        SELECT m.stream_ordering FROM room_memberships m
+        WHERE m.room_id = a.room_id AND m.user_id = a.user_id AND m.membership = 'join'
     ), 0)";
 
 /// Rows per insert statement (9 parameters each; SQLite allows 32,766 per statement).
