@@ -421,7 +421,7 @@ impl Storage {
             })
             .collect();
         if !actions.is_empty() {
-            crate::push::insert_push_actions(&mut tx, room_id, &actions, now).await?;
+            crate::push::insert_push_actions(&mut tx, self.backend, room_id, &actions, now).await?;
         }
 
         // 3. The DAG: the forward extremities move to the chain's tips. (The edges
