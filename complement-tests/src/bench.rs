@@ -1,10 +1,12 @@
 //! What the benchmark binaries (`src/bin/bench*.rs`) share: knobs from the environment, the
 //! backend and the server they measure, percentiles, the server's memory, and a release build
-//! of the server on a durable PostgreSQL.
+//! of the server on a durable PostgreSQL, and making rooms to measure.
 
 use std::{process::Command, time::Duration};
 
-use crate::{binary, Backend, ServerOptions, TestServer};
+use serde_json::json;
+
+use crate::{binary, encode, Backend, Client, ServerOptions, TestServer};
 
 /// A numeric knob from the environment.
 pub fn env_num(name: &str, default: u64) -> u64 {
@@ -92,4 +94,27 @@ pub fn rss_kib(pid: u32) -> u64 {
                 .and_then(|v| v.parse().ok())
         })
         .unwrap_or(0)
+}
+
+/// Creates a public room named `name`; panics on failure.
+pub async fn create_room(client: &Client, name: &str) -> String {
+    let (status, body) = client
+        .post(
+            "/_matrix/client/v3/createRoom",
+            &json!({ "preset": "public_chat", "name": name }),
+        )
+        .await;
+    assert_eq!(status, 200, "createRoom: {body}");
+    body["room_id"].as_str().expect("room_id").to_owned()
+}
+
+/// Joins `room_id`; panics on failure.
+pub async fn join(client: &Client, room_id: &str) {
+    let (status, body) = client
+        .post(
+            &format!("/_matrix/client/v3/rooms/{}/join", encode(room_id)),
+            &json!({}),
+        )
+        .await;
+    assert_eq!(status, 200, "join: {body}");
 }

@@ -129,6 +129,21 @@ impl AppState {
         Ok(())
     }
 
+    /// Runs `then` once every position up to `position` is safe to read: at once if it is,
+    /// otherwise on a small task that waits for the earlier positions (another room's commit)
+    /// to finish.
+    pub fn when_safe(&self, position: i64, then: impl FnOnce(&AppState) + Send + 'static) {
+        if self.storage.safe_stream_position() >= position {
+            then(self);
+            return;
+        }
+        let state = self.clone();
+        tokio::spawn(async move {
+            state.storage.wait_safe(position).await;
+            then(&state);
+        });
+    }
+
     /// Wakes the waiting syncs of `users` after a commit at `position`: at once, and again
     /// when `position` becomes safe to read if an earlier position (another room's commit)
     /// still holds it back. Without the second wake-up a sync woken now would read up to the
@@ -140,10 +155,8 @@ impl AppState {
         }
         let users: Vec<String> = users.map(str::to_owned).collect();
         self.notifier.notify(users.iter().map(String::as_str));
-        let state = self.clone();
-        tokio::spawn(async move {
-            state.storage.wait_safe(position).await;
-            state.notifier.notify(users.iter().map(String::as_str));
+        self.when_safe(position, move |state| {
+            state.notifier.notify(users.iter().map(String::as_str))
         });
     }
 

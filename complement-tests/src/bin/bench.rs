@@ -25,31 +25,10 @@ use std::{
 };
 
 use complement_tests::{
-    bench::{build_release_server, env_num, ms, percentile},
+    bench::{build_release_server, create_room, env_num, join, ms, percentile},
     encode, Client, ServerOptions,
 };
 use serde_json::json;
-
-async fn create_room(client: &Client, name: &str) -> String {
-    let (status, body) = client
-        .post(
-            "/_matrix/client/v3/createRoom",
-            &json!({ "preset": "public_chat", "name": name }),
-        )
-        .await;
-    assert_eq!(status, 200, "createRoom: {body}");
-    body["room_id"].as_str().expect("room_id").to_owned()
-}
-
-async fn join(client: &Client, room_id: &str) {
-    let (status, body) = client
-        .post(
-            &format!("/_matrix/client/v3/rooms/{}/join", encode(room_id)),
-            &json!({}),
-        )
-        .await;
-    assert_eq!(status, 200, "join: {body}");
-}
 
 async fn send(client: &Client, room_id: &str, txn: &str) -> Duration {
     let start = Instant::now();

@@ -195,14 +195,8 @@ pub fn wake_when_safe(state: &AppState, position: i64, users: Vec<String>) {
     if users.is_empty() {
         return;
     }
-    if state.storage.safe_stream_position() >= position {
-        state.pushers.wake(users.iter().map(String::as_str));
-        return;
-    }
-    let state = state.clone();
-    tokio::spawn(async move {
-        state.storage.wait_safe(position).await;
-        state.pushers.wake(users.iter().map(String::as_str));
+    state.when_safe(position, move |state| {
+        state.pushers.wake(users.iter().map(String::as_str))
     });
 }
 
@@ -477,16 +471,6 @@ async fn state_content(
     event_type: &str,
     state_key: &str,
 ) -> Result<Option<Value>, crate::error::Error> {
-    let Some(event_id) = state
-        .storage
-        .current_state_event(room_id, event_type, state_key)
-        .await?
-    else {
-        return Ok(None);
-    };
-    let Some(row) = state.storage.get_event(&event_id).await? else {
-        return Ok(None);
-    };
-    let pdu: Value = row.parse_pdu().map_err(crate::error::Error::internal)?;
-    Ok(pdu.get("content").cloned())
+    let pdu = crate::rooms::current_state_pdu(state, room_id, event_type, state_key).await?;
+    Ok(pdu.and_then(|mut pdu| pdu.get_mut("content").map(Value::take)))
 }

@@ -309,6 +309,26 @@ pub fn parse_row(row: &myelin_storage::EventRow) -> Result<Pdu, Error> {
     Ok(pdu)
 }
 
+/// The PDU of one `(type, state key)` in the room's current state, as JSON.
+pub async fn current_state_pdu(
+    state: &AppState,
+    room_id: &str,
+    event_type: &str,
+    state_key: &str,
+) -> Result<Option<serde_json::Value>, Error> {
+    let Some(event_id) = state
+        .storage
+        .current_state_event(room_id, event_type, state_key)
+        .await?
+    else {
+        return Ok(None);
+    };
+    let Some(row) = state.storage.get_event(&event_id).await? else {
+        return Ok(None);
+    };
+    Ok(Some(row.parse_pdu().map_err(Error::internal)?))
+}
+
 /// The room version and its rules, or 404 if the room is unknown here.
 pub async fn room_rules(
     state: &AppState,

@@ -17,22 +17,6 @@ pub enum Action<'a> {
     State(&'a str),
 }
 
-async fn state_content(
-    state: &AppState,
-    room_id: &RoomId,
-    event_type: &str,
-) -> Result<Option<Value>, Error> {
-    let current = state.storage.current_state(room_id.as_str()).await?;
-    let Some(id) = current.get(&(event_type.to_owned(), String::new())) else {
-        return Ok(None);
-    };
-    let Some(row) = state.storage.get_event(id).await? else {
-        return Ok(None);
-    };
-    let pdu: Value = row.parse_pdu().map_err(Error::internal)?;
-    Ok(Some(pdu))
-}
-
 /// Whether `user` may perform `action` in the room now.
 pub async fn has_level(
     state: &AppState,
@@ -42,11 +26,12 @@ pub async fn has_level(
 ) -> Result<bool, Error> {
     let (_, rules) = super::room_rules(state, room_id).await?;
     let create = if rules.authorization.explicitly_privilege_room_creators {
-        state_content(state, room_id, "m.room.create").await?
+        super::current_state_pdu(state, room_id.as_str(), "m.room.create", "").await?
     } else {
         None
     };
-    let levels = state_content(state, room_id, "m.room.power_levels").await?;
+    let levels =
+        super::current_state_pdu(state, room_id.as_str(), "m.room.power_levels", "").await?;
     Ok(allows(
         &rules,
         create.as_ref(),
