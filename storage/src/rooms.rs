@@ -425,39 +425,44 @@ impl Storage {
         }
 
         // 3. The DAG: the forward extremities move to the chain's tips. (The edges
-        //    themselves are the PDUs' `prev_events`; no query needs them as rows.)
+        //    themselves are the PDUs' `prev_events`; no query needs them as rows.) The room's
+        //    set is one row (migration 0013), read and rewritten in place.
         let edges: Vec<(&str, &str)> = events
             .iter()
             .flat_map(|e| e.prev_events.iter().map(move |p| (e.event_id, p.as_str())))
             .collect();
-        if !edges.is_empty() {
-            let mut prevs: Vec<&str> = edges.iter().map(|(_, p)| *p).collect();
-            prevs.sort_unstable();
-            prevs.dedup();
-            let sql = format!(
-                "DELETE FROM forward_extremities WHERE room_id = $1 AND event_id IN ({})",
-                placeholders_from(2, prevs.len())
-            );
-            let mut query = sqlx::query(AssertSqlSafe(sql.as_str())).bind(room_id);
-            for prev in &prevs {
-                query = query.bind(*prev);
+        let lock = if self.backend == Backend::Postgres {
+            " FOR UPDATE"
+        } else {
+            ""
+        };
+        let sql = format!("SELECT event_ids FROM room_extremities WHERE room_id = $1{lock}");
+        let current: Option<String> = sqlx::query_scalar(AssertSqlSafe(sql.as_str()))
+            .bind(room_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let mut extremities: Vec<String> = match current {
+            Some(json) => serde_json::from_str(&json)
+                .map_err(|e| Error::Corrupt(format!("room_extremities of {room_id}: {e}")))?,
+            None => Vec::new(),
+        };
+        extremities.retain(|id| !edges.iter().any(|(_, p)| p == id));
+        for event in events {
+            let id = event.event_id;
+            if !edges.iter().any(|(_, p)| *p == id) && !extremities.iter().any(|e| e == id) {
+                extremities.push(id.to_owned());
             }
-            query.execute(&mut *tx).await?;
         }
-        let tips: Vec<&str> = events
-            .iter()
-            .map(|e| e.event_id)
-            .filter(|id| !edges.iter().any(|(_, p)| p == id))
-            .collect();
-        let sql = format!(
-            "INSERT INTO forward_extremities (room_id, event_id) VALUES {}",
-            value_rows(tips.len(), 2)
-        );
-        let mut query = sqlx::query(AssertSqlSafe(sql.as_str()));
-        for tip in &tips {
-            query = query.bind(room_id).bind(*tip);
-        }
-        query.execute(&mut *tx).await?;
+        let extremities =
+            serde_json::to_string(&extremities).map_err(|e| Error::Corrupt(e.to_string()))?;
+        sqlx::query(
+            "INSERT INTO room_extremities (room_id, event_ids) VALUES ($1, $2)
+             ON CONFLICT (room_id) DO UPDATE SET event_ids = excluded.event_ids",
+        )
+        .bind(room_id)
+        .bind(extremities)
+        .execute(&mut *tx)
+        .await?;
 
         // 4. Current state, memberships and relations (rare; one statement each).
         for (event, position) in events.iter().zip(&positions) {
@@ -623,18 +628,34 @@ impl Storage {
         Ok(())
     }
 
-    /// The room's forward extremities with their depths.
+    /// The room's forward extremities with their depths, deepest (then newest) first.
     pub async fn forward_extremities(
         &self,
         room_id: &str,
     ) -> Result<Vec<(String, i64, Option<i64>)>> {
-        let rows = sqlx::query(
-            "SELECT e.event_id, e.depth, e.state_after FROM forward_extremities f
-             JOIN events e ON e.event_id = f.event_id WHERE f.room_id = $1 ORDER BY e.depth DESC, e.stream_ordering DESC",
-        )
-        .bind(room_id)
-        .fetch_all(&self.pool)
-        .await?;
+        let current: Option<String> =
+            sqlx::query_scalar("SELECT event_ids FROM room_extremities WHERE room_id = $1")
+                .bind(room_id)
+                .fetch_optional(&self.pool)
+                .await?;
+        let ids: Vec<String> = match current {
+            Some(json) => serde_json::from_str(&json)
+                .map_err(|e| Error::Corrupt(format!("room_extremities of {room_id}: {e}")))?,
+            None => return Ok(Vec::new()),
+        };
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sql = format!(
+            "SELECT event_id, depth, state_after FROM events WHERE event_id IN ({})
+             ORDER BY depth DESC, stream_ordering DESC",
+            placeholders_from(1, ids.len())
+        );
+        let mut query = sqlx::query(AssertSqlSafe(sql.as_str()));
+        for id in &ids {
+            query = query.bind(id.as_str());
+        }
+        let rows = query.fetch_all(&self.pool).await?;
         rows.iter()
             .map(|row| {
                 Ok((
