@@ -32,8 +32,8 @@ pub use error::{Error, Result};
 pub use keys::{ClaimedKey, DeviceKeysRow, KeySignature, KeyUpload, NewKey, UploadOutcome};
 pub use media::{MediaRow, PendingUpload, ThumbnailRow};
 pub use misc::{RegistrationTokenRow, SigningKeyRow, UiaSessionRow};
-pub use push::{NewPushAction, NotificationRow, UnreadCount};
-pub use pushers::{NewPusher, PendingPush, PusherRow};
+pub use push::{NewPushAction, NotificationRow, PendingPush, UnreadCount};
+pub use pushers::{NewPusher, PusherRow};
 pub use rooms::{
     Direction, EventRow, NewEvent, NewRoom, Persisted, RoomRow, StateMap, TopologicalPosition,
 };
@@ -69,6 +69,8 @@ pub struct Storage {
     recent: std::sync::Arc<recent::Recent>,
     /// Resolved access tokens (see `accounts.rs`).
     tokens: std::sync::Arc<accounts::TokenCache>,
+    /// Unread counts of long unread stretches (see `push.rs`).
+    counts: std::sync::Arc<push::CountCache>,
 }
 
 impl Storage {
@@ -122,6 +124,7 @@ impl Storage {
             stream: Default::default(),
             recent: Default::default(),
             tokens: Default::default(),
+            counts: Default::default(),
         };
         storage.migrate().await?;
         let position = storage.current_stream_position().await?;

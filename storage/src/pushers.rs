@@ -9,7 +9,7 @@
 
 use sqlx::{any::AnyRow, Row};
 
-use crate::{push::READ_UPTO, Backend, Result, Storage};
+use crate::{Backend, Result, Storage};
 
 /// A stored pusher.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,17 +47,6 @@ pub struct NewPusher<'a> {
     pub profile_tag: Option<&'a str>,
     pub lang: &'a str,
     pub data: &'a str,
-}
-
-/// A notification due to a user's pushers.
-#[derive(Debug, Clone)]
-pub struct PendingPush {
-    pub stream_ordering: i64,
-    pub room_id: String,
-    pub event_id: String,
-    /// The matched rule's actions, as JSON (the tweaks are sent to the gateway).
-    pub actions: String,
-    pub highlight: bool,
 }
 
 const PUSHER_COLUMNS: &str = "id, user_id, device_id, kind, app_id, pushkey, app_display_name,
@@ -290,66 +279,5 @@ impl Storage {
             .execute(&self.pool)
             .await?;
         Ok(())
-    }
-
-    /// The user's unread notifying push actions after stream position `after`, up to `upto`,
-    /// in stream order, at most `limit`.
-    pub async fn pending_pushes(
-        &self,
-        user_id: &str,
-        after: i64,
-        upto: i64,
-        limit: i64,
-    ) -> Result<Vec<PendingPush>> {
-        let sql = format!(
-            "SELECT a.stream_ordering, a.room_id, a.event_id, a.actions, a.highlight
-             FROM event_push_actions a
-             WHERE a.user_id = $1 AND a.stream_ordering > $2 AND a.stream_ordering <= $3
-               AND a.notify = 1 AND a.stream_ordering > {READ_UPTO}
-             ORDER BY a.stream_ordering
-             LIMIT $4"
-        );
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
-            .bind(user_id)
-            .bind(after)
-            .bind(upto)
-            .bind(limit)
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(PendingPush {
-                    stream_ordering: row.try_get("stream_ordering")?,
-                    room_id: row.try_get("room_id")?,
-                    event_id: row.try_get("event_id")?,
-                    actions: row.try_get("actions")?,
-                    highlight: row.try_get::<i64, _>("highlight")? != 0,
-                })
-            })
-            .collect()
-    }
-
-    /// The badge a user's devices show, as Synapse counts it by default: the rooms with
-    /// unread notifications at `upto`, plus the rooms they are invited to. A room (or thread)
-    /// is unread when its newest notifying row is after the user's receipt covering it, so
-    /// the receipt is looked up once per room and thread, not once per row.
-    pub async fn badge_count(&self, user_id: &str, upto: i64) -> Result<i64> {
-        let sql = format!(
-            "SELECT (SELECT COUNT(DISTINCT a.room_id) FROM (
-                         SELECT n.user_id, n.room_id, n.thread_id,
-                                MAX(n.stream_ordering) AS newest
-                         FROM event_push_actions n
-                         WHERE n.user_id = $1 AND n.stream_ordering <= $2 AND n.notify = 1
-                         GROUP BY n.user_id, n.room_id, n.thread_id) a
-                     WHERE a.newest > {READ_UPTO})
-                  + (SELECT COUNT(*) FROM room_memberships
-                     WHERE user_id = $1 AND membership = 'invite') AS badge"
-        );
-        Ok(sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
-            .bind(user_id)
-            .bind(upto)
-            .fetch_one(&self.pool)
-            .await?
-            .try_get("badge")?)
     }
 }

@@ -90,7 +90,7 @@ pub(crate) fn placeholders(n: usize) -> String {
 }
 
 /// `$first, …, $(first + n - 1)`: an `IN (…)` list after `first - 1` other parameters.
-fn placeholders_from(first: usize, n: usize) -> String {
+pub(crate) fn placeholders_from(first: usize, n: usize) -> String {
     (first..first + n)
         .map(|i| format!("${i}"))
         .collect::<Vec<_>>()
@@ -108,6 +108,19 @@ pub(crate) fn value_rows_from(first: usize, rows: usize, cols: usize) -> String 
         .map(|r| format!("({})", placeholders_from(first + r * cols, cols)))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// Whether a batch is plain messages: no state, membership, redaction or new room, so
+/// that it writes only events, push actions, relations and the extremities (see
+/// `persist_plain_messages`).
+fn plain_messages(events: &[NewEvent<'_>]) -> bool {
+    events.first().is_some_and(|e| e.state_before.is_some())
+        && events.iter().all(|e| {
+            e.state_key.is_none()
+                && e.membership.is_none()
+                && e.redacts.is_none()
+                && e.new_room.is_none()
+        })
 }
 
 /// A state map: (event type, state key) → event ID.
@@ -187,7 +200,7 @@ impl Storage {
         &self,
         tx: &mut Transaction<'static, Any>,
     ) -> Result<crate::stream::InFlight<'_>> {
-        self.next_stream_positions(tx, 1).await
+        self.next_stream_positions(&mut **tx, 1).await
     }
 
     /// Hands out `n` ascending stream positions in one round trip and keeps them in flight,
@@ -196,7 +209,7 @@ impl Storage {
     /// while one of these is still unknown to it (see `stream.rs`).
     pub(crate) async fn next_stream_positions(
         &self,
-        tx: &mut Transaction<'static, Any>,
+        conn: &mut sqlx::AnyConnection,
         n: usize,
     ) -> Result<crate::stream::InFlight<'_>> {
         let count = i64::try_from(n).map_err(|_| Error::Corrupt("batch too large".into()))?;
@@ -209,7 +222,7 @@ impl Storage {
                 "SELECT nextval('stream_positions') AS position FROM generate_series(1, $1::bigint)",
             )
             .bind(count)
-            .fetch_all(&mut **tx)
+            .fetch_all(&mut *conn)
             .await?
             .iter()
             .map(|row| row.try_get("position"))
@@ -218,7 +231,7 @@ impl Storage {
                 // The counter row is locked by BEGIN IMMEDIATE, so the range is ours.
                 let row = sqlx::query("UPDATE stream_positions SET position = position + $1 WHERE id = 1 RETURNING position")
                     .bind(count)
-                    .fetch_one(&mut **tx)
+                    .fetch_one(&mut *conn)
                     .await?;
                 let last: i64 = row.try_get("position")?;
                 (last - count + 1..=last).collect()
@@ -290,6 +303,235 @@ impl Storage {
                 )
             })
             .collect::<Result<Vec<_>>>()?;
+        // A transaction ID is the sender's (the key of `find_txns`).
+        if events
+            .iter()
+            .any(|e| e.txn.is_some_and(|(user, _, _)| user != e.sender))
+        {
+            return Err(Error::Corrupt(
+                "a transaction ID of another user than the sender".into(),
+            ));
+        }
+        let (in_flight, placed, checkpoint_due) =
+            if self.backend == Backend::Postgres && plain_messages(events) {
+                self.persist_plain_messages(events, &stored_pdus, now)
+                    .await?
+            } else {
+                self.persist_in_transaction(events, &stored_pdus, now)
+                    .await?
+            };
+        let positions = in_flight.positions().to_vec();
+        if let Some(snapshot) = checkpoint_due {
+            self.spawn_checkpoint(snapshot);
+        }
+        // Committed, and the positions are still in flight: tell the cache (see `recent.rs`).
+        for event in events {
+            if let Some((target, redacted)) = event.redacts {
+                self.recent.redact(target, redacted, event.event_id);
+            }
+        }
+        self.recent.add_events(
+            room_id,
+            events
+                .iter()
+                .zip(&positions)
+                .zip(&placed)
+                .map(|((event, position), (before, after))| EventRow {
+                    event_id: event.event_id.to_owned(),
+                    room_id: room_id.to_owned(),
+                    stream_ordering: Some(*position),
+                    depth: event.depth,
+                    event_type: event.event_type.to_owned(),
+                    state_key: event.state_key.map(str::to_owned),
+                    sender: event.sender.to_owned(),
+                    origin_server_ts: event.origin_server_ts,
+                    pdu: event.pdu.to_owned(),
+                    state_before: *before,
+                    state_after: Some(*after),
+                    rejected: false,
+                    redacted_by: None,
+                })
+                .collect(),
+        );
+        for (event, position) in events.iter().zip(&positions) {
+            if let (Some(user), Some(_)) = (event.state_key, event.membership) {
+                self.recent.memberships_changed(user);
+                self.recent.room_members_changed(room_id);
+                self.recent.membership_changed_at(*position);
+            }
+        }
+        Ok(positions
+            .into_iter()
+            .zip(placed)
+            .map(|(stream_ordering, (_, state_after))| Persisted {
+                stream_ordering,
+                state_after,
+            })
+            .collect())
+    }
+
+    /// [`Self::persist_events`] for a batch of plain messages on PostgreSQL (see
+    /// [`plain_messages`]): the stream positions, then one statement that inserts the events,
+    /// their push actions and relations and moves the room's extremities. A single statement
+    /// commits on its own, so the batch costs two round trips instead of seven (`BEGIN`,
+    /// positions, events, push actions, the extremities read and write, `COMMIT`): most of
+    /// what a send cost PostgreSQL and Myelin was those round trips, not the writing.
+    async fn persist_plain_messages(
+        &self,
+        events: &[NewEvent<'_>],
+        stored_pdus: &[String],
+        now: i64,
+    ) -> Result<(
+        crate::stream::InFlight<'_>,
+        Vec<(Option<i64>, i64)>,
+        Option<i64>,
+    )> {
+        let first = &events[0];
+        let room_id = first.room_id;
+        let state = first.state_before.ok_or_else(|| {
+            Error::Corrupt("a non-state event needs the state it is placed on".into())
+        })?;
+        let mut conn = self.pool.acquire().await?;
+        let in_flight = self.next_stream_positions(&mut conn, events.len()).await?;
+        let positions = in_flight.positions().to_vec();
+
+        let threads: Vec<&str> = events
+            .iter()
+            .map(|e| match e.relates_to {
+                Some(("m.thread", root)) => root,
+                _ => "main",
+            })
+            .collect();
+        let recipients: Vec<Option<String>> = events
+            .iter()
+            .map(|e| {
+                (!e.push_actions.is_empty())
+                    .then(|| crate::push::encode_recipients(e.push_actions))
+                    .transpose()
+            })
+            .collect::<Result<_>>()?;
+        let pushed = recipients.iter().filter(|r| r.is_some()).count();
+        let related = events.iter().filter(|e| e.relates_to.is_some()).count();
+        let edges: Vec<&str> = events
+            .iter()
+            .flat_map(|e| e.prev_events.iter().map(String::as_str))
+            .collect();
+        let tips: Vec<&str> = events
+            .iter()
+            .map(|e| e.event_id)
+            .filter(|id| !edges.contains(id))
+            .collect();
+        let json =
+            |ids: &[&str]| serde_json::to_string(ids).map_err(|e| Error::Corrupt(e.to_string()));
+        let (tips, prevs) = (json(&tips)?, json(&edges)?);
+
+        let mut next = 1;
+        let mut take = |rows: usize, cols: usize| {
+            let sql = value_rows_from(next, rows, cols);
+            next += rows * cols;
+            sql
+        };
+        let mut sql = format!(
+            "WITH ev AS (INSERT INTO events (event_id, room_id, stream_ordering, depth, event_type,
+                             state_key, sender, origin_server_ts, pdu, state_before, state_after,
+                             txn_device, txn_id, txn_hash)
+                         VALUES {})",
+            take(events.len(), 14)
+        );
+        if pushed > 0 {
+            sql.push_str(&format!(
+                ", pe AS (INSERT INTO push_events (stream_ordering, room_id, event_id, thread_id,
+                                                   recipients, ts)
+                          VALUES {})",
+                take(pushed, 6)
+            ));
+        }
+        if related > 0 {
+            sql.push_str(&format!(
+                ", rel AS (INSERT INTO event_relations (event_id, relates_to, rel_type, event_type,
+                                                       stream_ordering)
+                           VALUES {})",
+                take(related, 5)
+            ));
+        }
+        let (room, tips_param, prevs_param) = (next, next + 1, next + 2);
+        sql.push_str(&format!(
+            " INSERT INTO room_extremities AS x (room_id, event_ids) VALUES (${room}, ${tips_param})
+              ON CONFLICT (room_id) DO UPDATE SET event_ids = (
+                  SELECT COALESCE(json_agg(s.id), '[]')::text FROM (
+                      SELECT o.id FROM json_array_elements_text(x.event_ids::json) AS o(id)
+                      WHERE o.id NOT IN (SELECT json_array_elements_text(${prevs_param}::json))
+                      UNION SELECT json_array_elements_text(${tips_param}::json)
+                  ) AS s(id))"
+        ));
+
+        let mut query = sqlx::query(AssertSqlSafe(sql.as_str()));
+        for ((event, position), stored_pdu) in events.iter().zip(&positions).zip(stored_pdus) {
+            query = query
+                .bind(event.event_id)
+                .bind(room_id)
+                .bind(*position)
+                .bind(event.depth)
+                .bind(event.event_type)
+                .bind(event.state_key)
+                .bind(event.sender)
+                .bind(event.origin_server_ts)
+                .bind(stored_pdu.as_str())
+                .bind(state)
+                .bind(state)
+                .bind(event.txn.map(|(_, device, _)| device))
+                .bind(event.txn.map(|(_, _, txn_id)| txn_id))
+                .bind(
+                    event
+                        .txn
+                        .map(|(user, device, txn_id)| txn_hash(user, device, txn_id)),
+                );
+        }
+        for (((event, position), thread), recipients) in
+            events.iter().zip(&positions).zip(&threads).zip(&recipients)
+        {
+            if let Some(recipients) = recipients {
+                query = query
+                    .bind(*position)
+                    .bind(room_id)
+                    .bind(event.event_id)
+                    .bind(*thread)
+                    .bind(recipients.as_str())
+                    .bind(now);
+            }
+        }
+        for (event, position) in events.iter().zip(&positions) {
+            if let Some((rel_type, parent)) = event.relates_to {
+                query = query
+                    .bind(event.event_id)
+                    .bind(parent)
+                    .bind(rel_type)
+                    .bind(event.event_type)
+                    .bind(*position);
+            }
+        }
+        query
+            .bind(room_id)
+            .bind(tips)
+            .bind(prevs)
+            .execute(&mut *conn)
+            .await?;
+        Ok((in_flight, vec![(Some(state), state); events.len()], None))
+    }
+
+    /// [`Self::persist_events`] in a transaction of several statements: any batch.
+    async fn persist_in_transaction(
+        &self,
+        events: &[NewEvent<'_>],
+        stored_pdus: &[String],
+        now: i64,
+    ) -> Result<(
+        crate::stream::InFlight<'_>,
+        Vec<(Option<i64>, i64)>,
+        Option<i64>,
+    )> {
+        let first = &events[0];
+        let room_id = first.room_id;
         let mut tx = self.begin_write().await?;
         if let Some(room) = first.new_room {
             sqlx::query("INSERT INTO rooms (room_id, room_version, creator, is_public, created_ts) VALUES ($1, $2, $3, $4, $5)")
@@ -324,7 +566,7 @@ impl Storage {
                     .await?;
             }
         }
-        let in_flight = self.next_stream_positions(&mut tx, events.len()).await?;
+        let in_flight = self.next_stream_positions(&mut *tx, events.len()).await?;
         let positions = in_flight.positions().to_vec();
 
         // 1. State snapshots: one row per state event, each built on the one before (see
@@ -369,18 +611,9 @@ impl Storage {
              VALUES {}",
             value_rows(events.len(), 14)
         );
-        // A transaction ID is the sender's (the key of `find_txns`).
-        if events
-            .iter()
-            .any(|e| e.txn.is_some_and(|(user, _, _)| user != e.sender))
-        {
-            return Err(Error::Corrupt(
-                "a transaction ID of another user than the sender".into(),
-            ));
-        }
         let mut query = sqlx::query(AssertSqlSafe(sql.as_str()));
         for (((event, position), (before, after)), stored_pdu) in
-            events.iter().zip(&positions).zip(&placed).zip(&stored_pdus)
+            events.iter().zip(&positions).zip(&placed).zip(stored_pdus)
         {
             query = query
                 .bind(event.event_id)
@@ -406,22 +639,20 @@ impl Storage {
 
         // 2b. Push actions, in the event's transaction: counts never miss an event that was
         //     stored, nor count one that was not.
-        let actions: Vec<(i64, &str, &str, &crate::NewPushAction)> = events
+        let actions: Vec<(i64, &str, &str, &[crate::NewPushAction])> = events
             .iter()
             .zip(&positions)
-            .flat_map(|(event, position)| {
+            .filter(|(event, _)| !event.push_actions.is_empty())
+            .map(|(event, position)| {
                 let thread = match event.relates_to {
                     Some(("m.thread", root)) => root,
                     _ => "main",
                 };
-                event
-                    .push_actions
-                    .iter()
-                    .map(move |a| (*position, event.event_id, thread, a))
+                (*position, event.event_id, thread, event.push_actions)
             })
             .collect();
         if !actions.is_empty() {
-            crate::push::insert_push_actions(&mut tx, self.backend, room_id, &actions, now).await?;
+            crate::push::insert_push_actions(&mut tx, room_id, &actions, now).await?;
         }
 
         // 3. The DAG: the forward extremities move to the chain's tips. (The edges
@@ -552,53 +783,7 @@ impl Storage {
         }
 
         tx.commit().await?;
-        if let Some(snapshot) = checkpoint_due {
-            self.spawn_checkpoint(snapshot);
-        }
-        // Committed, and the positions are still in flight: tell the cache (see `recent.rs`).
-        for event in events {
-            if let Some((target, redacted)) = event.redacts {
-                self.recent.redact(target, redacted, event.event_id);
-            }
-        }
-        self.recent.add_events(
-            room_id,
-            events
-                .iter()
-                .zip(&positions)
-                .zip(&placed)
-                .map(|((event, position), (before, after))| EventRow {
-                    event_id: event.event_id.to_owned(),
-                    room_id: room_id.to_owned(),
-                    stream_ordering: Some(*position),
-                    depth: event.depth,
-                    event_type: event.event_type.to_owned(),
-                    state_key: event.state_key.map(str::to_owned),
-                    sender: event.sender.to_owned(),
-                    origin_server_ts: event.origin_server_ts,
-                    pdu: event.pdu.to_owned(),
-                    state_before: *before,
-                    state_after: Some(*after),
-                    rejected: false,
-                    redacted_by: None,
-                })
-                .collect(),
-        );
-        for (event, position) in events.iter().zip(&positions) {
-            if let (Some(user), Some(_)) = (event.state_key, event.membership) {
-                self.recent.memberships_changed(user);
-                self.recent.room_members_changed(room_id);
-                self.recent.membership_changed_at(*position);
-            }
-        }
-        Ok(positions
-            .into_iter()
-            .zip(placed)
-            .map(|(stream_ordering, (_, state_after))| Persisted {
-                stream_ordering,
-                state_after,
-            })
-            .collect())
+        Ok((in_flight, placed, checkpoint_due))
     }
 
     pub async fn get_room(&self, room_id: &str) -> Result<Option<RoomRow>> {
