@@ -549,7 +549,7 @@ impl Storage {
                 let Some(r) = recipient(&row.recipients, user_id)? else {
                     continue;
                 };
-                if !(r.notify || r.highlight) || (only_highlight && !r.highlight) {
+                if (!r.notify && !r.highlight) || (only_highlight && !r.highlight) {
                     continue;
                 }
                 let read = reads

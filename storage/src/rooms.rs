@@ -200,7 +200,7 @@ impl Storage {
         &self,
         tx: &mut Transaction<'static, Any>,
     ) -> Result<crate::stream::InFlight<'_>> {
-        self.next_stream_positions(&mut **tx, 1).await
+        self.next_stream_positions(tx, 1).await
     }
 
     /// Hands out `n` ascending stream positions in one round trip and keeps them in flight,
@@ -566,7 +566,7 @@ impl Storage {
                     .await?;
             }
         }
-        let in_flight = self.next_stream_positions(&mut *tx, events.len()).await?;
+        let in_flight = self.next_stream_positions(&mut tx, events.len()).await?;
         let positions = in_flight.positions().to_vec();
 
         // 1. State snapshots: one row per state event, each built on the one before (see
