@@ -549,7 +549,12 @@ impl Storage {
                 let Some(r) = recipient(&row.recipients, user_id)? else {
                     continue;
                 };
-                if (!r.notify && !r.highlight) || (only_highlight && !r.highlight) {
+                let wanted = if only_highlight {
+                    r.highlight
+                } else {
+                    r.notify || r.highlight
+                };
+                if !wanted {
                     continue;
                 }
                 let read = reads
