@@ -334,6 +334,15 @@ enum Rooms {
 impl Storage {
     /// Where `user` has read up to in each of their rooms that `which` selects.
     async fn room_reads(&self, user: &str, which: Rooms) -> Result<BTreeMap<String, RoomReads>> {
+        Ok(self.room_reads_and_invites(user, which).await?.0)
+    }
+
+    /// [`Self::room_reads`], and how many rooms the user is invited to.
+    async fn room_reads_and_invites(
+        &self,
+        user: &str,
+        which: Rooms,
+    ) -> Result<(BTreeMap<String, RoomReads>, i64)> {
         let rows = sqlx::query(
             "SELECT room_id, membership, stream_ordering FROM room_memberships WHERE user_id = $1",
         )
@@ -341,8 +350,10 @@ impl Storage {
         .fetch_all(&self.pool)
         .await?;
         let mut reads = BTreeMap::new();
+        let mut invites = 0;
         for row in &rows {
             let membership: String = row.try_get("membership")?;
+            invites += i64::from(membership == "invite");
             let wanted = match which {
                 Rooms::Joined => membership == "join",
                 Rooms::JoinedOrInvited => membership == "join" || membership == "invite",
@@ -391,7 +402,7 @@ impl Storage {
                 }
             }
         }
-        Ok(reads)
+        Ok((reads, invites))
     }
 
     /// The rows of each `(room, after)` range below `before`, in stream order (newest first
@@ -445,12 +456,24 @@ impl Storage {
     /// and threads with any (a room missing from the answer has none).
     pub async fn unread_counts(&self, user_id: &str, upto: i64) -> Result<Vec<UnreadCount>> {
         let reads = self.room_reads(user_id, Rooms::Joined).await?;
+        self.unread_counts_with(user_id, upto, &reads).await
+    }
+
+    /// [`Self::unread_counts`] in the rooms of `reads` (the joined ones count).
+    async fn unread_counts_with(
+        &self,
+        user_id: &str,
+        upto: i64,
+        reads: &BTreeMap<String, RoomReads>,
+    ) -> Result<Vec<UnreadCount>> {
         let mut counts: BTreeMap<&str, BTreeMap<String, (i64, i64)>> = BTreeMap::new();
         let mut ranges: Vec<(&str, i64)> = Vec::new();
         let mut from_cache: Vec<&str> = Vec::new();
+        let reads: BTreeMap<&String, &RoomReads> =
+            reads.iter().filter(|(_, r)| r.join.is_some()).collect();
         for (room, room_reads) in &reads {
             let (after, base) = match self.counts.get(user_id, room) {
-                Some(c) if c.reads == *room_reads && c.scanned_upto <= upto => {
+                Some(c) if c.reads == **room_reads && c.scanned_upto <= upto => {
                     from_cache.push(room.as_str());
                     (c.scanned_upto, c.counts)
                 }
@@ -469,7 +492,8 @@ impl Storage {
             by_room.entry(row.room_id.as_str()).or_default().push(row);
         }
         for (room, room_rows) in &by_room {
-            let (Some(room_reads), Some(room_counts)) = (reads.get(*room), counts.get_mut(*room))
+            let (Some(room_reads), Some(room_counts)) =
+                (reads.get(&room.to_string()).copied(), counts.get_mut(*room))
             else {
                 continue;
             };
@@ -495,7 +519,7 @@ impl Storage {
                     user_id,
                     room,
                     CachedCounts {
-                        reads: room_reads.clone(),
+                        reads: (*room_reads).clone(),
                         scanned_upto: upto,
                         counts: counts.get(room.as_str()).cloned().unwrap_or_default(),
                     },
@@ -587,6 +611,43 @@ impl Storage {
         limit: i64,
     ) -> Result<Vec<PendingPush>> {
         let reads = self.room_reads(user_id, Rooms::JoinedOrInvited).await?;
+        self.pending_pushes_with(user_id, after, upto, limit, &reads)
+            .await
+    }
+
+    /// What a pusher does each round: [`Self::pending_pushes`], and the badge
+    /// ([`Self::badge_count`]) when there is something to send or `badge_anyway`, from one
+    /// reading of where the user has read up to.
+    pub async fn pending_pushes_and_badge(
+        &self,
+        user_id: &str,
+        after: i64,
+        upto: i64,
+        limit: i64,
+        badge_anyway: bool,
+    ) -> Result<(Vec<PendingPush>, Option<i64>)> {
+        let (reads, invites) = self
+            .room_reads_and_invites(user_id, Rooms::JoinedOrInvited)
+            .await?;
+        let due = self
+            .pending_pushes_with(user_id, after, upto, limit, &reads)
+            .await?;
+        let badge = if due.is_empty() && !badge_anyway {
+            None
+        } else {
+            Some(self.badge_with(user_id, upto, &reads, invites).await?)
+        };
+        Ok((due, badge))
+    }
+
+    async fn pending_pushes_with(
+        &self,
+        user_id: &str,
+        after: i64,
+        upto: i64,
+        limit: i64,
+        reads: &BTreeMap<String, RoomReads>,
+    ) -> Result<Vec<PendingPush>> {
         let limit = usize::try_from(limit.max(0)).unwrap_or(usize::MAX);
         let mut out = Vec::new();
         let mut after = after;
@@ -635,19 +696,26 @@ impl Storage {
     /// The badge a user's devices show, as Synapse counts it by default: the rooms with
     /// unread notifications at `upto`, plus the rooms they are invited to.
     pub async fn badge_count(&self, user_id: &str, upto: i64) -> Result<i64> {
-        let counts = self.unread_counts(user_id, upto).await?;
+        let (reads, invites) = self
+            .room_reads_and_invites(user_id, Rooms::JoinedOrInvited)
+            .await?;
+        self.badge_with(user_id, upto, &reads, invites).await
+    }
+
+    async fn badge_with(
+        &self,
+        user_id: &str,
+        upto: i64,
+        reads: &BTreeMap<String, RoomReads>,
+        invites: i64,
+    ) -> Result<i64> {
+        let counts = self.unread_counts_with(user_id, upto, reads).await?;
         let mut rooms: Vec<&str> = counts
             .iter()
             .filter(|c| c.notifications > 0)
             .map(|c| c.room_id.as_str())
             .collect();
         rooms.dedup();
-        let invites: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM room_memberships WHERE user_id = $1 AND membership = 'invite'",
-        )
-        .bind(user_id)
-        .fetch_one(&self.pool)
-        .await?;
         Ok(rooms.len() as i64 + invites)
     }
 

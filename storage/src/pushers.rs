@@ -251,23 +251,26 @@ impl Storage {
         position: i64,
         now: i64,
     ) -> Result<bool> {
-        let mut tx = self.begin_write().await?;
-        if self.backend == Backend::Postgres {
-            sqlx::query("SET LOCAL synchronous_commit = off")
-                .execute(&mut *tx)
-                .await?;
-        }
-        let done = sqlx::query(
-            "UPDATE pushers SET last_stream_ordering = $1, last_success = $2, failing_since = NULL
-             WHERE id = $3 AND claimed_by = $4 AND last_stream_ordering <= $1",
-        )
-        .bind(position)
-        .bind(now)
-        .bind(id)
-        .bind(owner)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
+        // One statement (its own transaction); on PostgreSQL it turns off the wait for the
+        // WAL for itself through `set_config(..., true)` in its FROM list.
+        let sql = match self.backend {
+            Backend::Postgres => {
+                "UPDATE pushers SET last_stream_ordering = $1, last_success = $2, failing_since = NULL
+                 FROM (SELECT set_config('synchronous_commit', 'off', true)) AS no_wait
+                 WHERE id = $3 AND claimed_by = $4 AND last_stream_ordering <= $1"
+            }
+            Backend::Sqlite => {
+                "UPDATE pushers SET last_stream_ordering = $1, last_success = $2, failing_since = NULL
+                 WHERE id = $3 AND claimed_by = $4 AND last_stream_ordering <= $1"
+            }
+        };
+        let done = sqlx::query(sql)
+            .bind(position)
+            .bind(now)
+            .bind(id)
+            .bind(owner)
+            .execute(&self.pool)
+            .await?;
         Ok(done.rows_affected() > 0)
     }
 

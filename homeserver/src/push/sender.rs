@@ -263,28 +263,32 @@ async fn step(
         *failing_since = pusher.failing_since;
     }
     let upto = state.storage.safe_stream_position();
-    let due = state
+    let badge_due = worker.badge_due.swap(false, Ordering::Relaxed);
+    let (due, badge) = state
         .storage
-        .pending_pushes(&pusher.user_id, pusher.last_stream_ordering, upto, BATCH)
+        .pending_pushes_and_badge(
+            &pusher.user_id,
+            pusher.last_stream_ordering,
+            upto,
+            BATCH,
+            badge_due,
+        )
         .await?;
     if due.is_empty() {
-        if worker.badge_due.swap(false, Ordering::Relaxed) {
-            let badge = state.storage.badge_count(&pusher.user_id, upto).await?;
-            if *last_badge != Some(badge) {
-                // Best effort, once per receipt (as Synapse): a badge update that fails is
-                // not retried, the next notification carries the count anyway.
-                let body = gateway::badge_update(&pusher, badge);
-                match state.pushers.gateway.send(&url(&pusher), &body).await {
-                    Ok(_) => *last_badge = Some(badge),
-                    Err(e) => {
-                        tracing::debug!(pusher = pusher.id, error = %e, "badge update failed")
-                    }
+        if let Some(badge) = badge.filter(|b| *last_badge != Some(*b)) {
+            // Best effort, once per receipt (as Synapse): a badge update that fails is
+            // not retried, the next notification carries the count anyway.
+            let body = gateway::badge_update(&pusher, badge);
+            match state.pushers.gateway.send(&url(&pusher), &body).await {
+                Ok(_) => *last_badge = Some(badge),
+                Err(e) => {
+                    tracing::debug!(pusher = pusher.id, error = %e, "badge update failed")
                 }
             }
         }
         return Ok(Step::Idle);
     }
-    let badge = state.storage.badge_count(&pusher.user_id, upto).await?;
+    let badge = badge.unwrap_or(0);
     let mut details = BatchDetails::load(state, &due).await?;
     for push in &due {
         if worker.stopped.load(Ordering::Relaxed) {
