@@ -888,6 +888,41 @@ impl Storage {
         row.map(|row| Ok(row.try_get("event_id")?)).transpose()
     }
 
+    /// The current state events of `room_id` under `keys` (`(type, state_key)`), those that
+    /// exist, in one statement.
+    pub async fn current_state_events(
+        &self,
+        room_id: &str,
+        keys: &[(&str, &str)],
+    ) -> Result<Vec<EventRow>> {
+        let mut out = Vec::new();
+        // Two parameters a key, after the room.
+        for chunk in keys.chunks(400) {
+            let wanted = (0..chunk.len())
+                .map(|i| {
+                    format!(
+                        "(event_type = ${} AND state_key = ${})",
+                        2 + 2 * i,
+                        3 + 2 * i
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(" OR ");
+            let sql = format!(
+                "SELECT {EVENT_COLUMNS} FROM events WHERE event_id IN
+                 (SELECT event_id FROM current_state WHERE room_id = $1 AND ({wanted}))"
+            );
+            let mut query = sqlx::query(AssertSqlSafe(sql)).bind(room_id);
+            for (event_type, state_key) in chunk {
+                query = query.bind(*event_type).bind(*state_key);
+            }
+            for row in query.fetch_all(&self.pool).await? {
+                out.push(event_from_row(&row)?);
+            }
+        }
+        Ok(out)
+    }
+
     pub async fn get_event(&self, event_id: &str) -> Result<Option<EventRow>> {
         let row = sqlx::query(AssertSqlSafe(format!(
             "SELECT {EVENT_COLUMNS} FROM events WHERE event_id = $1"

@@ -140,6 +140,10 @@ async fn main() {
         fill_start.elapsed().as_secs_f64()
     );
     let mut pages = Vec::new();
+    // (time into the walk, page latency): where the slow pages fall tells background work
+    // (autovacuum, a checkpoint after the fill) from slowness of the pages themselves.
+    let mut timeline = Vec::new();
+    let walk_start = Instant::now();
     let mut from: Option<String> = None;
     let mut seen = 0usize;
     loop {
@@ -153,6 +157,7 @@ async fn main() {
         let start = Instant::now();
         let (status, body) = writer.get(&path).await;
         pages.push(start.elapsed());
+        timeline.push((walk_start.elapsed(), start.elapsed()));
         assert_eq!(status, 200, "messages: {body}");
         seen += body["chunk"].as_array().map_or(0, Vec::len);
         match body["end"].as_str() {
@@ -166,5 +171,16 @@ async fn main() {
         ms(percentile(&pages, 0.5)),
         ms(percentile(&pages, 0.99)),
         pages.len()
+    );
+    timeline.sort_by_key(|(_, latency)| std::cmp::Reverse(*latency));
+    let slowest: Vec<String> = timeline
+        .iter()
+        .take(5)
+        .map(|(at, latency)| format!("{:.1} ms at {:.1} s", ms(*latency), at.as_secs_f64()))
+        .collect();
+    println!(
+        "  slowest pages: {} (walk took {:.1} s)",
+        slowest.join(", "),
+        walk_start.elapsed().as_secs_f64()
     );
 }

@@ -41,7 +41,7 @@ const CACHE_BYTES: usize = 32 * 1024 * 1024;
 
 /// The rulesets of users, cached: evaluation reads them for every event.
 pub struct PushRules {
-    cache: ClearingCache<String, Arc<Ruleset>>,
+    cache: ClearingCache<String, Cached>,
     /// Serialises changes (read, modify, store, cache). A tokio mutex: held across the
     /// storage write.
     write: tokio::sync::Mutex<()>,
@@ -56,10 +56,41 @@ impl Default for PushRules {
     }
 }
 
+/// A user's rules as the cache holds them.
+#[derive(Clone)]
+struct Cached {
+    rules: Arc<Ruleset>,
+    /// Whether the rules are exactly the server defaults for the user (see
+    /// [`PushRules::get_for_evaluation`]).
+    server_default: bool,
+}
+
+impl Cached {
+    fn new(user_id: &UserId, rules: Ruleset) -> Self {
+        let server_default = is_server_default(user_id, &rules);
+        Cached {
+            rules: Arc::new(rules),
+            server_default,
+        }
+    }
+}
+
+/// Whether `rules` are the server-default rules of `user_id`, rule for rule, in order, with
+/// the same `enabled` flags and actions.
+pub fn is_server_default(user_id: &UserId, rules: &Ruleset) -> bool {
+    match (
+        serde_json::to_value(rules),
+        serde_json::to_value(Ruleset::server_default(user_id)),
+    ) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
+}
+
 /// An estimate of a ruleset's heap: a rule with its conditions is a few hundred bytes.
 #[allow(clippy::ptr_arg)] // a weigher is a `fn(&K, &V)` with `K = String`
-fn weigh(user: &String, rules: &Arc<Ruleset>) -> usize {
-    user.len() + rules.iter().count() * 400
+fn weigh(user: &String, cached: &Cached) -> usize {
+    user.len() + cached.rules.iter().count() * 400
 }
 
 /// The stored form, `{"global": ruleset}`.
@@ -95,8 +126,24 @@ pub fn account_data_content(rules: &Ruleset) -> Result<String> {
 impl PushRules {
     /// The user's current rules.
     pub async fn get(&self, state: &AppState, user_id: &UserId) -> Result<Arc<Ruleset>> {
-        if let Some(rules) = self.cache.get(&user_id.as_str().to_owned()) {
-            return Ok(rules);
+        Ok(self.cached(state, user_id).await?.rules)
+    }
+
+    /// The user's current rules, and whether they are exactly the server defaults for the
+    /// user (then the user's outcome for an event can be shared with other such users, see
+    /// `push::eval`).
+    pub async fn get_for_evaluation(
+        &self,
+        state: &AppState,
+        user_id: &UserId,
+    ) -> Result<(Arc<Ruleset>, bool)> {
+        let cached = self.cached(state, user_id).await?;
+        Ok((cached.rules, cached.server_default))
+    }
+
+    async fn cached(&self, state: &AppState, user_id: &UserId) -> Result<Cached> {
+        if let Some(cached) = self.cache.get(&user_id.as_str().to_owned()) {
+            return Ok(cached);
         }
         // Read the generation before storage: a change committed meanwhile bumps it, and the
         // value read here is then not kept.
@@ -105,10 +152,10 @@ impl PushRules {
             .storage
             .get_account_data(user_id.as_str(), None, PUSH_RULES)
             .await?;
-        let rules = Arc::new(effective(user_id, stored.as_deref()));
+        let cached = Cached::new(user_id, effective(user_id, stored.as_deref()));
         self.cache
-            .insert_if_current(generation, user_id.as_str().to_owned(), rules.clone());
-        Ok(rules)
+            .insert_if_current(generation, user_id.as_str().to_owned(), cached.clone());
+        Ok(cached)
     }
 
     /// Applies `change` to the user's rules and stores the result as their `m.push_rules`
@@ -125,7 +172,7 @@ impl PushRules {
         let content = account_data_content(&rules)?;
         crate::api::client::write_account_data(state, user_id, None, PUSH_RULES, &content).await?;
         self.cache
-            .replace(user_id.as_str().to_owned(), Arc::new(rules));
+            .replace(user_id.as_str().to_owned(), Cached::new(user_id, rules));
         Ok(())
     }
 }

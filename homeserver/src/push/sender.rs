@@ -27,7 +27,7 @@
 //! every [`IDLE_RECHECK`].
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, BTreeSet, HashMap},
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc, Mutex,
@@ -289,12 +289,12 @@ async fn step(
         return Ok(Step::Idle);
     }
     let badge = badge.unwrap_or(0);
-    let mut details = BatchDetails::load(state, &due).await?;
+    let details = BatchDetails::load(state, &due).await?;
     for push in &due {
         if worker.stopped.load(Ordering::Relaxed) {
             return Ok(Step::Stop);
         }
-        let Some(details) = details.of(state, push).await? else {
+        let Some(details) = details.of(push)? else {
             // The event is gone (purged): nothing to send.
             state
                 .storage
@@ -396,8 +396,9 @@ async fn deliver(
     }
 }
 
-/// The events of a batch of notifications, read at once, and the names the gateway shows,
-/// read once per room (and sender) of the batch.
+/// The events of a batch of notifications, read at once, and the names the gateway shows:
+/// for each room of the batch, its name, canonical alias and the display names of the batch's
+/// senders in it, in one statement.
 struct BatchDetails {
     events: HashMap<String, myelin_storage::EventRow>,
     /// `(room name, canonical alias)` by room.
@@ -412,48 +413,66 @@ impl BatchDetails {
         due: &[PendingPush],
     ) -> Result<BatchDetails, crate::error::Error> {
         let ids: Vec<String> = due.iter().map(|p| p.event_id.clone()).collect();
-        let events = state
+        let events: HashMap<String, myelin_storage::EventRow> = state
             .storage
             .get_events(&ids)
             .await?
             .into_iter()
             .map(|row| (row.event_id.clone(), row))
             .collect();
+        let mut senders: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+        for push in due {
+            if let Some(row) = events.get(&push.event_id) {
+                senders
+                    .entry(push.room_id.as_str())
+                    .or_default()
+                    .insert(row.sender.as_str());
+            }
+        }
+        let mut rooms = HashMap::new();
+        let mut names = HashMap::new();
+        for (room, senders) in &senders {
+            let mut keys = vec![("m.room.name", ""), ("m.room.canonical_alias", "")];
+            keys.extend(senders.iter().map(|s| ("m.room.member", *s)));
+            let found = state.storage.current_state_events(room, &keys).await?;
+            let content = |event_type: &str, state_key: &str| -> Option<Value> {
+                let row = found.iter().find(|r| {
+                    r.event_type == event_type && r.state_key.as_deref() == Some(state_key)
+                })?;
+                let mut pdu: Value = row.parse_pdu().ok()?;
+                pdu.get_mut("content").map(Value::take)
+            };
+            let field = |event_type: &str, state_key: &str, field: &str| {
+                content(event_type, state_key).and_then(|c| c[field].as_str().map(str::to_owned))
+            };
+            rooms.insert(
+                room.to_string(),
+                (
+                    field("m.room.name", "", "name"),
+                    field("m.room.canonical_alias", "", "alias"),
+                ),
+            );
+            for sender in senders {
+                names.insert(
+                    (room.to_string(), sender.to_string()),
+                    field("m.room.member", sender, "displayname"),
+                );
+            }
+        }
         Ok(BatchDetails {
             events,
-            rooms: HashMap::new(),
-            names: HashMap::new(),
+            rooms,
+            names,
         })
     }
 
     /// The details of one notification's event, or `None` if the event is gone.
-    async fn of(
-        &mut self,
-        state: &AppState,
-        push: &PendingPush,
-    ) -> Result<Option<EventDetails>, crate::error::Error> {
+    fn of(&self, push: &PendingPush) -> Result<Option<EventDetails>, crate::error::Error> {
         let Some(row) = self.events.get(&push.event_id) else {
             return Ok(None);
         };
         let pdu: Value = row.parse_pdu().map_err(crate::error::Error::internal)?;
-        let room = push.room_id.as_str();
-        if !self.rooms.contains_key(room) {
-            let name = state_content(state, room, "m.room.name", "")
-                .await?
-                .and_then(|c| c["name"].as_str().map(str::to_owned));
-            let alias = state_content(state, room, "m.room.canonical_alias", "")
-                .await?
-                .and_then(|c| c["alias"].as_str().map(str::to_owned));
-            self.rooms.insert(room.to_owned(), (name, alias));
-        }
-        let key = (room.to_owned(), row.sender.clone());
-        if !self.names.contains_key(&key) {
-            let name = state_content(state, room, "m.room.member", &row.sender)
-                .await?
-                .and_then(|c| c["displayname"].as_str().map(str::to_owned));
-            self.names.insert(key.clone(), name);
-        }
-        let (room_name, room_alias) = self.rooms[room].clone();
+        let (room_name, room_alias) = self.rooms.get(&push.room_id).cloned().unwrap_or_default();
         Ok(Some(EventDetails {
             event_id: row.event_id.clone(),
             room_id: row.room_id.clone(),
@@ -461,20 +480,13 @@ impl BatchDetails {
             sender: row.sender.clone(),
             state_key: row.state_key.clone(),
             content: pdu.get("content").cloned().unwrap_or(Value::Null),
-            sender_display_name: self.names[&key].clone(),
+            sender_display_name: self
+                .names
+                .get(&(push.room_id.clone(), row.sender.clone()))
+                .cloned()
+                .flatten(),
             room_name,
             room_alias,
         }))
     }
-}
-
-/// The content of a current state event of a room.
-async fn state_content(
-    state: &AppState,
-    room_id: &str,
-    event_type: &str,
-    state_key: &str,
-) -> Result<Option<Value>, crate::error::Error> {
-    let pdu = crate::rooms::current_state_pdu(state, room_id, event_type, state_key).await?;
-    Ok(pdu.and_then(|mut pdu| pdu.get_mut("content").map(Value::take)))
 }

@@ -2,7 +2,7 @@
 //! joined local member but the sender (and of the target of an invite) are evaluated with
 //! `push::eval`, from what the room's head already holds: members, power levels, and the
 //! display names a rule asks for (cached in the head). The result goes into the event's
-//! transaction (`event_push_actions`).
+//! transaction (`push_events`).
 //!
 //! Runs before the head moves past the event, so an error here refuses the send and leaves
 //! the head as it was.
@@ -58,13 +58,14 @@ pub(super) async fn evaluate(
     let mut members = Vec::with_capacity(users.len());
     let mut wants_names = Vec::new();
     for user_id in &users {
-        let rules = state.push_rules.get(state, user_id).await?;
+        let (rules, server_default) = state.push_rules.get_for_evaluation(state, user_id).await?;
         if eval::uses_display_name(&rules) {
             wants_names.push(user_id.as_str().to_owned());
         }
         members.push(Member {
             user_id,
             rules,
+            server_default,
             display_name: String::new(),
         });
     }
