@@ -215,6 +215,101 @@ mod tests {
             .as_nanos()
     }
 
+    /// `/messages` pages read first within a window of depths, then without it: the pages are
+    /// those of a plain walk whatever the depths look like (gaps wider than the window, many
+    /// events at one depth, rejected events and outliers, another room's events).
+    #[tokio::test]
+    async fn topological_pages_are_those_of_a_plain_walk() {
+        use crate::{Direction, TopologicalPosition};
+        let (dir, url) = temp_sqlite_url();
+        let storage = Storage::connect(&url).await.unwrap();
+        // (room, depth, stream, rejected)
+        let mut rows: Vec<(&str, i64, Option<i64>, bool)> = Vec::new();
+        let mut stream = 0;
+        let mut next = || {
+            stream += 1;
+            Some(stream)
+        };
+        for depth in 1..=30 {
+            rows.push(("!r:x", depth, next(), false));
+            rows.push(("!other:x", depth, next(), false));
+        }
+        for depth in 1_000..=1_010 {
+            for _ in 0..3 {
+                rows.push(("!r:x", depth, next(), depth == 1_005));
+            }
+        }
+        rows.push(("!r:x", 1_003, None, false));
+        rows.push(("!r:x", 500_000, next(), false));
+        rows.push(("!r:x", 500_001, next(), false));
+        for (i, (room, depth, stream, rejected)) in rows.iter().enumerate() {
+            sqlx::query(
+                "INSERT INTO events (event_id, room_id, stream_ordering, depth, event_type,
+                                     sender, origin_server_ts, pdu, rejected_reason)
+                 VALUES ($1, $2, $3, $4, 'm.room.message', '@a:x', 0, '{\"content\":{}}', $5)",
+            )
+            .bind(format!("$e{i}"))
+            .bind(*room)
+            .bind(*stream)
+            .bind(*depth)
+            .bind(rejected.then_some("bad"))
+            .execute(&storage.pool)
+            .await
+            .unwrap();
+        }
+        let served: Vec<(i64, i64)> = rows
+            .iter()
+            .filter(|(room, _, stream, rejected)| *room == "!r:x" && stream.is_some() && !rejected)
+            .map(|(_, depth, stream, _)| (*depth, stream.unwrap()))
+            .collect();
+        let position = |(depth, stream): (i64, i64)| TopologicalPosition { depth, stream };
+        let mut starts: Vec<(i64, i64)> = served.clone();
+        starts.extend([(i64::MAX, i64::MAX), (i64::MIN, i64::MIN), (0, 0), (700, 0)]);
+        let tos = [
+            None,
+            Some((5, 0)),
+            Some((1_004, 0)),
+            Some((500_001, i64::MAX)),
+        ];
+        for limit in [1, 2, 7, 50] {
+            for dir in [Direction::Backward, Direction::Forward] {
+                for from in &starts {
+                    for to in tos {
+                        let got: Vec<(i64, i64)> = storage
+                            .room_events_topological(
+                                "!r:x",
+                                position(*from),
+                                to.map(position),
+                                dir,
+                                limit,
+                            )
+                            .await
+                            .unwrap()
+                            .iter()
+                            .map(|e| (e.depth, e.stream_ordering.unwrap()))
+                            .collect();
+                        let mut want: Vec<(i64, i64)> = served
+                            .iter()
+                            .copied()
+                            .filter(|e| match dir {
+                                Direction::Backward => *e < *from && to.is_none_or(|to| *e >= to),
+                                Direction::Forward => *e >= *from && to.is_none_or(|to| *e < to),
+                            })
+                            .collect();
+                        want.sort();
+                        if dir == Direction::Backward {
+                            want.reverse();
+                        }
+                        want.truncate(limit as usize);
+                        assert_eq!(got, want, "{dir:?} from {from:?} to {to:?}, limit {limit}");
+                    }
+                }
+            }
+        }
+        storage.close().await;
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
     #[tokio::test]
     async fn refuses_a_database_with_a_newer_schema() {
         let (dir, url) = temp_sqlite_url();

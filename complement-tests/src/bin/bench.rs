@@ -139,9 +139,36 @@ async fn main() {
         filled.load(Ordering::Relaxed),
         fill_start.elapsed().as_secs_f64()
     );
+    // Right after the fill PostgreSQL vacuums and analyses the new rows and writes them out:
+    // the first walk shows /messages while that runs, the second on a settled room.
+    let background = |hs: &complement_tests::server::TestServer| {
+        hs.postgres_database().map(|db| {
+            db.query(
+                "SELECT 'vacuums ' || autovacuum_count || ', analyses ' || autoanalyze_count
+                        || (SELECT ', checkpoints ' || (checkpoints_timed + checkpoints_req)
+                                   || ', buffers written by backends ' || buffers_backend
+                                   || ', by the background writer ' || buffers_clean
+                            FROM pg_stat_bgwriter)
+                 FROM pg_stat_user_tables WHERE relname = 'events'",
+            )
+            .unwrap_or_default()
+            .trim()
+            .to_owned()
+        })
+    };
+    let before = background(&hs);
+    walk(&writer, &room, "right after the fill").await;
+    let after = background(&hs);
+    if let (Some(before), Some(after)) = (before, after) {
+        println!("  PostgreSQL on `events` before the walk: {before}; after: {after}");
+    }
+    walk(&writer, &room, "again").await;
+}
+
+/// Walks the room back with `/messages` pages of 50 and prints the latencies.
+async fn walk(writer: &Client, room: &str, label: &str) {
     let mut pages = Vec::new();
-    // (time into the walk, page latency): where the slow pages fall tells background work
-    // (autovacuum, a checkpoint after the fill) from slowness of the pages themselves.
+    // (time into the walk, page latency): where the slow pages fall.
     let mut timeline = Vec::new();
     let walk_start = Instant::now();
     let mut from: Option<String> = None;
@@ -149,7 +176,7 @@ async fn main() {
     loop {
         let mut path = format!(
             "/_matrix/client/v3/rooms/{}/messages?dir=b&limit=50",
-            encode(&room)
+            encode(room)
         );
         if let Some(token) = &from {
             path.push_str(&format!("&from={}", encode(token)));
@@ -167,7 +194,7 @@ async fn main() {
     }
     pages.sort();
     println!(
-        "/messages, 50 events per page, walking back through {seen} events: p50 {:.2} ms, p99 {:.2} ms ({} pages)",
+        "/messages ({label}), 50 events per page, walking back through {seen} events: p50 {:.2} ms, p99 {:.2} ms ({} pages)",
         ms(percentile(&pages, 0.5)),
         ms(percentile(&pages, 0.99)),
         pages.len()
