@@ -28,8 +28,9 @@ pub fn router(state: AppState) -> Router {
     router
         .fallback(unknown_endpoint)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(axum::middleware::from_fn(run_to_completion))
-        .layer(axum::middleware::from_fn(server_timing))
+        // One middleware for both, not two: each `from_fn` layer boxes its future, and a
+        // waiting long-poll would carry both boxes.
+        .layer(axum::middleware::from_fn(timed_to_completion))
         // Browsers (Element Web) call the API cross-origin; the spec asks for these headers.
         .layer(
             CorsLayer::new()
@@ -51,15 +52,23 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Adds `Server-Timing: app;dur=<ms>` to every response: the time from the request reaching
-/// the router until the response head is ready (for a long-poll `/sync`, that includes the
-/// wait). Lets operators and the benchmarks tell server time from network time.
-async fn server_timing(
+/// [`server_timing`] around [`run_to_completion`].
+async fn timed_to_completion(
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
+    server_timing(request, |request| run_to_completion(request, next)).await
+}
+
+/// Adds `Server-Timing: app;dur=<ms>` to every response: the time from the request reaching
+/// the router until the response head is ready (for a long-poll `/sync`, that includes the
+/// wait). Lets operators and the benchmarks tell server time from network time.
+async fn server_timing<F: std::future::Future<Output = axum::response::Response>>(
+    request: axum::extract::Request,
+    next: impl FnOnce(axum::extract::Request) -> F,
+) -> axum::response::Response {
     let start = std::time::Instant::now();
-    let mut response = next.run(request).await;
+    let mut response = next(request).await;
     let ms = start.elapsed().as_secs_f64() * 1000.0;
     if let Ok(value) = header::HeaderValue::from_str(&format!("app;dur={ms:.3}")) {
         response.headers_mut().insert("server-timing", value);

@@ -391,42 +391,53 @@ where
     type Rejection = Error;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, Error> {
-        let (mut parts, body) = req.into_parts();
-        let path_args = path_args(&mut parts, state).await;
-        let client_ip = client_ip(&parts);
-        // The token is in the headers or the query: check it before reading the body, so
-        // nobody without one gets a body buffered.
-        let headers_only = http::Request::from_parts(parts, &[][..]);
-        let sender = match authenticate::<T>(state, &headers_only, client_ip).await {
-            Ok(sender) => sender,
-            Err(e) => {
-                drain(body.into_data_stream()).await;
-                return Err(e);
-            }
-        };
-        let (parts, _) = headers_only.into_parts();
-        let mut bytes = read_body(
-            body,
-            &parts.headers,
-            state.config.max_json_body_bytes,
-            std::time::Duration::from_secs(state.config.body_read_timeout_seconds),
-        )
-        .await?;
-        // An empty body on a POST or PUT means "no fields", as Synapse reads it: some clients
-        // (matrix-nio's join, for one) send nothing where the spec's body is all optional.
-        let has_body_method =
-            parts.method == http::Method::POST || parts.method == http::Method::PUT;
-        if bytes.is_empty() && has_body_method && is_json(&parts.headers) {
-            bytes = bytes::Bytes::from_static(b"{}");
-        }
-        let request = http::Request::from_parts(parts, &bytes[..]);
-        let body = parse::<T>(request, path_args)?;
-        Ok(Ruma {
-            body,
-            sender,
-            client_ip,
-        })
+        // Boxed: the handler's future (which a waiting long-poll keeps for its whole wait) is
+        // as large as its largest state, and extraction, with the token check and the body
+        // read, would otherwise be that state.
+        Box::pin(extract::<T>(req, state)).await
     }
+}
+
+/// [`Ruma`]'s extraction.
+async fn extract<T>(req: Request, state: &AppState) -> Result<Ruma<T>, Error>
+where
+    T: IncomingRequest + Send + 'static,
+    T::Authentication: AuthPolicy,
+{
+    let (mut parts, body) = req.into_parts();
+    let path_args = path_args(&mut parts, state).await;
+    let client_ip = client_ip(&parts);
+    // The token is in the headers or the query: check it before reading the body, so
+    // nobody without one gets a body buffered.
+    let headers_only = http::Request::from_parts(parts, &[][..]);
+    let sender = match authenticate::<T>(state, &headers_only, client_ip).await {
+        Ok(sender) => sender,
+        Err(e) => {
+            drain(body.into_data_stream()).await;
+            return Err(e);
+        }
+    };
+    let (parts, _) = headers_only.into_parts();
+    let mut bytes = read_body(
+        body,
+        &parts.headers,
+        state.config.max_json_body_bytes,
+        std::time::Duration::from_secs(state.config.body_read_timeout_seconds),
+    )
+    .await?;
+    // An empty body on a POST or PUT means "no fields", as Synapse reads it: some clients
+    // (matrix-nio's join, for one) send nothing where the spec's body is all optional.
+    let has_body_method = parts.method == http::Method::POST || parts.method == http::Method::PUT;
+    if bytes.is_empty() && has_body_method && is_json(&parts.headers) {
+        bytes = bytes::Bytes::from_static(b"{}");
+    }
+    let request = http::Request::from_parts(parts, &bytes[..]);
+    let body = parse::<T>(request, path_args)?;
+    Ok(Ruma {
+        body,
+        sender,
+        client_ip,
+    })
 }
 
 /// A request for endpoint `T` whose body is streamed rather than read (media uploads, which
