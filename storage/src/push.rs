@@ -377,6 +377,17 @@ impl Storage {
                 );
             }
         }
+        self.read_receipt_positions(user, &mut reads).await?;
+        Ok((reads, invites))
+    }
+
+    /// Fills in `reads` where `user` has read up to, by their newest `m.read` or
+    /// `m.read.private` receipt in each room and thread.
+    async fn read_receipt_positions(
+        &self,
+        user: &str,
+        reads: &mut BTreeMap<String, RoomReads>,
+    ) -> Result<()> {
         let rooms: Vec<String> = reads.keys().cloned().collect();
         for chunk in rooms.chunks(SCAN_ROOMS) {
             let sql = format!(
@@ -406,7 +417,7 @@ impl Storage {
                 }
             }
         }
-        Ok((reads, invites))
+        Ok(())
     }
 
     /// The rows of each `(room, after)` range below `before`, in stream order (newest first
@@ -460,6 +471,29 @@ impl Storage {
     /// and threads with any (a room missing from the answer has none).
     pub async fn unread_counts(&self, user_id: &str, upto: i64) -> Result<Vec<UnreadCount>> {
         let reads = self.room_reads(user_id, Rooms::Joined).await?;
+        self.unread_counts_with(user_id, upto, &reads).await
+    }
+
+    /// [`Self::unread_counts`] in the rooms `joined` names, `(room, position of the join)`,
+    /// which the caller has read already (a sync has the user's memberships): one statement
+    /// fewer, and the counts agree with the memberships the caller answers with.
+    pub async fn unread_counts_in(
+        &self,
+        user_id: &str,
+        upto: i64,
+        joined: &[(&str, i64)],
+    ) -> Result<Vec<UnreadCount>> {
+        let mut reads: BTreeMap<String, RoomReads> = joined
+            .iter()
+            .map(|(room, join)| {
+                let reads = RoomReads {
+                    join: Some(*join),
+                    ..RoomReads::default()
+                };
+                (room.to_string(), reads)
+            })
+            .collect();
+        self.read_receipt_positions(user_id, &mut reads).await?;
         self.unread_counts_with(user_id, upto, &reads).await
     }
 

@@ -187,10 +187,18 @@ async fn compute(
         .await?;
     // Unread counts at `upto`, the position the timelines end at: a response that carries an
     // event carries counts that include it.
-    let unread = if memberships.iter().any(|m| m.membership == "join") {
-        state.storage.unread_counts(req.user.as_str(), upto).await?
-    } else {
+    let joined: Vec<(&str, i64)> = memberships
+        .iter()
+        .filter(|m| m.membership == "join")
+        .map(|m| (m.room_id.as_str(), m.stream_ordering))
+        .collect();
+    let unread = if joined.is_empty() {
         Vec::new()
+    } else {
+        state
+            .storage
+            .unread_counts_in(req.user.as_str(), upto, &joined)
+            .await?
     };
     // One query for the receipts that moved, shared out to rooms below.
     let receipts = if initial {
