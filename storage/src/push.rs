@@ -327,8 +327,6 @@ pub(crate) async fn insert_push_actions(
 /// Which of the user's rooms a read looks at.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Rooms {
-    /// Rooms they are joined to (unread counts).
-    Joined,
     /// Joined or invited to (what a pusher sends).
     JoinedOrInvited,
     /// Every room they have a membership in (`/notifications`).
@@ -359,7 +357,6 @@ impl Storage {
             let membership: String = row.try_get("membership")?;
             invites += i64::from(membership == "invite");
             let wanted = match which {
-                Rooms::Joined => membership == "join",
                 Rooms::JoinedOrInvited => membership == "join" || membership == "invite",
                 Rooms::All => true,
             };
@@ -468,15 +465,9 @@ impl Storage {
     }
 
     /// The user's unread counts at stream position `upto`, per room and thread, for rooms
-    /// and threads with any (a room missing from the answer has none).
-    pub async fn unread_counts(&self, user_id: &str, upto: i64) -> Result<Vec<UnreadCount>> {
-        let reads = self.room_reads(user_id, Rooms::Joined).await?;
-        self.unread_counts_with(user_id, upto, &reads).await
-    }
-
-    /// [`Self::unread_counts`] in the rooms `joined` names, `(room, position of the join)`,
-    /// which the caller has read already (a sync has the user's memberships): one statement
-    /// fewer, and the counts agree with the memberships the caller answers with.
+    /// and threads with any (a room missing from the answer has none), in the rooms `joined`
+    /// names, `(room, position of the join)`. The caller has read the memberships already (a
+    /// sync has them), so the counts agree with the memberships it answers with.
     pub async fn unread_counts_in(
         &self,
         user_id: &str,
@@ -497,7 +488,7 @@ impl Storage {
         self.unread_counts_with(user_id, upto, &reads).await
     }
 
-    /// [`Self::unread_counts`] in the rooms of `reads` (the joined ones count).
+    /// [`Self::unread_counts_in`] in the rooms of `reads` (the joined ones count).
     async fn unread_counts_with(
         &self,
         user_id: &str,
