@@ -77,9 +77,16 @@ pub fn workspace_binary(binary: WorkspaceBinary) -> PathBuf {
     }
 }
 
-/// The workspace root: this crate's manifest directory's parent.
+/// The workspace root: this crate's manifest directory's parent. `cargo test` sets the
+/// manifest directory when it runs a test, and that one wins over the directory compiled in:
+/// two clones that share a target directory share this crate's build too (cargo finds it
+/// fresh from the sources' relative paths and times), so the compiled-in directory may be
+/// the other clone's, or one since deleted.
 pub fn workspace_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .filter(|dir| dir.join("Cargo.toml").is_file())
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
         .parent()
         .expect("complement-tests lives inside the workspace")
         .to_path_buf()

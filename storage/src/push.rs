@@ -13,11 +13,15 @@
 //! receipt: when their join is). The receipts are not copied here, so a receipt clears counts
 //! in the receipt's own transaction and nothing can disagree after a restart.
 //!
-//! Unread counts are kept per process in [`CountCache`] for rooms with unread rows: the next
-//! count scans only what arrived since, as long as the user's read positions in the
-//! room did not move. It is a cache of what the rows say (rows at or below a safe stream
-//! position never change but by deletion of read ones), so several processes may each keep
-//! their own.
+//! Unread counts are kept per process in [`CountCache`] for the rooms a sync counted (the
+//! rooms it answers with). The next count of a room reads nothing from the database when
+//! the cache of recent changes (`recent.rs`) shows that the user's read receipts there did
+//! not move since and holds the rows that arrived since: then the cached read positions and
+//! counts stand, plus what the new rows say. Rows at or below a safe stream position never
+//! change but by deletion of read ones, so the entry is a cache of what the rows say; it
+//! shares `recent.rs`'s assumption of one writing process (several need that cache to learn
+//! of each other's receipts and events first; until then each would count from the
+//! database, which is where every miss goes).
 
 use std::{
     borrow::Cow,
@@ -82,11 +86,6 @@ const INSERT_CHUNK: usize = 500;
 const SCAN_ROOMS: usize = 200;
 /// Rows per room and round when a read stops at a limit (`pending_pushes`, `notifications`).
 const SCAN_ROWS: i64 = 500;
-/// A scan that read this many rows leaves a cache entry. One: in a busy room every member's
-/// sync counts after each message, and a row names all its recipients (a few KiB in a room of
-/// hundreds), so re-reading even a short unread stretch on every sync made fan-out to 200
-/// members four times slower at the tail (p99 163 ms, 46 ms with entries from the first row).
-const CACHE_FROM_ROWS: usize = 1;
 /// Cached (user, room) entries before the cache starts over: a few hundred bytes each, so at
 /// most some tens of MiB.
 const CACHE_ENTRIES: usize = 100_000;
@@ -288,21 +287,14 @@ impl CountCache {
     }
 }
 
-/// Inserts the push actions of a batch of events: `(position, event ID, thread, actions)`,
-/// one row per event that notifies or highlights anyone.
-pub(crate) async fn insert_push_actions(
+/// Inserts the push rows of a batch of events: `(position, event ID, thread, recipients)`
+/// (see [`encode_recipients`]), one per event that notifies or highlights anyone.
+pub(crate) async fn insert_push_rows(
     tx: &mut Transaction<'static, Any>,
     room_id: &str,
-    events: &[(i64, &str, &str, &[NewPushAction])],
+    rows: &[(i64, &str, &str, &str)],
     now: i64,
 ) -> Result<()> {
-    let rows: Vec<(i64, &str, &str, String)> = events
-        .iter()
-        .filter(|(_, _, _, actions)| !actions.is_empty())
-        .map(|(position, event_id, thread, actions)| {
-            Ok((*position, *event_id, *thread, encode_recipients(actions)?))
-        })
-        .collect::<Result<_>>()?;
     for chunk in rows.chunks(INSERT_CHUNK) {
         let sql = format!(
             "INSERT INTO push_events (stream_ordering, room_id, event_id, thread_id, recipients, ts)
@@ -316,12 +308,21 @@ pub(crate) async fn insert_push_actions(
                 .bind(room_id)
                 .bind(*event_id)
                 .bind(*thread_id)
-                .bind(recipients.as_str())
+                .bind(*recipients)
                 .bind(now);
         }
         query.execute(&mut **tx).await?;
     }
     Ok(())
+}
+
+/// What the cache of recent changes keeps of a new `push_events` row (see `recent.rs`):
+/// enough to count.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct RecentPushRow {
+    pub stream_ordering: i64,
+    pub thread_id: String,
+    pub recipients: String,
 }
 
 /// Which of the user's rooms a read looks at.
@@ -468,23 +469,45 @@ impl Storage {
     /// and threads with any (a room missing from the answer has none), in the rooms `joined`
     /// names, `(room, position of the join)`. The caller has read the memberships already (a
     /// sync has them), so the counts agree with the memberships it answers with.
+    ///
+    /// In the common case (a sync woken by a new message in a room counted before) this
+    /// reads nothing from the database: the read positions come from the [`CountCache`]
+    /// entry as long as the cache of recent changes saw no read receipt of the user's in the
+    /// room since, and the new rows from that cache too (see `recent.rs`).
     pub async fn unread_counts_in(
         &self,
         user_id: &str,
         upto: i64,
         joined: &[(&str, i64)],
     ) -> Result<Vec<UnreadCount>> {
-        let mut reads: BTreeMap<String, RoomReads> = joined
-            .iter()
-            .map(|(room, join)| {
-                let reads = RoomReads {
-                    join: Some(*join),
-                    ..RoomReads::default()
-                };
-                (room.to_string(), reads)
-            })
-            .collect();
-        self.read_receipt_positions(user_id, &mut reads).await?;
+        let mut reads: BTreeMap<String, RoomReads> = BTreeMap::new();
+        let mut unknown: BTreeMap<String, RoomReads> = BTreeMap::new();
+        for (room, join) in joined {
+            match self.counts.get(user_id, room) {
+                Some(c)
+                    if c.reads.join == Some(*join)
+                        && c.scanned_upto <= upto
+                        && self.recent.read_receipts_unmoved_since(
+                            user_id,
+                            room,
+                            c.scanned_upto,
+                        ) =>
+                {
+                    reads.insert(room.to_string(), c.reads);
+                }
+                _ => {
+                    let reads = RoomReads {
+                        join: Some(*join),
+                        ..RoomReads::default()
+                    };
+                    unknown.insert(room.to_string(), reads);
+                }
+            }
+        }
+        if !unknown.is_empty() {
+            self.read_receipt_positions(user_id, &mut unknown).await?;
+            reads.append(&mut unknown);
+        }
         self.unread_counts_with(user_id, upto, &reads).await
     }
 
@@ -498,20 +521,42 @@ impl Storage {
         let mut counts: BTreeMap<&str, BTreeMap<String, (i64, i64)>> = BTreeMap::new();
         let mut ranges: Vec<(&str, i64)> = Vec::new();
         let mut from_cache: Vec<&str> = Vec::new();
-        let reads: BTreeMap<&String, &RoomReads> =
-            reads.iter().filter(|(_, r)| r.join.is_some()).collect();
-        for (room, room_reads) in &reads {
-            let (after, base) = match self.counts.get(user_id, room) {
-                Some(c) if c.reads == **room_reads && c.scanned_upto <= upto => {
-                    from_cache.push(room.as_str());
+        // Rows per room, from memory where the cache of recent changes has them.
+        let mut scanned: BTreeMap<&str, usize> = BTreeMap::new();
+        let reads: BTreeMap<&str, &RoomReads> = reads
+            .iter()
+            .filter(|(_, r)| r.join.is_some())
+            .map(|(room, r)| (room.as_str(), r))
+            .collect();
+        for (&room, &room_reads) in &reads {
+            let (after, mut base) = match self.counts.get(user_id, room) {
+                Some(c) if c.reads == *room_reads && c.scanned_upto <= upto => {
+                    from_cache.push(room);
                     (c.scanned_upto, c.counts)
                 }
                 _ => (room_reads.lowest(), BTreeMap::new()),
             };
-            counts.insert(room.as_str(), base);
             if after < upto {
-                ranges.push((room.as_str(), after));
+                match self.recent.push_rows(room, after, upto) {
+                    Some(rows) => {
+                        count_rows(
+                            rows.iter().map(|r| {
+                                (
+                                    r.stream_ordering,
+                                    r.thread_id.as_str(),
+                                    r.recipients.as_str(),
+                                )
+                            }),
+                            user_id,
+                            room_reads,
+                            &mut base,
+                        )?;
+                        scanned.insert(room, rows.len());
+                    }
+                    None => ranges.push((room, after)),
+                }
             }
+            counts.insert(room, base);
         }
         let rows = self
             .scan_push_events(&ranges, upto.saturating_add(1), false, i64::MAX)
@@ -522,7 +567,7 @@ impl Storage {
         }
         for (room, room_rows) in &by_room {
             let (Some(room_reads), Some(room_counts)) =
-                (reads.get(&room.to_string()).copied(), counts.get_mut(*room))
+                (reads.get(room).copied(), counts.get_mut(*room))
             else {
                 continue;
             };
@@ -538,19 +583,21 @@ impl Storage {
                 room_reads,
                 room_counts,
             )?;
+            scanned.insert(room, room_rows.len());
         }
-        // Remember rooms whose scan was long (or that were cached already).
-        for (room, room_reads) in &reads {
-            let scanned = by_room.get(room.as_str()).map_or(0, Vec::len);
-            let cached = from_cache.contains(&room.as_str());
-            if scanned >= CACHE_FROM_ROWS || (cached && scanned > 0) {
+        // Remember every room counted: the next count of it reads nothing but what is new.
+        // (Only rooms a sync answers with are counted, so idle rooms take no entry but at an
+        // initial sync.)
+        for (&room, &room_reads) in &reads {
+            let unchanged = from_cache.contains(&room) && !scanned.contains_key(room);
+            if !unchanged {
                 self.counts.put(
                     user_id,
                     room,
                     CachedCounts {
-                        reads: (*room_reads).clone(),
+                        reads: room_reads.clone(),
                         scanned_upto: upto,
-                        counts: counts.get(room.as_str()).cloned().unwrap_or_default(),
+                        counts: counts.get(room).cloned().unwrap_or_default(),
                     },
                 );
             }

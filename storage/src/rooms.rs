@@ -123,6 +123,14 @@ fn plain_messages(events: &[NewEvent<'_>]) -> bool {
         })
 }
 
+/// The thread an event counts in for unread counts: its thread root, or `main`.
+fn thread_of<'a>(event: &NewEvent<'a>) -> &'a str {
+    match event.relates_to {
+        Some(("m.thread", root)) => root,
+        _ => "main",
+    }
+}
+
 /// A state map: (event type, state key) → event ID.
 pub type StateMap = HashMap<(String, String), String>;
 
@@ -312,12 +320,27 @@ impl Storage {
                 "a transaction ID of another user than the sender".into(),
             ));
         }
+        // Each event's push row, `(thread, recipients)`, encoded once for the insert and the
+        // cache of recent rows.
+        let push_rows: Vec<Option<(&str, String)>> = events
+            .iter()
+            .map(|e| {
+                (!e.push_actions.is_empty())
+                    .then(|| {
+                        Ok((
+                            thread_of(e),
+                            crate::push::encode_recipients(e.push_actions)?,
+                        ))
+                    })
+                    .transpose()
+            })
+            .collect::<Result<_>>()?;
         let (in_flight, placed, checkpoint_due) =
             if self.backend == Backend::Postgres && plain_messages(events) {
-                self.persist_plain_messages(events, &stored_pdus, now)
+                self.persist_plain_messages(events, &stored_pdus, &push_rows, now)
                     .await?
             } else {
-                self.persist_in_transaction(events, &stored_pdus, now)
+                self.persist_in_transaction(events, &stored_pdus, &push_rows, now)
                     .await?
             };
         let positions = in_flight.positions().to_vec();
@@ -330,6 +353,18 @@ impl Storage {
                 self.recent.redact(target, redacted, event.event_id);
             }
         }
+        let recent_push_rows = positions
+            .iter()
+            .zip(push_rows)
+            .filter_map(|(position, row)| {
+                let (thread, recipients) = row?;
+                Some(crate::push::RecentPushRow {
+                    stream_ordering: *position,
+                    thread_id: thread.to_owned(),
+                    recipients,
+                })
+            })
+            .collect();
         self.recent.add_events(
             room_id,
             events
@@ -352,6 +387,7 @@ impl Storage {
                     redacted_by: None,
                 })
                 .collect(),
+            recent_push_rows,
         );
         for (event, position) in events.iter().zip(&positions) {
             if let (Some(user), Some(_)) = (event.state_key, event.membership) {
@@ -380,6 +416,7 @@ impl Storage {
         &self,
         events: &[NewEvent<'_>],
         stored_pdus: &[String],
+        push_rows: &[Option<(&str, String)>],
         now: i64,
     ) -> Result<(
         crate::stream::InFlight<'_>,
@@ -395,22 +432,7 @@ impl Storage {
         let in_flight = self.next_stream_positions(&mut conn, events.len()).await?;
         let positions = in_flight.positions().to_vec();
 
-        let threads: Vec<&str> = events
-            .iter()
-            .map(|e| match e.relates_to {
-                Some(("m.thread", root)) => root,
-                _ => "main",
-            })
-            .collect();
-        let recipients: Vec<Option<String>> = events
-            .iter()
-            .map(|e| {
-                (!e.push_actions.is_empty())
-                    .then(|| crate::push::encode_recipients(e.push_actions))
-                    .transpose()
-            })
-            .collect::<Result<_>>()?;
-        let pushed = recipients.iter().filter(|r| r.is_some()).count();
+        let pushed = push_rows.iter().filter(|r| r.is_some()).count();
         let related = events.iter().filter(|e| e.relates_to.is_some()).count();
         let edges: Vec<&str> = events
             .iter()
@@ -487,10 +509,8 @@ impl Storage {
                         .map(|(user, device, txn_id)| txn_hash(user, device, txn_id)),
                 );
         }
-        for (((event, position), thread), recipients) in
-            events.iter().zip(&positions).zip(&threads).zip(&recipients)
-        {
-            if let Some(recipients) = recipients {
+        for ((event, position), row) in events.iter().zip(&positions).zip(push_rows) {
+            if let Some((thread, recipients)) = row {
                 query = query
                     .bind(*position)
                     .bind(room_id)
@@ -524,6 +544,7 @@ impl Storage {
         &self,
         events: &[NewEvent<'_>],
         stored_pdus: &[String],
+        push_rows: &[Option<(&str, String)>],
         now: i64,
     ) -> Result<(
         crate::stream::InFlight<'_>,
@@ -639,20 +660,17 @@ impl Storage {
 
         // 2b. Push actions, in the event's transaction: counts never miss an event that was
         //     stored, nor count one that was not.
-        let actions: Vec<(i64, &str, &str, &[crate::NewPushAction])> = events
+        let rows: Vec<(i64, &str, &str, &str)> = events
             .iter()
             .zip(&positions)
-            .filter(|(event, _)| !event.push_actions.is_empty())
-            .map(|(event, position)| {
-                let thread = match event.relates_to {
-                    Some(("m.thread", root)) => root,
-                    _ => "main",
-                };
-                (*position, event.event_id, thread, event.push_actions)
+            .zip(push_rows)
+            .filter_map(|((event, position), row)| {
+                let (thread, recipients) = row.as_ref()?;
+                Some((*position, event.event_id, *thread, recipients.as_str()))
             })
             .collect();
-        if !actions.is_empty() {
-            crate::push::insert_push_actions(&mut tx, room_id, &actions, now).await?;
+        if !rows.is_empty() {
+            crate::push::insert_push_rows(&mut tx, room_id, &rows, now).await?;
         }
 
         // 3. The DAG: the forward extremities move to the chain's tips. (The edges

@@ -13,7 +13,7 @@
 
 use std::{
     fs,
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::{Command, Stdio},
     time::{Duration, Instant, SystemTime},
 };
@@ -86,7 +86,9 @@ backend_tests!(element_web_start_and_exchange);
 
 /// `complement-tests/js`: the script, package.json and package-lock.json.
 fn js_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("js")
+    complement_tests::binary::workspace_root()
+        .join("complement-tests")
+        .join("js")
 }
 
 /// The `node` to run, after checking that node and npm are installed and new enough. `None`

@@ -185,21 +185,6 @@ async fn compute(
         .storage
         .account_data_changes(req.user.as_str(), since, upto)
         .await?;
-    // Unread counts at `upto`, the position the timelines end at: a response that carries an
-    // event carries counts that include it.
-    let joined: Vec<(&str, i64)> = memberships
-        .iter()
-        .filter(|m| m.membership == "join")
-        .map(|m| (m.room_id.as_str(), m.stream_ordering))
-        .collect();
-    let unread = if joined.is_empty() {
-        Vec::new()
-    } else {
-        state
-            .storage
-            .unread_counts_in(req.user.as_str(), upto, &joined)
-            .await?
-    };
     // One query for the receipts that moved, shared out to rooms below.
     let receipts = if initial {
         Vec::new()
@@ -241,10 +226,6 @@ async fn compute(
                 // profile change) does not move it, so it is no reason to resend the room.
                 let fresh = initial || m.stream_ordering > since;
                 let ephemeral = ephemeral(state, req, m, fresh, upto, &receipts).await?;
-                let counts = unread_counts(
-                    unread.iter().filter(|c| c.room_id == m.room_id),
-                    req.filter.unread_thread_notifications,
-                );
                 let room = joined_room(
                     state,
                     req,
@@ -254,10 +235,9 @@ async fn compute(
                     fresh,
                     room_account_data,
                     ephemeral,
-                    counts,
                 );
                 if let Some(room) = room.await? {
-                    join.push((m.room_id.clone(), room));
+                    join.push((m, room));
                 }
             }
             "invite" if initial || m.stream_ordering > since => {
@@ -283,6 +263,33 @@ async fn compute(
             _ => {}
         }
     }
+
+    // Unread counts at `upto`, the position the timelines end at (a response that carries an
+    // event carries counts that include it), of the rooms answered with: a room with nothing
+    // new is left out whatever its counts, as Synapse does, and a change of counts comes with
+    // something new (the event, or the receipt that cleared it).
+    let answered: Vec<(&str, i64)> = join
+        .iter()
+        .map(|(m, _)| (m.room_id.as_str(), m.stream_ordering))
+        .collect();
+    let unread = if answered.is_empty() {
+        Vec::new()
+    } else {
+        state
+            .storage
+            .unread_counts_in(req.user.as_str(), upto, &answered)
+            .await?
+    };
+    let join: Vec<(String, JoinedRoom)> = join
+        .into_iter()
+        .map(|(m, mut room)| {
+            (room.unread_notifications, room.unread_thread_notifications) = unread_counts(
+                unread.iter().filter(|c| c.room_id == m.room_id),
+                req.filter.unread_thread_notifications,
+            );
+            (m.room_id.clone(), room)
+        })
+        .collect();
 
     let mut global: Vec<Value> = account_data
         .iter()
@@ -560,7 +567,6 @@ async fn joined_room(
     fresh: bool,
     account_data: Vec<Value>,
     ephemeral: Vec<SyncEvent>,
-    (unread_notifications, unread_thread_notifications): (Value, Option<Value>),
 ) -> Result<Option<JoinedRoom>, Error> {
     // `full_state` sends the whole state but keeps the timeline to what is new since the
     // token; a room new to the client gets both from the start.
@@ -640,8 +646,9 @@ async fn joined_room(
         account_data,
         ephemeral,
         summary,
-        unread_notifications,
-        unread_thread_notifications,
+        // Filled in by the caller, once it knows which rooms it answers with.
+        unread_notifications: Value::Null,
+        unread_thread_notifications: None,
     }))
 }
 
