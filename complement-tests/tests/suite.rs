@@ -67,6 +67,8 @@ mod restart;
 mod rooms;
 #[path = "suite/rooms_advanced.rs"]
 mod rooms_advanced;
+#[path = "suite/sliding_sync.rs"]
+mod sliding_sync;
 #[path = "suite/state_history.rs"]
 mod state_history;
 #[path = "suite/sync.rs"]

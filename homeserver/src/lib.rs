@@ -77,6 +77,8 @@ pub struct Services {
 
     /// The member events each device has, for lazy-loading (see [`sync::lazy`]).
     pub lazy_members: sync::lazy::LazyMembers,
+    /// Sliding-sync connections and what each was sent (see `sync/sliding/conn.rs`).
+    pub sliding: Arc<sync::sliding::conn::Connections>,
     /// Delivered receipts waiting to be written (see [`sync::delivery`]).
     pub deliveries: sync::delivery::Deliveries,
     /// Events formatted once for every sync response that carries them, by event ID (see
@@ -257,6 +259,7 @@ impl AppState {
             deliveries: Default::default(),
             shared_receipts: ClearingCache::new(SHARED_RECEIPTS_BYTES, weigh_receipts),
             lazy_members: Default::default(),
+            sliding: Default::default(),
             push_rules: Default::default(),
             pushers,
         })))

@@ -21,6 +21,7 @@ mod push;
 mod pushers;
 mod recent;
 mod rooms;
+mod rooms_list;
 mod state;
 mod stream;
 mod sync;
@@ -37,6 +38,7 @@ pub use pushers::{NewPusher, PusherRow};
 pub use rooms::{
     Direction, EventRow, NewEvent, NewRoom, Persisted, RoomRow, StateMap, TopologicalPosition,
 };
+pub use rooms_list::BUMP_EVENT_TYPES;
 pub use stream::StreamTracker;
 pub use sync::{AccountDataChange, MembershipRow, ReceiptRow};
 pub use to_device::{OutgoingToDevice, ToDeviceRow};
@@ -71,6 +73,8 @@ pub struct Storage {
     tokens: std::sync::Arc<accounts::TokenCache>,
     /// Unread counts of long unread stretches (see `push.rs`).
     counts: std::sync::Arc<push::CountCache>,
+    /// Bump stamps and room types (see `rooms_list.rs`).
+    facts: std::sync::Arc<rooms_list::RoomFacts>,
 }
 
 impl Storage {
@@ -125,6 +129,7 @@ impl Storage {
             recent: Default::default(),
             tokens: Default::default(),
             counts: Default::default(),
+            facts: Default::default(),
         };
         storage.migrate().await?;
         let position = storage.current_stream_position().await?;

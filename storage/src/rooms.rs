@@ -390,6 +390,9 @@ impl Storage {
             recent_push_rows,
         );
         for (event, position) in events.iter().zip(&positions) {
+            if crate::BUMP_EVENT_TYPES.contains(&event.event_type) {
+                self.facts.bumped(room_id, *position);
+            }
             if let (Some(user), Some(_)) = (event.state_key, event.membership) {
                 self.recent.memberships_changed(user);
                 self.recent.room_members_changed(room_id);

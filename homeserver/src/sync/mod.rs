@@ -23,6 +23,7 @@ pub mod e2ee;
 pub mod filter;
 pub mod lazy;
 pub mod response;
+pub mod sliding;
 pub mod ws;
 
 use std::{collections::HashSet, time::Duration};
@@ -348,7 +349,7 @@ async fn compute(
 
 /// A room's `unread_notifications` and, when the filter asks for threads,
 /// `unread_thread_notifications` (then the first counts the main timeline alone).
-fn unread_counts<'a>(
+pub(crate) fn unread_counts<'a>(
     counts: impl Iterator<Item = &'a UnreadCount>,
     by_thread: bool,
 ) -> (Value, Option<Value>) {
@@ -375,7 +376,7 @@ fn unread_counts<'a>(
     )
 }
 
-fn token_before(row: &EventRow) -> String {
+pub(crate) fn token_before(row: &EventRow) -> String {
     // `/messages?dir=b&from=<this>` returns the events before `row`.
     format!("t{}_{}", row.depth, row.stream_ordering.unwrap_or(0))
 }
@@ -706,7 +707,10 @@ async fn left_room(
 
 /// Stripped state for an invite or knock: the room's name, avatar, join rules, create event,
 /// canonical alias, encryption and topic, plus the membership event itself.
-async fn stripped_state(state: &AppState, m: &MembershipRow) -> Result<Vec<Value>, Error> {
+pub(crate) async fn stripped_state(
+    state: &AppState,
+    m: &MembershipRow,
+) -> Result<Vec<Value>, Error> {
     let current = state.storage.current_state(&m.room_id).await?;
     let mut ids: Vec<String> = [
         "m.room.create",
@@ -859,7 +863,7 @@ async fn ephemeral(
 }
 
 /// An `m.receipt` event of `receipts`, or `None` if there are none.
-fn receipt_event<'a>(
+pub(crate) fn receipt_event<'a>(
     receipts: impl Iterator<Item = &'a myelin_storage::ReceiptRow>,
 ) -> Option<Value> {
     let mut content = Map::new();

@@ -100,6 +100,7 @@ pub fn routes(r: Router<AppState>) -> Router<AppState> {
     let r = route(r, membership::knock_room);
     let r = route(r, room::upgrade_room);
     let r = route_raw(r, |state, req| sync::sync_events(state, Box::new(req)));
+    let r = route_raw(r, |state, req| sync::sync_events_v5(state, Box::new(req)));
     let r = route(r, sync::create_filter);
     let r = route(r, sync::get_filter);
     let r = route(r, receipts::create_typing_event);

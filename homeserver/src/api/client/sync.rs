@@ -128,6 +128,214 @@ async fn parse_request(
     })
 }
 
+/// POST /_matrix/client/unstable/org.matrix.simplified_msc3575/sync
+///
+/// Simplified sliding sync (MSC4186): see [`crate::sync::sliding`]. The request comes boxed,
+/// as for `/sync`, so a waiting request keeps only what it needs.
+pub async fn sync_events_v5(
+    State(state): State<AppState>,
+    req: Box<Ruma<sync_events::v5::Request>>,
+) -> Result<axum::response::Response> {
+    let set_presence = state
+        .config
+        .presence
+        .enabled
+        .then(|| req.body.set_presence.to_string())
+        .filter(|p| p != "offline");
+    let request = Box::new(sliding_request(*req)?);
+    if let Some(set) = &set_presence {
+        Box::pin(crate::presence_connected(
+            &state,
+            request.user.as_str(),
+            set,
+        ))
+        .await;
+    }
+    let response = crate::sync::sliding::sliding_sync(&state, &request).await;
+    if set_presence.is_some() {
+        state.presence.disconnected(request.user.as_str(), now_ms());
+    }
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            axum::http::HeaderValue::from_static("application/json"),
+        )],
+        response?,
+    )
+        .into_response())
+}
+
+/// Most lists a request may carry (MSC4186's limit).
+const MAX_LISTS: usize = 100;
+/// Most ranges per list, room subscriptions, and required-state entries per config.
+const MAX_RANGES: usize = 100;
+const MAX_SUBSCRIPTIONS: usize = 1_000;
+const MAX_REQUIRED_STATE: usize = 1_000;
+/// Longest list key and `conn_id`.
+const MAX_KEY_LEN: usize = 128;
+/// Timeline limits above this are cut to it (the MSC lets the server cap them).
+const MAX_TIMELINE_LIMIT: u64 = 1_000;
+/// To-device messages per response unless the client asks for fewer.
+const TO_DEVICE_LIMIT: usize = 100;
+
+/// Checks a request and reduces it to what the engine needs.
+fn sliding_request(
+    req: Ruma<sync_events::v5::Request>,
+) -> Result<crate::sync::sliding::SlidingRequest> {
+    use crate::sync::sliding::{
+        ExtensionScope, Extensions, ListFilters, ListSpec, RoomConfig, SlidingRequest,
+    };
+    use sync_events::v5::request::ExtensionRoomConfig;
+
+    let sender = req.sender();
+    let (user, device) = (sender.user_id.clone(), sender.device_id.clone());
+    let body = req.body;
+    let conn_id = body.conn_id.unwrap_or_default();
+    if conn_id.len() > MAX_KEY_LEN {
+        return Err(Error::invalid_param("conn_id is too long"));
+    }
+    if body.lists.len() > MAX_LISTS {
+        return Err(Error::invalid_param(format!("At most {MAX_LISTS} lists")));
+    }
+    if body.room_subscriptions.len() > MAX_SUBSCRIPTIONS {
+        return Err(Error::invalid_param(format!(
+            "At most {MAX_SUBSCRIPTIONS} room subscriptions"
+        )));
+    }
+    let config = |required: &[(ruma::events::StateEventType, String)], limit: ruma::UInt| {
+        if required.len() > MAX_REQUIRED_STATE {
+            return Err(Error::invalid_param(format!(
+                "At most {MAX_REQUIRED_STATE} required_state entries"
+            )));
+        }
+        Ok(RoomConfig {
+            timeline_limit: u64::from(limit).min(MAX_TIMELINE_LIMIT),
+            required_state: required
+                .iter()
+                .map(|(t, k)| (t.to_string(), k.clone()))
+                .collect(),
+        })
+    };
+    let mut lists = Vec::with_capacity(body.lists.len());
+    for (key, list) in &body.lists {
+        if key.is_empty() || key.len() > MAX_KEY_LEN {
+            return Err(Error::invalid_param(
+                "A list key must be 1 to 128 characters",
+            ));
+        }
+        if list.ranges.len() > MAX_RANGES {
+            return Err(Error::invalid_param(format!(
+                "At most {MAX_RANGES} ranges a list"
+            )));
+        }
+        let mut ranges = Vec::with_capacity(list.ranges.len());
+        for (start, end) in &list.ranges {
+            let (start, end) = (u64::from(*start), u64::from(*end));
+            if start > end {
+                return Err(Error::invalid_param("A range's start is after its end"));
+            }
+            ranges.push((start, end));
+        }
+        let filters = list.filters.as_ref().map(|f| ListFilters {
+            is_dm: f.is_dm,
+            is_encrypted: f.is_encrypted,
+            is_invite: f.is_invite,
+            room_types: f
+                .room_types
+                .iter()
+                .map(|t| t.as_str().map(str::to_owned))
+                .collect(),
+            not_room_types: f
+                .not_room_types
+                .iter()
+                .map(|t| t.as_str().map(str::to_owned))
+                .collect(),
+        });
+        lists.push(ListSpec {
+            key: key.clone(),
+            ranges,
+            filters: filters.unwrap_or_default(),
+            config: config(
+                &list.room_details.required_state,
+                list.room_details.timeline_limit,
+            )?,
+        });
+    }
+    let mut subscriptions = std::collections::BTreeMap::new();
+    for (room, sub) in &body.room_subscriptions {
+        subscriptions.insert(
+            room.to_string(),
+            config(&sub.required_state, sub.timeline_limit)?,
+        );
+    }
+    let ext = &body.extensions;
+    let scope = |enabled: Option<bool>,
+                 lists: &Option<Vec<String>>,
+                 rooms: &Option<Vec<ExtensionRoomConfig>>| {
+        (enabled == Some(true)).then(|| ExtensionScope {
+            lists: lists.clone(),
+            rooms: rooms.as_ref().map(|rooms| {
+                rooms
+                    .iter()
+                    .map(|r| match r {
+                        ExtensionRoomConfig::Room(id) => id.to_string(),
+                        _ => "*".to_owned(),
+                    })
+                    .collect()
+            }),
+        })
+    };
+    let to_device = if ext.to_device.enabled == Some(true) {
+        let since = ext
+            .to_device
+            .since
+            .as_deref()
+            .map(|s| {
+                s.parse::<i64>()
+                    .ok()
+                    .filter(|p| *p >= 0)
+                    .ok_or_else(|| Error::invalid_param("Unknown to_device since token"))
+            })
+            .transpose()?;
+        let limit = ext.to_device.limit.map_or(TO_DEVICE_LIMIT, |l| {
+            u64::from(l).clamp(1, TO_DEVICE_LIMIT as u64) as usize
+        });
+        Some((since, limit))
+    } else {
+        None
+    };
+    let extensions = Extensions {
+        to_device,
+        e2ee: ext.e2ee.enabled == Some(true),
+        account_data: scope(
+            ext.account_data.enabled,
+            &ext.account_data.lists,
+            &ext.account_data.rooms,
+        ),
+        receipts: scope(
+            ext.receipts.enabled,
+            &ext.receipts.lists,
+            &ext.receipts.rooms,
+        ),
+        typing: scope(ext.typing.enabled, &ext.typing.lists, &ext.typing.rooms),
+    };
+    Ok(SlidingRequest {
+        user,
+        device,
+        conn_id,
+        // Without a pos there is nothing to wait for: the first response comes at once.
+        timeout: if body.pos.is_some() {
+            body.timeout.unwrap_or_default().min(MAX_TIMEOUT)
+        } else {
+            Duration::ZERO
+        },
+        pos: body.pos,
+        lists,
+        subscriptions,
+        extensions,
+    })
+}
+
 /// POST /_matrix/client/v3/user/{userId}/filter
 pub async fn create_filter(
     State(state): State<AppState>,

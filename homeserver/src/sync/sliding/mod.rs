@@ -1,0 +1,934 @@
+//! Simplified sliding sync (MSC4186): the room list Element X and matrix-sdk-ui sync with.
+//!
+//! <https://github.com/matrix-org/matrix-spec-proposals/pull/4186>
+//!
+//! One request, computed against the state its `pos` names ([`conn`]):
+//!
+//! 1. The *server list*: the rooms the user is joined to, invited to or knocking on, plus
+//!    rooms they left or were removed from that this connection was sent before (so it
+//!    hears of the leave), ordered by bump stamp (the position of the room's newest message-
+//!    like event; for rooms the user is not in, of their membership), newest first.
+//! 2. Each list filters the server list (`is_dm`, `is_invite`, `is_encrypted`, `room_types`,
+//!    `not_room_types`), reports its `count`, and selects the rooms in its `ranges`. Room
+//!    subscriptions add rooms by ID (only rooms the user has a membership in).
+//! 3. A selected room's configs are combined (largest timeline limit, union of required
+//!    state). It is sent when the connection never had it, had it with another membership
+//!    or a smaller config (then it is sent whole again: `initial`), or has events since it
+//!    was sent, or the user's own read receipt in it moved (its unread counts did).
+//! 4. Extensions: `to_device` (its own `since`; presenting it acknowledges the messages
+//!    before it, as a `/sync` token does), `e2ee`, `account_data`, `receipts`, `typing`.
+//! 5. With a `pos` and nothing to send, the request waits on the same notifier as `/sync`
+//!    until something is, or its timeout.
+//!
+//! Per room: `membership`, `initial`, `name`, `avatar`, `heroes` (when unnamed), `is_dm`,
+//! `required_state` (`*` wildcards, `$ME`, `$LAZY` members: the timeline's senders and
+//! member-event targets), `timeline` (newest first cut to the limit, `limited` when more
+//! were left out), `prev_batch` (a `/messages` token), `num_live` (timeline events newer
+//! than the connection's previous response), `joined_count`, `invited_count`, the unread
+//! counts, `bump_stamp`; invites and knocks carry only their stripped state.
+
+pub mod conn;
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
+    hash::{Hash, Hasher},
+    sync::Arc,
+    time::Duration,
+};
+
+use myelin_storage::{EventRow, MembershipRow};
+use ruma::{OwnedDeviceId, OwnedUserId};
+use serde_json::{json, Map, Value};
+
+use super::{e2ee, receipt_event, stripped_state, token_before, unread_counts};
+use crate::{
+    error::Error,
+    push::rules::PUSH_RULES,
+    rooms::{format::sync_events, visibility::Visibility},
+    AppState,
+};
+use conn::{Base, ConnState, SentRoom};
+
+/// What a room of a list or subscription asks for.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RoomConfig {
+    pub timeline_limit: u64,
+    /// `(type, state key)`; `*` matches any, `$ME` is the user, `$LAZY` (members) lazy.
+    pub required_state: BTreeSet<(String, String)>,
+}
+
+impl RoomConfig {
+    /// The superset of two configs (MSC4186, "Combining room configs").
+    fn combine(&mut self, other: &RoomConfig) {
+        self.timeline_limit = self.timeline_limit.max(other.timeline_limit);
+        self.required_state
+            .extend(other.required_state.iter().cloned());
+    }
+
+    fn digest(&self) -> u64 {
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        self.required_state.hash(&mut hasher);
+        hasher.finish()
+    }
+
+    fn lazy_members(&self) -> bool {
+        self.required_state
+            .iter()
+            .any(|(t, k)| t == "m.room.member" && k == "$LAZY")
+    }
+
+    /// Whether the state entry `(event_type, state_key)` is asked for (lazy members aside).
+    fn wants(&self, user: &str, event_type: &str, state_key: &str) -> bool {
+        self.required_state.iter().any(|(t, k)| {
+            (t == "*" || t == event_type)
+                && (k == "*" || k == state_key || (k == "$ME" && state_key == user))
+        })
+    }
+}
+
+/// A list's filters (MSC4186 `SlidingRoomFilter`; `spaces` and `tags` are not offered).
+#[derive(Debug, Clone, Default)]
+pub struct ListFilters {
+    pub is_dm: Option<bool>,
+    pub is_encrypted: Option<bool>,
+    pub is_invite: Option<bool>,
+    /// `None` in these is "a room without a type".
+    pub room_types: Vec<Option<String>>,
+    pub not_room_types: Vec<Option<String>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ListSpec {
+    pub key: String,
+    /// Inclusive, already checked `start <= end`.
+    pub ranges: Vec<(u64, u64)>,
+    pub filters: ListFilters,
+    pub config: RoomConfig,
+}
+
+/// Which rooms an extension covers: `None` for each means all lists / all subscriptions.
+#[derive(Debug, Clone, Default)]
+pub struct ExtensionScope {
+    pub lists: Option<Vec<String>>,
+    /// `None`: every subscription; `Some`: these rooms, `"*"` for every subscription.
+    pub rooms: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Extensions {
+    /// `(since, limit)` when enabled.
+    pub to_device: Option<(Option<i64>, usize)>,
+    pub e2ee: bool,
+    pub account_data: Option<ExtensionScope>,
+    pub receipts: Option<ExtensionScope>,
+    pub typing: Option<ExtensionScope>,
+}
+
+/// A checked request.
+#[derive(Debug)]
+pub struct SlidingRequest {
+    pub user: OwnedUserId,
+    pub device: OwnedDeviceId,
+    pub conn_id: String,
+    pub pos: Option<String>,
+    pub timeout: Duration,
+    pub lists: Vec<ListSpec>,
+    pub subscriptions: BTreeMap<String, RoomConfig>,
+    pub extensions: Extensions,
+}
+
+/// `400 M_UNKNOWN_POS`: the client must start the connection over.
+fn unknown_pos() -> Error {
+    Error::new(
+        axum::http::StatusCode::BAD_REQUEST,
+        "M_UNKNOWN_POS",
+        "Unknown or expired pos: start the connection again without one",
+    )
+}
+
+/// Runs a request: computes the response and, with a `pos` and nothing new, waits (up to
+/// the timeout) for the notifier. Returns the response's JSON.
+pub async fn sliding_sync(state: &AppState, req: &SlidingRequest) -> Result<Vec<u8>, Error> {
+    let (user, device) = (req.user.as_str(), req.device.as_str());
+    let base = state
+        .sliding
+        .base(user, device, &req.conn_id, req.pos.as_deref())
+        .map_err(|_| unknown_pos())?;
+    if let Some((Some(since), _)) = req.extensions.to_device {
+        // Presenting a to-device token acknowledges the messages up to it.
+        e2ee::acknowledge(state, user, device, since).await;
+    }
+    let deadline = tokio::time::Instant::now() + req.timeout;
+    let handle = state.notifier.handle(user);
+    loop {
+        // Subscribe before reading, so a commit in between still wakes us.
+        let notified = handle.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let upto = state.storage.safe_stream_position();
+        let typing = state.typing.serial();
+        let computed = Box::pin(compute(state, req, &base, upto, typing)).await?;
+        let timed_out = tokio::time::Instant::now() >= deadline;
+        if base.seq.is_none() || computed.has_news || timed_out {
+            let pos = state
+                .sliding
+                .store(user, device, &req.conn_id, &base, computed.next);
+            let mut body = computed.body;
+            body.insert("pos".into(), pos.into());
+            return serde_json::to_vec(&body).map_err(Error::internal);
+        }
+        tokio::select! {
+            _ = &mut notified => {}
+            _ = tokio::time::sleep_until(deadline) => {}
+        }
+    }
+}
+
+struct Computed {
+    body: Map<String, Value>,
+    next: ConnState,
+    /// Anything a waiting client should be woken for.
+    has_news: bool,
+}
+
+/// A room of the server list.
+struct Candidate<'a> {
+    m: &'a MembershipRow,
+    bump: i64,
+}
+
+/// A room selected by lists or subscriptions, with its combined config.
+struct Selected<'a> {
+    m: &'a MembershipRow,
+    bump: i64,
+    config: RoomConfig,
+    lists: Vec<String>,
+}
+
+async fn compute(
+    state: &AppState,
+    req: &SlidingRequest,
+    base: &Base,
+    upto: i64,
+    typing_serial: u64,
+) -> Result<Computed, Error> {
+    let user = req.user.as_str();
+    let fresh = base.seq.is_none();
+    let since = base.state.upto;
+    let memberships = state.storage.memberships_for_user(user).await?;
+
+    // 1. The server list.
+    let mut candidates: Vec<&MembershipRow> = memberships
+        .iter()
+        .filter(|m| match m.membership.as_str() {
+            "join" | "invite" | "knock" => true,
+            "leave" | "ban" => !m.forgotten && base.state.rooms.contains_key(m.room_id.as_str()),
+            _ => false,
+        })
+        .collect();
+    let joined: Vec<&str> = candidates
+        .iter()
+        .filter(|m| m.membership == "join")
+        .map(|m| m.room_id.as_str())
+        .collect();
+    let bumps = state.storage.bump_stamps(&joined).await?;
+    let bump_of = |m: &MembershipRow| match m.membership.as_str() {
+        "join" => bumps.get(&m.room_id).copied().unwrap_or(m.stream_ordering),
+        _ => m.stream_ordering,
+    };
+    candidates.sort_by(|a, b| {
+        bump_of(b)
+            .cmp(&bump_of(a))
+            .then_with(|| a.room_id.cmp(&b.room_id))
+    });
+    let candidates: Vec<Candidate> = candidates
+        .into_iter()
+        .map(|m| Candidate {
+            m,
+            bump: bump_of(m),
+        })
+        .collect();
+
+    // What the filters need, read once for all lists.
+    let any = |f: &dyn Fn(&ListFilters) -> bool| req.lists.iter().any(|l| f(&l.filters));
+    let dm_rooms = direct_rooms(state, user).await?;
+    let encrypted: HashSet<String> = if any(&|f| f.is_encrypted.is_some()) {
+        state
+            .storage
+            .current_state_of_types(&joined, &["m.room.encryption"])
+            .await?
+            .into_iter()
+            .map(|(room, ..)| room)
+            .collect()
+    } else {
+        HashSet::new()
+    };
+    let room_types = if any(&|f| !f.room_types.is_empty() || !f.not_room_types.is_empty()) {
+        state.storage.room_types(&joined).await?
+    } else {
+        HashMap::new()
+    };
+
+    // 2. Lists and subscriptions.
+    let mut selected: BTreeMap<&str, Selected> = BTreeMap::new();
+    let mut lists_out = Map::new();
+    let mut list_rooms: HashMap<&str, Vec<&str>> = HashMap::new();
+    for list in &req.lists {
+        let f = &list.filters;
+        let matching: Vec<&Candidate> = candidates
+            .iter()
+            .filter(|c| {
+                let room = c.m.room_id.as_str();
+                let room_type = room_types.get(room).cloned().flatten();
+                f.is_dm.is_none_or(|want| dm_rooms.contains(room) == want)
+                    && f.is_invite
+                        .is_none_or(|want| (c.m.membership == "invite") == want)
+                    && f.is_encrypted
+                        .is_none_or(|want| encrypted.contains(room) == want)
+                    && (f.room_types.is_empty() || f.room_types.contains(&room_type))
+                    && !f.not_room_types.contains(&room_type)
+            })
+            .collect();
+        lists_out.insert(list.key.clone(), json!({ "count": matching.len() }));
+        let mut in_window = Vec::new();
+        for (i, c) in matching.iter().enumerate() {
+            let i = i as u64;
+            if list
+                .ranges
+                .iter()
+                .any(|(start, end)| i >= *start && i <= *end)
+            {
+                in_window.push(c.m.room_id.as_str());
+                let entry = selected.entry(c.m.room_id.as_str()).or_insert(Selected {
+                    m: c.m,
+                    bump: c.bump,
+                    config: RoomConfig::default(),
+                    lists: Vec::new(),
+                });
+                entry.config.combine(&list.config);
+                entry.lists.push(list.key.clone());
+            }
+        }
+        list_rooms.insert(list.key.as_str(), in_window);
+    }
+    let mut subscribed = Vec::new();
+    for (room, config) in &req.subscriptions {
+        // Only rooms the user is (or was, on this connection) in, invited to or knocking on.
+        let Some(c) = candidates.iter().find(|c| c.m.room_id == *room) else {
+            continue;
+        };
+        subscribed.push(c.m.room_id.as_str());
+        let entry = selected.entry(c.m.room_id.as_str()).or_insert(Selected {
+            m: c.m,
+            bump: c.bump,
+            config: RoomConfig::default(),
+            lists: Vec::new(),
+        });
+        entry.config.combine(config);
+    }
+
+    // 3. The rooms to send.
+    let own_receipts_moved: HashSet<String> = if fresh {
+        HashSet::new()
+    } else {
+        state
+            .storage
+            .receipts_in_range(since, upto)
+            .await?
+            .iter()
+            .filter(|r| {
+                r.user_id == user
+                    && (r.receipt_type == "m.read" || r.receipt_type == "m.read.private")
+            })
+            .map(|r| r.room_id.clone())
+            .collect()
+    };
+    let mut next = ConnState {
+        upto,
+        typing: typing_serial,
+        rooms: base.state.rooms.clone(),
+    };
+    let mut plans = Vec::new();
+    for (room, sel) in &selected {
+        let sent = base.state.rooms.get(*room);
+        let limit = sel.config.timeline_limit;
+        let digest = sel.config.digest();
+        let initial = match sent {
+            None => true,
+            Some(s) => {
+                *s.membership != *sel.m.membership
+                    || limit > s.timeline_limit
+                    || digest != s.required_state
+            }
+        };
+        let after = match sent {
+            Some(s) if !initial => s.upto,
+            _ => 0,
+        };
+        let end = match sel.m.membership.as_str() {
+            "leave" | "ban" => upto.min(sel.m.stream_ordering),
+            _ => upto,
+        };
+        let is_member_view = matches!(sel.m.membership.as_str(), "join" | "leave" | "ban");
+        let rows = if is_member_view && (limit > 0 || !initial) && after < end {
+            state
+                .storage
+                .room_events_in_range(room, after, end, limit.min(i64::MAX as u64 - 1) as i64 + 1)
+                .await?
+        } else {
+            Vec::new()
+        };
+        if !initial && rows.is_empty() && !own_receipts_moved.contains(*room) {
+            continue;
+        }
+        next.rooms.insert(
+            Arc::from(*room),
+            SentRoom {
+                upto: end,
+                timeline_limit: limit,
+                required_state: digest,
+                membership: Arc::from(sel.m.membership.as_str()),
+            },
+        );
+        plans.push(Plan {
+            sel,
+            initial,
+            after,
+            rows,
+        });
+    }
+
+    let rooms_out = build_rooms(state, req, base, upto, &plans, &dm_rooms).await?;
+
+    // 4. Extensions, over the rooms in their scope.
+    let in_scope = |scope: &ExtensionScope| -> BTreeSet<&str> {
+        let mut rooms = BTreeSet::new();
+        match &scope.lists {
+            None => rooms.extend(list_rooms.values().flatten().copied()),
+            Some(keys) => {
+                for key in keys {
+                    if key == "*" {
+                        rooms.extend(list_rooms.values().flatten().copied());
+                    } else if let Some(r) = list_rooms.get(key.as_str()) {
+                        rooms.extend(r.iter().copied());
+                    }
+                }
+            }
+        }
+        match &scope.rooms {
+            None => rooms.extend(subscribed.iter().copied()),
+            Some(ids) => {
+                for id in ids {
+                    if id == "*" {
+                        rooms.extend(subscribed.iter().copied());
+                    } else if let Some(r) = subscribed.iter().find(|r| **r == id.as_str()) {
+                        rooms.insert(r);
+                    }
+                }
+            }
+        }
+        rooms
+    };
+    let initial_rooms: HashSet<&str> = plans
+        .iter()
+        .filter(|p| p.initial)
+        .map(|p| p.sel.m.room_id.as_str())
+        .collect();
+    let mut extensions = Map::new();
+    let mut has_news = !rooms_out.is_empty();
+    if let Some((to_device_since, limit)) = req.extensions.to_device {
+        let since = to_device_since.unwrap_or(0).clamp(0, upto);
+        let (user, device) = (req.user.as_str(), req.device.as_str());
+        let cut = state
+            .storage
+            .to_device_cut(user, device, since, upto, limit)
+            .await?
+            .map_or(upto, |cut| cut.clamp(since, upto));
+        let messages = state
+            .storage
+            .to_device_messages(user, device, since, cut)
+            .await?;
+        let events: Vec<Value> = messages
+            .into_iter()
+            .filter_map(|m| {
+                let content: Value = serde_json::from_str(&m.content).ok()?;
+                Some(json!({ "sender": m.sender, "type": m.event_type, "content": content }))
+            })
+            .collect();
+        has_news |= !events.is_empty();
+        extensions.insert(
+            "to_device".into(),
+            json!({ "next_batch": cut.to_string(), "events": events }),
+        );
+    }
+    if req.extensions.e2ee {
+        let mut e2ee_out = Map::new();
+        if !fresh {
+            let (changed, left) = e2ee::device_list_changes(state, user, since, upto).await?;
+            if !changed.is_empty() || !left.is_empty() {
+                has_news = true;
+                e2ee_out.insert(
+                    "device_lists".into(),
+                    json!({ "changed": changed, "left": left }),
+                );
+            }
+        }
+        let (counts, unused_fallback) = state.storage.key_counts(user, req.device.as_str()).await?;
+        e2ee_out.insert(
+            "device_one_time_keys_count".into(),
+            json!(crate::e2ee::key_counts_with_default(counts)),
+        );
+        e2ee_out.insert(
+            "device_unused_fallback_key_types".into(),
+            json!(unused_fallback),
+        );
+        extensions.insert("e2ee".into(), Value::Object(e2ee_out));
+    }
+    if let Some(scope) = &req.extensions.account_data {
+        let rooms = in_scope(scope);
+        let out = account_data(state, req, fresh, since, upto, &rooms, &initial_rooms).await?;
+        has_news |= !out.is_empty();
+        extensions.insert("account_data".into(), Value::Object(out));
+    }
+    if let Some(scope) = &req.extensions.receipts {
+        let rooms = in_scope(scope);
+        let out = receipts(state, user, fresh, since, upto, &rooms, &initial_rooms).await?;
+        has_news |= !out.is_empty();
+        extensions.insert("receipts".into(), json!({ "rooms": out }));
+    }
+    if let Some(scope) = &req.extensions.typing {
+        let mut out = Map::new();
+        for room in in_scope(scope) {
+            let users = if fresh || initial_rooms.contains(room) {
+                Some(state.typing.current(room)).filter(|u| !u.is_empty())
+            } else {
+                state.typing.changed_since(room, base.state.typing)
+            };
+            if let Some(users) = users {
+                out.insert(
+                    room.to_owned(),
+                    json!({ "type": "m.typing", "content": { "user_ids": users } }),
+                );
+            }
+        }
+        has_news |= !out.is_empty();
+        extensions.insert("typing".into(), json!({ "rooms": out }));
+    }
+
+    let mut body = Map::new();
+    body.insert("lists".into(), Value::Object(lists_out));
+    body.insert("rooms".into(), Value::Object(rooms_out));
+    body.insert("extensions".into(), Value::Object(extensions));
+    Ok(Computed {
+        body,
+        next,
+        has_news,
+    })
+}
+
+/// One room to send.
+struct Plan<'a, 'b> {
+    sel: &'b Selected<'a>,
+    initial: bool,
+    /// The timeline covers `(after, ...]`.
+    after: i64,
+    /// Newest first, at most `limit + 1`.
+    rows: Vec<EventRow>,
+}
+
+/// The rooms of `m.direct` account data.
+async fn direct_rooms(state: &AppState, user: &str) -> Result<HashSet<String>, Error> {
+    let Some(content) = state
+        .storage
+        .get_account_data(user, None, "m.direct")
+        .await?
+    else {
+        return Ok(HashSet::new());
+    };
+    let value: Value = serde_json::from_str(&content).unwrap_or_default();
+    Ok(value
+        .as_object()
+        .into_iter()
+        .flat_map(|users| users.values())
+        .filter_map(Value::as_array)
+        .flatten()
+        .filter_map(Value::as_str)
+        .map(str::to_owned)
+        .collect())
+}
+
+async fn build_rooms(
+    state: &AppState,
+    req: &SlidingRequest,
+    base: &Base,
+    upto: i64,
+    plans: &[Plan<'_, '_>],
+    dm_rooms: &HashSet<String>,
+) -> Result<Map<String, Value>, Error> {
+    let user = req.user.as_str();
+    let viewer = (req.user.as_ref(), req.device.as_ref());
+    let joined: Vec<(&str, i64)> = plans
+        .iter()
+        .filter(|p| p.sel.m.membership == "join")
+        .map(|p| (p.sel.m.room_id.as_str(), p.sel.m.stream_ordering))
+        .collect();
+    let unread = if joined.is_empty() {
+        Vec::new()
+    } else {
+        state.storage.unread_counts_in(user, upto, &joined).await?
+    };
+
+    // The state every room's config and naming needs, in one read for all rooms (rooms that
+    // ask for every type read their whole state).
+    let member_view: Vec<&Plan> = plans
+        .iter()
+        .filter(|p| matches!(p.sel.m.membership.as_str(), "join" | "leave" | "ban"))
+        .collect();
+    let mut types: BTreeSet<&str> = ["m.room.name", "m.room.avatar"].into_iter().collect();
+    let mut whole_state_rooms = Vec::new();
+    for p in &member_view {
+        for (t, _) in &p.sel.config.required_state {
+            if t == "*" {
+                whole_state_rooms.push(p.sel.m.room_id.as_str());
+            } else {
+                types.insert(t.as_str());
+            }
+        }
+    }
+    let room_ids: Vec<&str> = member_view
+        .iter()
+        .map(|p| p.sel.m.room_id.as_str())
+        .collect();
+    let types: Vec<&str> = types.into_iter().collect();
+    // (room) -> (type, key) -> event ID
+    let mut current: HashMap<String, BTreeMap<(String, String), String>> = HashMap::new();
+    for (room, t, k, id) in state
+        .storage
+        .current_state_of_types(&room_ids, &types)
+        .await?
+    {
+        current.entry(room).or_default().insert((t, k), id);
+    }
+    for room in whole_state_rooms {
+        let all = state.storage.current_state(room).await?;
+        let entry = current.entry(room.to_owned()).or_default();
+        for ((t, k), id) in all {
+            entry.insert((t, k), id);
+        }
+    }
+
+    let mut out = Map::new();
+    for p in plans {
+        let m = p.sel.m;
+        let room_id = m.room_id.as_str();
+        let mut room = Map::new();
+        room.insert("membership".into(), m.membership.clone().into());
+        room.insert("bump_stamp".into(), p.sel.bump.into());
+        if p.initial {
+            room.insert("initial".into(), true.into());
+        }
+        if !p.sel.lists.is_empty() {
+            room.insert("lists".into(), json!(p.sel.lists));
+        }
+        if dm_rooms.contains(room_id) {
+            room.insert("is_dm".into(), true.into());
+        }
+        if matches!(m.membership.as_str(), "invite" | "knock") {
+            if p.initial {
+                let stripped = stripped_state(state, m).await?;
+                room.insert("invite_state".into(), json!(stripped));
+                room.insert("stripped_state".into(), json!(stripped));
+            }
+            out.insert(room_id.to_owned(), Value::Object(room));
+            continue;
+        }
+
+        // Timeline.
+        let limit = p.sel.config.timeline_limit as usize;
+        let mut rows = p.rows.clone();
+        let limited = rows.len() > limit;
+        rows.truncate(limit);
+        rows.reverse();
+        let joined_at = (m.membership == "join").then_some(m.stream_ordering);
+        let all_after_join = rows
+            .first()
+            .zip(joined_at)
+            .is_some_and(|(first, joined)| first.stream_ordering.unwrap_or(0) > joined);
+        if !all_after_join && !rows.is_empty() {
+            rows = Visibility::new(state, &req.user, room_id)
+                .await?
+                .filter(rows)
+                .await?;
+        }
+        let num_live = if base.seq.is_none() {
+            0
+        } else {
+            rows.iter()
+                .filter(|r| r.stream_ordering.unwrap_or(0) > base.state.upto)
+                .count()
+        };
+        if let Some(first) = rows.first() {
+            room.insert("prev_batch".into(), token_before(first).into());
+        }
+        if limited {
+            room.insert("limited".into(), true.into());
+        }
+        room.insert("num_live".into(), num_live.into());
+
+        // Required state: all that matches on a first send, what changed since otherwise.
+        let room_state = current.get(room_id);
+        let mut wanted_ids: Vec<String> = room_state
+            .into_iter()
+            .flatten()
+            .filter(|((t, k), _)| p.sel.config.wants(user, t, k))
+            .map(|(_, id)| id.clone())
+            .collect();
+        if p.sel.config.lazy_members() {
+            let mut members: BTreeSet<&str> = rows.iter().map(|r| r.sender.as_str()).collect();
+            for r in &rows {
+                if r.event_type == "m.room.member" {
+                    if let Some(k) = &r.state_key {
+                        members.insert(k);
+                    }
+                }
+            }
+            let keys: Vec<(&str, &str)> = members.iter().map(|u| ("m.room.member", *u)).collect();
+            let mut lazy = state
+                .storage
+                .current_state_events(room_id, &keys)
+                .await?
+                .into_iter()
+                .map(|e| e.event_id)
+                .collect();
+            wanted_ids.append(&mut lazy);
+        }
+        let timeline_ids: HashSet<&str> = rows.iter().map(|r| r.event_id.as_str()).collect();
+        wanted_ids.retain(|id| !timeline_ids.contains(id.as_str()));
+        wanted_ids.sort();
+        wanted_ids.dedup();
+        let mut state_rows = if wanted_ids.is_empty() {
+            Vec::new()
+        } else {
+            state.storage.get_events(&wanted_ids).await?
+        };
+        if !p.initial {
+            state_rows.retain(|r| r.stream_ordering.unwrap_or(0) > p.after);
+        }
+        state_rows.sort_by_key(|r| r.stream_ordering);
+
+        // Name, avatar and heroes: on a first send, or when they changed.
+        let name_avatar_ids: Vec<String> = ["m.room.name", "m.room.avatar"]
+            .iter()
+            .filter_map(|t| room_state.and_then(|s| s.get(&(t.to_string(), String::new()))))
+            .cloned()
+            .collect();
+        let mut named = false;
+        for row in state.storage.get_events(&name_avatar_ids).await? {
+            let content = row
+                .parse_pdu::<Value>()
+                .map_err(Error::internal)?
+                .get("content")
+                .cloned()
+                .unwrap_or_default();
+            let changed = p.initial || row.stream_ordering.unwrap_or(0) > p.after;
+            match row.event_type.as_str() {
+                "m.room.name" => {
+                    let name = content["name"].as_str().filter(|n| !n.is_empty());
+                    named = name.is_some();
+                    if changed {
+                        room.insert("name".into(), name.into());
+                    }
+                }
+                _ => {
+                    if changed {
+                        room.insert("avatar".into(), content["url"].as_str().into());
+                    }
+                }
+            }
+        }
+        let members_changed = rows
+            .iter()
+            .chain(&state_rows)
+            .any(|r| r.event_type == "m.room.member");
+        let members = state.storage.room_members(room_id).await?;
+        let count = |which: &str| members.iter().filter(|(_, m, _)| m == which).count();
+        room.insert("joined_count".into(), count("join").into());
+        room.insert("invited_count".into(), count("invite").into());
+        if !named && (p.initial || members_changed) {
+            room.insert("heroes".into(), json!(heroes(state, user, &members).await?));
+        }
+        if m.membership == "join" {
+            let (counts, _) = unread_counts(unread.iter().filter(|c| c.room_id == room_id), false);
+            room.insert(
+                "notification_count".into(),
+                counts["notification_count"].clone(),
+            );
+            room.insert("highlight_count".into(), counts["highlight_count"].clone());
+        }
+        room.insert(
+            "timeline".into(),
+            events_json(&sync_events(state, &rows, viewer).await?)?,
+        );
+        room.insert(
+            "required_state".into(),
+            events_json(&sync_events(state, &state_rows, viewer).await?)?,
+        );
+        out.insert(room_id.to_owned(), Value::Object(room));
+    }
+    Ok(out)
+}
+
+/// Up to five other members to name an unnamed room by: joined first, then invited, then
+/// those who left, with the display name and avatar of their member events.
+async fn heroes(
+    state: &AppState,
+    user: &str,
+    members: &[(String, String, String)],
+) -> Result<Vec<Value>, Error> {
+    let mut picked: Vec<&(String, String, String)> = Vec::new();
+    for wanted in ["join", "invite", "leave"] {
+        picked.extend(
+            members
+                .iter()
+                .filter(|(u, m, _)| u != user && m == wanted)
+                .take(5 - picked.len()),
+        );
+        if picked.len() >= 5 {
+            break;
+        }
+    }
+    let ids: Vec<String> = picked.iter().map(|(_, _, id)| id.clone()).collect();
+    let rows = state.storage.get_events(&ids).await?;
+    let mut out = Vec::new();
+    for (u, _, id) in picked {
+        let mut hero = json!({ "user_id": u });
+        if let Some(row) = rows.iter().find(|r| r.event_id == *id) {
+            let pdu: Value = row.parse_pdu().map_err(Error::internal)?;
+            if let Some(name) = pdu["content"]["displayname"].as_str() {
+                hero["displayname"] = name.into();
+            }
+            if let Some(url) = pdu["content"]["avatar_url"].as_str() {
+                hero["avatar_url"] = url.into();
+            }
+        }
+        out.push(hero);
+    }
+    Ok(out)
+}
+
+fn events_json(events: &[super::SyncEvent]) -> Result<Value, Error> {
+    let mut bytes = Vec::new();
+    bytes.push(b'[');
+    for (i, e) in events.iter().enumerate() {
+        if i > 0 {
+            bytes.push(b',');
+        }
+        e.write_json(&mut bytes);
+    }
+    bytes.push(b']');
+    serde_json::from_slice(&bytes).map_err(Error::internal)
+}
+
+/// The account-data extension: global account data (all of it on a fresh connection, with
+/// the push rules as they are now), and per room in scope: all of a room's on its first
+/// send, what changed since otherwise.
+async fn account_data(
+    state: &AppState,
+    req: &SlidingRequest,
+    fresh: bool,
+    since: i64,
+    upto: i64,
+    rooms: &BTreeSet<&str>,
+    initial_rooms: &HashSet<&str>,
+) -> Result<Map<String, Value>, Error> {
+    let user = req.user.as_str();
+    let changes = state
+        .storage
+        .account_data_changes(user, if fresh { 0 } else { since }, upto)
+        .await?;
+    let whole = if !fresh && rooms.iter().any(|r| initial_rooms.contains(r)) {
+        state.storage.account_data_changes(user, 0, upto).await?
+    } else {
+        Vec::new()
+    };
+    let event = |a: &myelin_storage::AccountDataChange| {
+        serde_json::from_str::<Value>(&a.content)
+            .ok()
+            .map(|c| json!({ "type": a.data_type, "content": c }))
+    };
+    let mut global: Vec<Value> = changes
+        .iter()
+        .filter(|a| a.room_id.is_none() && a.data_type != PUSH_RULES)
+        .filter_map(event)
+        .collect();
+    let rules_changed = changes
+        .iter()
+        .any(|a| a.room_id.is_none() && a.data_type == PUSH_RULES);
+    if fresh || rules_changed {
+        let rules = state.push_rules.get(state, &req.user).await?;
+        global.push(json!({ "type": PUSH_RULES, "content": { "global": *rules } }));
+    }
+    let mut by_room: BTreeMap<&str, Vec<Value>> = BTreeMap::new();
+    for a in &changes {
+        if let Some(room) = a.room_id.as_deref().and_then(|r| rooms.get(r)) {
+            if fresh || !initial_rooms.contains(room) {
+                by_room.entry(room).or_default().extend(event(a));
+            }
+        }
+    }
+    for a in &whole {
+        if let Some(room) = a.room_id.as_deref().and_then(|r| rooms.get(r)) {
+            if initial_rooms.contains(room) {
+                by_room.entry(room).or_default().extend(event(a));
+            }
+        }
+    }
+    let mut out = Map::new();
+    if !global.is_empty() {
+        out.insert("global".into(), json!(global));
+    }
+    if !by_room.is_empty() {
+        out.insert("rooms".into(), json!(by_room));
+    }
+    Ok(out)
+}
+
+/// The receipts extension: per room in scope, every receipt on its first send, the receipts
+/// that moved since otherwise. Private receipts go only to their owner.
+async fn receipts(
+    state: &AppState,
+    user: &str,
+    fresh: bool,
+    since: i64,
+    upto: i64,
+    rooms: &BTreeSet<&str>,
+    initial_rooms: &HashSet<&str>,
+) -> Result<Map<String, Value>, Error> {
+    let visible = |r: &myelin_storage::ReceiptRow| {
+        (r.receipt_type != "m.read.private" || r.user_id == user)
+            && !(r.receipt_type == super::delivery::DELIVERED && r.user_id == user)
+    };
+    let moved = if fresh {
+        Vec::new()
+    } else {
+        state.storage.receipts_in_range(since, upto).await?
+    };
+    let mut out = Map::new();
+    for room in rooms {
+        let event = if fresh || initial_rooms.contains(room) {
+            let rows = state.storage.receipts_for_room(room, upto).await?;
+            receipt_event(rows.iter().filter(|r| visible(r)))
+        } else {
+            receipt_event(
+                moved
+                    .iter()
+                    .map(|r| r.as_ref())
+                    .filter(|r| r.room_id == *room && visible(r)),
+            )
+        };
+        if let Some(event) = event {
+            out.insert((*room).to_owned(), event);
+        }
+    }
+    Ok(out)
+}
