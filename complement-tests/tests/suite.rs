@@ -69,6 +69,8 @@ mod rooms;
 mod rooms_advanced;
 #[path = "suite/sliding_sync.rs"]
 mod sliding_sync;
+#[path = "suite/sliding_sync_sdk.rs"]
+mod sliding_sync_sdk;
 #[path = "suite/state_history.rs"]
 mod state_history;
 #[path = "suite/sync.rs"]
