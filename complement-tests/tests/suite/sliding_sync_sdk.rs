@@ -89,7 +89,7 @@ async fn sliding_sync_with_matrix_sdk(backend: Backend) {
             );
         }
         assert_eq!(
-            u64::from(room.unread_notification_counts().notification_count),
+            room.unread_notification_counts().notification_count,
             1,
             "the server's count of bob's message in {id}"
         );
