@@ -500,6 +500,34 @@ async fn sliding_sync_extensions(backend: Backend) {
     );
 }
 
+/// A message shown through sliding sync counts as delivered, as through `/sync`: its sender
+/// sees the `io.myelin.delivered` receipt of the reader.
+async fn sliding_sync_marks_messages_delivered(backend: Backend) {
+    let Some(hs) = start(backend).await else {
+        return;
+    };
+    let alice = hs.register_user("alice").await;
+    let bob = hs.register_user("bob").await;
+    let room = alice.create_room(&json!({ "preset": "public_chat" })).await;
+    assert_ok(&bob.join(&room).await, "join");
+    let event = bob.send_text(&room, "did you get this?").await;
+    let shown = ss_ok(&alice, None, 0, &list_body((0, 9), 1, json!([]))).await;
+    assert_eq!(
+        shown["rooms"][&room]["timeline"][0]["event_id"],
+        event.as_str()
+    );
+    let body = bob
+        .sync_until(None, Duration::from_secs(10), |b| {
+            b["rooms"]["join"][&room]["ephemeral"]["events"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|e| e["content"][&event]["io.myelin.delivered"][alice.user_id()].is_object())
+        })
+        .await;
+    assert!(body["rooms"]["join"][&room].is_object());
+}
+
 /// Bad input is a 400 with the spec's code, never a 500.
 async fn sliding_sync_bad_input(backend: Backend) {
     let Some(hs) = start(backend).await else {
@@ -547,5 +575,6 @@ backend_tests!(
     sliding_sync_invites_visibility_and_required_state,
     sliding_sync_filters,
     sliding_sync_extensions,
+    sliding_sync_marks_messages_delivered,
     sliding_sync_bad_input,
 );

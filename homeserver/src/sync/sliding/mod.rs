@@ -173,6 +173,9 @@ pub async fn sliding_sync(state: &AppState, req: &SlidingRequest) -> Result<Vec<
             let pos = state
                 .sliding
                 .store(user, device, &req.conn_id, &base, computed.next);
+            if state.config.delivery_receipts {
+                super::delivery::record(state, user, computed.delivered);
+            }
             let mut body = computed.body;
             body.insert("pos".into(), pos.into());
             return serde_json::to_vec(&body).map_err(Error::internal);
@@ -187,6 +190,9 @@ pub async fn sliding_sync(state: &AppState, req: &SlidingRequest) -> Result<Vec<
 struct Computed {
     body: Map<String, Value>,
     next: ConnState,
+    /// Per room sent, the newest timeline event from someone else: `(room, event, position)`
+    /// for the delivered receipt, recorded once the response goes out.
+    delivered: Vec<(String, String, Option<i64>)>,
     /// Anything a waiting client should be woken for.
     has_news: bool,
 }
@@ -398,7 +404,7 @@ async fn compute(
         });
     }
 
-    let rooms_out = build_rooms(state, req, base, upto, &plans, &dm_rooms).await?;
+    let (rooms_out, delivered) = build_rooms(state, req, base, upto, &plans, &dm_rooms).await?;
 
     // 4. Extensions, over the rooms in their scope.
     let in_scope = |scope: &ExtensionScope| -> BTreeSet<&str> {
@@ -522,6 +528,7 @@ async fn compute(
     Ok(Computed {
         body,
         next,
+        delivered,
         has_news,
     })
 }
@@ -564,7 +571,7 @@ async fn build_rooms(
     upto: i64,
     plans: &[Plan<'_, '_>],
     dm_rooms: &HashSet<String>,
-) -> Result<Map<String, Value>, Error> {
+) -> Result<(Map<String, Value>, Vec<(String, String, Option<i64>)>), Error> {
     let user = req.user.as_str();
     let viewer = (req.user.as_ref(), req.device.as_ref());
     let joined: Vec<(&str, i64)> = plans
@@ -618,6 +625,7 @@ async fn build_rooms(
     }
 
     let mut out = Map::new();
+    let mut delivered = Vec::new();
     for p in plans {
         let m = p.sel.m;
         let room_id = m.room_id.as_str();
@@ -659,6 +667,15 @@ async fn build_rooms(
                 .await?
                 .filter(rows)
                 .await?;
+        }
+        if m.membership == "join" {
+            if let Some(newest) = rows.iter().rev().find(|r| r.sender != user) {
+                delivered.push((
+                    room_id.to_owned(),
+                    newest.event_id.clone(),
+                    newest.stream_ordering,
+                ));
+            }
         }
         let num_live = if base.seq.is_none() {
             0
@@ -775,7 +792,7 @@ async fn build_rooms(
         );
         out.insert(room_id.to_owned(), Value::Object(room));
     }
-    Ok(out)
+    Ok((out, delivered))
 }
 
 /// Up to five other members to name an unnamed room by: joined first, then invited, then
