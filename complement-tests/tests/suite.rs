@@ -33,6 +33,8 @@ mod devices;
 mod directory;
 #[path = "suite/e2ee.rs"]
 mod e2ee;
+#[path = "suite/element_x.rs"]
+mod element_x;
 #[path = "suite/ephemeral.rs"]
 mod ephemeral;
 #[path = "suite/errors.rs"]
