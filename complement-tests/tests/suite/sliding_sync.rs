@@ -528,6 +528,168 @@ async fn sliding_sync_marks_messages_delivered(backend: Backend) {
     assert!(body["rooms"]["join"][&room].is_object());
 }
 
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// The next text frame (skipping pings), within `wait`.
+async fn next_frame(socket: &mut Socket, wait: Duration) -> Option<Value> {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match tokio::time::timeout(remaining, socket.next()).await {
+            Err(_) => return None,
+            Ok(Some(Ok(Message::Text(text)))) => {
+                return Some(serde_json::from_str(text.as_str()).expect("JSON frame"))
+            }
+            Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
+            Ok(other) => panic!("unexpected frame: {other:?}"),
+        }
+    }
+}
+
+async fn send_frame(socket: &mut Socket, frame: Value) {
+    use futures_util::SinkExt;
+    socket
+        .send(tokio_tungstenite::tungstenite::Message::Text(
+            frame.to_string().into(),
+        ))
+        .await
+        .expect("send frame");
+}
+
+/// Sliding sync over the WebSocket: the first request is answered at once, news is pushed
+/// without asking, a new request (a wider window) changes what comes, to-device messages come
+/// once, a bad request gets an error frame and the socket stays, and a reconnect resumes
+/// from the last `pos` received.
+async fn sliding_sync_over_websocket(backend: Backend) {
+    let Some(hs) = start(backend).await else {
+        return;
+    };
+    let alice = hs.register_user("alice").await;
+    let bob = hs.register_user("bob").await;
+    let older = alice.create_room(&json!({ "preset": "public_chat" })).await;
+    let newer = alice.create_room(&json!({ "preset": "public_chat" })).await;
+    assert_ok(&bob.join(&older).await, "join");
+    assert_ok(&bob.join(&newer).await, "join");
+    bob.send_text(&older, "old").await;
+    bob.send_text(&newer, "new").await;
+    let url = format!(
+        "{}/_matrix/client/unstable/io.myelin/sliding_sync/ws?access_token={}",
+        hs.url().replacen("http://", "ws://", 1),
+        encode(alice.access_token.as_deref().unwrap())
+    );
+    let (mut socket, _) = tokio_tungstenite::connect_async(url.as_str())
+        .await
+        .expect("connect");
+    let request = |range: u64| {
+        json!({
+            "type": "request",
+            "request": {
+                "conn_id": "ws",
+                "lists": { "all": { "ranges": [[0, range]], "timeline_limit": 1, "required_state": [] } },
+                "extensions": { "to_device": { "enabled": true } },
+            },
+        })
+    };
+    send_frame(&mut socket, request(0)).await;
+    let first = next_frame(&mut socket, Duration::from_secs(10))
+        .await
+        .expect("first frame");
+    assert_eq!(rooms(&first), vec![newer.clone()], "{first}");
+    assert_eq!(first["lists"]["all"]["count"], 2);
+
+    // News is pushed without a new request.
+    let send = format!(
+        "/_matrix/client/v3/sendToDevice/m.test/{}",
+        complement_tests::unique_name("txn")
+    );
+    let to_alice = json!({ "messages": { alice.user_id(): { alice.device_id(): { "n": 7 } } } });
+    assert_ok(&bob.put(&send, &to_alice).await, "to-device");
+    let pushed = next_frame(&mut socket, Duration::from_secs(10))
+        .await
+        .expect("pushed frame");
+    let events = pushed["extensions"]["to_device"]["events"]
+        .as_array()
+        .unwrap();
+    assert_eq!(events.len(), 1, "{pushed}");
+    let event = bob.send_text(&newer, "pushed").await;
+    let mut frame = next_frame(&mut socket, Duration::from_secs(10))
+        .await
+        .expect("frame");
+    while rooms(&frame).is_empty() {
+        frame = next_frame(&mut socket, Duration::from_secs(10))
+            .await
+            .expect("frame");
+    }
+    assert_eq!(
+        frame["rooms"][&newer]["timeline"][0]["event_id"],
+        event.as_str(),
+        "{frame}"
+    );
+    assert!(
+        frame["extensions"]["to_device"]["events"]
+            .as_array()
+            .unwrap()
+            .is_empty(),
+        "a to-device message comes once: {frame}"
+    );
+
+    // A wider window: the other room comes.
+    send_frame(&mut socket, request(1)).await;
+    let wider = next_frame(&mut socket, Duration::from_secs(10))
+        .await
+        .expect("frame");
+    assert_eq!(rooms(&wider), vec![older.clone()], "{wider}");
+    let last_pos = pos(&wider);
+
+    // A bad request: an error frame, and the socket goes on.
+    send_frame(
+        &mut socket,
+        json!({ "type": "request", "request": { "lists": "nope" } }),
+    )
+    .await;
+    let error = next_frame(&mut socket, Duration::from_secs(10))
+        .await
+        .expect("error frame");
+    assert!(error["errcode"].is_string(), "{error}");
+    drop(socket);
+
+    // Reconnect with the last pos: only what is new since.
+    let later = bob.send_text(&older, "while away").await;
+    let (mut socket, _) = tokio_tungstenite::connect_async(url.as_str())
+        .await
+        .expect("reconnect");
+    let mut resume = request(1);
+    resume["pos"] = last_pos.into();
+    send_frame(&mut socket, resume).await;
+    let resumed = next_frame(&mut socket, Duration::from_secs(10))
+        .await
+        .expect("frame");
+    assert_eq!(rooms(&resumed), vec![older.clone()], "{resumed}");
+    assert_eq!(
+        resumed["rooms"][&older]["timeline"][0]["event_id"],
+        later.as_str()
+    );
+    assert!(
+        resumed["rooms"][&older].get("initial").is_none(),
+        "{resumed}"
+    );
+    // An unknown pos is an error frame.
+    let mut stale = request(1);
+    stale["request"]["conn_id"] = "other".into();
+    stale["pos"] = "0_1".into();
+    let (mut socket, _) = tokio_tungstenite::connect_async(url.as_str())
+        .await
+        .expect("connect");
+    send_frame(&mut socket, stale).await;
+    let error = next_frame(&mut socket, Duration::from_secs(10))
+        .await
+        .expect("error frame");
+    assert_eq!(error["errcode"], "M_UNKNOWN_POS", "{error}");
+}
+
 /// Bad input is a 400 with the spec's code, never a 500.
 async fn sliding_sync_bad_input(backend: Backend) {
     let Some(hs) = start(backend).await else {
@@ -576,5 +738,6 @@ backend_tests!(
     sliding_sync_filters,
     sliding_sync_extensions,
     sliding_sync_marks_messages_delivered,
+    sliding_sync_over_websocket,
     sliding_sync_bad_input,
 );

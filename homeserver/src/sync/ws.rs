@@ -58,20 +58,9 @@ pub async fn sync_ws(
     Query(params): Query<Params>,
     upgrade: WebSocketUpgrade,
 ) -> Result<Response, Error> {
-    let header_token = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        .map(str::to_owned);
-    let token = header_token
-        .or_else(|| params.access_token.clone())
-        .ok_or_else(Error::missing_token)?;
-    // Subscribed before the check: a logout between the two is still heard.
-    let token_changes = state.storage.subscribe_token_changes();
-    let sender = crate::auth::authenticate(&state, &token, addr.ip()).await?;
+    let session =
+        Session::open(&state, addr.ip(), &headers, params.access_token.as_deref()).await?;
+    let sender = session.sender.clone();
 
     let since = params.since.as_deref().map(parse_token).transpose()?;
     if let Some(since) = since {
@@ -102,33 +91,61 @@ pub async fn sync_ws(
         }
     };
     let filter = SyncFilter::from_definition(&filter);
-    let session = Session {
-        token_hash: crate::auth::hash_token(&token),
-        changes: token_changes,
-        sender,
-    };
-    // Small buffers: an idle socket should cost a few KiB, not tungstenite's 128 KiB
-    // defaults. A slow reader's unsent data is capped too (one frame is in flight at most).
-    Ok(upgrade
-        .read_buffer_size(4 * 1024)
-        .write_buffer_size(0)
-        .max_write_buffer_size(16 * 1024 * 1024)
-        .max_message_size(64 * 1024)
+    Ok(small_buffers(upgrade)
         .on_upgrade(move |socket| serve(state, socket, session, since, filter))
         .into_response())
 }
 
+/// Small buffers: an idle socket should cost a few KiB, not tungstenite's 128 KiB defaults.
+/// A slow reader's unsent data is capped too (one frame is in flight at most).
+pub(crate) fn small_buffers(upgrade: WebSocketUpgrade) -> WebSocketUpgrade {
+    upgrade
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(0)
+        .max_write_buffer_size(16 * 1024 * 1024)
+        .max_message_size(64 * 1024)
+}
+
 /// The socket's login: who it is and how to notice that its token was revoked.
-struct Session {
+pub(crate) struct Session {
     token_hash: String,
     changes: tokio::sync::broadcast::Receiver<std::sync::Arc<str>>,
-    sender: Sender,
+    pub(crate) sender: Sender,
 }
 
 impl Session {
+    /// Authenticates an upgrade request: the Bearer header, or else `access_token` from the
+    /// query (browsers cannot set headers on a WebSocket).
+    pub(crate) async fn open(
+        state: &AppState,
+        ip: std::net::IpAddr,
+        headers: &HeaderMap,
+        query_token: Option<&str>,
+    ) -> Result<Session, Error> {
+        let header_token = headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
+            .map(str::to_owned);
+        let token = header_token
+            .or_else(|| query_token.map(str::to_owned))
+            .ok_or_else(Error::missing_token)?;
+        // Subscribed before the check: a logout between the two is still heard.
+        let changes = state.storage.subscribe_token_changes();
+        let sender = crate::auth::authenticate(state, &token, ip).await?;
+        Ok(Session {
+            token_hash: crate::auth::hash_token(&token),
+            changes,
+            sender,
+        })
+    }
+
     /// Waits until the token may have been revoked: a change of this user's tokens, or
     /// announcements missed by lagging behind.
-    async fn token_may_have_changed(&mut self) {
+    pub(crate) async fn token_may_have_changed(&mut self) {
         use tokio::sync::broadcast::error::RecvError;
         loop {
             match self.changes.recv().await {
@@ -141,9 +158,14 @@ impl Session {
         }
     }
 
+    /// Whether a revocation may have been announced since the last check.
+    pub(crate) fn changes_pending(&self) -> bool {
+        !self.changes.is_empty()
+    }
+
     /// Whether the token still names this device. Announcements that arrived meanwhile are
     /// consumed: this check covers them.
-    async fn still_valid(&mut self, state: &AppState) -> bool {
+    pub(crate) async fn still_valid(&mut self, state: &AppState) -> bool {
         use tokio::sync::broadcast::error::TryRecvError;
         while let Ok(_) | Err(TryRecvError::Lagged(_)) = self.changes.try_recv() {}
         match state.storage.find_token(&self.token_hash).await {
@@ -162,7 +184,7 @@ impl Session {
 }
 
 /// The close frame of a socket whose token was revoked.
-fn revoked_frame() -> Message {
+pub(crate) fn revoked_frame() -> Message {
     Message::Close(Some(CloseFrame {
         code: 1008,
         reason: "M_UNKNOWN_TOKEN".into(),

@@ -22,7 +22,7 @@ mod relations;
 mod room;
 mod rtc;
 mod session;
-mod sync;
+pub(crate) mod sync;
 mod to_device;
 mod voip;
 
@@ -159,5 +159,9 @@ pub fn routes(r: Router<AppState>) -> Router<AppState> {
     r.route(
         "/_matrix/client/unstable/io.myelin/sync/ws",
         axum::routing::get(crate::sync::ws::sync_ws),
+    )
+    .route(
+        "/_matrix/client/unstable/io.myelin/sliding_sync/ws",
+        axum::routing::get(crate::sync::sliding::ws::sliding_sync_ws),
     )
 }

@@ -142,7 +142,10 @@ pub async fn sync_events_v5(
         .enabled
         .then(|| req.body.set_presence.to_string())
         .filter(|p| p != "offline");
-    let request = Box::new(sliding_request(*req)?);
+    let req = *req;
+    let sender = req.sender();
+    let (user, device) = (sender.user_id.clone(), sender.device_id.clone());
+    let request = Box::new(sliding_request(user, device, req.body)?);
     if let Some(set) = &set_presence {
         Box::pin(crate::presence_connected(
             &state,
@@ -151,7 +154,9 @@ pub async fn sync_events_v5(
         ))
         .await;
     }
-    let response = crate::sync::sliding::sliding_sync(&state, &request).await;
+    let response = crate::sync::sliding::sliding_sync(&state, &request, false)
+        .await
+        .map(Option::unwrap_or_default);
     if set_presence.is_some() {
         state.presence.disconnected(request.user.as_str(), now_ms());
     }
@@ -179,17 +184,16 @@ const MAX_TIMELINE_LIMIT: u64 = 1_000;
 const TO_DEVICE_LIMIT: usize = 100;
 
 /// Checks a request and reduces it to what the engine needs.
-fn sliding_request(
-    req: Ruma<sync_events::v5::Request>,
+pub(crate) fn sliding_request(
+    user: ruma::OwnedUserId,
+    device: ruma::OwnedDeviceId,
+    body: sync_events::v5::Request,
 ) -> Result<crate::sync::sliding::SlidingRequest> {
     use crate::sync::sliding::{
         ExtensionScope, Extensions, ListFilters, ListSpec, RoomConfig, SlidingRequest,
     };
     use sync_events::v5::request::ExtensionRoomConfig;
 
-    let sender = req.sender();
-    let (user, device) = (sender.user_id.clone(), sender.device_id.clone());
-    let body = req.body;
     let conn_id = body.conn_id.unwrap_or_default();
     if conn_id.len() > MAX_KEY_LEN {
         return Err(Error::invalid_param("conn_id is too long"));
@@ -330,6 +334,7 @@ fn sliding_request(
             Duration::ZERO
         },
         pos: body.pos,
+        acknowledge_to_device: true,
         lists,
         subscriptions,
         extensions,

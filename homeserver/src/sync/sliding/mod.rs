@@ -28,6 +28,7 @@
 //! counts, `bump_stamp`; invites and knocks carry only their stripped state.
 
 pub mod conn;
+pub mod ws;
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, HashSet},
@@ -135,6 +136,10 @@ pub struct SlidingRequest {
     pub lists: Vec<ListSpec>,
     pub subscriptions: BTreeMap<String, RoomConfig>,
     pub extensions: Extensions,
+    /// Whether the to-device `since` acknowledges the messages before it (the client sent
+    /// it; on the WebSocket the server also advances it by itself, which acknowledges
+    /// nothing).
+    pub acknowledge_to_device: bool,
 }
 
 /// `400 M_UNKNOWN_POS`: the client must start the connection over.
@@ -147,14 +152,19 @@ fn unknown_pos() -> Error {
 }
 
 /// Runs a request: computes the response and, with a `pos` and nothing new, waits (up to
-/// the timeout) for the notifier. Returns the response's JSON.
-pub async fn sliding_sync(state: &AppState, req: &SlidingRequest) -> Result<Vec<u8>, Error> {
+/// the timeout) for the notifier. Returns the response's JSON; with `quiet`, `None` instead
+/// of a response with nothing new (the WebSocket pings then, and keeps its `pos`).
+pub async fn sliding_sync(
+    state: &AppState,
+    req: &SlidingRequest,
+    quiet: bool,
+) -> Result<Option<Vec<u8>>, Error> {
     let (user, device) = (req.user.as_str(), req.device.as_str());
     let base = state
         .sliding
         .base(user, device, &req.conn_id, req.pos.as_deref())
         .map_err(|_| unknown_pos())?;
-    if let Some((Some(since), _)) = req.extensions.to_device {
+    if let (Some((Some(since), _)), true) = (req.extensions.to_device, req.acknowledge_to_device) {
         // Presenting a to-device token acknowledges the messages up to it.
         e2ee::acknowledge(state, user, device, since).await;
     }
@@ -169,6 +179,9 @@ pub async fn sliding_sync(state: &AppState, req: &SlidingRequest) -> Result<Vec<
         let typing = state.typing.serial();
         let computed = Box::pin(compute(state, req, &base, upto, typing)).await?;
         let timed_out = tokio::time::Instant::now() >= deadline;
+        if quiet && timed_out && base.seq.is_some() && !computed.has_news {
+            return Ok(None);
+        }
         if base.seq.is_none() || computed.has_news || timed_out {
             let pos = state
                 .sliding
@@ -178,7 +191,7 @@ pub async fn sliding_sync(state: &AppState, req: &SlidingRequest) -> Result<Vec<
             }
             let mut body = computed.body;
             body.insert("pos".into(), pos.into());
-            return serde_json::to_vec(&body).map_err(Error::internal);
+            return serde_json::to_vec(&body).map(Some).map_err(Error::internal);
         }
         tokio::select! {
             _ = &mut notified => {}
