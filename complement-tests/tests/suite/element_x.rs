@@ -212,4 +212,123 @@ async fn element_x_room_list_timeline_and_resume(backend: Backend) {
     sync.stop().await;
 }
 
-backend_tests!(element_x_room_list_timeline_and_resume);
+/// Two Element X users (each its `SyncService`, so its encryption sync with the to-device
+/// and e2ee extensions) in an encrypted DM: each reads what the other wrote, and the server
+/// only ever held ciphertext.
+async fn element_x_encrypted_dm(backend: Backend) {
+    let Some(hs) = TestServer::start(backend, ServerOptions::default()).await else {
+        return;
+    };
+    let alice = hs.register_user("alice").await;
+    let bob = hs.register_user("bob").await;
+    let alice_sdk = login(&hs, &alice).await;
+    let bob_sdk = login(&hs, &bob).await;
+    let mut services = Vec::new();
+    for client in [&alice_sdk, &bob_sdk] {
+        let sync = SyncService::builder(client.clone())
+            .build()
+            .await
+            .expect("sync service");
+        sync.start().await;
+        services.push(sync);
+    }
+    let dm = alice
+        .create_room(&json!({
+            "preset": "trusted_private_chat",
+            "is_direct": true,
+            "invite": [bob.user_id()],
+            "initial_state": [{
+                "type": "m.room.encryption", "state_key": "",
+                "content": { "algorithm": "m.megolm.v1.aes-sha2" },
+            }],
+        }))
+        .await;
+    assert_ok(&bob.join(&dm).await, "join");
+    let room_id = RoomId::parse(&dm).unwrap();
+
+    // Both sides see the room joined, encrypted, with both members.
+    for client in [&alice_sdk, &bob_sdk] {
+        let deadline = tokio::time::Instant::now() + STEP;
+        loop {
+            if let Some(room) = client.get_room(&room_id) {
+                if room.state() == matrix_sdk::RoomState::Joined
+                    && room.joined_members_count() == 2
+                    && room
+                        .latest_encryption_state()
+                        .await
+                        .is_ok_and(|s| s.is_encrypted())
+                {
+                    break;
+                }
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the DM never synced"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    for (writer, reader, text) in [
+        (&alice_sdk, &bob_sdk, "a secret from alice"),
+        (&bob_sdk, &alice_sdk, "and one from bob"),
+    ] {
+        let timeline = writer
+            .get_room(&room_id)
+            .unwrap()
+            .timeline()
+            .await
+            .expect("timeline");
+        timeline
+            .send(
+                matrix_sdk::ruma::events::room::message::RoomMessageEventContent::text_plain(text)
+                    .into(),
+            )
+            .await
+            .expect("send");
+        let reader_timeline = reader
+            .get_room(&room_id)
+            .unwrap()
+            .timeline()
+            .await
+            .expect("timeline");
+        let deadline = tokio::time::Instant::now() + STEP;
+        loop {
+            let bodies: Vec<String> = reader_timeline
+                .items()
+                .await
+                .iter()
+                .filter_map(|item| item.as_event())
+                .filter_map(|e| e.content().as_message().map(|m| m.body().to_owned()))
+                .collect();
+            if bodies.iter().any(|b| b == text) {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{text:?} never decrypted; the reader has {bodies:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    // What the server holds: ciphertext only.
+    let events = alice.paginate_all(&dm, "b", 50).await;
+    let messages: Vec<&serde_json::Value> = events
+        .iter()
+        .filter(|e| e["type"] == "m.room.message" || e["type"] == "m.room.encrypted")
+        .collect();
+    assert_eq!(messages.len(), 2, "{messages:?}");
+    assert!(
+        messages.iter().all(|e| e["type"] == "m.room.encrypted"),
+        "{messages:?}"
+    );
+    for sync in services {
+        sync.stop().await;
+    }
+}
+
+backend_tests!(
+    element_x_room_list_timeline_and_resume,
+    element_x_encrypted_dm,
+);

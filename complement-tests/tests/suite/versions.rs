@@ -33,6 +33,11 @@ async fn a01_versions_anonymous(backend: Backend) {
             "unstable_features must be an object: {body}"
         );
     }
+    // Element X logs in only where simplified sliding sync is advertised.
+    assert_eq!(
+        body["unstable_features"]["org.matrix.simplified_msc3575"], true,
+        "{body}"
+    );
 }
 
 /// `GET /capabilities` needs a token and answers with a `capabilities`

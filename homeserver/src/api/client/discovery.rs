@@ -52,7 +52,9 @@ async fn get_supported_versions(
     let mut response = get_supported_versions::Response::new(
         SPEC_VERSIONS.iter().map(|v| v.to_string()).collect(),
     );
-    response.unstable_features = BTreeMap::new();
+    // Simplified sliding sync (MSC4186): Element X will not log in without it.
+    response.unstable_features =
+        BTreeMap::from([("org.matrix.simplified_msc3575".to_owned(), true)]);
     Ok(response)
 }
 
