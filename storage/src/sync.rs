@@ -18,6 +18,8 @@ pub struct MembershipRow {
     /// left, invited... since then", never "changed their profile".
     pub stream_ordering: i64,
     pub forgotten: bool,
+    /// Who sent the current member event: for `leave`, someone else means a kick.
+    pub sender: String,
 }
 
 /// Account data that changed: `room_id` is `None` for global account data.
@@ -36,8 +38,10 @@ impl Storage {
             Err(generation) => generation,
         };
         let rows = sqlx::query(
-            "SELECT room_id, membership, event_id, stream_ordering, forgotten FROM room_memberships
-             WHERE user_id = $1 ORDER BY stream_ordering",
+            "SELECT m.room_id, m.membership, m.event_id, m.stream_ordering, m.forgotten,
+                    COALESCE(e.sender, m.user_id) AS sender
+             FROM room_memberships m LEFT JOIN events e ON e.event_id = m.event_id
+             WHERE m.user_id = $1 ORDER BY m.stream_ordering",
         )
         .bind(user_id)
         .fetch_all(&self.pool)
@@ -51,6 +55,7 @@ impl Storage {
                     event_id: row.try_get("event_id")?,
                     stream_ordering: row.try_get("stream_ordering")?,
                     forgotten: row.try_get::<i64, _>("forgotten")? != 0,
+                    sender: row.try_get("sender")?,
                 })
             })
             .collect::<Result<Vec<_>>>()?;

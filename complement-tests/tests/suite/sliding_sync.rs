@@ -270,6 +270,33 @@ async fn sliding_sync_pos_and_unknown_pos(backend: Backend) {
     // Starting over sends the room whole again.
     let again = ss_ok(&alice, None, 0, &body).await;
     assert_eq!(again["rooms"][&room]["initial"], true, "{again}");
+
+    // Logging out forgets the device's connections: a later login that reuses the device
+    // ID does not resume the old session's connection.
+    let password = alice.password.clone().unwrap();
+    let (status, login) = alice
+        .anonymous()
+        .login_with_device(alice.user_id(), &password, Some("REUSED"))
+        .await;
+    assert_eq!(status, 200, "{login}");
+    let reused = alice.authed(&login, &password);
+    let old = pos(&ss_ok(&reused, None, 0, &body).await);
+    assert_ok(
+        &reused.post("/_matrix/client/v3/logout", &json!({})).await,
+        "logout",
+    );
+    let (status, login) = alice
+        .anonymous()
+        .login_with_device(alice.user_id(), &password, Some("REUSED"))
+        .await;
+    assert_eq!(status, 200, "{login}");
+    let relogged = alice.authed(&login, &password);
+    assert_error(
+        &ss(&relogged, Some(&old), 0, &body).await,
+        400,
+        "M_UNKNOWN_POS",
+        "a connection of the logged-out session",
+    );
 }
 
 /// An invite shows its stripped state and can be accepted; a room one left is not listed;
@@ -351,6 +378,66 @@ async fn sliding_sync_invites_visibility_and_required_state(backend: Backend) {
     let fresh = ss_ok(&bob, None, 0, &list_body((0, 9), 1, json!([]))).await;
     assert!(rooms(&fresh).is_empty(), "{fresh}");
     assert_eq!(fresh["lists"]["all"]["count"], 0);
+
+    // Kicked and banned: listed even on a new connection, so the user sees why, with the
+    // timeline ending at the kick or ban; forgetting the room removes it.
+    let kicked_from = alice
+        .create_room(&json!({ "preset": "public_chat", "name": "Kicked" }))
+        .await;
+    let banned_from = alice
+        .create_room(&json!({ "preset": "public_chat", "name": "Banned" }))
+        .await;
+    for r in [&kicked_from, &banned_from] {
+        assert_ok(&bob.join(r).await, "join");
+    }
+    let kick = format!("/_matrix/client/v3/rooms/{}/kick", encode(&kicked_from));
+    assert_ok(
+        &alice
+            .post(
+                &kick,
+                &json!({ "user_id": bob.user_id(), "reason": "spam" }),
+            )
+            .await,
+        "kick",
+    );
+    let ban = format!("/_matrix/client/v3/rooms/{}/ban", encode(&banned_from));
+    assert_ok(
+        &alice
+            .post(
+                &ban,
+                &json!({ "user_id": bob.user_id(), "reason": "abuse" }),
+            )
+            .await,
+        "ban",
+    );
+    alice.send_text(&kicked_from, "after the kick").await;
+    let fresh = ss_ok(&bob, None, 0, &list_body((0, 9), 5, json!([]))).await;
+    assert_eq!(
+        rooms(&fresh),
+        sorted(vec![kicked_from.clone(), banned_from.clone()]),
+        "{fresh}"
+    );
+    for (r, membership, reason) in [
+        (&kicked_from, "leave", "spam"),
+        (&banned_from, "ban", "abuse"),
+    ] {
+        let sent = &fresh["rooms"][r];
+        assert_eq!(sent["membership"], membership, "{sent}");
+        let timeline = sent["timeline"].as_array().expect("timeline");
+        let last = timeline.last().expect("events up to the removal");
+        assert_eq!(last["type"], "m.room.member", "ends at the removal: {sent}");
+        assert_eq!(last["content"]["reason"], reason);
+        assert!(
+            timeline
+                .iter()
+                .all(|e| e["content"]["body"] != "after the kick"),
+            "nothing after the kick: {sent}"
+        );
+    }
+    let forget = format!("/_matrix/client/v3/rooms/{}/forget", encode(&kicked_from));
+    assert_ok(&bob.post(&forget, &json!({})).await, "forget");
+    let fresh = ss_ok(&bob, None, 0, &list_body((0, 9), 5, json!([]))).await;
+    assert_eq!(rooms(&fresh), vec![banned_from.clone()], "{fresh}");
 }
 
 /// Filters: `is_invite`, `is_dm` (from `m.direct`), `not_room_types` (spaces).
@@ -731,7 +818,169 @@ async fn sliding_sync_bad_input(backend: Backend) {
     );
 }
 
+/// The member events in a response's `required_state`, by state key.
+fn member_keys(room: &Value) -> Vec<String> {
+    let mut keys: Vec<String> = room["required_state"]
+        .as_array()
+        .map(|s| {
+            s.iter()
+                .filter(|e| e["type"] == "m.room.member")
+                .filter_map(|e| e["state_key"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    keys.sort();
+    keys
+}
+
+/// Lazy members (MSC4186): a sender's member event comes with their first message on the
+/// connection, also in an incremental response long after they joined, and not again while
+/// the client holds it; a limited timeline sends them again (the client drops its cache).
+async fn sliding_sync_lazy_members_across_responses(backend: Backend) {
+    let Some(hs) = start(backend).await else {
+        return;
+    };
+    let alice = hs.register_user("alice").await;
+    let bob = hs.register_user("bob").await;
+    let carol = hs.register_user("carol").await;
+    let room = alice
+        .create_room(&json!({ "preset": "public_chat", "name": "Lazy" }))
+        .await;
+    for u in [&bob, &carol] {
+        assert_ok(&u.join(&room).await, "join");
+    }
+    // Three messages by bob: carol's join is not in the first timeline.
+    for n in 0..3 {
+        bob.send_text(&room, &format!("bob {n}")).await;
+    }
+    let body = list_body((0, 9), 3, json!([["m.room.member", "$LAZY"]]));
+    let first = ss_ok(&alice, None, 0, &body).await;
+    let r = &first["rooms"][&room];
+    assert!(
+        member_keys(r).contains(&bob.user_id().to_owned()),
+        "bob's member event with his message: {r}"
+    );
+    assert!(
+        !member_keys(r).contains(&carol.user_id().to_owned()),
+        "carol has not spoken: {r}"
+    );
+
+    // Carol joined before the connection started; her first message is incremental.
+    carol.send_text(&room, "carol speaks").await;
+    let second = ss_ok(&alice, Some(&pos(&first)), 5_000, &body).await;
+    let r = &second["rooms"][&room];
+    assert!(r.get("initial").is_none(), "{r}");
+    assert_eq!(
+        member_keys(r),
+        vec![carol.user_id().to_owned()],
+        "carol's member event, so the client can show her name: {r}"
+    );
+
+    // Both speak again: the client holds both member events already.
+    bob.send_text(&room, "bob again").await;
+    carol.send_text(&room, "carol again").await;
+    let third = ss_ok(&alice, Some(&pos(&second)), 5_000, &body).await;
+    let r = &third["rooms"][&room];
+    assert_eq!(r["timeline"].as_array().unwrap().len(), 2, "{r}");
+    assert!(member_keys(r).is_empty(), "nothing sent twice: {r}");
+
+    // A gap (more than the limit) makes the timeline limited: members come again.
+    for n in 0..5 {
+        bob.send_text(&room, &format!("burst {n}")).await;
+    }
+    let fourth = ss_ok(&alice, Some(&pos(&third)), 5_000, &body).await;
+    let r = &fourth["rooms"][&room];
+    assert_eq!(r["limited"], true, "{r}");
+    assert_eq!(member_keys(r), vec![bob.user_id().to_owned()], "{r}");
+
+    // A retried pos answers the same.
+    let retried = ss_ok(&alice, Some(&pos(&third)), 5_000, &body).await;
+    assert_eq!(
+        member_keys(&retried["rooms"][&room]),
+        vec![bob.user_id().to_owned()]
+    );
+}
+
+/// A grown config (MSC4186 "Changing room configs"): a larger timeline limit sends the
+/// latest events again at once, marked `expanded_timeline` (and `limited`, so the client
+/// replaces its timeline), not as a first send; a larger required state sends the state it
+/// adds, and nothing else again.
+async fn sliding_sync_expanded_config(backend: Backend) {
+    let Some(hs) = start(backend).await else {
+        return;
+    };
+    let alice = hs.register_user("alice").await;
+    let room = alice
+        .create_room(&json!({ "preset": "private_chat", "name": "Grow", "topic": "growing" }))
+        .await;
+    let mut sent = Vec::new();
+    for n in 0..6 {
+        sent.push(alice.send_text(&room, &format!("message {n}")).await);
+    }
+    let small = list_body((0, 9), 1, json!([["m.room.name", ""]]));
+    let first = ss_ok(&alice, None, 0, &small).await;
+    assert_eq!(
+        first["rooms"][&room]["timeline"].as_array().unwrap().len(),
+        1
+    );
+
+    // Timeline limit 1 -> 4: answered at once, without waiting for news.
+    let larger = list_body((0, 9), 4, json!([["m.room.name", ""]]));
+    let started = Instant::now();
+    let expanded = ss_ok(&alice, Some(&pos(&first)), 10_000, &larger).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "not a wait for news"
+    );
+    let r = &expanded["rooms"][&room];
+    assert!(r.get("initial").is_none(), "not a first send: {r}");
+    assert_eq!(r["expanded_timeline"], true, "{r}");
+    assert_eq!(r["limited"], true, "{r}");
+    let ids: Vec<&str> = r["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        sent[2..].iter().map(String::as_str).collect::<Vec<_>>()
+    );
+    assert_eq!(r["num_live"], 0, "nothing new: {r}");
+    assert!(r.get("name").is_none(), "the name is not sent again: {r}");
+    assert!(
+        r["required_state"].as_array().unwrap().is_empty(),
+        "no state again: {r}"
+    );
+
+    // The same config again: nothing to send.
+    let same = ss_ok(&alice, Some(&pos(&expanded)), 0, &larger).await;
+    assert!(rooms(&same).is_empty(), "{same}");
+
+    // Required state grows by the topic: only the topic comes, no timeline again.
+    let more_state = list_body(
+        (0, 9),
+        4,
+        json!([["m.room.name", ""], ["m.room.topic", ""]]),
+    );
+    let grown = ss_ok(&alice, Some(&pos(&same)), 10_000, &more_state).await;
+    let r = &grown["rooms"][&room];
+    assert!(r.get("initial").is_none(), "{r}");
+    assert!(r.get("expanded_timeline").is_none(), "{r}");
+    let state = r["required_state"].as_array().unwrap();
+    assert_eq!(state.len(), 1, "{r}");
+    assert_eq!(state[0]["type"], "m.room.topic");
+    assert_eq!(state[0]["content"]["topic"], "growing");
+    assert!(r["timeline"].as_array().unwrap().is_empty(), "{r}");
+
+    // Shrinking sends nothing.
+    let shrunk = ss_ok(&alice, Some(&pos(&grown)), 0, &small).await;
+    assert!(rooms(&shrunk).is_empty(), "{shrunk}");
+}
+
 backend_tests!(
+    sliding_sync_lazy_members_across_responses,
+    sliding_sync_expanded_config,
     sliding_sync_lists_rooms_by_recency,
     sliding_sync_pos_and_unknown_pos,
     sliding_sync_invites_visibility_and_required_state,

@@ -62,6 +62,11 @@ pub async fn change_password(
     {
         crate::e2ee::announce_device_list_change(&state, sender.user_id.as_str()).await;
     }
+    if req.body.logout_devices {
+        state
+            .sliding
+            .forget_user(sender.user_id.as_str(), Some(sender.device_id.as_str()));
+    }
     Ok(change_password::v3::Response::new())
 }
 
@@ -93,6 +98,7 @@ pub async fn deactivate(
         .deactivate_user(sender.user_id.as_str())
         .await?;
     super::membership::leave_all_rooms(&state, &sender.user_id).await?;
+    state.sliding.forget_user(sender.user_id.as_str(), None);
     crate::e2ee::announce_device_list_change(&state, sender.user_id.as_str()).await;
     tracing::info!(user_id = %sender.user_id, "deactivated account");
     Ok(deactivate::v3::Response::new(

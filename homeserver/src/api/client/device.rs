@@ -113,6 +113,9 @@ pub async fn delete_device(
     {
         announce_device_list_change(&state, sender.user_id.as_str()).await;
     }
+    state
+        .sliding
+        .forget_device(sender.user_id.as_str(), req.body.device_id.as_str());
     Ok(delete_device::v3::Response::new())
 }
 
@@ -139,6 +142,9 @@ pub async fn delete_devices(
         .await?
     {
         announce_device_list_change(&state, sender.user_id.as_str()).await;
+    }
+    for device in &ids {
+        state.sliding.forget_device(sender.user_id.as_str(), device);
     }
     Ok(delete_devices::v3::Response::new())
 }

@@ -112,6 +112,9 @@ pub async fn logout(
     {
         announce_device_list_change(&state, sender.user_id.as_str()).await;
     }
+    state
+        .sliding
+        .forget_device(sender.user_id.as_str(), sender.device_id.as_str());
     Ok(logout::v3::Response::new())
 }
 
@@ -127,5 +130,6 @@ pub async fn logout_all(
     if state.storage.delete_other_devices(user, None).await? {
         announce_device_list_change(&state, user).await;
     }
+    state.sliding.forget_user(user, None);
     Ok(logout_all::v3::Response::new())
 }

@@ -15,7 +15,7 @@
 //! states move to a shared table.
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::{BTreeSet, HashMap, VecDeque},
     sync::{Arc, Mutex},
     time::Instant,
 };
@@ -27,16 +27,28 @@ pub const MAX_PER_DEVICE: usize = 10;
 /// States kept per connection: the one the client presented and the one after it.
 const STATES_KEPT: usize = 2;
 
+/// Lazily loaded members remembered per room and connection; past this the set starts
+/// over, which only costs resending a few member events.
+pub const MAX_LAZY_REMEMBERED: usize = 100;
+
+/// `(type, state key)` entries of a `required_state`, shared between the rooms (and
+/// states) that were sent with the same one.
+pub type RequiredState = Arc<BTreeSet<(String, String)>>;
+
 /// What one room has been sent on a connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SentRoom {
     /// The stream position the room's data was sent up to.
     pub upto: i64,
-    /// The room config it was sent with: timeline limit and a digest of the required state.
+    /// The room config it was last sent with (a larger one later expands what is sent).
     pub timeline_limit: u64,
-    pub required_state: u64,
+    pub required_state: RequiredState,
     /// The membership it was sent with.
     pub membership: Arc<str>,
+    /// Users whose member event, as of `upto`, was sent through lazy loading (so later
+    /// timelines by them need not send it again). Emptied whenever a timeline is sent
+    /// `limited`, since the client then drops its member cache (MSC4186).
+    pub lazy_members: Arc<BTreeSet<Arc<str>>>,
 }
 
 /// What a client holds after a response.
@@ -179,6 +191,14 @@ impl Connections {
         self.lock()
             .retain(|(u, d, _), _| !(u == user && d == device));
     }
+
+    /// Forgets every connection of the user's devices except `keep` (logout everywhere,
+    /// a password change that signs out the other devices, deactivation). A device ID
+    /// reused by a later login must not find the old session's connections.
+    pub fn forget_user(&self, user: &str, keep: Option<&str>) {
+        self.lock()
+            .retain(|(u, d, _), _| u != user || Some(d.as_str()) == keep);
+    }
 }
 
 /// Makes space for one more connection of `key`'s device.
@@ -282,5 +302,19 @@ mod tests {
         assert_eq!(conns.len(), MAX_PER_DEVICE);
         conns.forget_device("@a:x", "D");
         assert!(conns.is_empty());
+    }
+
+    #[test]
+    fn forgetting_a_user_keeps_the_named_device_and_other_users() {
+        let conns = Connections::default();
+        for (user, device) in [("@a:x", "D"), ("@a:x", "E"), ("@b:x", "D")] {
+            let base = conns.base(user, device, "c", None).unwrap();
+            conns.store(user, device, "c", &base, state(1));
+        }
+        conns.forget_user("@a:x", Some("E"));
+        assert_eq!(conns.len(), 2);
+        assert!(conns.base("@b:x", "D", "c", None).is_ok());
+        conns.forget_user("@a:x", None);
+        assert_eq!(conns.len(), 1);
     }
 }

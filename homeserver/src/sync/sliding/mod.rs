@@ -4,9 +4,10 @@
 //!
 //! One request, computed against the state its `pos` names ([`conn`]):
 //!
-//! 1. The *server list*: the rooms the user is joined to, invited to or knocking on, plus
-//!    rooms they left or were removed from that this connection was sent before (so it
-//!    hears of the leave), ordered by bump stamp (the position of the room's newest message-
+//! 1. The *server list*: the rooms the user is joined to, invited to or knocking on, the
+//!    rooms they were kicked or banned from (so they can see why, as in Synapse), plus rooms
+//!    they left that this connection was sent before (so it hears of the leave); forgotten
+//!    rooms never. Ordered by bump stamp (the position of the room's newest message-
 //!    like event; for rooms the user is not in, of their membership), newest first.
 //! 2. Each list filters the server list (`is_dm`, `is_invite`, `is_encrypted`, `room_types`,
 //!    `not_room_types`), reports its `count`, and selects the rooms in its `ranges`. Room
@@ -32,7 +33,6 @@ pub mod ws;
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, HashSet},
-    hash::{Hash, Hasher},
     sync::Arc,
     time::Duration,
 };
@@ -48,7 +48,7 @@ use crate::{
     rooms::{format::sync_events, visibility::Visibility},
     AppState,
 };
-use conn::{Base, ConnState, SentRoom};
+use conn::{Base, ConnState, RequiredState, SentRoom, MAX_LAZY_REMEMBERED};
 
 /// What a room of a list or subscription asks for.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -66,12 +66,6 @@ impl RoomConfig {
             .extend(other.required_state.iter().cloned());
     }
 
-    fn digest(&self) -> u64 {
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        self.required_state.hash(&mut hasher);
-        hasher.finish()
-    }
-
     fn lazy_members(&self) -> bool {
         self.required_state
             .iter()
@@ -80,11 +74,21 @@ impl RoomConfig {
 
     /// Whether the state entry `(event_type, state_key)` is asked for (lazy members aside).
     fn wants(&self, user: &str, event_type: &str, state_key: &str) -> bool {
-        self.required_state.iter().any(|(t, k)| {
-            (t == "*" || t == event_type)
-                && (k == "*" || k == state_key || (k == "$ME" && state_key == user))
-        })
+        wants(&self.required_state, user, event_type, state_key)
     }
+}
+
+/// Whether `required_state` asks for the state entry `(event_type, state_key)`.
+fn wants(
+    required_state: &BTreeSet<(String, String)>,
+    user: &str,
+    event_type: &str,
+    state_key: &str,
+) -> bool {
+    required_state.iter().any(|(t, k)| {
+        (t == "*" || t == event_type)
+            && (k == "*" || k == state_key || (k == "$ME" && state_key == user))
+    })
 }
 
 /// A list's filters (MSC4186 `SlidingRoomFilter`; `spaces` and `tags` are not offered).
@@ -241,7 +245,12 @@ async fn compute(
         .iter()
         .filter(|m| match m.membership.as_str() {
             "join" | "invite" | "knock" => true,
-            "leave" | "ban" => !m.forgotten && base.state.rooms.contains_key(m.room_id.as_str()),
+            "ban" => !m.forgotten,
+            // Kicked (the leave was someone else's), or a leave this connection must hear of.
+            "leave" => {
+                !m.forgotten
+                    && (m.sender != user || base.state.rooms.contains_key(m.room_id.as_str()))
+            }
             _ => false,
         })
         .collect();
@@ -367,57 +376,95 @@ async fn compute(
         typing: typing_serial,
         rooms: base.state.rooms.clone(),
     };
+    // Configs shared by many rooms are stored once (and kept from the previous state when
+    // unchanged), so a connection's memory grows with its rooms, not their configs.
+    let mut interned: Vec<RequiredState> = Vec::new();
     let mut plans = Vec::new();
     for (room, sel) in &selected {
         let sent = base.state.rooms.get(*room);
         let limit = sel.config.timeline_limit;
-        let digest = sel.config.digest();
-        let initial = match sent {
-            None => true,
-            Some(s) => {
-                *s.membership != *sel.m.membership
-                    || limit > s.timeline_limit
-                    || digest != s.required_state
-            }
-        };
+        let is_member_view = matches!(sel.m.membership.as_str(), "join" | "leave" | "ban");
+        // A new membership (or a room never sent) is sent whole; a grown config expands
+        // what was sent (MSC4186 "Changing room configs"): the latest `limit` events again
+        // (`expanded_timeline`) and the state the new config asks for and the old did not.
+        let initial = sent.is_none_or(|s| *s.membership != *sel.m.membership);
+        let expanded = !initial && is_member_view && sent.is_some_and(|s| limit > s.timeline_limit);
+        let state_grew = !initial
+            && is_member_view
+            && sent.is_some_and(|s| !sel.config.required_state.is_subset(&s.required_state));
         let after = match sent {
             Some(s) if !initial => s.upto,
             _ => 0,
         };
+        let timeline_after = if expanded { 0 } else { after };
         let end = match sel.m.membership.as_str() {
             "leave" | "ban" => upto.min(sel.m.stream_ordering),
             _ => upto,
         };
-        let is_member_view = matches!(sel.m.membership.as_str(), "join" | "leave" | "ban");
-        let rows = if is_member_view && (limit > 0 || !initial) && after < end {
+        let rows = if is_member_view && (limit > 0 || !initial) && timeline_after < end {
             state
                 .storage
-                .room_events_in_range(room, after, end, limit.min(i64::MAX as u64 - 1) as i64 + 1)
+                .room_events_in_range(
+                    room,
+                    timeline_after,
+                    end,
+                    limit.min(i64::MAX as u64 - 1) as i64 + 1,
+                )
                 .await?
         } else {
             Vec::new()
         };
-        if !initial && rows.is_empty() && !own_receipts_moved.contains(*room) {
+        if !initial
+            && !expanded
+            && !state_grew
+            && rows.is_empty()
+            && !own_receipts_moved.contains(*room)
+        {
             continue;
         }
+        let required_state = match sent {
+            Some(s) if *s.required_state == sel.config.required_state => s.required_state.clone(),
+            _ => match interned.iter().find(|r| ***r == sel.config.required_state) {
+                Some(r) => r.clone(),
+                None => {
+                    let r = Arc::new(sel.config.required_state.clone());
+                    interned.push(r.clone());
+                    r
+                }
+            },
+        };
         next.rooms.insert(
             Arc::from(*room),
             SentRoom {
                 upto: end,
                 timeline_limit: limit,
-                required_state: digest,
+                required_state,
                 membership: Arc::from(sel.m.membership.as_str()),
+                // Set from what is sent (below).
+                lazy_members: Arc::default(),
             },
         );
         plans.push(Plan {
             sel,
             initial,
+            expanded,
             after,
+            old_required: sent.filter(|_| !initial).map(|s| s.required_state.clone()),
+            old_lazy: sent
+                .filter(|_| !initial)
+                .map(|s| s.lazy_members.clone())
+                .unwrap_or_default(),
             rows,
         });
     }
 
-    let (rooms_out, delivered) = build_rooms(state, req, base, upto, &plans, &dm_rooms).await?;
+    let (rooms_out, delivered, lazy_sent) =
+        build_rooms(state, req, base, upto, &plans, &dm_rooms).await?;
+    for (room, members) in lazy_sent {
+        if let Some(sent) = next.rooms.get_mut(room.as_str()) {
+            sent.lazy_members = members;
+        }
+    }
 
     // 4. Extensions, over the rooms in their scope.
     let in_scope = |scope: &ExtensionScope| -> BTreeSet<&str> {
@@ -550,11 +597,21 @@ async fn compute(
 struct Plan<'a, 'b> {
     sel: &'b Selected<'a>,
     initial: bool,
-    /// The timeline covers `(after, ...]`.
+    /// The timeline limit grew: `rows` are the latest events, some of them sent before.
+    expanded: bool,
+    /// Where the room was sent up to (0 when `initial`): state changes after it are sent.
     after: i64,
+    /// The required state the room was sent with (`None` when `initial`): entries the new
+    /// config asks for and this one did not are sent whole.
+    old_required: Option<RequiredState>,
+    /// Members already sent by lazy loading (empty when `initial`).
+    old_lazy: Arc<BTreeSet<Arc<str>>>,
     /// Newest first, at most `limit + 1`.
     rows: Vec<EventRow>,
 }
+
+/// Per room, the lazily loaded members the connection holds after this response.
+type LazySent = Vec<(String, Arc<BTreeSet<Arc<str>>>)>;
 
 /// The rooms of `m.direct` account data.
 async fn direct_rooms(state: &AppState, user: &str) -> Result<HashSet<String>, Error> {
@@ -584,7 +641,14 @@ async fn build_rooms(
     upto: i64,
     plans: &[Plan<'_, '_>],
     dm_rooms: &HashSet<String>,
-) -> Result<(Map<String, Value>, Vec<(String, String, Option<i64>)>), Error> {
+) -> Result<
+    (
+        Map<String, Value>,
+        Vec<(String, String, Option<i64>)>,
+        LazySent,
+    ),
+    Error,
+> {
     let user = req.user.as_str();
     let viewer = (req.user.as_ref(), req.device.as_ref());
     let joined: Vec<(&str, i64)> = plans
@@ -639,6 +703,7 @@ async fn build_rooms(
 
     let mut out = Map::new();
     let mut delivered = Vec::new();
+    let mut lazy_sent = Vec::new();
     for p in plans {
         let m = p.sel.m;
         let room_id = m.room_id.as_str();
@@ -667,7 +732,10 @@ async fn build_rooms(
         // Timeline.
         let limit = p.sel.config.timeline_limit as usize;
         let mut rows = p.rows.clone();
-        let limited = rows.len() > limit;
+        // An expanded timeline replaces what the client holds: `limited` makes matrix-sdk
+        // (which predates `expanded_timeline`) reset its timeline rather than append events
+        // it already has.
+        let limited = rows.len() > limit || p.expanded;
         rows.truncate(limit);
         rows.reverse();
         let joined_at = (m.membership == "join").then_some(m.stream_ordering);
@@ -703,16 +771,32 @@ async fn build_rooms(
         if limited {
             room.insert("limited".into(), true.into());
         }
+        if p.expanded {
+            room.insert("expanded_timeline".into(), true.into());
+        }
         room.insert("num_live".into(), num_live.into());
 
-        // Required state: all that matches on a first send, what changed since otherwise.
+        // Required state: all that matches on a first send; otherwise what changed since,
+        // and whole what a grown config asks for that the old one did not.
         let room_state = current.get(room_id);
-        let mut wanted_ids: Vec<String> = room_state
-            .into_iter()
-            .flatten()
-            .filter(|((t, k), _)| p.sel.config.wants(user, t, k))
-            .map(|(_, id)| id.clone())
-            .collect();
+        let mut wanted_ids: Vec<String> = Vec::new();
+        let mut newly_wanted: HashSet<String> = HashSet::new();
+        for ((t, k), id) in room_state.into_iter().flatten() {
+            if p.sel.config.wants(user, t, k) {
+                wanted_ids.push(id.clone());
+                if p.old_required
+                    .as_ref()
+                    .is_some_and(|old| !wants(old, user, t, k))
+                {
+                    newly_wanted.insert(id.clone());
+                }
+            }
+        }
+        // Lazy members (MSC4186): the member events of the timeline's senders and targets
+        // that the connection does not hold yet. A limited timeline makes the client drop
+        // its member cache, so then they are all sent again.
+        let mut lazy_ids: HashSet<String> = HashSet::new();
+        let mut lazy_now: BTreeSet<Arc<str>> = BTreeSet::new();
         if p.sel.config.lazy_members() {
             let mut members: BTreeSet<&str> = rows.iter().map(|r| r.sender.as_str()).collect();
             for r in &rows {
@@ -723,14 +807,22 @@ async fn build_rooms(
                 }
             }
             let keys: Vec<(&str, &str)> = members.iter().map(|u| ("m.room.member", *u)).collect();
-            let mut lazy = state
-                .storage
-                .current_state_events(room_id, &keys)
-                .await?
-                .into_iter()
-                .map(|e| e.event_id)
-                .collect();
-            wanted_ids.append(&mut lazy);
+            let held = |e: &EventRow| {
+                !limited
+                    && e.state_key
+                        .as_deref()
+                        .is_some_and(|k| p.old_lazy.contains(k))
+                    && e.stream_ordering.unwrap_or(0) <= p.after
+            };
+            for e in state.storage.current_state_events(room_id, &keys).await? {
+                if let Some(k) = e.state_key.as_deref() {
+                    lazy_now.insert(Arc::from(k));
+                }
+                if !held(&e) {
+                    lazy_ids.insert(e.event_id.clone());
+                    wanted_ids.push(e.event_id);
+                }
+            }
         }
         let timeline_ids: HashSet<&str> = rows.iter().map(|r| r.event_id.as_str()).collect();
         wanted_ids.retain(|id| !timeline_ids.contains(id.as_str()));
@@ -742,9 +834,27 @@ async fn build_rooms(
             state.storage.get_events(&wanted_ids).await?
         };
         if !p.initial {
-            state_rows.retain(|r| r.stream_ordering.unwrap_or(0) > p.after);
+            state_rows.retain(|r| {
+                r.stream_ordering.unwrap_or(0) > p.after
+                    || newly_wanted.contains(&r.event_id)
+                    || lazy_ids.contains(&r.event_id)
+            });
         }
         state_rows.sort_by_key(|r| r.stream_ordering);
+        if p.sel.config.lazy_members() {
+            // What the client holds now: the members it had (unless it dropped them) and
+            // those of this timeline, bounded.
+            let mut held: BTreeSet<Arc<str>> = if limited || p.initial {
+                BTreeSet::new()
+            } else {
+                (*p.old_lazy).clone()
+            };
+            held.extend(lazy_now);
+            if held.len() > MAX_LAZY_REMEMBERED {
+                held.clear();
+            }
+            lazy_sent.push((room_id.to_owned(), Arc::new(held)));
+        }
 
         // Name, avatar and heroes: on a first send, or when they changed.
         let name_avatar_ids: Vec<String> = ["m.room.name", "m.room.avatar"]
@@ -805,7 +915,7 @@ async fn build_rooms(
         );
         out.insert(room_id.to_owned(), Value::Object(room));
     }
-    Ok((out, delivered))
+    Ok((out, delivered, lazy_sent))
 }
 
 /// Up to five other members to name an unnamed room by: joined first, then invited, then
