@@ -411,6 +411,19 @@ async fn sliding_sync_invites_visibility_and_required_state(backend: Backend) {
         "ban",
     );
     alice.send_text(&kicked_from, "after the kick").await;
+    // Banned while only invited: never shown the room, so not listed (MSC4186).
+    let banned_invited = alice
+        .create_room(&json!({ "preset": "private_chat", "name": "Never joined" }))
+        .await;
+    assert_ok(
+        &alice.invite(&banned_invited, bob.user_id()).await,
+        "invite",
+    );
+    let ban = format!("/_matrix/client/v3/rooms/{}/ban", encode(&banned_invited));
+    assert_ok(
+        &alice.post(&ban, &json!({ "user_id": bob.user_id() })).await,
+        "ban an invitee",
+    );
     let fresh = ss_ok(&bob, None, 0, &list_body((0, 9), 5, json!([]))).await;
     assert_eq!(
         rooms(&fresh),

@@ -239,13 +239,14 @@ async fn compute(
     let fresh = base.seq.is_none();
     let since = base.state.upto;
     let memberships = state.storage.memberships_for_user(user).await?;
+    let banned_unjoined = banned_without_joining(state, user, &memberships, base).await?;
 
     // 1. The server list.
     let mut candidates: Vec<&MembershipRow> = memberships
         .iter()
         .filter(|m| match m.membership.as_str() {
             "join" | "invite" | "knock" => true,
-            "ban" => !m.forgotten,
+            "ban" => !m.forgotten && !banned_unjoined.contains(m.room_id.as_str()),
             // Kicked (the leave was someone else's), or a leave this connection must hear of.
             "leave" => {
                 !m.forgotten
@@ -612,6 +613,51 @@ struct Plan<'a, 'b> {
 
 /// Per room, the lazily loaded members the connection holds after this response.
 type LazySent = Vec<(String, Arc<BTreeSet<Arc<str>>>)>;
+
+/// The rooms the user was banned from without being joined when the ban came (banned while
+/// invited, knocking or away): MSC4186 leaves those out of the server list, since there is
+/// nothing of the room the user was shown. Rooms this connection was sent already stay.
+/// Three reads for all such bans at once, and none without bans.
+async fn banned_without_joining(
+    state: &AppState,
+    user: &str,
+    memberships: &[MembershipRow],
+    base: &Base,
+) -> Result<HashSet<String>, Error> {
+    let bans: Vec<String> = memberships
+        .iter()
+        .filter(|m| {
+            m.membership == "ban"
+                && !m.forgotten
+                && !base.state.rooms.contains_key(m.room_id.as_str())
+        })
+        .map(|m| m.event_id.clone())
+        .collect();
+    if bans.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let ban_events = state.storage.get_events(&bans).await?;
+    let lookups: Vec<(i64, String, String)> = ban_events
+        .iter()
+        .filter_map(|e| Some((e.state_before?, "m.room.member".to_owned(), user.to_owned())))
+        .collect();
+    let before = state.storage.state_lookups(&lookups).await?;
+    let prior_ids: Vec<String> = before.iter().flatten().cloned().collect();
+    let prior = state.storage.get_events(&prior_ids).await?;
+    let joined_at_ban: HashSet<&str> = prior
+        .iter()
+        .filter(|e| {
+            e.parse_pdu::<Value>()
+                .is_ok_and(|pdu| pdu["content"]["membership"] == "join")
+        })
+        .map(|e| e.room_id.as_str())
+        .collect();
+    Ok(ban_events
+        .iter()
+        .map(|e| e.room_id.clone())
+        .filter(|room| !joined_at_ban.contains(room.as_str()))
+        .collect())
+}
 
 /// The rooms of `m.direct` account data.
 async fn direct_rooms(state: &AppState, user: &str) -> Result<HashSet<String>, Error> {
