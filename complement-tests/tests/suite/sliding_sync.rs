@@ -506,6 +506,70 @@ async fn sliding_sync_filters(backend: Backend) {
     )
     .await;
     assert_eq!(rooms(&plain), vec![group.clone()], "{plain}");
+
+    // `spaces`: the space's children with a `via` (not the removed one, not the space
+    // itself); a space one is not in names no rooms.
+    let removed = alice.create_room(&json!({ "preset": "public_chat" })).await;
+    for (child, via) in [(&group, json!(["localhost"])), (&removed, json!([]))] {
+        let (status, body) = alice
+            .put_state(&space, "m.space.child", child, &json!({ "via": via }))
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let in_space = ss_ok(&alice, None, 0, &list(json!({ "spaces": [space.clone()] }))).await;
+    assert_eq!(rooms(&in_space), vec![group.clone()], "{in_space}");
+    let foreign_space = bob
+        .create_room(&json!({ "preset": "public_chat", "creation_content": { "type": "m.space" } }))
+        .await;
+    bob.put_state(
+        &foreign_space,
+        "m.space.child",
+        &group,
+        &json!({ "via": ["localhost"] }),
+    )
+    .await;
+    let not_joined = ss_ok(
+        &alice,
+        None,
+        0,
+        &list(json!({ "spaces": [foreign_space.clone()] })),
+    )
+    .await;
+    assert!(rooms(&not_joined).is_empty(), "{not_joined}");
+
+    // `tags` and `not_tags` (which wins).
+    for (room, tags) in [
+        (&group, json!({ "m.favourite": {}, "u.work": {} })),
+        (&removed, json!({ "m.favourite": {} })),
+    ] {
+        let path = format!(
+            "/_matrix/client/v3/user/{}/rooms/{}/account_data/m.tag",
+            encode(alice.user_id()),
+            encode(room)
+        );
+        assert_ok(&alice.put(&path, &json!({ "tags": tags })).await, "tags");
+    }
+    let favourites = ss_ok(&alice, None, 0, &list(json!({ "tags": ["m.favourite"] }))).await;
+    assert_eq!(
+        rooms(&favourites),
+        sorted(vec![group.clone(), removed.clone()]),
+        "{favourites}"
+    );
+    let not_work = ss_ok(
+        &alice,
+        None,
+        0,
+        &list(json!({ "tags": ["m.favourite"], "not_tags": ["u.work"] })),
+    )
+    .await;
+    assert_eq!(rooms(&not_work), vec![removed.clone()], "{not_work}");
+    // Bad filter values are a 400.
+    assert_error(
+        &ss(&alice, None, 0, &list(json!({ "spaces": "not a list" }))).await,
+        400,
+        "M_BAD_JSON",
+        "spaces must be a list",
+    );
 }
 
 /// Extensions: to-device messages once per `since` (and again when the client retries with

@@ -394,12 +394,36 @@ where
         // Boxed: the handler's future (which a waiting long-poll keeps for its whole wait) is
         // as large as its largest state, and extraction, with the token check and the body
         // read, would otherwise be that state.
-        Box::pin(extract::<T>(req, state)).await
+        Box::pin(extract::<T>(req, state))
+            .await
+            .map(|(ruma, _)| ruma)
     }
 }
 
-/// [`Ruma`]'s extraction.
-async fn extract<T>(req: Request, state: &AppState) -> Result<Ruma<T>, Error>
+/// A [`Ruma`] request together with its body as it came, for the few endpoints that read
+/// fields ruma's types do not carry yet (sliding sync's `spaces` and `tags` filters).
+pub struct RumaRaw<T> {
+    pub request: Ruma<T>,
+    /// The checked JSON body.
+    pub raw: bytes::Bytes,
+}
+
+impl<T> FromRequest<AppState> for RumaRaw<T>
+where
+    T: IncomingRequest + Send + 'static,
+    T::Authentication: AuthPolicy,
+{
+    type Rejection = Error;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Error> {
+        Box::pin(extract::<T>(req, state))
+            .await
+            .map(|(request, raw)| RumaRaw { request, raw })
+    }
+}
+
+/// [`Ruma`]'s extraction; also returns the body read.
+async fn extract<T>(req: Request, state: &AppState) -> Result<(Ruma<T>, bytes::Bytes), Error>
 where
     T: IncomingRequest + Send + 'static,
     T::Authentication: AuthPolicy,
@@ -433,11 +457,14 @@ where
     }
     let request = http::Request::from_parts(parts, &bytes[..]);
     let body = parse::<T>(request, path_args)?;
-    Ok(Ruma {
-        body,
-        sender,
-        client_ip,
-    })
+    Ok((
+        Ruma {
+            body,
+            sender,
+            client_ip,
+        },
+        bytes,
+    ))
 }
 
 /// A request for endpoint `T` whose body is streamed rather than read (media uploads, which
@@ -538,6 +565,18 @@ where
     T: IncomingRequest + Send + 'static,
     T::Authentication: AuthPolicy,
     F: Fn(State<AppState>, Ruma<T>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<R, Error>> + Send + 'static,
+    R: IntoResponse + 'static,
+{
+    register::<T, _, _>(router, handler)
+}
+
+/// Like [`route_raw`], for a handler that also reads the body as it came ([`RumaRaw`]).
+pub fn route_with_body<T, F, Fut, R>(router: Router<AppState>, handler: F) -> Router<AppState>
+where
+    T: IncomingRequest + Send + 'static,
+    T::Authentication: AuthPolicy,
+    F: Fn(State<AppState>, RumaRaw<T>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Result<R, Error>> + Send + 'static,
     R: IntoResponse + 'static,
 {

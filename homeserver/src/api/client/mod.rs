@@ -31,7 +31,7 @@ use axum::Router;
 pub(crate) use account_data::write_account_data;
 pub use register::user_id_for_new_username;
 
-use super::ruma::{route, route_raw, route_stream};
+use super::ruma::{route, route_raw, route_stream, route_with_body};
 use crate::AppState;
 
 /// Every client-server endpoint, each registered from its ruma metadata.
@@ -100,7 +100,7 @@ pub fn routes(r: Router<AppState>) -> Router<AppState> {
     let r = route(r, membership::knock_room);
     let r = route(r, room::upgrade_room);
     let r = route_raw(r, |state, req| sync::sync_events(state, Box::new(req)));
-    let r = route_raw(r, |state, req| sync::sync_events_v5(state, Box::new(req)));
+    let r = route_with_body(r, |state, req| sync::sync_events_v5(state, Box::new(req)));
     let r = route(r, sync::create_filter);
     let r = route(r, sync::get_filter);
     let r = route(r, receipts::create_typing_event);

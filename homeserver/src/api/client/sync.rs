@@ -12,7 +12,7 @@ use ruma::api::client::{
 };
 
 use crate::{
-    api::ruma::Ruma,
+    api::ruma::{Ruma, RumaRaw},
     auth::now_ms,
     error::{Error, Result},
     sync::{filter::SyncFilter, parse_token, sync, SyncRequest},
@@ -134,8 +134,10 @@ async fn parse_request(
 /// as for `/sync`, so a waiting request keeps only what it needs.
 pub async fn sync_events_v5(
     State(state): State<AppState>,
-    req: Box<Ruma<sync_events::v5::Request>>,
+    req: Box<RumaRaw<sync_events::v5::Request>>,
 ) -> Result<axum::response::Response> {
+    let RumaRaw { request: req, raw } = *req;
+    let req = Box::new(req);
     let set_presence = state
         .config
         .presence
@@ -145,7 +147,7 @@ pub async fn sync_events_v5(
     let req = *req;
     let sender = req.sender();
     let (user, device) = (sender.user_id.clone(), sender.device_id.clone());
-    let request = Box::new(sliding_request(user, device, req.body)?);
+    let request = Box::new(sliding_request(user, device, req.body, &raw)?);
     if let Some(set) = &set_presence {
         Box::pin(crate::presence_connected(
             &state,
@@ -183,12 +185,47 @@ const MAX_TIMELINE_LIMIT: u64 = 1_000;
 /// To-device messages per response unless the client asks for fewer.
 const TO_DEVICE_LIMIT: usize = 100;
 
-/// Checks a request and reduces it to what the engine needs.
+/// Most spaces and tags a list's filters may name.
+const MAX_FILTER_ITEMS: usize = 100;
+
+/// The list filters MSC4186 names that ruma's request type does not carry: `spaces`,
+/// `tags`, `not_tags`. Read from the same body.
+#[derive(Debug, Default, serde::Deserialize)]
+struct ExtraBody {
+    #[serde(default)]
+    lists: std::collections::BTreeMap<String, ExtraList>,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+struct ExtraList {
+    #[serde(default)]
+    filters: Option<ExtraFilters>,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+struct ExtraFilters {
+    #[serde(default)]
+    spaces: Option<Vec<String>>,
+    #[serde(default)]
+    tags: Option<Vec<String>>,
+    #[serde(default)]
+    not_tags: Option<Vec<String>>,
+}
+
+/// Checks a request and reduces it to what the engine needs; `raw` is the body it was
+/// parsed from (for the filters ruma does not carry).
 pub(crate) fn sliding_request(
     user: ruma::OwnedUserId,
     device: ruma::OwnedDeviceId,
     body: sync_events::v5::Request,
+    raw: &[u8],
 ) -> Result<crate::sync::sliding::SlidingRequest> {
+    let mut extra: ExtraBody = if raw.is_empty() {
+        ExtraBody::default()
+    } else {
+        serde_json::from_slice(raw)
+            .map_err(|e| Error::bad_json(format!("Invalid list filters: {e}")))?
+    };
     use crate::sync::sliding::{
         ExtensionScope, Extensions, ListFilters, ListSpec, RoomConfig, SlidingRequest,
     };
@@ -240,25 +277,48 @@ pub(crate) fn sliding_request(
             }
             ranges.push((start, end));
         }
-        let filters = list.filters.as_ref().map(|f| ListFilters {
-            is_dm: f.is_dm,
-            is_encrypted: f.is_encrypted,
-            is_invite: f.is_invite,
-            room_types: f
-                .room_types
-                .iter()
-                .map(|t| t.as_str().map(str::to_owned))
-                .collect(),
-            not_room_types: f
-                .not_room_types
-                .iter()
-                .map(|t| t.as_str().map(str::to_owned))
-                .collect(),
-        });
+        let more = extra
+            .lists
+            .remove(key)
+            .and_then(|l| l.filters)
+            .unwrap_or_default();
+        for items in [&more.spaces, &more.tags, &more.not_tags]
+            .into_iter()
+            .flatten()
+        {
+            if items.len() > MAX_FILTER_ITEMS {
+                return Err(Error::invalid_param(format!(
+                    "At most {MAX_FILTER_ITEMS} spaces or tags in a filter"
+                )));
+            }
+        }
+        let mut filters = list
+            .filters
+            .as_ref()
+            .map(|f| ListFilters {
+                is_dm: f.is_dm,
+                is_encrypted: f.is_encrypted,
+                is_invite: f.is_invite,
+                room_types: f
+                    .room_types
+                    .iter()
+                    .map(|t| t.as_str().map(str::to_owned))
+                    .collect(),
+                not_room_types: f
+                    .not_room_types
+                    .iter()
+                    .map(|t| t.as_str().map(str::to_owned))
+                    .collect(),
+                ..ListFilters::default()
+            })
+            .unwrap_or_default();
+        filters.spaces = more.spaces;
+        filters.tags = more.tags;
+        filters.not_tags = more.not_tags.unwrap_or_default();
         lists.push(ListSpec {
             key: key.clone(),
             ranges,
-            filters: filters.unwrap_or_default(),
+            filters,
             config: config(
                 &list.room_details.required_state,
                 list.room_details.timeline_limit,

@@ -91,7 +91,7 @@ fn wants(
     })
 }
 
-/// A list's filters (MSC4186 `SlidingRoomFilter`; `spaces` and `tags` are not offered).
+/// A list's filters (MSC4186 `SlidingRoomFilter`).
 #[derive(Debug, Clone, Default)]
 pub struct ListFilters {
     pub is_dm: Option<bool>,
@@ -100,6 +100,13 @@ pub struct ListFilters {
     /// `None` in these is "a room without a type".
     pub room_types: Vec<Option<String>>,
     pub not_room_types: Vec<Option<String>>,
+    /// Rooms that are `m.space.child` of one of these spaces (ones the user is joined to;
+    /// subspaces are not walked).
+    pub spaces: Option<Vec<String>>,
+    /// Rooms with one of these tags (`m.tag` room account data)...
+    pub tags: Option<Vec<String>>,
+    /// ...and none of these, which wins over `tags`.
+    pub not_tags: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -297,6 +304,29 @@ async fn compute(
     } else {
         HashMap::new()
     };
+    let space_children = if any(&|f| f.spaces.is_some()) {
+        let spaces: BTreeSet<&str> = req
+            .lists
+            .iter()
+            .filter_map(|l| l.filters.spaces.as_ref())
+            .flatten()
+            .map(String::as_str)
+            .filter(|s| joined.contains(s))
+            .collect();
+        space_children(state, &spaces.into_iter().collect::<Vec<_>>()).await?
+    } else {
+        HashMap::new()
+    };
+    let room_tags = if any(&|f| f.tags.is_some() || !f.not_tags.is_empty()) {
+        room_tags(state, user, upto).await?
+    } else {
+        HashMap::new()
+    };
+    let tagged = |room: &str, tags: &[String]| {
+        room_tags
+            .get(room)
+            .is_some_and(|have| tags.iter().any(|t| have.contains(t)))
+    };
 
     // 2. Lists and subscriptions.
     let mut selected: BTreeMap<&str, Selected> = BTreeMap::new();
@@ -316,6 +346,15 @@ async fn compute(
                         .is_none_or(|want| encrypted.contains(room) == want)
                     && (f.room_types.is_empty() || f.room_types.contains(&room_type))
                     && !f.not_room_types.contains(&room_type)
+                    && f.spaces.as_ref().is_none_or(|spaces| {
+                        spaces.iter().any(|s| {
+                            space_children
+                                .get(s.as_str())
+                                .is_some_and(|c| c.contains(room))
+                        })
+                    })
+                    && f.tags.as_ref().is_none_or(|tags| tagged(room, tags))
+                    && !tagged(room, &f.not_tags)
             })
             .collect();
         lists_out.insert(list.key.clone(), json!({ "count": matching.len() }));
@@ -657,6 +696,54 @@ async fn banned_without_joining(
         .map(|e| e.room_id.clone())
         .filter(|room| !joined_at_ban.contains(room.as_str()))
         .collect())
+}
+
+/// Per space, its children: the state keys of its `m.space.child` events whose `via` is a
+/// non-empty list (an event without one removes the child).
+async fn space_children(
+    state: &AppState,
+    spaces: &[&str],
+) -> Result<HashMap<String, HashSet<String>>, Error> {
+    let mut out: HashMap<String, HashSet<String>> = HashMap::new();
+    if spaces.is_empty() {
+        return Ok(out);
+    }
+    let entries = state
+        .storage
+        .current_state_of_types(spaces, &["m.space.child"])
+        .await?;
+    let ids: Vec<String> = entries.iter().map(|(.., id)| id.clone()).collect();
+    for event in state.storage.get_events(&ids).await? {
+        let Ok(pdu) = event.parse_pdu::<Value>() else {
+            continue;
+        };
+        let has_via = pdu["content"]["via"]
+            .as_array()
+            .is_some_and(|via| !via.is_empty());
+        if let (true, Some(child)) = (has_via, event.state_key) {
+            out.entry(event.room_id).or_default().insert(child);
+        }
+    }
+    Ok(out)
+}
+
+/// Per room, the user's tags (`m.tag` room account data).
+async fn room_tags(
+    state: &AppState,
+    user: &str,
+    upto: i64,
+) -> Result<HashMap<String, HashSet<String>>, Error> {
+    let mut out: HashMap<String, HashSet<String>> = HashMap::new();
+    for a in state.storage.account_data_changes(user, 0, upto).await? {
+        let Some(room) = a.room_id.filter(|_| a.data_type == "m.tag") else {
+            continue;
+        };
+        let content: Value = serde_json::from_str(&a.content).unwrap_or_default();
+        if let Some(tags) = content["tags"].as_object() {
+            out.insert(room, tags.keys().cloned().collect());
+        }
+    }
+    Ok(out)
 }
 
 /// The rooms of `m.direct` account data.

@@ -123,6 +123,7 @@ fn parse_request(
         session.sender.user_id.clone(),
         session.sender.device_id.clone(),
         parsed,
+        &bytes,
     )?;
     request.pos = pos.map(str::to_owned);
     Ok(request)
