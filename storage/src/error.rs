@@ -23,6 +23,9 @@ impl From<sqlx::Error> for Error {
     fn from(e: sqlx::Error) -> Self {
         if let sqlx::Error::Database(db) = &e {
             if db.kind() == sqlx::error::ErrorKind::UniqueViolation {
+                // Callers map this to a client error (a taken name); which constraint it was
+                // matters when it is not the one they expect.
+                tracing::debug!(constraint = ?db.constraint(), table = ?db.table(), "unique violation");
                 return Error::UniqueViolation;
             }
         }

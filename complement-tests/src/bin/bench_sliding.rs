@@ -105,7 +105,10 @@ async fn main() {
     let messages = env_num("BENCH_MESSAGES", 20) as usize;
     let connections = env_num("BENCH_CONNECTIONS", 1_000) as usize;
     let options = ServerOptions::default()
-        .env("MYELIN_LOG", "error")
+        .env(
+            "MYELIN_LOG",
+            &std::env::var("BENCH_LOG").unwrap_or_else(|_| "error".into()),
+        )
         // The set-up's many joins and sends come from few users.
         .env("MYELIN_RATE_LIMITS_ENABLED", "false");
     let hs = complement_tests::bench::start_server(backend, options).await;

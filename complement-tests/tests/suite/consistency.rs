@@ -460,6 +460,37 @@ async fn a11_create_room_is_all_or_nothing(backend: Backend) {
     );
 }
 
+/// From room version 12 a room's ID is its create event's hash: one user creating several
+/// rooms with the same body at once (the same creator, content and millisecond) must still
+/// get as many different rooms. It used to fail some of them with `M_ROOM_IN_USE`.
+async fn concurrent_identical_room_creations_get_distinct_rooms(backend: Backend) {
+    let Some(hs) = TestServer::start(backend, ServerOptions::default()).await else {
+        return;
+    };
+    let alice = hs.register_user("alice").await;
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let alice = alice.clone();
+        tasks.push(tokio::spawn(async move {
+            alice
+                .post(
+                    "/_matrix/client/v3/createRoom",
+                    &json!({ "preset": "public_chat" }),
+                )
+                .await
+        }));
+    }
+    let mut ids = HashSet::new();
+    for task in tasks {
+        let (status, body) = task.await.unwrap();
+        assert_eq!(status, 200, "{body}");
+        ids.insert(body["room_id"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(ids.len(), 16, "{ids:?}");
+    let (_, joined) = alice.get("/_matrix/client/v3/joined_rooms").await;
+    assert_eq!(joined["joined_rooms"].as_array().unwrap().len(), 16);
+}
+
 /// `m.room.redaction` sent through `/send` is a redaction like one from `/redact`: a member
 /// without the `redact` level cannot redact someone else's event (403), and a redaction that
 /// is allowed removes the original's content on the server.
@@ -658,6 +689,7 @@ async fn room_upgrade_finishes_after_a_crash(backend: Backend) {
 }
 
 backend_tests!(
+    concurrent_identical_room_creations_get_distinct_rooms,
     room_upgrade_finishes_after_a_crash,
     a10_profile_reaches_every_room_after_a_crash,
     a11_create_room_is_all_or_nothing,

@@ -3,7 +3,10 @@
 //!
 //! <https://spec.matrix.org/latest/client-server-api/#post_matrixclientv3createroom>
 
-use std::collections::BTreeMap;
+use std::{
+    collections::BTreeMap,
+    sync::atomic::{AtomicI64, Ordering},
+};
 
 use myelin_federation::{
     auth,
@@ -115,12 +118,48 @@ fn default_power_levels(
     }))
 }
 
+/// The last `origin_server_ts` given to a create event by this process.
+static LAST_CREATE_TS: AtomicI64 = AtomicI64::new(0);
+
+/// A timestamp for a new create event, later than any this process gave before. From room
+/// version 12 the room ID is the create event's hash, so two rooms created by one user with
+/// the same creation content in the same millisecond would otherwise be the same room.
+fn create_ts() -> i64 {
+    let now = now_ms();
+    let previous = LAST_CREATE_TS
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |last| {
+            Some(now.max(last + 1))
+        })
+        .unwrap_or(now);
+    now.max(previous + 1)
+}
+
 /// Creates the room and returns its ID.
 pub async fn create_room(
     state: &AppState,
     creator: &UserId,
     create: CreateRoom,
 ) -> Result<OwnedRoomId, Error> {
+    // Another process can still make the same create event in the same millisecond: its
+    // room is there, so try again with a later timestamp.
+    for _ in 0..3 {
+        if let Some(room_id) = create_room_once(state, creator, &create).await? {
+            return Ok(room_id);
+        }
+    }
+    Err(Error::new(
+        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+        "M_UNKNOWN",
+        "Could not find a free room ID; try again",
+    ))
+}
+
+/// One try of [`create_room`]: `None` when the room ID turned out to be taken.
+async fn create_room_once(
+    state: &AppState,
+    creator: &UserId,
+    create: &CreateRoom,
+) -> Result<Option<OwnedRoomId>, Error> {
     let rules = rules_for(&create.version).map_err(pdu_error)?;
     let creators_privileged = rules.authorization.explicitly_privilege_room_creators;
 
@@ -159,7 +198,7 @@ pub async fn create_room(
     } else {
         Some(RoomId::new_v1(&state.server_name))
     };
-    let now = now_ms();
+    let now = create_ts();
     let built = build_event(
         NewEvent {
             event_type: "m.room.create".into(),
@@ -209,7 +248,7 @@ pub async fn create_room(
     sends.push(Send::state("m.room.member", creator.as_str(), obj(member)));
 
     // 3. Power levels, with the client's overrides.
-    let mut power_levels = default_power_levels(creator, &create, creators_privileged);
+    let mut power_levels = default_power_levels(creator, create, creators_privileged);
     if let Some(overrides) = create.power_level_override.clone() {
         merge(&mut power_levels, overrides);
     }
@@ -296,7 +335,7 @@ pub async fn create_room(
             format!("A room is created with at most {MAX_CREATION_EVENTS} events"),
         ));
     }
-    super::write_new_room(
+    let written = super::write_new_room(
         state,
         &built,
         pdu,
@@ -310,7 +349,17 @@ pub async fn create_room(
         creator,
         sends,
     )
-    .await?;
+    .await;
+    if let Err(e) = written {
+        // A failed write leaves no room behind: a room under this ID is someone else's.
+        if rules.authorization.room_create_event_id_as_room_id
+            && state.storage.get_room(room_id.as_str()).await?.is_some()
+        {
+            tracing::warn!(%room_id, "room ID taken by an identical create event; retrying");
+            return Ok(None);
+        }
+        return Err(e);
+    }
     tracing::info!(%room_id, %creator, version = %create.version, "created room");
-    Ok(room_id)
+    Ok(Some(room_id))
 }
