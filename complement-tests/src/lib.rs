@@ -20,6 +20,8 @@
 //!   says.
 //! - [`gateway`] is a fake push gateway ([`FakeGateway`]) that records the
 //!   notifications a pusher is sent and can fail or reject on command.
+//! - [`synapse`] starts Synapse (from a Python virtualenv) on a loopback port, for the
+//!   benchmarks that compare Myelin with it.
 //! - [`backend_tests!`] turns one `async fn scenario(backend)` into a test per
 //!   storage backend.
 //!
@@ -35,6 +37,7 @@ pub mod gateway;
 mod macros;
 pub mod postgres;
 pub mod server;
+pub mod synapse;
 
 pub use assertions::{assert_error, assert_ok, assert_ok_object};
 pub use client::{encode, unique_name, Client};

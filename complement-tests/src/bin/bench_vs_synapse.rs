@@ -1,0 +1,356 @@
+//! Myelin against Synapse on the same machine and workload (issue 12's comparative targets).
+//!
+//! ```sh
+//! cargo run --release -p complement-tests --bin bench_vs_synapse     # PostgreSQL
+//! ```
+//!
+//! Needs Synapse in a virtualenv (see `complement-tests/src/synapse.rs`). Both servers run
+//! on PostgreSQL with its normal durability (`BENCH_BACKEND=sqlite` for SQLite), rate limits
+//! off. Set-up, the same on both through the client API: a user in `BENCH_ROOMS` (300)
+//! rooms of `BENCH_MEMBERS` (10) members with `BENCH_MESSAGES` (10) messages each. Then,
+//! timed from the client:
+//!
+//! 1. Element X's room list loading: the requests matrix-sdk-ui 0.18's `RoomListService`
+//!    makes on a fresh connection (list `all_rooms`, range 0-19, then growing by 100 until
+//!    every room is loaded; its required state, timeline limit 1, the account-data,
+//!    receipts and typing extensions), 10 times: the first response and the whole list;
+//! 2. a waiting (long-polling) connection and a message into the least recent room: from the
+//!    send's 200 to the response that moves the room to the top, 30 times;
+//! 3. after a restart of the server (cold caches), the user's initial `/sync`: full (no
+//!    filter) and lazy (lazy-loaded members, timeline limit 10), 3 restarts each.
+
+use std::time::{Duration, Instant};
+
+use complement_tests::{
+    bench::{build_release_server, env_num, ms, percentile},
+    encode, synapse, Backend, Client, ServerOptions,
+};
+use serde_json::{json, Value};
+
+const PATH: &str = "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync";
+
+/// matrix-sdk-ui 0.18's `DEFAULT_REQUIRED_STATE` for the room list.
+fn element_x_required_state() -> Value {
+    json!([
+        ["m.room.name", ""],
+        ["m.room.encryption", ""],
+        ["m.room.member", "$LAZY"],
+        ["m.room.member", "$ME"],
+        ["m.room.topic", ""],
+        ["m.room.avatar", ""],
+        ["m.room.canonical_alias", ""],
+        ["m.room.power_levels", ""],
+        ["org.matrix.msc3401.call.member", "*"],
+        ["m.room.join_rules", ""],
+        ["m.room.tombstone", ""],
+        ["m.room.create", ""],
+        ["m.room.history_visibility", ""],
+        ["io.element.functional_members", ""],
+        ["m.space.parent", "*"],
+        ["m.space.child", "*"],
+        ["org.matrix.msc3672.beacon_info", "*"],
+    ])
+}
+
+fn room_list_body(conn_id: &str, end: u64) -> Value {
+    json!({
+        "conn_id": conn_id,
+        "lists": { "all_rooms": {
+            "ranges": [[0, end]],
+            "timeline_limit": 1,
+            "required_state": element_x_required_state(),
+        }},
+        "extensions": {
+            "account_data": { "enabled": true },
+            "receipts": { "enabled": true, "rooms": ["*"] },
+            "typing": { "enabled": true },
+        },
+    })
+}
+
+async fn post(client: &Client, pos: Option<&str>, timeout_ms: u64, body: &Value) -> Value {
+    let mut path = format!("{PATH}?timeout={timeout_ms}");
+    if let Some(pos) = pos {
+        path.push_str(&format!("&pos={}", encode(pos)));
+    }
+    let (status, response) = client.post(&path, body).await;
+    assert_eq!(status, 200, "sliding sync: {response}");
+    response
+}
+
+/// What one server scored.
+#[derive(Debug, Default)]
+struct Scores {
+    list_first: Duration,
+    list_all: Duration,
+    to_top: Duration,
+    sync_full: Duration,
+    sync_lazy: Duration,
+    setup: Duration,
+}
+
+/// The server under test: Myelin or Synapse.
+enum Server {
+    Myelin(complement_tests::TestServer),
+    Synapse(synapse::Synapse),
+}
+
+impl Server {
+    async fn register_user(&self, prefix: &str) -> Client {
+        match self {
+            Server::Myelin(s) => s.register_user(prefix).await,
+            Server::Synapse(s) => s.register_user(prefix).await,
+        }
+    }
+
+    async fn restart(&mut self) {
+        match self {
+            Server::Myelin(s) => s.restart().await,
+            Server::Synapse(s) => s.restart().await.expect("Synapse restarts"),
+        }
+    }
+}
+
+/// Runs `work` over `items` on `workers` tasks.
+async fn in_parallel<T, F, Fut>(items: Vec<T>, workers: usize, work: F)
+where
+    T: Send + 'static,
+    F: Fn(T) -> Fut + Send + Sync + 'static + Clone,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let queue = std::sync::Arc::new(tokio::sync::Mutex::new(items));
+    let mut tasks = Vec::new();
+    for _ in 0..workers {
+        let (queue, work) = (queue.clone(), work.clone());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let Some(item) = queue.lock().await.pop() else {
+                    break;
+                };
+                work(item).await;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("worker");
+    }
+}
+
+async fn measure(mut server: Server, name: &str) -> Scores {
+    let rooms_n = env_num("BENCH_ROOMS", 300) as usize;
+    let members = env_num("BENCH_MEMBERS", 10).max(2) as usize;
+    let messages = env_num("BENCH_MESSAGES", 10) as usize;
+    let mut scores = Scores::default();
+
+    let setup = Instant::now();
+    let user = server.register_user("reader").await;
+    let mut others = Vec::new();
+    for i in 0..members - 1 {
+        others.push(server.register_user(&format!("member{i}")).await);
+    }
+    let created = std::sync::Arc::new(tokio::sync::Mutex::new(Vec::new()));
+    {
+        let (user, created) = (user.clone(), created.clone());
+        in_parallel((0..rooms_n).collect(), 4, move |i| {
+            let (user, created) = (user.clone(), created.clone());
+            async move {
+                let room = user
+                    .create_room(&json!({ "preset": "public_chat", "name": format!("room {i}") }))
+                    .await;
+                created.lock().await.push(room);
+            }
+        })
+        .await;
+    }
+    let rooms: Vec<String> = created.lock().await.clone();
+    let joins: Vec<(Client, String)> = others
+        .iter()
+        .flat_map(|o| rooms.iter().map(move |r| (o.clone(), r.clone())))
+        .collect();
+    in_parallel(joins, 8, |(client, room)| async move {
+        let (status, body) = client.join(&room).await;
+        assert_eq!(status, 200, "join: {body}");
+    })
+    .await;
+    // Messages room by room, so the first room is the least recent.
+    for (i, room) in rooms.iter().enumerate() {
+        let sends: Vec<(Client, String, usize)> = (0..messages)
+            .map(|n| (others[(i + n) % others.len()].clone(), room.clone(), n))
+            .collect();
+        in_parallel(sends, 4, |(client, room, n)| async move {
+            client.send_text(&room, &format!("message {n}")).await;
+        })
+        .await;
+    }
+    scores.setup = setup.elapsed();
+    println!(
+        "{name}: set-up {} rooms, {} joins, {} messages in {:.1} s",
+        rooms.len(),
+        rooms.len() * (members - 1),
+        rooms.len() * messages,
+        scores.setup.as_secs_f64()
+    );
+
+    // 1. The room list as Element X loads it.
+    let mut firsts = Vec::new();
+    let mut wholes = Vec::new();
+    for run in 0..10 {
+        let conn = format!("room-list-{run}");
+        let start = Instant::now();
+        let first = post(&user, None, 0, &room_list_body(&conn, 19)).await;
+        firsts.push(start.elapsed());
+        let count = first["lists"]["all_rooms"]["count"].as_u64().unwrap_or(0);
+        assert_eq!(count as usize, rooms.len(), "{name}: count");
+        let mut seen = first["rooms"].as_object().map_or(0, |r| r.len());
+        let mut pos = first["pos"].as_str().expect("pos").to_owned();
+        let mut end = 99;
+        loop {
+            let next = post(
+                &user,
+                Some(&pos),
+                0,
+                &room_list_body(&conn, end.min(count - 1)),
+            )
+            .await;
+            seen += next["rooms"].as_object().map_or(0, |r| r.len());
+            pos = next["pos"].as_str().expect("pos").to_owned();
+            if end >= count - 1 {
+                break;
+            }
+            end += 100;
+        }
+        wholes.push(start.elapsed());
+        assert_eq!(seen, rooms.len(), "{name}: every room loaded once");
+    }
+    firsts.sort();
+    wholes.sort();
+    scores.list_first = percentile(&firsts, 0.5);
+    scores.list_all = percentile(&wholes, 0.5);
+    println!(
+        "{name}: Element X room list of {} rooms: first response p50 {:.1} ms, all rooms p50 {:.1} ms",
+        rooms.len(),
+        ms(scores.list_first),
+        ms(scores.list_all)
+    );
+
+    // 2. A message moves its room to the top of a waiting connection.
+    let conn = "waiting";
+    let first = post(&user, None, 0, &room_list_body(conn, 19)).await;
+    let mut pos = first["pos"].as_str().expect("pos").to_owned();
+    let mut delays = Vec::new();
+    for round in 0..30 {
+        let waiting = {
+            let (user, pos) = (user.clone(), pos.clone());
+            tokio::spawn(async move {
+                let response = post(&user, Some(&pos), 30_000, &room_list_body(conn, 19)).await;
+                (response, Instant::now())
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // The least recent room each time (the first rooms got their messages first).
+        let room = &rooms[round % rooms.len()];
+        others[round % others.len()]
+            .send_text(room, &format!("to the top {round}"))
+            .await;
+        let sent = Instant::now();
+        let (mut response, mut arrived) = waiting.await.expect("waiting request");
+        // A response that went out before the message (receipts, typing) is followed.
+        while response["rooms"].get(room.as_str()).is_none() {
+            let next = response["pos"].as_str().expect("pos").to_owned();
+            response = post(&user, Some(&next), 30_000, &room_list_body(conn, 19)).await;
+            arrived = Instant::now();
+        }
+        delays.push(arrived.saturating_duration_since(sent));
+        pos = response["pos"].as_str().expect("pos").to_owned();
+    }
+    delays.sort();
+    scores.to_top = percentile(&delays, 0.5);
+    println!(
+        "{name}: a message to the top of a waiting room list: p50 {:.1} ms, p90 {:.1} ms",
+        ms(scores.to_top),
+        ms(percentile(&delays, 0.9))
+    );
+
+    // 3. Cold initial /sync after a restart.
+    let lazy_filter = encode(
+        &json!({ "room": { "state": { "lazy_load_members": true }, "timeline": { "limit": 10 } } })
+            .to_string(),
+    );
+    let mut full = Vec::new();
+    let mut lazy = Vec::new();
+    for _ in 0..3 {
+        for (filter, times) in [(None, &mut full), (Some(&lazy_filter), &mut lazy)] {
+            server.restart().await;
+            // The user's access token outlives the restart.
+            let client = &user;
+            let path = match filter {
+                None => "/_matrix/client/v3/sync".to_owned(),
+                Some(f) => format!("/_matrix/client/v3/sync?filter={f}"),
+            };
+            let start = Instant::now();
+            let (status, body) = client.get(&path).await;
+            times.push(start.elapsed());
+            assert_eq!(status, 200, "{name}: /sync");
+            assert_eq!(
+                body["rooms"]["join"].as_object().map_or(0, |r| r.len()),
+                rooms.len(),
+                "{name}: every room in the initial sync"
+            );
+        }
+    }
+    full.sort();
+    lazy.sort();
+    scores.sync_full = percentile(&full, 0.5);
+    scores.sync_lazy = percentile(&lazy, 0.5);
+    println!(
+        "{name}: initial /sync after a restart, {} rooms: full p50 {:.0} ms, lazy p50 {:.0} ms",
+        rooms.len(),
+        ms(scores.sync_full),
+        ms(scores.sync_lazy)
+    );
+    scores
+}
+
+#[tokio::main]
+async fn main() {
+    if !synapse::available() {
+        eprintln!(
+            "Synapse is not installed in {}: see complement-tests/src/synapse.rs",
+            synapse::venv().display()
+        );
+        std::process::exit(1);
+    }
+    build_release_server();
+    let backend = complement_tests::bench::backend();
+    println!("# Myelin against Synapse ({backend:?})");
+    let options = ServerOptions::default()
+        .env("MYELIN_LOG", "error")
+        .env("MYELIN_RATE_LIMITS_ENABLED", "false")
+        .durable();
+    let myelin = complement_tests::bench::start_server(backend, options).await;
+    let m = measure(Server::Myelin(myelin), "Myelin").await;
+    let synapse = synapse::Synapse::start(match backend {
+        Backend::Sqlite => Backend::Sqlite,
+        Backend::Postgres => Backend::Postgres,
+    })
+    .await
+    .expect("Synapse starts");
+    let s = measure(Server::Synapse(synapse), "Synapse").await;
+    let ratio = |mine: Duration, theirs: Duration| theirs.as_secs_f64() / mine.as_secs_f64();
+    println!("## Synapse's time / Myelin's time (higher is better for Myelin)");
+    println!(
+        "room list, first response: {:.1}x; whole list: {:.1}x",
+        ratio(m.list_first, s.list_first),
+        ratio(m.list_all, s.list_all)
+    );
+    println!("message to the top: {:.1}x", ratio(m.to_top, s.to_top));
+    println!(
+        "initial /sync after restart: full {:.1}x, lazy {:.1}x",
+        ratio(m.sync_full, s.sync_full),
+        ratio(m.sync_lazy, s.sync_lazy)
+    );
+    println!(
+        "set-up through the client API: {:.1}x",
+        ratio(m.setup, s.setup)
+    );
+}
