@@ -18,6 +18,8 @@
 //!    send's 200 to the response that moves the room to the top, 30 times;
 //! 3. after a restart of the server (cold caches), the user's initial `/sync`: full (no
 //!    filter) and lazy (lazy-loaded members, timeline limit 10), 3 restarts each.
+//!
+//! `BENCH_SYNAPSE=0` measures Myelin alone.
 
 use std::time::{Duration, Instant};
 
@@ -329,6 +331,10 @@ async fn main() {
         .durable();
     let myelin = complement_tests::bench::start_server(backend, options).await;
     let m = measure(Server::Myelin(myelin), "Myelin").await;
+    if std::env::var("BENCH_SYNAPSE").as_deref() == Ok("0") {
+        // Myelin alone, while tuning.
+        return;
+    }
     let synapse = synapse::Synapse::start(match backend {
         Backend::Sqlite => Backend::Sqlite,
         Backend::Postgres => Backend::Postgres,

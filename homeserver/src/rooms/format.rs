@@ -372,6 +372,20 @@ pub async fn sync_events(
     rows: &[EventRow],
     viewer: (&UserId, &DeviceId),
 ) -> Result<Vec<SyncEvent>, Error> {
+    Ok(sync_events_aligned(state, rows, viewer)
+        .await?
+        .into_iter()
+        .flatten()
+        .collect())
+}
+
+/// [`sync_events`] with one entry per row, `None` for a row that cannot be shown: for
+/// callers that format the events of many rooms at once and split them again.
+pub async fn sync_events_aligned(
+    state: &AppState,
+    rows: &[EventRow],
+    viewer: (&UserId, &DeviceId),
+) -> Result<Vec<Option<SyncEvent>>, Error> {
     let now = now_ms();
     // Read before what replaced events say is read: a redaction meanwhile keeps our copies
     // (made from the unredacted content) out of the cache.
@@ -401,12 +415,13 @@ pub async fn sync_events(
     for row in rows {
         if row.redacted_by.is_some() {
             let Some(mut value) = redacted.next().flatten() else {
+                out.push(None);
                 continue;
             };
             if let Some(object) = value.as_object_mut() {
                 object.remove("room_id");
             }
-            out.push(SyncEvent::Value(value));
+            out.push(Some(SyncEvent::Value(value)));
             continue;
         }
         let event = match cached.get(&row.event_id) {
@@ -415,15 +430,16 @@ pub async fn sync_events(
                 Ok(event) => event,
                 Err(e) => {
                     unreadable(row, &e);
+                    out.push(None);
                     continue;
                 }
             },
         };
-        out.push(SyncEvent::Shared {
+        out.push(Some(SyncEvent::Shared {
             event,
             age: (now - row.origin_server_ts).max(0),
             transaction_id: transaction_id_for(row, Some(viewer), &txns),
-        });
+        }));
     }
     Ok(out)
 }

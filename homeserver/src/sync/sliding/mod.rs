@@ -45,7 +45,7 @@ use super::{e2ee, receipt_event, stripped_state, token_before, unread_counts};
 use crate::{
     error::Error,
     push::rules::PUSH_RULES,
-    rooms::{format::sync_events, visibility::Visibility},
+    rooms::{format::sync_events_aligned, visibility::Visibility},
     AppState,
 };
 use conn::{Base, ConnState, RequiredState, SentRoom, MAX_LAZY_REMEMBERED};
@@ -767,6 +767,31 @@ async fn direct_rooms(state: &AppState, user: &str) -> Result<HashSet<String>, E
         .collect())
 }
 
+/// A room's members: `(user, membership, member event ID)`, as storage caches them.
+type Members = Arc<Vec<(String, String, String)>>;
+
+/// What one room of the response holds before its events are formatted.
+struct Draft<'p> {
+    room: Map<String, Value>,
+    room_id: &'p str,
+    /// Timeline rows, oldest first; `None` for invites and knocks.
+    timeline: Option<Vec<EventRow>>,
+    /// Event IDs of the required state to send (read for all rooms at once).
+    state_ids: Vec<String>,
+    /// State IDs to send although older than `after`: newly asked for, or lazy members.
+    always: HashSet<String>,
+    initial: bool,
+    after: i64,
+    /// Name and avatar event IDs.
+    name_avatar: Vec<String>,
+    /// Hero candidates `(user, member event ID)` when the room may need heroes.
+    heroes: Option<Vec<(String, String)>>,
+    joined: bool,
+}
+
+/// Builds the rooms of the response. Everything that needs the database is read for all
+/// rooms at once (state entries, the events behind them, their formatting), so a response
+/// of a hundred rooms costs a handful of statements, not a handful per room.
 async fn build_rooms(
     state: &AppState,
     req: &SlidingRequest,
@@ -807,7 +832,8 @@ async fn build_rooms(
         for (t, _) in &p.sel.config.required_state {
             if t == "*" {
                 whole_state_rooms.push(p.sel.m.room_id.as_str());
-            } else {
+            } else if t != "m.room.member" {
+                // Members come from the room's member list (cached), not this read.
                 types.insert(t.as_str());
             }
         }
@@ -834,9 +860,11 @@ async fn build_rooms(
         }
     }
 
-    let mut out = Map::new();
+    // 1. Per room: the timeline, and which events it needs.
+    let mut drafts: Vec<Draft> = Vec::with_capacity(plans.len());
     let mut delivered = Vec::new();
     let mut lazy_sent = Vec::new();
+    let mut members_of: HashMap<&str, Members> = HashMap::new();
     for p in plans {
         let m = p.sel.m;
         let room_id = m.room_id.as_str();
@@ -852,13 +880,25 @@ async fn build_rooms(
         if dm_rooms.contains(room_id) {
             room.insert("is_dm".into(), true.into());
         }
+        let mut draft = Draft {
+            room,
+            room_id,
+            timeline: None,
+            state_ids: Vec::new(),
+            always: HashSet::new(),
+            initial: p.initial,
+            after: p.after,
+            name_avatar: Vec::new(),
+            heroes: None,
+            joined: m.membership == "join",
+        };
         if matches!(m.membership.as_str(), "invite" | "knock") {
             if p.initial {
                 let stripped = stripped_state(state, m).await?;
-                room.insert("invite_state".into(), json!(stripped));
-                room.insert("stripped_state".into(), json!(stripped));
+                draft.room.insert("invite_state".into(), json!(stripped));
+                draft.room.insert("stripped_state".into(), json!(stripped));
             }
-            out.insert(room_id.to_owned(), Value::Object(room));
+            drafts.push(draft);
             continue;
         }
 
@@ -899,111 +939,193 @@ async fn build_rooms(
                 .count()
         };
         if let Some(first) = rows.first() {
-            room.insert("prev_batch".into(), token_before(first).into());
+            draft
+                .room
+                .insert("prev_batch".into(), token_before(first).into());
         }
         if limited {
-            room.insert("limited".into(), true.into());
+            draft.room.insert("limited".into(), true.into());
         }
         if p.expanded {
-            room.insert("expanded_timeline".into(), true.into());
+            draft.room.insert("expanded_timeline".into(), true.into());
         }
-        room.insert("num_live".into(), num_live.into());
+        draft.room.insert("num_live".into(), num_live.into());
+
+        let members = state.storage.room_members(room_id).await?;
+        let count = |which: &str| members.iter().filter(|(_, m, _)| m == which).count();
+        draft
+            .room
+            .insert("joined_count".into(), count("join").into());
+        draft
+            .room
+            .insert("invited_count".into(), count("invite").into());
 
         // Required state: all that matches on a first send; otherwise what changed since,
-        // and whole what a grown config asks for that the old one did not.
+        // and whole what a grown config asks for that the old one did not. Members are in
+        // the room's member list.
         let room_state = current.get(room_id);
-        let mut wanted_ids: Vec<String> = Vec::new();
-        let mut newly_wanted: HashSet<String> = HashSet::new();
-        for ((t, k), id) in room_state.into_iter().flatten() {
-            if p.sel.config.wants(user, t, k) {
-                wanted_ids.push(id.clone());
+        let config = &p.sel.config;
+        let members_wanted = config
+            .required_state
+            .iter()
+            .any(|(t, k)| (t == "*" || t == "m.room.member") && k != "$LAZY");
+        let entries = room_state
+            .into_iter()
+            .flatten()
+            .filter(|((t, _), _)| t != "m.room.member")
+            .map(|((t, k), id)| (t.as_str(), k.as_str(), id))
+            .chain(
+                members
+                    .iter()
+                    .filter(|_| members_wanted)
+                    .map(|(u, _, id)| ("m.room.member", u.as_str(), id)),
+            );
+        for (t, k, id) in entries {
+            if config.wants(user, t, k) {
+                draft.state_ids.push(id.clone());
                 if p.old_required
                     .as_ref()
                     .is_some_and(|old| !wants(old, user, t, k))
                 {
-                    newly_wanted.insert(id.clone());
+                    draft.always.insert(id.clone());
                 }
             }
         }
         // Lazy members (MSC4186): the member events of the timeline's senders and targets
         // that the connection does not hold yet. A limited timeline makes the client drop
         // its member cache, so then they are all sent again.
-        let mut lazy_ids: HashSet<String> = HashSet::new();
-        let mut lazy_now: BTreeSet<Arc<str>> = BTreeSet::new();
-        if p.sel.config.lazy_members() {
-            let mut members: BTreeSet<&str> = rows.iter().map(|r| r.sender.as_str()).collect();
+        if config.lazy_members() {
+            let mut wanted: BTreeSet<&str> = rows.iter().map(|r| r.sender.as_str()).collect();
             for r in &rows {
                 if r.event_type == "m.room.member" {
                     if let Some(k) = &r.state_key {
-                        members.insert(k);
+                        wanted.insert(k);
                     }
                 }
             }
-            let keys: Vec<(&str, &str)> = members.iter().map(|u| ("m.room.member", *u)).collect();
-            let held = |e: &EventRow| {
-                !limited
-                    && e.state_key
-                        .as_deref()
-                        .is_some_and(|k| p.old_lazy.contains(k))
-                    && e.stream_ordering.unwrap_or(0) <= p.after
-            };
-            for e in state.storage.current_state_events(room_id, &keys).await? {
-                if let Some(k) = e.state_key.as_deref() {
-                    lazy_now.insert(Arc::from(k));
-                }
-                if !held(&e) {
-                    lazy_ids.insert(e.event_id.clone());
-                    wanted_ids.push(e.event_id);
-                }
-            }
-        }
-        let timeline_ids: HashSet<&str> = rows.iter().map(|r| r.event_id.as_str()).collect();
-        wanted_ids.retain(|id| !timeline_ids.contains(id.as_str()));
-        wanted_ids.sort();
-        wanted_ids.dedup();
-        let mut state_rows = if wanted_ids.is_empty() {
-            Vec::new()
-        } else {
-            state.storage.get_events(&wanted_ids).await?
-        };
-        if !p.initial {
-            state_rows.retain(|r| {
-                r.stream_ordering.unwrap_or(0) > p.after
-                    || newly_wanted.contains(&r.event_id)
-                    || lazy_ids.contains(&r.event_id)
-            });
-        }
-        state_rows.sort_by_key(|r| r.stream_ordering);
-        if p.sel.config.lazy_members() {
-            // What the client holds now: the members it had (unless it dropped them) and
-            // those of this timeline, bounded.
             let mut held: BTreeSet<Arc<str>> = if limited || p.initial {
                 BTreeSet::new()
             } else {
                 (*p.old_lazy).clone()
             };
-            held.extend(lazy_now);
+            for (u, _, id) in members.iter().filter(|(u, ..)| wanted.contains(u.as_str())) {
+                let known = !limited && !p.initial && p.old_lazy.contains(u.as_str());
+                // Whether its event is older than what was sent is seen once it is read:
+                // a known member's event is sent only if it changed since.
+                if !known {
+                    draft.always.insert(id.clone());
+                }
+                draft.state_ids.push(id.clone());
+                held.insert(Arc::from(u.as_str()));
+            }
             if held.len() > MAX_LAZY_REMEMBERED {
                 held.clear();
             }
             lazy_sent.push((room_id.to_owned(), Arc::new(held)));
         }
+        let timeline_ids: HashSet<&str> = rows.iter().map(|r| r.event_id.as_str()).collect();
+        draft
+            .state_ids
+            .retain(|id| !timeline_ids.contains(id.as_str()));
+        draft.state_ids.sort();
+        draft.state_ids.dedup();
 
-        // Name, avatar and heroes: on a first send, or when they changed.
-        let name_avatar_ids: Vec<String> = ["m.room.name", "m.room.avatar"]
+        // Name, avatar and heroes.
+        draft.name_avatar = ["m.room.name", "m.room.avatar"]
             .iter()
             .filter_map(|t| room_state.and_then(|s| s.get(&(t.to_string(), String::new()))))
             .cloned()
             .collect();
+        // Heroes are read along with the rest for a room without a name event; a room whose
+        // name is empty (rare) reads them when it finds out.
+        if draft.name_avatar.is_empty()
+            || room_state.is_none_or(|s| !s.contains_key(&("m.room.name".into(), String::new())))
+        {
+            draft.heroes = Some(hero_candidates(user, &members));
+        }
+        members_of.insert(room_id, members);
+        draft.timeline = Some(rows);
+        drafts.push(draft);
+    }
+
+    // 2. Every event the rooms need, in one read.
+    let mut ids: Vec<String> = drafts
+        .iter()
+        .flat_map(|d| {
+            d.state_ids
+                .iter()
+                .chain(&d.name_avatar)
+                .chain(d.heroes.iter().flatten().map(|(_, id)| id))
+        })
+        .cloned()
+        .collect();
+    ids.sort();
+    ids.dedup();
+    let events: HashMap<String, EventRow> = state
+        .storage
+        .get_events(&ids)
+        .await?
+        .into_iter()
+        .map(|e| (e.event_id.clone(), e))
+        .collect();
+
+    // 3. Which state rows each room sends; then all rows formatted at once.
+    let mut all_rows: Vec<EventRow> = Vec::new();
+    // Per draft: (timeline range, state range) in `all_rows`.
+    let mut ranges = Vec::with_capacity(drafts.len());
+    for d in &drafts {
+        let timeline_start = all_rows.len();
+        if let Some(rows) = &d.timeline {
+            all_rows.extend(rows.iter().cloned());
+        }
+        let state_start = all_rows.len();
+        let mut state_rows: Vec<&EventRow> = d
+            .state_ids
+            .iter()
+            .filter_map(|id| events.get(id))
+            .filter(|r| {
+                d.initial
+                    || r.stream_ordering.unwrap_or(0) > d.after
+                    || d.always.contains(&r.event_id)
+            })
+            .collect();
+        state_rows.sort_by_key(|r| r.stream_ordering);
+        all_rows.extend(state_rows.into_iter().cloned());
+        ranges.push((timeline_start..state_start, state_start..all_rows.len()));
+    }
+    let mut formatted = sync_events_aligned(state, &all_rows, viewer)
+        .await?
+        .into_iter()
+        .map(Some)
+        .collect::<Vec<_>>();
+    let mut take = |range: std::ops::Range<usize>| -> Vec<super::SyncEvent> {
+        formatted[range]
+            .iter_mut()
+            .filter_map(|e| e.take().flatten())
+            .collect()
+    };
+
+    // 4. The rooms.
+    let mut out = Map::new();
+    for (d, (timeline_range, state_range)) in drafts.into_iter().zip(ranges) {
+        let Draft {
+            mut room, room_id, ..
+        } = d;
+        let Some(timeline) = &d.timeline else {
+            out.insert(room_id.to_owned(), Value::Object(room));
+            continue;
+        };
+        let state_rows = &all_rows[state_range.clone()];
         let mut named = false;
-        for row in state.storage.get_events(&name_avatar_ids).await? {
+        for id in &d.name_avatar {
+            let Some(row) = events.get(id) else { continue };
             let content = row
                 .parse_pdu::<Value>()
                 .map_err(Error::internal)?
                 .get("content")
                 .cloned()
                 .unwrap_or_default();
-            let changed = p.initial || row.stream_ordering.unwrap_or(0) > p.after;
+            let changed = d.initial || row.stream_ordering.unwrap_or(0) > d.after;
             match row.event_type.as_str() {
                 "m.room.name" => {
                     let name = content["name"].as_str().filter(|n| !n.is_empty());
@@ -1019,18 +1141,32 @@ async fn build_rooms(
                 }
             }
         }
-        let members_changed = rows
+        let members_changed = timeline
             .iter()
-            .chain(&state_rows)
+            .chain(state_rows)
             .any(|r| r.event_type == "m.room.member");
-        let members = state.storage.room_members(room_id).await?;
-        let count = |which: &str| members.iter().filter(|(_, m, _)| m == which).count();
-        room.insert("joined_count".into(), count("join").into());
-        room.insert("invited_count".into(), count("invite").into());
-        if !named && (p.initial || members_changed) {
-            room.insert("heroes".into(), json!(heroes(state, user, &members).await?));
+        if !named && (d.initial || members_changed) {
+            let value = match &d.heroes {
+                Some(candidates) => heroes(candidates, &events)?,
+                None => {
+                    let candidates = members_of
+                        .get(room_id)
+                        .map(|m| hero_candidates(user, m))
+                        .unwrap_or_default();
+                    let ids: Vec<String> = candidates.iter().map(|(_, id)| id.clone()).collect();
+                    let read: HashMap<String, EventRow> = state
+                        .storage
+                        .get_events(&ids)
+                        .await?
+                        .into_iter()
+                        .map(|e| (e.event_id.clone(), e))
+                        .collect();
+                    heroes(&candidates, &read)?
+                }
+            };
+            room.insert("heroes".into(), value);
         }
-        if m.membership == "join" {
+        if d.joined {
             let (counts, _) = unread_counts(unread.iter().filter(|c| c.room_id == room_id), false);
             room.insert(
                 "notification_count".into(),
@@ -1038,44 +1174,41 @@ async fn build_rooms(
             );
             room.insert("highlight_count".into(), counts["highlight_count"].clone());
         }
-        room.insert(
-            "timeline".into(),
-            events_json(&sync_events(state, &rows, viewer).await?)?,
-        );
-        room.insert(
-            "required_state".into(),
-            events_json(&sync_events(state, &state_rows, viewer).await?)?,
-        );
+        room.insert("timeline".into(), events_json(&take(timeline_range))?);
+        room.insert("required_state".into(), events_json(&take(state_range))?);
         out.insert(room_id.to_owned(), Value::Object(room));
     }
     Ok((out, delivered, lazy_sent))
 }
 
 /// Up to five other members to name an unnamed room by: joined first, then invited, then
-/// those who left, with the display name and avatar of their member events.
-async fn heroes(
-    state: &AppState,
-    user: &str,
-    members: &[(String, String, String)],
-) -> Result<Vec<Value>, Error> {
-    let mut picked: Vec<&(String, String, String)> = Vec::new();
+/// those who left: `(user, member event ID)`.
+fn hero_candidates(user: &str, members: &[(String, String, String)]) -> Vec<(String, String)> {
+    let mut picked: Vec<(String, String)> = Vec::new();
     for wanted in ["join", "invite", "leave"] {
-        picked.extend(
-            members
-                .iter()
-                .filter(|(u, m, _)| u != user && m == wanted)
-                .take(5 - picked.len()),
-        );
+        for (u, _, id) in members
+            .iter()
+            .filter(|(u, m, _)| u != user && m == wanted)
+            .take(5 - picked.len())
+        {
+            picked.push((u.clone(), id.clone()));
+        }
         if picked.len() >= 5 {
             break;
         }
     }
-    let ids: Vec<String> = picked.iter().map(|(_, _, id)| id.clone()).collect();
-    let rows = state.storage.get_events(&ids).await?;
+    picked
+}
+
+/// The heroes, with the display name and avatar of their member events.
+fn heroes(
+    candidates: &[(String, String)],
+    events: &HashMap<String, EventRow>,
+) -> Result<Value, Error> {
     let mut out = Vec::new();
-    for (u, _, id) in picked {
+    for (u, id) in candidates {
         let mut hero = json!({ "user_id": u });
-        if let Some(row) = rows.iter().find(|r| r.event_id == *id) {
+        if let Some(row) = events.get(id) {
             let pdu: Value = row.parse_pdu().map_err(Error::internal)?;
             if let Some(name) = pdu["content"]["displayname"].as_str() {
                 hero["displayname"] = name.into();
@@ -1086,7 +1219,7 @@ async fn heroes(
         }
         out.push(hero);
     }
-    Ok(out)
+    Ok(Value::Array(out))
 }
 
 fn events_json(events: &[super::SyncEvent]) -> Result<Value, Error> {
