@@ -96,6 +96,24 @@ pub fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// The server process's CPU time so far (user + system).
+pub fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which is in parentheses and may hold spaces).
+    let rest = stat.rsplit(')').next().unwrap_or("");
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // utime and stime are fields 14 and 15 of the whole line: 11 and 12 after the name.
+    let total = ticks(11) + ticks(12);
+    // In clock ticks: 100 per second (Linux's USER_HZ).
+    Duration::from_millis(total * 10)
+}
+
 /// Creates a public room named `name`; panics on failure.
 pub async fn create_room(client: &Client, name: &str) -> String {
     let (status, body) = client

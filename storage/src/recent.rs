@@ -574,6 +574,7 @@ mod tests {
             state_after: Some(1),
             rejected: false,
             redacted_by: None,
+            replaces_state: None,
         }
     }
 

@@ -37,11 +37,15 @@ pub struct EventRow {
     pub state_after: Option<i64>,
     pub rejected: bool,
     pub redacted_by: Option<String>,
+    /// For a state event written since migration 0015: the event it replaced (`Some("")`:
+    /// none). `None` when not recorded (messages, older rows).
+    pub replaces_state: Option<String>,
 }
 
 pub(crate) const EVENT_COLUMNS: &str =
     "event_id, room_id, stream_ordering, depth, event_type, state_key, sender, \
-     origin_server_ts, pdu, state_before, state_after, rejected_reason, redacted_by";
+     origin_server_ts, pdu, state_before, state_after, rejected_reason, redacted_by, \
+     replaces_state";
 
 pub(crate) fn event_from_row(row: &AnyRow) -> Result<EventRow> {
     let mut event = EventRow {
@@ -60,6 +64,7 @@ pub(crate) fn event_from_row(row: &AnyRow) -> Result<EventRow> {
             .try_get::<Option<String>, _>("rejected_reason")?
             .is_some(),
         redacted_by: row.try_get("redacted_by")?,
+        replaces_state: row.try_get("replaces_state")?,
     };
     let stored: String = row.try_get("pdu")?;
     event.pdu = pdu_form::restore(&stored, event.pdu_columns())?;
@@ -87,6 +92,14 @@ impl EventRow {
 /// `$1, $2, …, $n`, for an `IN (…)` list.
 pub(crate) fn placeholders(n: usize) -> String {
     placeholders_from(1, n)
+}
+
+/// The length an `IN (…)` list of `n` values is padded to (repeating its last value): a
+/// power of two, so that lists of every length share a few statements. Each distinct
+/// statement is prepared once per connection and kept in its statement cache; one per list
+/// length made a cold server prepare (and evict) a statement for almost every read.
+pub(crate) fn padded_len(n: usize) -> usize {
+    n.max(1).next_power_of_two()
 }
 
 /// `$first, …, $(first + n - 1)`: an `IN (…)` list after `first - 1` other parameters.
@@ -154,6 +167,9 @@ pub struct NewEvent<'a> {
     pub txn: Option<(&'a str, &'a str, &'a str)>,
     /// For a room's create event: inserts the room (and its alias) in the same transaction.
     pub new_room: Option<NewRoom<'a>>,
+    /// For a state event: the event it replaces in the state it is placed on (`""`: none),
+    /// when the writer knows it (stored, see migration 0015).
+    pub replaces_state: Option<&'a str>,
     /// `(rel_type, parent event ID)` from the content's `m.relates_to`.
     pub relates_to: Option<(&'a str, &'a str)>,
     /// For a redaction the homeserver decided to apply: `(target event ID, the target's
@@ -385,6 +401,7 @@ impl Storage {
                     state_after: Some(*after),
                     rejected: false,
                     redacted_by: None,
+                    replaces_state: event.replaces_state.map(str::to_owned),
                 })
                 .collect(),
             recent_push_rows,
@@ -631,9 +648,10 @@ impl Storage {
         // 2. The events, one multi-row insert.
         let sql = format!(
             "INSERT INTO events (event_id, room_id, stream_ordering, depth, event_type, state_key, sender,
-                                 origin_server_ts, pdu, state_before, state_after, txn_device, txn_id, txn_hash)
+                                 origin_server_ts, pdu, state_before, state_after, txn_device, txn_id, txn_hash,
+                                 replaces_state)
              VALUES {}",
-            value_rows(events.len(), 14)
+            value_rows(events.len(), 15)
         );
         let mut query = sqlx::query(AssertSqlSafe(sql.as_str()));
         for (((event, position), (before, after)), stored_pdu) in
@@ -657,7 +675,8 @@ impl Storage {
                     event
                         .txn
                         .map(|(user, device, txn_id)| txn_hash(user, device, txn_id)),
-                );
+                )
+                .bind(event.replaces_state.filter(|_| event.state_key.is_some()));
         }
         query.execute(&mut *tx).await?;
 
@@ -957,14 +976,15 @@ impl Storage {
     /// Events by ID, in no particular order; missing ones are left out.
     pub async fn get_events(&self, event_ids: &[String]) -> Result<Vec<EventRow>> {
         let mut out = Vec::with_capacity(event_ids.len());
-        for chunk in event_ids.chunks(100) {
+        for chunk in event_ids.chunks(128) {
+            let padded = padded_len(chunk.len());
             let sql = format!(
                 "SELECT {EVENT_COLUMNS} FROM events WHERE event_id IN ({})",
-                placeholders(chunk.len())
+                placeholders(padded)
             );
             let mut query = sqlx::query(AssertSqlSafe(sql.as_str()));
-            for id in chunk {
-                query = query.bind(id);
+            for i in 0..padded {
+                query = query.bind(&chunk[i.min(chunk.len() - 1)]);
             }
             for row in query.fetch_all(&self.pool).await? {
                 out.push(event_from_row(&row)?);

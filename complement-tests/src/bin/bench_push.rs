@@ -30,7 +30,7 @@ use std::{
 };
 
 use complement_tests::{
-    bench::{build_release_server, create_room, env_num, join, ms, percentile},
+    bench::{build_release_server, cpu_time, create_room, env_num, join, ms, percentile},
     encode, Client, FakeGateway, ServerOptions,
 };
 use serde_json::{json, Value};
@@ -65,24 +65,6 @@ async fn set_pusher(client: &Client, url: &str, pushkey: &str) {
         )
         .await;
     assert_eq!(status, 200, "pushers/set: {body}");
-}
-
-/// The server process's CPU time so far (user + system).
-fn cpu_time(pid: u32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name (which is in parentheses and may hold spaces).
-    let rest = stat.rsplit(')').next().unwrap_or("");
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    // utime and stime are fields 14 and 15 of the whole line: 11 and 12 after the name.
-    let total = ticks(11) + ticks(12);
-    // In clock ticks: 100 per second (Linux's USER_HZ).
-    Duration::from_millis(total * 10)
 }
 
 fn event_ids(notifications: &[Value]) -> Vec<String> {

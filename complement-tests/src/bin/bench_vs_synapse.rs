@@ -24,7 +24,7 @@
 use std::time::{Duration, Instant};
 
 use complement_tests::{
-    bench::{build_release_server, env_num, ms, percentile},
+    bench::{build_release_server, cpu_time, env_num, ms, percentile},
     encode, synapse, Backend, Client, ServerOptions,
 };
 use serde_json::{json, Value};
@@ -98,6 +98,13 @@ enum Server {
 }
 
 impl Server {
+    fn pid(&self) -> Option<u32> {
+        match self {
+            Server::Myelin(s) => s.pid(),
+            Server::Synapse(s) => s.pid(),
+        }
+    }
+
     async fn register_user(&self, prefix: &str) -> Client {
         match self {
             Server::Myelin(s) => s.register_user(prefix).await,
@@ -280,6 +287,7 @@ async fn measure(mut server: Server, name: &str) -> Scores {
     );
     let mut full = Vec::new();
     let mut lazy = Vec::new();
+    let mut cpu_used = Vec::new();
     for _ in 0..3 {
         for (filter, times) in [(None, &mut full), (Some(&lazy_filter), &mut lazy)] {
             server.restart().await;
@@ -289,10 +297,21 @@ async fn measure(mut server: Server, name: &str) -> Scores {
                 None => "/_matrix/client/v3/sync".to_owned(),
                 Some(f) => format!("/_matrix/client/v3/sync?filter={f}"),
             };
+            let pid = server.pid().expect("a process of our own");
+            let cpu = cpu_time(pid);
             let start = Instant::now();
             let (status, body) = client.get(&path).await;
             times.push(start.elapsed());
+            cpu_used.push(cpu_time(pid).saturating_sub(cpu));
             assert_eq!(status, 200, "{name}: /sync");
+            if std::env::var("BENCH_WARM").is_ok() {
+                let start = Instant::now();
+                client.get(&path).await;
+                println!(
+                    "{name}: the same /sync again (warm): {:.0} ms",
+                    ms(start.elapsed())
+                );
+            }
             assert_eq!(
                 body["rooms"]["join"].as_object().map_or(0, |r| r.len()),
                 rooms.len(),
@@ -302,6 +321,11 @@ async fn measure(mut server: Server, name: &str) -> Scores {
     }
     full.sort();
     lazy.sort();
+    cpu_used.sort();
+    println!(
+        "{name}: server CPU time per cold initial /sync: p50 {:.0} ms",
+        ms(percentile(&cpu_used, 0.5))
+    );
     scores.sync_full = percentile(&full, 0.5);
     scores.sync_lazy = percentile(&lazy, 0.5);
     println!(

@@ -69,30 +69,41 @@ impl Replaced {
 }
 
 /// For each state event among `rows`, by event ID, the state event it replaced (if any):
-/// one point lookup of its key in the state it was placed on (all of them in a few
-/// statements, never a whole state) and one query for the events.
+/// recorded with the event when it was written (migration 0015), else one point lookup of
+/// its key in the state it was placed on (all of them in a few statements, never a whole
+/// state); then one query for the replaced events.
 async fn replaced_states<'a>(
     state: &AppState,
     rows: impl IntoIterator<Item = &'a EventRow>,
 ) -> Result<HashMap<String, Replaced>, Error> {
+    // (event ID, replaced event ID)
+    let mut previous: Vec<(String, String)> = Vec::new();
     let mut events = Vec::new();
     let mut requests = Vec::new();
     for row in rows {
-        let (Some(state_key), Some(snapshot)) = (&row.state_key, row.state_before) else {
+        if row.state_key.is_none() {
             continue;
-        };
-        events.push(row.event_id.clone());
-        requests.push((snapshot, row.event_type.clone(), state_key.clone()));
+        }
+        match &row.replaces_state {
+            Some(prev) if prev.is_empty() => {}
+            Some(prev) => previous.push((row.event_id.clone(), prev.clone())),
+            None => {
+                let (Some(state_key), Some(snapshot)) = (&row.state_key, row.state_before) else {
+                    continue;
+                };
+                events.push(row.event_id.clone());
+                requests.push((snapshot, row.event_type.clone(), state_key.clone()));
+            }
+        }
     }
-    if requests.is_empty() {
-        return Ok(HashMap::new());
+    if !requests.is_empty() {
+        previous.extend(
+            events
+                .into_iter()
+                .zip(state.storage.state_lookups(&requests).await?)
+                .filter_map(|(event, prev)| Some((event, prev?))),
+        );
     }
-    // (event ID, replaced event ID)
-    let previous: Vec<(String, String)> = events
-        .into_iter()
-        .zip(state.storage.state_lookups(&requests).await?)
-        .filter_map(|(event, prev)| Some((event, prev?)))
-        .collect();
     if previous.is_empty() {
         return Ok(HashMap::new());
     }
@@ -487,6 +498,7 @@ mod tests {
             state_after: None,
             rejected: false,
             redacted_by: None,
+            replaces_state: None,
         }
     }
 

@@ -407,6 +407,9 @@ struct Prepared {
     redacts: Option<(String, String)>,
     /// The local users the event notifies or highlights (`push_actions.rs`).
     push_actions: Vec<myelin_storage::NewPushAction>,
+    /// For a state event: the event it replaced in the head's state (`""`: none), stored so
+    /// that readers need not look it up (migration 0015).
+    replaces_state: Option<String>,
 }
 
 impl Prepared {
@@ -446,6 +449,8 @@ impl Prepared {
             txn,
             redacts: None,
             push_actions: Vec::new(),
+            // A room's create event replaces nothing; `place` sets it for other state events.
+            replaces_state: pdu.state_key.is_some().then(String::new),
         })
     }
 
@@ -471,6 +476,7 @@ impl Prepared {
                 .as_ref()
                 .map(|(u, d, t)| (u.as_str(), d.as_str(), t.as_str())),
             new_room: None,
+            replaces_state: self.replaces_state.as_deref(),
             relates_to: self
                 .relates_to
                 .as_ref()
@@ -749,6 +755,7 @@ async fn place(
             (pdu.kind.to_string(), state_key.clone()),
             built.event_id.to_string(),
         );
+        prepared.replaces_state = Some(replaced.clone().unwrap_or_default());
         if pdu.kind == TimelineEventType::RoomMember {
             head.members.insert(
                 state_key.clone(),

@@ -28,6 +28,8 @@ pub mod ws;
 
 use std::{collections::HashSet, time::Duration};
 
+use futures_util::{StreamExt, TryStreamExt};
+
 use myelin_storage::{EventRow, MembershipRow, StateMap, UnreadCount};
 use ruma::{DeviceId, UserId};
 use serde_json::{json, Map, Value};
@@ -36,7 +38,7 @@ use crate::{
     error::Error,
     push::rules::PUSH_RULES,
     rooms::{
-        format::{client_events, sync_events, SyncEvent},
+        format::{client_events, sync_events_aligned, SyncEvent},
         visibility::Visibility,
     },
     AppState,
@@ -195,7 +197,7 @@ async fn compute(
     // `typing_serial` was read before the rooms, so a change during this computation is
     // sent again next time rather than lost.
 
-    let mut join = Vec::new();
+    let mut joined = Vec::new();
     let mut invite = Map::new();
     let mut knock = Map::new();
     let mut leave = Map::new();
@@ -226,20 +228,22 @@ async fn compute(
                 // The row's position is that of the join itself; a later join -> join (a
                 // profile change) does not move it, so it is no reason to resend the room.
                 let fresh = initial || m.stream_ordering > since;
-                let ephemeral = ephemeral(state, req, m, fresh, upto, &receipts).await?;
-                let room = joined_room(
-                    state,
-                    req,
-                    m,
-                    since,
-                    upto,
-                    fresh,
-                    room_account_data,
-                    ephemeral,
-                );
-                if let Some(room) = room.await? {
-                    join.push((m, room));
-                }
+                let receipts = &receipts;
+                joined.push(async move {
+                    let ephemeral = ephemeral(state, req, m, fresh, upto, receipts).await?;
+                    let room = joined_room(
+                        state,
+                        req,
+                        m,
+                        since,
+                        upto,
+                        fresh,
+                        room_account_data,
+                        ephemeral,
+                    )
+                    .await?;
+                    Ok::<_, Error>(room.map(|room| (m, room)))
+                });
             }
             "invite" if initial || m.stream_ordering > since => {
                 invite.insert(
@@ -264,6 +268,16 @@ async fn compute(
             _ => {}
         }
     }
+    // The joined rooms, several at a time: each is a few reads, and an initial sync of
+    // hundreds of rooms would otherwise wait for each read in turn.
+    let mut join: Vec<(&MembershipRow, JoinedRoom)> = futures_util::stream::iter(joined)
+        .buffered(JOINED_ROOMS_AT_ONCE)
+        .try_collect::<Vec<_>>()
+        .await?
+        .into_iter()
+        .flatten()
+        .collect();
+    format_joined(state, req, &mut join).await?;
 
     // Unread counts at `upto`, the position the timelines end at (a response that carries an
     // event carries counts that include it), of the rooms answered with: a room with nothing
@@ -384,6 +398,9 @@ pub(crate) fn token_before(row: &EventRow) -> String {
 /// Events looked at per room before a filtered timeline gives up filling its limit (then it
 /// is `limited`, and `prev_batch` continues from the last event looked at).
 const TIMELINE_SCAN_BUDGET: usize = 1000;
+/// Joined rooms computed at once by one sync: enough to keep a few database connections
+/// busy (a pool has 32 on PostgreSQL, 8 on SQLite) without one sync taking them all.
+const JOINED_ROOMS_AT_ONCE: usize = 6;
 /// Events read per storage call while filling a filtered timeline.
 const TIMELINE_CHUNK: i64 = 100;
 
@@ -640,10 +657,12 @@ async fn joined_room(
         None
     };
     Ok(Some(JoinedRoom {
-        timeline: sync_events(state, &rows, (req.user, req.device)).await?,
+        // Formatted by the caller, for all rooms at once.
+        timeline: Vec::new(),
         limited,
         prev_batch,
-        state: sync_events(state, &state_rows, (req.user, req.device)).await?,
+        state: Vec::new(),
+        rows: Some((rows, state_rows)),
         account_data,
         ephemeral,
         summary,
@@ -651,6 +670,38 @@ async fn joined_room(
         unread_notifications: Value::Null,
         unread_thread_notifications: None,
     }))
+}
+
+/// Formats the timelines and state of the joined rooms, all in one go (a handful of reads
+/// for all rooms instead of per room).
+async fn format_joined(
+    state: &AppState,
+    req: &SyncRequest<'_>,
+    join: &mut [(&MembershipRow, JoinedRoom)],
+) -> Result<(), Error> {
+    let mut all: Vec<EventRow> = Vec::new();
+    let mut spans = Vec::with_capacity(join.len());
+    for (_, room) in join.iter_mut() {
+        let (rows, state_rows) = room.rows.take().unwrap_or_default();
+        let start = all.len();
+        all.extend(rows);
+        let middle = all.len();
+        all.extend(state_rows);
+        spans.push((start, middle, all.len()));
+    }
+    let mut formatted: Vec<Option<SyncEvent>> =
+        sync_events_aligned(state, &all, (req.user, req.device)).await?;
+    for ((_, room), (start, middle, end)) in join.iter_mut().zip(spans) {
+        room.timeline = formatted[start..middle]
+            .iter_mut()
+            .filter_map(Option::take)
+            .collect();
+        room.state = formatted[middle..end]
+            .iter_mut()
+            .filter_map(Option::take)
+            .collect();
+    }
+    Ok(())
 }
 
 async fn left_room(

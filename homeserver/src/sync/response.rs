@@ -9,6 +9,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::rooms::format::SyncEvent;
+use myelin_storage::EventRow;
 
 /// A `/sync` response (or WebSocket frame).
 #[derive(Debug)]
@@ -37,6 +38,8 @@ pub struct JoinedRoom {
     pub ephemeral: Vec<SyncEvent>,
     /// Only when the members changed (or the room is new to the client).
     pub summary: Option<Value>,
+    /// The timeline and state rows until they are formatted (for all rooms at once).
+    pub rows: Option<(Vec<EventRow>, Vec<EventRow>)>,
     /// `{notification_count, highlight_count}`, at the response's position.
     pub unread_notifications: Value,
     /// Per thread root, when the filter asks for it (and there are any).
@@ -238,6 +241,7 @@ mod tests {
                     json!({ "type": "m.typing", "content": { "user_ids": [] } }),
                 )],
                 summary: Some(json!({ "m.joined_member_count": 2 })),
+                rows: None,
                 unread_notifications: json!({ "notification_count": 1, "highlight_count": 0 }),
                 unread_thread_notifications: None,
             },

@@ -1,0 +1,14 @@
+-- The state event each state event replaced, recorded when it is written.
+--
+-- Clients are shown a state event with `unsigned.replaces_state` and `prev_content`: the
+-- event that held its (type, state key) before it. Finding that afterwards is a lookup of
+-- the key in the state the event was placed on, which for a key that was never set walks
+-- the snapshot's whole chain of lines; an initial /sync of 300 rooms made 4,800 such lookups
+-- and spent most of its time on them. The writer knows the answer (its room head holds the
+-- current state), so it is stored with the event:
+--
+--   NULL  not recorded: a message, or a state event stored before this migration (readers
+--         then look it up as before);
+--   ''    a state event that replaced nothing;
+--   $id   the event it replaced.
+ALTER TABLE events ADD COLUMN replaces_state TEXT;
