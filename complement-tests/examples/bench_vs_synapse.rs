@@ -1,23 +1,29 @@
 //! Myelin against Synapse on the same machine and workload (issue 12's comparative targets).
 //!
 //! ```sh
-//! cargo run --release -p complement-tests --bin bench_vs_synapse     # PostgreSQL
+//! cargo run --release -p complement-tests --example bench_vs_synapse     # PostgreSQL
 //! ```
 //!
-//! Needs Synapse in a virtualenv (see `complement-tests/src/synapse.rs`). Both servers run
-//! on PostgreSQL with its normal durability (`BENCH_BACKEND=sqlite` for SQLite), rate limits
+//! An example rather than a binary because it drives matrix-sdk-ui, a dev-dependency. Needs
+//! Synapse in a virtualenv (see `complement-tests/src/synapse.rs`). Both servers run on
+//! PostgreSQL with its normal durability (`BENCH_BACKEND=sqlite` for SQLite), rate limits
 //! off. Set-up, the same on both through the client API: a user in `BENCH_ROOMS` (300)
 //! rooms of `BENCH_MEMBERS` (10) members with `BENCH_MESSAGES` (10) messages each. Then,
 //! timed from the client:
 //!
-//! 1. Element X's room list loading: the requests matrix-sdk-ui 0.18's `RoomListService`
-//!    makes on a fresh connection (list `all_rooms`, range 0-19, then growing by 100 until
-//!    every room is loaded; its required state, timeline limit 1, the account-data,
-//!    receipts and typing extensions), 10 times: the first response and the whole list;
+//! 1. Element X's room list: a fresh matrix-sdk 0.18 device starts matrix-sdk-ui's
+//!    `SyncService`; timed until its `RoomListService` lists every room (3 devices). Then
+//!    the requests the service makes, sent over HTTP alone (list `all_rooms`, range 0-19,
+//!    then growing by 100; its required state, timeline limit 1, the account-data, receipts
+//!    and typing extensions), 10 times: the server's part of it;
 //! 2. a waiting (long-polling) connection and a message into the least recent room: from the
 //!    send's 200 to the response that moves the room to the top, 30 times;
 //! 3. after a restart of the server (cold caches), the user's initial `/sync`: full (no
-//!    filter) and lazy (lazy-loaded members, timeline limit 10), 3 restarts each.
+//!    filter) and lazy (lazy-loaded members, timeline limit 10), 3 restarts each;
+//! 4. the issue's reconnect storm: 20 users in the same 50 rooms (20 members, 20 messages
+//!    each); after a restart all 20 make their initial `/sync` at once, timeline limit 1,
+//!    with lazy-loaded members and with full member lists, 3 restarts each: the time until
+//!    the last one has its answer.
 //!
 //! `BENCH_SYNAPSE=0` measures Myelin alone.
 
@@ -80,9 +86,59 @@ async fn post(client: &Client, pos: Option<&str>, timeout_ms: u64, body: &Value)
     response
 }
 
+/// A fresh device of `account` starts Element X's sync service; returns the time until its
+/// room list holds `rooms` rooms.
+async fn element_x_room_list(url: &str, account: &Client, rooms: usize) -> Duration {
+    use matrix_sdk_ui::{
+        eyeball_im::Vector, room_list_service::filters::new_filter_non_left,
+        sync_service::SyncService,
+    };
+    let client = matrix_sdk::Client::builder()
+        .homeserver_url(url)
+        .build()
+        .await
+        .expect("client");
+    client
+        .matrix_auth()
+        .login_username(account.user_id(), account.password.as_deref().unwrap())
+        .await
+        .expect("login");
+    let start = Instant::now();
+    let sync = SyncService::builder(client.clone())
+        .build()
+        .await
+        .expect("sync service");
+    sync.start().await;
+    let all = sync
+        .room_list_service()
+        .all_rooms()
+        .await
+        .expect("all rooms");
+    let (stream, controller) = all.entries_with_dynamic_adapters(rooms + 10);
+    controller.set_filter(Box::new(new_filter_non_left()));
+    let mut stream = Box::pin(stream);
+    let mut items = Vector::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
+    while items.len() < rooms {
+        let diffs = tokio::time::timeout_at(deadline, futures_util::StreamExt::next(&mut stream))
+            .await
+            .expect("the room list fills within 5 minutes")
+            .expect("the entries stream goes on");
+        for diff in diffs {
+            diff.apply(&mut items);
+        }
+    }
+    let took = start.elapsed();
+    sync.stop().await;
+    took
+}
+
 /// What one server scored.
 #[derive(Debug, Default)]
 struct Scores {
+    element_x: Duration,
+    storm_lazy: Duration,
+    storm_full: Duration,
     list_first: Duration,
     list_all: Duration,
     to_top: Duration,
@@ -98,6 +154,13 @@ enum Server {
 }
 
 impl Server {
+    fn url(&self) -> &str {
+        match self {
+            Server::Myelin(s) => s.url(),
+            Server::Synapse(s) => s.url(),
+        }
+    }
+
     fn pid(&self) -> Option<u32> {
         match self {
             Server::Myelin(s) => s.pid(),
@@ -200,7 +263,19 @@ async fn measure(mut server: Server, name: &str) -> Scores {
         scores.setup.as_secs_f64()
     );
 
-    // 1. The room list as Element X loads it.
+    // 1. The room list as Element X loads it: the real client stack, then its requests alone.
+    let mut devices = Vec::new();
+    for _ in 0..3 {
+        devices.push(element_x_room_list(server.url(), &user, rooms.len()).await);
+    }
+    devices.sort();
+    scores.element_x = percentile(&devices, 0.5);
+    println!(
+        "{name}: Element X (matrix-sdk-ui SyncService) lists all {} rooms in p50 {:.0} ms ({:?})",
+        rooms.len(),
+        ms(scores.element_x),
+        devices.iter().map(|d| ms(*d).round()).collect::<Vec<_>>()
+    );
     let mut firsts = Vec::new();
     let mut wholes = Vec::new();
     for run in 0..10 {
@@ -334,6 +409,86 @@ async fn measure(mut server: Server, name: &str) -> Scores {
         ms(scores.sync_full),
         ms(scores.sync_lazy)
     );
+
+    // 4. The reconnect storm.
+    let storm_users_n = env_num("BENCH_STORM_USERS", 20) as usize;
+    let storm_rooms_n = env_num("BENCH_STORM_ROOMS", 50) as usize;
+    let mut storm_users = Vec::new();
+    for i in 0..storm_users_n {
+        storm_users.push(server.register_user(&format!("storm{i}")).await);
+    }
+    let storm_rooms = std::sync::Arc::new(tokio::sync::Mutex::new(Vec::new()));
+    {
+        let (creator, storm_rooms) = (storm_users[0].clone(), storm_rooms.clone());
+        in_parallel((0..storm_rooms_n).collect(), 4, move |i| {
+            let (creator, storm_rooms) = (creator.clone(), storm_rooms.clone());
+            async move {
+                let room = creator
+                    .create_room(&json!({ "preset": "public_chat", "name": format!("storm {i}") }))
+                    .await;
+                storm_rooms.lock().await.push(room);
+            }
+        })
+        .await;
+    }
+    let storm_rooms: Vec<String> = storm_rooms.lock().await.clone();
+    let joins: Vec<(Client, String)> = storm_users[1..]
+        .iter()
+        .flat_map(|u| storm_rooms.iter().map(move |r| (u.clone(), r.clone())))
+        .collect();
+    in_parallel(joins, 8, |(client, room)| async move {
+        let (status, body) = client.join(&room).await;
+        assert_eq!(status, 200, "join: {body}");
+    })
+    .await;
+    let sends: Vec<(Client, String, usize)> = storm_rooms
+        .iter()
+        .flat_map(|r| (0..20).map(move |n| (r.clone(), n)))
+        .map(|(r, n)| (storm_users[n % storm_users.len()].clone(), r, n))
+        .collect();
+    in_parallel(sends, 8, |(client, room, n)| async move {
+        client.send_text(&room, &format!("storm message {n}")).await;
+    })
+    .await;
+    let filter = |lazy: bool| {
+        encode(
+            &json!({ "room": { "state": { "lazy_load_members": lazy }, "timeline": { "limit": 1 } } })
+                .to_string(),
+        )
+    };
+    let mut storm = [Vec::new(), Vec::new()];
+    for _ in 0..3 {
+        for (mode, lazy) in [(0, true), (1, false)] {
+            server.restart().await;
+            let path = format!("/_matrix/client/v3/sync?filter={}", filter(lazy));
+            let start = Instant::now();
+            let mut all = Vec::new();
+            for u in &storm_users {
+                let (u, path) = (u.clone(), path.clone());
+                all.push(tokio::spawn(async move { u.get(&path).await }));
+            }
+            for task in all {
+                let (status, body) = task.await.expect("sync task");
+                assert_eq!(status, 200, "{name}: storm /sync: {body}");
+                assert_eq!(
+                    body["rooms"]["join"].as_object().map_or(0, |r| r.len()),
+                    storm_rooms.len(),
+                    "{name}: every room"
+                );
+            }
+            storm[mode].push(start.elapsed());
+        }
+    }
+    for times in &mut storm {
+        times.sort();
+    }
+    scores.storm_lazy = percentile(&storm[0], 0.5);
+    scores.storm_full = percentile(&storm[1], 0.5);
+    println!(
+        "{name}: {storm_users_n} users x {storm_rooms_n} rooms syncing at once after a restart: lazy p50 {:.0} ms, full members p50 {:.0} ms",
+        ms(scores.storm_lazy),
+        ms(scores.storm_full)
+    );
     scores
 }
 
@@ -369,7 +524,16 @@ async fn main() {
     let ratio = |mine: Duration, theirs: Duration| theirs.as_secs_f64() / mine.as_secs_f64();
     println!("## Synapse's time / Myelin's time (higher is better for Myelin)");
     println!(
-        "room list, first response: {:.1}x; whole list: {:.1}x",
+        "Element X room list (matrix-sdk-ui): {:.1}x",
+        ratio(m.element_x, s.element_x)
+    );
+    println!(
+        "reconnect storm after restart: lazy {:.1}x, full members {:.1}x",
+        ratio(m.storm_lazy, s.storm_lazy),
+        ratio(m.storm_full, s.storm_full)
+    );
+    println!(
+        "room list requests alone, first response: {:.1}x; whole list: {:.1}x",
         ratio(m.list_first, s.list_first),
         ratio(m.list_all, s.list_all)
     );
