@@ -230,7 +230,14 @@ async fn main() {
         let sent = Instant::now();
         let (status, response, arrived) = waiting.await.expect("waiting request");
         assert_eq!(status, 200, "{response}");
-        assert!(response["rooms"].get(room.as_str()).is_some(), "{response}");
+        // The room comes with the message that moved it (not before it is readable).
+        let timeline = &response["rooms"][room.as_str()]["timeline"];
+        let newest = timeline.as_array().and_then(|t| t.last());
+        assert_eq!(
+            newest.map(|e| e["content"]["body"].clone()),
+            Some(json!(format!("live {round}"))),
+            "{response}"
+        );
         delays.push(arrived.saturating_duration_since(sent));
         pos = response["pos"].as_str().expect("pos").to_owned();
     }

@@ -193,6 +193,17 @@ pub async fn sliding_sync(
         if quiet && timed_out && base.seq.is_some() && !computed.has_news {
             return Ok(None);
         }
+        if computed.ahead && base.seq.is_some() && !timed_out {
+            // A selected room was bumped by an event committed but not yet safe to read (a
+            // position below it is still in flight): answering now would move the room up
+            // with its old latest event. Its notification comes once it is safe.
+            tokio::select! {
+                _ = &mut notified => {}
+                _ = tokio::time::sleep(AHEAD_RECHECK) => {}
+                _ = tokio::time::sleep_until(deadline) => {}
+            }
+            continue;
+        }
         if base.seq.is_none() || computed.has_news || timed_out {
             let pos = state
                 .sliding
@@ -211,7 +222,13 @@ pub async fn sliding_sync(
     }
 }
 
+/// How soon a request that saw a room bumped past the safe position looks again, should no
+/// notification come.
+const AHEAD_RECHECK: Duration = Duration::from_millis(20);
+
 struct Computed {
+    /// A selected room's bump stamp is past the position the response reads up to.
+    ahead: bool,
     body: Map<String, Value>,
     next: ConnState,
     /// Per room sent, the newest timeline event from someone else: `(room, event, position)`
@@ -394,6 +411,8 @@ async fn compute(
         });
         entry.config.combine(config);
     }
+
+    let ahead = selected.values().any(|s| s.bump > upto);
 
     // 3. The rooms to send.
     let own_receipts_moved: HashSet<String> = if fresh {
@@ -626,6 +645,7 @@ async fn compute(
     body.insert("rooms".into(), Value::Object(rooms_out));
     body.insert("extensions".into(), Value::Object(extensions));
     Ok(Computed {
+        ahead,
         body,
         next,
         delivered,
