@@ -86,6 +86,9 @@ async fn element_x_room_list_timeline_and_resume(backend: Backend) {
         bob.send_text(&rooms[0], &format!("history {n}")).await;
     }
     for room in &rooms[1..] {
+        // Element X's sorter ranks by the latest event's timestamp: two sends in the same
+        // millisecond would tie, and the order the test expects would be a coin toss.
+        tokio::time::sleep(Duration::from_millis(5)).await;
         bob.send_text(room, "hello").await;
     }
     // And an invite, the newest activity of all.
