@@ -30,7 +30,7 @@
 use std::time::{Duration, Instant};
 
 use complement_tests::{
-    bench::{build_release_server, cpu_time, env_num, ms, percentile},
+    bench::{build_release_server, cpu_time, env_num, in_parallel, ms, percentile},
     encode, synapse, Backend, Client, ServerOptions,
 };
 use serde_json::{json, Value};
@@ -180,31 +180,6 @@ impl Server {
             Server::Myelin(s) => s.restart().await,
             Server::Synapse(s) => s.restart().await.expect("Synapse restarts"),
         }
-    }
-}
-
-/// Runs `work` over `items` on `workers` tasks.
-async fn in_parallel<T, F, Fut>(items: Vec<T>, workers: usize, work: F)
-where
-    T: Send + 'static,
-    F: Fn(T) -> Fut + Send + Sync + 'static + Clone,
-    Fut: std::future::Future<Output = ()> + Send,
-{
-    let queue = std::sync::Arc::new(tokio::sync::Mutex::new(items));
-    let mut tasks = Vec::new();
-    for _ in 0..workers {
-        let (queue, work) = (queue.clone(), work.clone());
-        tasks.push(tokio::spawn(async move {
-            loop {
-                let Some(item) = queue.lock().await.pop() else {
-                    break;
-                };
-                work(item).await;
-            }
-        }));
-    }
-    for t in tasks {
-        t.await.expect("worker");
     }
 }
 

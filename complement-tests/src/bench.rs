@@ -136,3 +136,28 @@ pub async fn join(client: &Client, room_id: &str) {
         .await;
     assert_eq!(status, 200, "join: {body}");
 }
+
+/// Runs `work` for every item of `items` on `workers` tasks.
+pub async fn in_parallel<T, F, Fut>(items: Vec<T>, workers: usize, work: F)
+where
+    T: Send + 'static,
+    F: Fn(T) -> Fut + Send + Sync + 'static + Clone,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let queue = std::sync::Arc::new(tokio::sync::Mutex::new(items));
+    let mut tasks = Vec::new();
+    for _ in 0..workers {
+        let (queue, work) = (queue.clone(), work.clone());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let Some(item) = queue.lock().await.pop() else {
+                    break;
+                };
+                work(item).await;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("worker");
+    }
+}

@@ -22,6 +22,7 @@
 //!   notifications a pusher is sent and can fail or reject on command.
 //! - [`synapse`] starts Synapse (from a Python virtualenv) on a loopback port, for the
 //!   benchmarks that compare Myelin with it.
+//! - [`ws`] reads frames from the WebSocket transports.
 //! - [`backend_tests!`] turns one `async fn scenario(backend)` into a test per
 //!   storage backend.
 //!
@@ -38,6 +39,7 @@ mod macros;
 pub mod postgres;
 pub mod server;
 pub mod synapse;
+pub mod ws;
 
 pub use assertions::{assert_error, assert_ok, assert_ok_object};
 pub use client::{encode, unique_name, Client};

@@ -18,7 +18,7 @@
 use std::time::{Duration, Instant};
 
 use complement_tests::{
-    bench::{build_release_server, env_num, ms, percentile, rss_kib},
+    bench::{build_release_server, env_num, in_parallel, ms, percentile, rss_kib},
     encode, Client, ServerOptions,
 };
 use serde_json::{json, Value};
@@ -69,31 +69,6 @@ async fn post(
         .map(|ms| Duration::from_secs_f64(ms / 1000.0));
     let body: Value = response.json().await.expect("JSON body");
     (status, body, server)
-}
-
-/// Runs `work` for every item of `items` on `workers` tasks.
-async fn in_parallel<T, F, Fut>(items: Vec<T>, workers: usize, work: F)
-where
-    T: Send + 'static,
-    F: Fn(T) -> Fut + Send + Sync + 'static + Clone,
-    Fut: std::future::Future<Output = ()> + Send,
-{
-    let queue = std::sync::Arc::new(tokio::sync::Mutex::new(items));
-    let mut tasks = Vec::new();
-    for _ in 0..workers {
-        let (queue, work) = (queue.clone(), work.clone());
-        tasks.push(tokio::spawn(async move {
-            loop {
-                let Some(item) = queue.lock().await.pop() else {
-                    break;
-                };
-                work(item).await;
-            }
-        }));
-    }
-    for t in tasks {
-        t.await.expect("worker");
-    }
 }
 
 #[tokio::main]

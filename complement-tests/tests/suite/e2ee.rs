@@ -7,7 +7,7 @@ use std::{collections::BTreeSet, time::Duration};
 
 use base64::{engine::general_purpose::STANDARD_NO_PAD, Engine};
 use complement_tests::{
-    assert_error, assert_ok, assert_ok_object, backend_tests, encode, Backend, Client,
+    assert_error, assert_ok, assert_ok_object, backend_tests, encode, ws::Socket, Backend, Client,
     ServerOptions, TestServer,
 };
 use ed25519_dalek::{Signer, SigningKey};
@@ -1151,9 +1151,6 @@ async fn to_device_to_all_devices(backend: Backend) {
         "content that is not an object",
     );
 }
-
-type Socket =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 async fn connect(hs: &TestServer, client: &Client, since: Option<&str>) -> Socket {
     let base = hs.url().replacen("http://", "ws://", 1);

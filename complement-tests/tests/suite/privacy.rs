@@ -7,15 +7,14 @@
 use std::time::Duration;
 
 use complement_tests::{
-    assert_error, assert_ok, backend_tests, encode, Backend, Client, ServerOptions, TestServer,
+    assert_error, assert_ok, backend_tests, encode,
+    ws::{next_text_frame as next_text, Socket},
+    Backend, Client, ServerOptions, TestServer,
 };
 use futures_util::StreamExt;
 use reqwest::Method;
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message};
-
-type Socket =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 async fn start(backend: Backend) -> Option<TestServer> {
     TestServer::start(backend, ServerOptions::default()).await
@@ -42,22 +41,6 @@ async fn open_socket(hs: &TestServer, client: &Client) -> Socket {
         .await
         .expect("initial frame");
     socket
-}
-
-/// The next text frame within `wait` (pings skipped); `None` on timeout.
-async fn next_text(socket: &mut Socket, wait: Duration) -> Option<Value> {
-    let deadline = tokio::time::Instant::now() + wait;
-    loop {
-        let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
-        match tokio::time::timeout(remaining, socket.next()).await {
-            Err(_) => return None,
-            Ok(Some(Ok(Message::Text(text)))) => {
-                return Some(serde_json::from_str(text.as_str()).expect("JSON frame"))
-            }
-            Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
-            Ok(other) => panic!("unexpected frame: {other:?}"),
-        }
-    }
 }
 
 /// Whether any timeline of `frame` holds a message with `body`.

@@ -5,7 +5,9 @@
 use std::time::{Duration, Instant};
 
 use complement_tests::{
-    assert_error, assert_ok, backend_tests, encode, Backend, Client, ServerOptions, TestServer,
+    assert_error, assert_ok, backend_tests, encode,
+    ws::{next_text_frame as next_frame, Socket},
+    Backend, Client, ServerOptions, TestServer,
 };
 use reqwest::Method;
 use serde_json::{json, Value};
@@ -690,27 +692,6 @@ async fn sliding_sync_marks_messages_delivered(backend: Backend) {
         })
         .await;
     assert!(body["rooms"]["join"][&room].is_object());
-}
-
-type Socket =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-/// The next text frame (skipping pings), within `wait`.
-async fn next_frame(socket: &mut Socket, wait: Duration) -> Option<Value> {
-    use futures_util::StreamExt;
-    use tokio_tungstenite::tungstenite::Message;
-    let deadline = tokio::time::Instant::now() + wait;
-    loop {
-        let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
-        match tokio::time::timeout(remaining, socket.next()).await {
-            Err(_) => return None,
-            Ok(Some(Ok(Message::Text(text)))) => {
-                return Some(serde_json::from_str(text.as_str()).expect("JSON frame"))
-            }
-            Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
-            Ok(other) => panic!("unexpected frame: {other:?}"),
-        }
-    }
 }
 
 async fn send_frame(socket: &mut Socket, frame: Value) {

@@ -3,13 +3,13 @@
 
 use std::time::Duration;
 
-use complement_tests::{backend_tests, encode, Backend, Client, ServerOptions, TestServer};
+use complement_tests::{
+    backend_tests, encode, ws::next_text_frame as next_frame, Backend, Client, ServerOptions,
+    TestServer,
+};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
-
-type Socket =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 fn ws_url(hs: &TestServer, client: &Client, since: Option<&str>) -> String {
     let base = hs.url().replacen("http://", "ws://", 1);
@@ -21,22 +21,6 @@ fn ws_url(hs: &TestServer, client: &Client, since: Option<&str>) -> String {
         url.push_str(&format!("&since={}", encode(since)));
     }
     url
-}
-
-/// The next sync frame (skipping pings), within `wait`.
-async fn next_frame(socket: &mut Socket, wait: Duration) -> Option<Value> {
-    let deadline = tokio::time::Instant::now() + wait;
-    loop {
-        let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
-        match tokio::time::timeout(remaining, socket.next()).await {
-            Err(_) => return None,
-            Ok(Some(Ok(Message::Text(text)))) => {
-                return Some(serde_json::from_str(text.as_str()).expect("JSON frame"))
-            }
-            Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
-            Ok(other) => panic!("unexpected frame: {other:?}"),
-        }
-    }
 }
 
 fn timeline_bodies(frame: &Value, room_id: &str) -> Vec<String> {
