@@ -1081,13 +1081,7 @@ async fn build_rooms(
         .collect();
     ids.sort();
     ids.dedup();
-    let events: HashMap<String, EventRow> = state
-        .storage
-        .get_events(&ids)
-        .await?
-        .into_iter()
-        .map(|e| (e.event_id.clone(), e))
-        .collect();
+    let events = events_by_id(state, &ids).await?;
 
     // 3. Which state rows each room sends; then all rows formatted at once.
     let mut all_rows: Vec<EventRow> = Vec::new();
@@ -1174,14 +1168,7 @@ async fn build_rooms(
                         .map(|m| hero_candidates(user, m))
                         .unwrap_or_default();
                     let ids: Vec<String> = candidates.iter().map(|(_, id)| id.clone()).collect();
-                    let read: HashMap<String, EventRow> = state
-                        .storage
-                        .get_events(&ids)
-                        .await?
-                        .into_iter()
-                        .map(|e| (e.event_id.clone(), e))
-                        .collect();
-                    heroes(&candidates, &read)?
+                    heroes(&candidates, &events_by_id(state, &ids).await?)?
                 }
             };
             room.insert("heroes".into(), value);
@@ -1199,6 +1186,20 @@ async fn build_rooms(
         out.insert(room_id.to_owned(), Value::Object(room));
     }
     Ok((out, delivered, lazy_sent))
+}
+
+/// The events of `ids` that exist, by ID, in one read.
+async fn events_by_id(
+    state: &AppState,
+    ids: &[String],
+) -> Result<HashMap<String, EventRow>, Error> {
+    Ok(state
+        .storage
+        .get_events(ids)
+        .await?
+        .into_iter()
+        .map(|e| (e.event_id.clone(), e))
+        .collect())
 }
 
 /// Up to five other members to name an unnamed room by: joined first, then invited, then
