@@ -354,6 +354,19 @@ impl Client {
         format!("/_matrix/client/v3/rooms/{}{suffix}", encode(room_id))
     }
 
+    /// `PUT /rooms/{room}/redact/{event}/{txn}` with a fresh transaction ID.
+    pub async fn redact(&self, room_id: &str, event_id: &str, reason: &str) -> (u16, Value) {
+        let path = Self::room_path(
+            room_id,
+            &format!(
+                "/redact/{}/{}",
+                encode(event_id),
+                encode(&crate::unique_name("redact"))
+            ),
+        );
+        self.put(&path, &json!({ "reason": reason })).await
+    }
+
     /// `POST /createRoom` with `body`; returns the room ID. Panics on failure.
     pub async fn create_room(&self, body: &Value) -> String {
         let response = self.post("/_matrix/client/v3/createRoom", body).await;

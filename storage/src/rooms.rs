@@ -1324,7 +1324,9 @@ impl Storage {
 
     /// Events of `room_id` relating to `parent`, optionally of one relation and event type,
     /// paged by stream position (exclusive `from`, newest first when walking backward).
-    /// Relations exist only within a room: an event elsewhere naming `parent` is not one.
+    /// Relations exist only within a room: an event elsewhere naming `parent` is not one. A
+    /// redacted event relates to nothing (redaction strips its `m.relates_to`): a removed
+    /// reaction is neither listed nor counted.
     #[allow(clippy::too_many_arguments)]
     pub async fn relations(
         &self,
@@ -1343,7 +1345,7 @@ impl Storage {
         let sql = format!(
             "SELECT {cols} FROM event_relations r JOIN events e ON e.event_id = r.event_id
              WHERE r.relates_to = $1 AND ($2 = '' OR r.rel_type = $2) AND ($3 = '' OR r.event_type = $3)
-               AND r.stream_ordering {cmp} $4 AND e.rejected_reason IS NULL AND e.room_id = $6
+               AND r.stream_ordering {cmp} $4 AND e.rejected_reason IS NULL AND e.redacted_by IS NULL AND e.room_id = $6
              ORDER BY r.stream_ordering {order} LIMIT $5",
             cols = EVENT_COLUMNS.split(", ").map(|c| format!("e.{c}")).collect::<Vec<_>>().join(", ")
         );

@@ -1482,7 +1482,107 @@ async fn remote_users_are_failures(backend: Backend) {
     assert!(assert_ok(&response, "claim")["failures"]["remote.example.org"].is_object());
 }
 
+/// After another user claims one of my one-time keys, my next `/sync` (incremental, with
+/// nothing else new) carries the lower `device_one_time_keys_count`; a sync already waiting
+/// returns with it at once; sliding sync's e2ee extension does the same.
+async fn claimed_keys_lower_the_count_in_the_next_sync(backend: Backend) {
+    let Some(hs) = TestServer::start(backend, ServerOptions::default()).await else {
+        return;
+    };
+    let alice = hs.register_user("alice").await;
+    let bob = hs.register_user("bob").await;
+    let key = new_key();
+    let mut one_time_keys = json!({});
+    for i in 1..=4 {
+        one_time_keys[format!("signed_curve25519:BBBBB{i}")] = one_time_key(&alice, &key, false);
+    }
+    let response = upload(
+        &alice,
+        &json!({ "device_keys": device_keys(&alice, &key), "one_time_keys": one_time_keys }),
+    )
+    .await;
+    assert_ok(&response, "upload");
+    let count = |body: &Value| body["device_one_time_keys_count"]["signed_curve25519"].clone();
+
+    let sync = alice.sync(None, 0).await;
+    assert_eq!(count(assert_ok(&sync, "initial sync")), 4, "{}", sync.1);
+    let since = sync.1["next_batch"]
+        .as_str()
+        .expect("next_batch")
+        .to_owned();
+    let sync = alice.sync(Some(&since), 0).await;
+    assert_eq!(
+        count(&sync.1),
+        4,
+        "an incremental sync with nothing new: {}",
+        sync.1
+    );
+
+    // A claim, then the next incremental sync (nothing else happened).
+    only_key(&claim(&bob, alice.user_id(), alice.device_id()).await);
+    let sync = alice.sync(Some(&since), 0).await;
+    assert_eq!(
+        count(assert_ok(&sync, "sync")),
+        3,
+        "after one claim: {}",
+        sync.1
+    );
+
+    // A sync already waiting returns when a claim lowers the count.
+    let waiting = {
+        let alice = alice.clone();
+        let since = since.clone();
+        tokio::spawn(async move {
+            let start = std::time::Instant::now();
+            (alice.sync(Some(&since), 20_000).await, start.elapsed())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    only_key(&claim(&bob, alice.user_id(), alice.device_id()).await);
+    let ((status, body), took) = waiting.await.expect("waiting sync");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(count(&body), 2, "the waiting sync: {body}");
+    assert!(
+        took < Duration::from_secs(10),
+        "the waiting sync took {took:?}"
+    );
+
+    // Sliding sync's e2ee extension: current in every response, and news to a waiting one.
+    let path = "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync";
+    let request = json!({ "lists": {}, "extensions": { "e2ee": { "enabled": true } } });
+    let first = alice.post(path, &request).await;
+    let e2ee = &assert_ok(&first, "sliding sync")["extensions"]["e2ee"];
+    assert_eq!(count(e2ee), 2, "{}", first.1);
+    let pos = first.1["pos"].as_str().expect("pos").to_owned();
+    let waiting = {
+        let alice = alice.clone();
+        let (pos, request) = (pos.clone(), request.clone());
+        tokio::spawn(async move {
+            let start = std::time::Instant::now();
+            let path = format!(
+                "{path}?pos={}&timeout=20000",
+                complement_tests::encode(&pos)
+            );
+            (alice.post(&path, &request).await, start.elapsed())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    only_key(&claim(&bob, alice.user_id(), alice.device_id()).await);
+    let ((status, body), took) = waiting.await.expect("waiting sliding sync");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        count(&body["extensions"]["e2ee"]),
+        1,
+        "the waiting sliding sync: {body}"
+    );
+    assert!(
+        took < Duration::from_secs(10),
+        "the waiting sliding sync took {took:?}"
+    );
+}
+
 backend_tests!(
+    claimed_keys_lower_the_count_in_the_next_sync,
     a35_to_device_exactly_once_idempotent_txn,
     a36_keys_upload_query_claim_counts,
     a37_new_device_appears_in_device_lists,

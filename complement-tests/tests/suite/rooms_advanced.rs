@@ -500,6 +500,20 @@ async fn relations(backend: Backend) {
         fetched["content"], edit_content,
         "the edit's content: {fetched}"
     );
+
+    // A redacted reaction relates to nothing any more.
+    let response = bob.redact(&room, &reaction, "oops").await;
+    assert_ok(&response, "bob redacts his reaction");
+    assert_eq!(
+        ids_at("/m.annotation").await,
+        BTreeSet::new(),
+        "annotations after the reaction's redaction"
+    );
+    assert_eq!(
+        ids_at("").await,
+        BTreeSet::from([edit.clone()]),
+        "all relations after the reaction's redaction"
+    );
 }
 
 /// `/context`: the event, up to `limit` events around it in the right

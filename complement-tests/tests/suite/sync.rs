@@ -868,10 +868,43 @@ async fn a28_filters_create_read_and_apply(backend: Backend) {
         json!({ "room": { "timeline": { "limit": "ten" } } }),
         json!({ "room": { "rooms": "!not-a-list:localhost" } }),
         json!({ "event_fields": 5 }),
+        json!({ "room": { "timeline": { "limit": -1 } } }),
     ] {
         let (status, body) = alice.post(&filter_path(alice.user_id()), &bad).await;
         assert_eq!(status, 400, "invalid filter {bad}: got {status} {body}");
         assert!(body["errcode"].is_string(), "{body}");
+    }
+    // Values ruma's types accept but the spec's schema does not: M_BAD_JSON, stored or inline.
+    for bad in [
+        json!({ "event_format": "xml" }),
+        json!({ "event_format": "" }),
+        json!({ "event_fields": ["content..body"] }),
+        json!({ "event_fields": [""] }),
+        json!({ "event_fields": ["content.body\\"] }),
+    ] {
+        assert_error(
+            &alice.post(&filter_path(alice.user_id()), &bad).await,
+            400,
+            "M_BAD_JSON",
+            &format!("filter {bad}"),
+        );
+        assert_error(
+            &alice
+                .sync_with(None, 0, &[("filter", &inline_filter(&bad))])
+                .await,
+            400,
+            "M_BAD_JSON",
+            &format!("inline filter {bad}"),
+        );
+    }
+    for good in [
+        json!({ "event_format": "federation" }),
+        json!({ "event_fields": ["content.body", "content.m\\.relates_to", "type"] }),
+    ] {
+        assert_ok(
+            &alice.post(&filter_path(alice.user_id()), &good).await,
+            &format!("filter {good}"),
+        );
     }
     // Other users' filters.
     assert_error(

@@ -49,9 +49,8 @@ pub(super) async fn add_sections(
                 .await?,
         )
     };
-    let counts = async { Ok::<_, Error>(state.storage.key_counts(user, device).await?) };
-    let (device_lists, messages, (counts, unused_fallback)) =
-        tokio::try_join!(device_lists, messages, counts)?;
+    let counts = key_counts(state, req);
+    let (device_lists, messages, counts) = tokio::try_join!(device_lists, messages, counts)?;
     if !messages.is_empty() {
         let events: Vec<Value> = messages
             .into_iter()
@@ -67,9 +66,44 @@ pub(super) async fn add_sections(
             response["device_lists"] = json!({ "changed": changed, "left": left });
         }
     }
-    response["device_one_time_keys_count"] = json!(crate::e2ee::key_counts_with_default(counts));
-    response["device_unused_fallback_key_types"] = json!(unused_fallback);
+    add_key_counts(response, counts);
     Ok(())
+}
+
+/// The device's one-time key counts and unused fallback key types, as the two response
+/// fields (`device_one_time_keys_count`, `device_unused_fallback_key_types`). Cheap: the
+/// storage layer keeps them in memory until keys are uploaded or claimed.
+pub(super) async fn key_counts(
+    state: &AppState,
+    req: &SyncRequest<'_>,
+) -> Result<KeyCounts, Error> {
+    let (counts, unused_fallback) = state
+        .storage
+        .key_counts(req.user.as_str(), req.device.as_str())
+        .await?;
+    Ok(KeyCounts(
+        json!(crate::e2ee::key_counts_with_default(counts)),
+        json!(unused_fallback),
+    ))
+}
+
+/// A device's key counts, as [`key_counts`] returns them.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct KeyCounts(Value, Value);
+
+/// Adds the key counts to a response: every response carries them, also one with nothing
+/// else, so a client learns at once that its one-time keys are running out.
+pub(super) fn add_key_counts(response: &mut Value, counts: KeyCounts) {
+    response["device_one_time_keys_count"] = counts.0;
+    response["device_unused_fallback_key_types"] = counts.1;
+}
+
+/// The key counts a response carries.
+pub(super) fn key_counts_of(response: &Value) -> KeyCounts {
+    KeyCounts(
+        response["device_one_time_keys_count"].clone(),
+        response["device_unused_fallback_key_types"].clone(),
+    )
 }
 
 /// Whether the encryption sections carry nothing a waiting client should be woken for (key

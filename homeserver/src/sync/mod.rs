@@ -106,6 +106,10 @@ pub async fn sync(state: &AppState, req: &SyncRequest<'_>) -> Result<SyncRespons
     // what a timed-out sync may answer with. Never re-read at the deadline: something
     // committed just before it would be skipped.
     let mut covered = (req.since.unwrap_or(0), req.since_typing, req.since_presence);
+    // The key counts when the wait began: another user claiming one of this device's one-time
+    // keys wakes us (see `claim_keys`), and a change ends the wait, so the client can upload
+    // more at once.
+    let mut counts_before: Option<e2ee::KeyCounts> = None;
     loop {
         // Subscribe before reading, so a commit in between still wakes us.
         let notified = handle.notified();
@@ -116,11 +120,12 @@ pub async fn sync(state: &AppState, req: &SyncRequest<'_>) -> Result<SyncRespons
         if let Some(since) = req.since {
             if since > upto {
                 // A token from the future (or another server): answer from where we are.
-                return Ok(empty_response(
-                    upto,
-                    state.typing.serial(),
-                    state.presence.serial(),
-                ));
+                return empty_response(
+                    state,
+                    req,
+                    (upto, state.typing.serial(), state.presence.serial()),
+                )
+                .await;
             }
         }
         // At most so many to-device messages per response: end it early if more wait.
@@ -132,7 +137,9 @@ pub async fn sync(state: &AppState, req: &SyncRequest<'_>) -> Result<SyncRespons
             && req.since_typing == typing_serial
             && req.since_presence == presence_serial
             && !req.full_state;
-        if !nothing_new {
+        let counts = if nothing_new {
+            e2ee::key_counts(state, req).await?
+        } else {
             // Boxed: the computation's state is large, and without the box every waiting sync
             // (10,000 idle connections) would carry that space while it waits.
             let response =
@@ -145,22 +152,45 @@ pub async fn sync(state: &AppState, req: &SyncRequest<'_>) -> Result<SyncRespons
                 return Ok(response);
             }
             covered = (upto, typing_serial, presence_serial);
+            e2ee::key_counts_of(&response.rest)
+        };
+        match &counts_before {
+            None => counts_before = Some(counts),
+            Some(before) if *before != counts => {
+                let mut response = empty_response_without_counts(covered);
+                e2ee::add_key_counts(&mut response.rest, counts);
+                return Ok(response);
+            }
+            Some(_) => {}
         }
         // No wait left (`timeout=0`): answer now. A timer for an instant already past would
         // still cost up to a millisecond, since tokio rounds deadlines up to its tick.
         if tokio::time::Instant::now() >= deadline {
-            return Ok(empty_response(covered.0, covered.1, covered.2));
+            return empty_response(state, req, covered).await;
         }
         tokio::select! {
             _ = &mut notified => {}
             _ = tokio::time::sleep_until(deadline) => {
-                return Ok(empty_response(covered.0, covered.1, covered.2));
+                return empty_response(state, req, covered).await;
             }
         }
     }
 }
 
-fn empty_response(upto: i64, typing_serial: u64, presence_serial: u64) -> SyncResponse {
+/// A response with nothing new up to `covered` but the device's current key counts.
+async fn empty_response(
+    state: &AppState,
+    req: &SyncRequest<'_>,
+    covered: (i64, u64, u64),
+) -> Result<SyncResponse, Error> {
+    let mut response = empty_response_without_counts(covered);
+    e2ee::add_key_counts(&mut response.rest, e2ee::key_counts(state, req).await?);
+    Ok(response)
+}
+
+fn empty_response_without_counts(
+    (upto, typing_serial, presence_serial): (i64, u64, u64),
+) -> SyncResponse {
     SyncResponse::empty(format_token(upto, typing_serial, presence_serial))
 }
 

@@ -257,6 +257,8 @@ async fn serve(
         crate::presence_connected(&state, &user, "online").await;
     }
     let mut since = since;
+    // The key counts in the last frame sent (see below).
+    let mut counts_sent: Option<serde_json::Value> = None;
     loop {
         let request = SyncRequest {
             user: &sender.user_id,
@@ -304,8 +306,12 @@ async fn serve(
             break;
         }
         let next = parse_token(&response.next_batch).ok();
-        let is_news = since.is_none() || !response.is_empty();
+        // Lower one-time key counts (another user claimed keys) are news too: the client
+        // should upload more without waiting for a message.
+        let counts = response.rest.get("device_one_time_keys_count").cloned();
+        let is_news = since.is_none() || !response.is_empty() || counts != counts_sent;
         let sent = if is_news {
+            counts_sent = counts;
             // The engine writes JSON from strings, which is UTF-8; checked, not copied.
             let text = String::from_utf8(response.to_json())
                 .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());

@@ -299,6 +299,9 @@ pub async fn claim_keys(
         }
     }
     let claimed = state.storage.claim_keys(&wanted).await?;
+    // The owners' waiting syncs report the lower counts at once (see `sync::sync`).
+    let owners: BTreeSet<&str> = claimed.iter().map(|c| c.0.as_str()).collect();
+    state.notifier.notify(owners);
     let mut one_time_keys: BTreeMap<OwnedUserId, claim_keys::v3::OneTimeKeys> = BTreeMap::new();
     for (user_id, device_id, algorithm, key_id, key_json) in claimed {
         let (Ok(user), Ok(key_id)) = (

@@ -107,7 +107,10 @@ async fn parse_request(
     let sender = req.sender();
     let filter = match &req.body.filter {
         None => SyncFilter::from_definition(&FilterDefinition::default()),
-        Some(sync_events::v3::Filter::FilterDefinition(def)) => SyncFilter::from_definition(def),
+        Some(sync_events::v3::Filter::FilterDefinition(def)) => {
+            validate_filter(def)?;
+            SyncFilter::from_definition(def)
+        }
         Some(sync_events::v3::Filter::FilterId(id)) => {
             SyncFilter::from_definition(&load_filter(state, sender.user_id.as_str(), id).await?)
         }
@@ -412,9 +415,59 @@ pub async fn create_filter(
             "You cannot create filters for other users",
         ));
     }
+    validate_filter(&req.body.filter)?;
     let json = serde_json::to_string(&req.body.filter).map_err(Error::internal)?;
     let id = state.storage.create_filter(user.as_str(), &json).await?;
     Ok(create_filter::v3::Response::new(id.to_string()))
+}
+
+/// Checks what ruma's types let through but the spec's filter schema does not: an
+/// `event_format` other than `client` or `federation`, and `event_fields` entries that are not
+/// dotted field paths (empty, or an empty part between dots). Synapse validates the same
+/// against its JSON schema and answers 400 `M_BAD_JSON`.
+fn validate_filter(filter: &FilterDefinition) -> Result<()> {
+    use ruma::api::client::filter::EventFormat;
+    if !matches!(
+        filter.event_format,
+        EventFormat::Client | EventFormat::Federation
+    ) {
+        return Err(Error::bad_json(
+            "event_format must be \"client\" or \"federation\"",
+        ));
+    }
+    for field in filter.event_fields.iter().flatten() {
+        if !valid_event_field(field) {
+            return Err(Error::bad_json(format!(
+                "Invalid event_fields entry {field:?}"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// An `event_fields` entry: field names separated by `.`, where `\.` and `\\` escape a dot or a
+/// backslash inside a name; no name may be empty.
+fn valid_event_field(field: &str) -> bool {
+    let mut part_len = 0;
+    let mut chars = field.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => {
+                if chars.next().is_none() {
+                    return false;
+                }
+                part_len += 1;
+            }
+            '.' => {
+                if part_len == 0 {
+                    return false;
+                }
+                part_len = 0;
+            }
+            _ => part_len += 1,
+        }
+    }
+    part_len > 0
 }
 
 /// GET /_matrix/client/v3/user/{userId}/filter/{filterId}

@@ -181,6 +181,9 @@ pub async fn sliding_sync(
     }
     let deadline = tokio::time::Instant::now() + req.timeout;
     let handle = state.notifier.handle(user);
+    // The e2ee extension's key counts when the wait began: a change (another user claimed a
+    // one-time key, which wakes us) is news, so the client can upload more at once.
+    let mut counts_before: Option<Value> = None;
     loop {
         // Subscribe before reading, so a commit in between still wakes us.
         let notified = handle.notified();
@@ -188,7 +191,17 @@ pub async fn sliding_sync(
         notified.as_mut().enable();
         let upto = state.storage.safe_stream_position();
         let typing = state.typing.serial();
-        let computed = Box::pin(compute(state, req, &base, upto, typing)).await?;
+        let mut computed = Box::pin(compute(state, req, &base, upto, typing)).await?;
+        let counts = computed
+            .body
+            .get("extensions")
+            .and_then(|e| e.get("e2ee"))
+            .map(|e| e["device_one_time_keys_count"].clone());
+        match (&counts_before, counts) {
+            (None, counts) => counts_before = Some(counts.unwrap_or_default()),
+            (Some(before), Some(counts)) if *before != counts => computed.has_news = true,
+            _ => {}
+        }
         let timed_out = tokio::time::Instant::now() >= deadline;
         if quiet && timed_out && base.seq.is_some() && !computed.has_news {
             return Ok(None);
