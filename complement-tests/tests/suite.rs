@@ -21,6 +21,8 @@ mod account;
 mod admin;
 #[path = "suite/bounded.rs"]
 mod bounded;
+#[path = "suite/client_extras.rs"]
+mod client_extras;
 #[path = "suite/config.rs"]
 mod config;
 #[path = "suite/consistency.rs"]

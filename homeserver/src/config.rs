@@ -33,6 +33,31 @@ pub struct Config {
     pub presence: PresenceConfig,
     pub media: MediaConfig,
     pub push: PushConfig,
+    pub voip: VoipConfig,
+    pub rtc: RtcConfig,
+}
+
+/// Voice and video calls: the TURN server clients relay media through.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VoipConfig {
+    /// `turn:`/`turns:` URIs handed to clients; empty: no TURN server.
+    pub turn_uris: Vec<String>,
+    /// The secret shared with the TURN server (coturn's `static-auth-secret` with
+    /// `use-auth-secret`): credentials are an HMAC of a username that ends when they expire.
+    pub turn_shared_secret: Option<String>,
+    /// How long handed-out credentials are valid, in seconds.
+    pub turn_user_lifetime: u64,
+}
+
+/// MatrixRTC (Element Call): the LiveKit focus advertised to clients.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RtcConfig {
+    /// `livekit_service_url`s of the operator's LiveKit JWT services, in order of preference:
+    /// advertised in `/.well-known/matrix/client` as `org.matrix.msc4143.rtc_foci` and by
+    /// the MSC4143 transports endpoint.
+    pub livekit_service_urls: Vec<String>,
 }
 
 /// Push: where notifications may be sent.
@@ -189,6 +214,14 @@ const KEYS: &[Key] = &[
           doc: "CIDR ranges URL previews may fetch from although they are private, loopback or otherwise not public (e.g. [\"10.1.2.0/24\"]); everything non-public is refused otherwise. Like Synapse's url_preview_ip_range_whitelist." },
     Key { path: "push.ip_range_allowlist", kind: Kind::List, default: Some("[]"),
           doc: "CIDR ranges push gateways (the URLs of users' pushers) may be reached at although they are private, loopback or otherwise not public (e.g. [\"10.1.2.0/24\"]); notifications to other non-public addresses are refused. Like Synapse's ip_range_whitelist for pushers." },
+    Key { path: "voip.turn_uris", kind: Kind::List, default: Some("[]"),
+          doc: "TURN server URIs handed to clients for calls (GET /voip/turnServer), e.g. [\"turn:turn.example.org:3478?transport=udp\", \"turns:turn.example.org:5349?transport=tcp\"]. Empty: clients get no TURN server." },
+    Key { path: "voip.turn_shared_secret", kind: Kind::Str, default: None,
+          doc: "Secret shared with the TURN server (coturn: use-auth-secret, static-auth-secret): clients get time-limited credentials made from it. Needed for voip.turn_uris to be handed out." },
+    Key { path: "voip.turn_user_lifetime", kind: Kind::Int, default: Some("3600"),
+          doc: "How long TURN credentials handed to clients stay valid, in seconds." },
+    Key { path: "rtc.livekit_service_urls", kind: Kind::List, default: Some("[]"),
+          doc: "MatrixRTC (Element Call): URLs of LiveKit JWT services, advertised to clients as org.matrix.msc4143.rtc_foci in /.well-known/matrix/client and by the MSC4143 transports endpoint. Empty: none (clients use their own)." },
 ];
 
 /// Why the configuration was refused. The message always names the key.
@@ -428,6 +461,32 @@ impl Config {
             if range.parse::<ipnet::IpNet>().is_err() {
                 return Err(ConfigError::Invalid(format!(
                     "push.ip_range_allowlist (MYELIN_PUSH_IP_RANGE_ALLOWLIST): {range:?} is not a CIDR range like 10.0.0.0/8 or fd00::/8"
+                )));
+            }
+        }
+        if matches!(&self.voip.turn_shared_secret, Some(s) if s.is_empty()) {
+            return Err(ConfigError::Invalid(
+                "voip.turn_shared_secret (MYELIN_VOIP_TURN_SHARED_SECRET): must not be empty; leave it unset to hand out no TURN credentials".into(),
+            ));
+        }
+        for uri in &self.voip.turn_uris {
+            if !(uri.starts_with("turn:") || uri.starts_with("turns:") || uri.starts_with("stun:"))
+            {
+                return Err(ConfigError::Invalid(format!(
+                    "voip.turn_uris (MYELIN_VOIP_TURN_URIS): {uri:?} is not a turn:, turns: or stun: URI"
+                )));
+            }
+        }
+        if self.voip.turn_user_lifetime == 0 {
+            return Err(ConfigError::Invalid(
+                "voip.turn_user_lifetime (MYELIN_VOIP_TURN_USER_LIFETIME): must be at least 1"
+                    .into(),
+            ));
+        }
+        for url in &self.rtc.livekit_service_urls {
+            if !(url.starts_with("https://") || url.starts_with("http://")) {
+                return Err(ConfigError::Invalid(format!(
+                    "rtc.livekit_service_urls (MYELIN_RTC_LIVEKIT_SERVICE_URLS): {url:?} must start with https:// or http://"
                 )));
             }
         }

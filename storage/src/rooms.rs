@@ -1361,6 +1361,36 @@ impl Storage {
         rows.iter().map(event_from_row).collect()
     }
 
+    /// Up to `limit` events of `room_id` in timeline order of `origin_server_ts` from `ts`:
+    /// at or after it (`forward`) or at or before it, nearest first; rejected events and
+    /// outliers are left out. For `timestamp_to_event`, which checks visibility on these.
+    pub async fn events_near_ts(
+        &self,
+        room_id: &str,
+        ts: i64,
+        forward: bool,
+        limit: i64,
+    ) -> Result<Vec<EventRow>> {
+        let (cmp, order) = if forward {
+            (">=", "ASC")
+        } else {
+            ("<=", "DESC")
+        };
+        let sql = format!(
+            "SELECT {EVENT_COLUMNS} FROM events
+             WHERE room_id = $1 AND origin_server_ts {cmp} $2 AND stream_ordering IS NOT NULL
+               AND rejected_reason IS NULL
+             ORDER BY origin_server_ts {order}, stream_ordering {order} LIMIT $3"
+        );
+        let rows = sqlx::query(AssertSqlSafe(sql.as_str()))
+            .bind(room_id)
+            .bind(ts)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(event_from_row).collect()
+    }
+
     /// Rooms published in the directory.
     pub async fn public_rooms(&self) -> Result<Vec<String>> {
         let rows = sqlx::query("SELECT room_id FROM rooms WHERE is_public = 1 ORDER BY created_ts")

@@ -54,6 +54,35 @@ async fn config_invalid_boolean_is_fatal() {
 }
 
 #[tokio::test]
+async fn config_bad_voip_and_rtc_settings_are_fatal() {
+    for (env, key, value) in [
+        (
+            "MYELIN_VOIP_TURN_URIS",
+            "voip.turn_uris",
+            "http://turn.example.org",
+        ),
+        (
+            "MYELIN_VOIP_TURN_SHARED_SECRET",
+            "voip.turn_shared_secret",
+            "",
+        ),
+        (
+            "MYELIN_VOIP_TURN_USER_LIFETIME",
+            "voip.turn_user_lifetime",
+            "0",
+        ),
+        (
+            "MYELIN_RTC_LIVEKIT_SERVICE_URLS",
+            "rtc.livekit_service_urls",
+            "livekit.example.org",
+        ),
+    ] {
+        let run = run_with(&[], &[(env, value)]).await;
+        assert_fails_naming(&run, key);
+    }
+}
+
+#[tokio::test]
 async fn config_missing_config_file_is_fatal() {
     let path = "/nonexistent-myelin-dir/myelin.toml";
     let run = run_with(&["--config", path], &[]).await;

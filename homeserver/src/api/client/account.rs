@@ -3,7 +3,9 @@
 //! <https://spec.matrix.org/latest/client-server-api/#account-registration-and-management>
 
 use axum::{extract::State, http::StatusCode};
-use ruma::api::client::account::{change_password, deactivate, whoami, ThirdPartyIdRemovalStatus};
+use ruma::api::client::account::{
+    change_password, deactivate, get_3pids, whoami, ThirdPartyIdRemovalStatus,
+};
 
 use crate::{
     api::ruma::Ruma,
@@ -104,4 +106,18 @@ pub async fn deactivate(
     Ok(deactivate::v3::Response::new(
         ThirdPartyIdRemovalStatus::NoSupport,
     ))
+}
+
+/// GET /_matrix/client/v3/account/3pid
+///
+/// Myelin binds no email addresses or phone numbers to accounts (there is no identity server
+/// integration, and `/capabilities` says `m.3pid_changes` is off), so every account has none.
+/// Element's settings page asks for the list and shows it empty. The list is written out
+/// (ruma's type leaves an empty one out, and Synapse's clients read `threepids` as an array).
+/// <https://spec.matrix.org/latest/client-server-api/#get_matrixclientv3account3pid>
+pub async fn get_3pids(
+    State(_state): State<AppState>,
+    _req: Ruma<get_3pids::v3::Request>,
+) -> Result<axum::Json<serde_json::Value>> {
+    Ok(axum::Json(serde_json::json!({ "threepids": [] })))
 }

@@ -65,9 +65,11 @@ async fn discover_homeserver(
     State(state): State<AppState>,
     _: Ruma<discover_homeserver::Request>,
 ) -> Result<discover_homeserver::Response> {
-    Ok(discover_homeserver::Response::new(HomeserverInfo::new(
-        state.config.public_baseurl(),
-    )))
+    let mut response =
+        discover_homeserver::Response::new(HomeserverInfo::new(state.config.public_baseurl()));
+    // MatrixRTC foci (MSC4143), when the operator runs a LiveKit JWT service.
+    response.rtc_foci = super::rtc::configured_transports(&state);
+    Ok(response)
 }
 
 /// GET /.well-known/matrix/server

@@ -11,7 +11,7 @@ use axum::{extract::State, http::StatusCode};
 use ruma::{
     api::client::knock::knock_room,
     api::client::membership::{
-        ban_user, forget_room, get_member_events, invite_user, join_room_by_id,
+        ban_user, forget_room, get_member_events, get_mutual_rooms, invite_user, join_room_by_id,
         join_room_by_id_or_alias, joined_members, joined_rooms, kick_user, leave_room, unban_user,
     },
     OwnedMxcUri, OwnedRoomId, OwnedUserId, RoomId, RoomOrAliasId, UserId,
@@ -550,4 +550,81 @@ pub async fn get_member_events(
     let events = client_events(&state, &rows, Some((&sender.user_id, &sender.device_id))).await?;
     let chunk = events.iter().map(raw).collect::<Result<_>>()?;
     Ok(get_member_events::v3::Response::new(chunk))
+}
+
+/// Rooms per page of `mutual_rooms`.
+const MUTUAL_ROOMS_PAGE: usize = 100;
+
+/// The rooms both the sender and `other` are joined to, sorted by room ID: one page from
+/// after `from` (a room ID), the total, and the next page's token.
+async fn mutual_rooms(
+    state: &AppState,
+    sender: &UserId,
+    other: &UserId,
+    from: Option<&str>,
+) -> Result<(usize, Vec<OwnedRoomId>, Option<String>)> {
+    if sender == other {
+        return Err(Error::invalid_param(
+            "You cannot request a list of shared rooms with yourself",
+        ));
+    }
+    let mine: std::collections::BTreeSet<String> = state
+        .storage
+        .rooms_for_user(sender.as_str(), "join")
+        .await?
+        .into_iter()
+        .collect();
+    let mut shared: Vec<String> = state
+        .storage
+        .rooms_for_user(other.as_str(), "join")
+        .await?
+        .into_iter()
+        .filter(|r| mine.contains(r))
+        .collect();
+    shared.sort();
+    let total = shared.len();
+    let start = from.map_or(0, |from| shared.partition_point(|r| r.as_str() <= from));
+    let page: Vec<OwnedRoomId> = shared[start..]
+        .iter()
+        .take(MUTUAL_ROOMS_PAGE)
+        .map(|r| OwnedRoomId::try_from(r.as_str()).map_err(Error::internal))
+        .collect::<Result<_>>()?;
+    let next = (start + page.len() < total)
+        .then(|| page.last().map(ToString::to_string))
+        .flatten();
+    Ok((total, page, next))
+}
+
+/// GET /_matrix/client/v1/mutual_rooms
+///
+/// The rooms the sender shares with another user (spec v1.19, MSC2666), paginated.
+/// <https://spec.matrix.org/latest/client-server-api/#get_matrixclientv1mutual_rooms>
+pub async fn get_mutual_rooms(
+    State(state): State<AppState>,
+    req: Ruma<get_mutual_rooms::v1::Request>,
+) -> Result<get_mutual_rooms::v1::Response> {
+    let sender = &req.sender().user_id;
+    let (total, joined, next) =
+        mutual_rooms(&state, sender, &req.body.user_id, req.body.from.as_deref()).await?;
+    let mut response = get_mutual_rooms::v1::Response::new(
+        ruma::UInt::try_from(total).map_err(Error::internal)?,
+        joined,
+    );
+    response.next_batch = next;
+    Ok(response)
+}
+
+/// GET /_matrix/client/unstable/uk.half-shot.msc2666/user/mutual_rooms
+///
+/// The same under MSC2666's unstable path, which current SDKs still call.
+pub async fn get_mutual_rooms_unstable(
+    State(state): State<AppState>,
+    req: Ruma<get_mutual_rooms::unstable::Request>,
+) -> Result<get_mutual_rooms::unstable::Response> {
+    let sender = &req.sender().user_id;
+    let (_, joined, next) =
+        mutual_rooms(&state, sender, &req.body.user_id, req.body.from.as_deref()).await?;
+    let mut response = get_mutual_rooms::unstable::Response::new(joined);
+    response.next_batch = next;
+    Ok(response)
 }

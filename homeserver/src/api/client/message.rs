@@ -10,7 +10,7 @@ use ruma::{
         client::{
             message::{get_message_events, send_message_event},
             redact::redact_event,
-            room::get_room_event,
+            room::{get_event_by_timestamp, get_room_event},
             state::{get_state_event_for_key, get_state_events, send_state_event},
         },
         Direction,
@@ -262,6 +262,45 @@ pub async fn get_room_event(
         rooms::format::client_event(&state, &row, Some((&sender.user_id, &sender.device_id)))
             .await?;
     Ok(get_room_event::v3::Response::new(raw(&event)?))
+}
+
+/// Events looked at by `timestamp_to_event` before it gives up finding one the user may see.
+const TIMESTAMP_SCAN: i64 = 200;
+
+/// GET /_matrix/client/v1/rooms/{roomId}/timestamp_to_event
+///
+/// The event nearest to `ts` in direction `dir` (`f`: at or after it, `b`: at or before it)
+/// by `origin_server_ts`, among those the user may see (a room they cannot see has none: 404,
+/// so the answer reveals nothing). Clients use it for "jump to date".
+/// <https://spec.matrix.org/latest/client-server-api/#get_matrixclientv1roomsroomidtimestamp_to_event>
+pub async fn get_event_by_timestamp(
+    State(state): State<AppState>,
+    req: Ruma<get_event_by_timestamp::v1::Request>,
+) -> Result<get_event_by_timestamp::v1::Response> {
+    let sender = req.sender();
+    let room_id = req.body.room_id.as_str();
+    let ts = i64::from(req.body.ts.get());
+    let forward = matches!(req.body.dir, ruma::api::Direction::Forward);
+    let rows = state
+        .storage
+        .events_near_ts(room_id, ts, forward, TIMESTAMP_SCAN)
+        .await?;
+    let mut visibility = Visibility::new(&state, &sender.user_id, room_id).await?;
+    for row in rows {
+        if visibility.allows(&row).await? {
+            let event_id =
+                ruma::OwnedEventId::try_from(row.event_id.as_str()).map_err(Error::internal)?;
+            let ts = ruma::MilliSecondsSinceUnixEpoch(
+                ruma::UInt::try_from(row.origin_server_ts.max(0)).map_err(Error::internal)?,
+            );
+            return Ok(get_event_by_timestamp::v1::Response::new(event_id, ts));
+        }
+    }
+    Err(Error::not_found(format!(
+        "Unable to find event from {} in direction {}",
+        req.body.ts.get(),
+        if forward { "f" } else { "b" }
+    )))
 }
 
 /// A `/messages` token: `t<depth>_<stream>`, a position between events in topological order.

@@ -23,6 +23,7 @@ mod room;
 mod rtc;
 mod session;
 pub(crate) mod sync;
+mod thirdparty;
 mod to_device;
 mod voip;
 
@@ -119,6 +120,11 @@ pub fn routes(r: Router<AppState>) -> Router<AppState> {
     let r = route(r, pushers::get_pushers);
     let r = route(r, pushers::set_pusher);
     let r = route(r, rtc::get_rtc_transports);
+    let r = route(r, thirdparty::get_protocols);
+    let r = route_raw(r, account::get_3pids);
+    let r = route(r, membership::get_mutual_rooms);
+    let r = route(r, membership::get_mutual_rooms_unstable);
+    let r = route(r, message::get_event_by_timestamp);
     let r = route_raw(r, voip::get_turn_server_info);
     let r = route(r, presence::get_presence);
     let r = route(r, presence::set_presence);
