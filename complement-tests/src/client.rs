@@ -85,6 +85,11 @@ impl Client {
         }
     }
 
+    /// The client's access token. Panics for an anonymous client.
+    pub fn access_token(&self) -> &str {
+        self.access_token.as_deref().expect("a logged-in client")
+    }
+
     /// The same client with another (possibly bogus) access token.
     pub fn with_token(&self, token: &str) -> Client {
         Client {

@@ -20,6 +20,7 @@ mod pdu_form;
 mod push;
 mod pushers;
 mod recent;
+mod reports;
 mod rooms;
 mod rooms_list;
 mod state;
@@ -35,6 +36,7 @@ pub use media::{MediaRow, PendingUpload, ThumbnailRow};
 pub use misc::{RegistrationTokenRow, SigningKeyRow, UiaSessionRow};
 pub use push::{NewPushAction, NotificationRow, PendingPush, UnreadCount};
 pub use pushers::{NewPusher, PusherRow};
+pub use reports::{NewReport, ReportRow};
 pub use rooms::{
     Direction, EventRow, NewEvent, NewRoom, Persisted, RoomRow, StateMap, TopologicalPosition,
 };

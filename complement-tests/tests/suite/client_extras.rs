@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use base64::{engine::general_purpose::STANDARD, Engine};
 use complement_tests::{
-    assert_error, assert_ok, backend_tests, encode, Backend, Client, ServerOptions, TestServer,
+    assert_error, assert_ok, backend_tests, encode, unique_name, Backend, Client, ServerOptions,
+    TestServer,
 };
 use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
@@ -240,9 +241,228 @@ async fn timestamp_to_event(backend: Backend) {
     assert_eq!(status, 400, "a negative ts: {body}");
 }
 
+/// A server admin, registered with the shared secret.
+async fn admin(hs: &TestServer) -> Client {
+    let secret = hs.shared_secret().expect("shared secret");
+    let name = unique_name("admin");
+    let password = format!("pw-{name}");
+    let registered = hs
+        .client()
+        .shared_secret_register(&secret, &name, &password, true)
+        .await;
+    hs.client()
+        .authed(assert_ok(&registered, "admin registration"), &password)
+}
+
+/// Reporting an event, a room and a user stores the reports for the admins (read back
+/// through `GET /_synapse/admin/v1/event_reports`); an event the reporter may not see (a room
+/// they were never in), an unknown event, room or local user is 404 and stores nothing.
+async fn reports_are_stored_for_admins(backend: Backend) {
+    let Some(hs) = TestServer::start(backend, ServerOptions::default()).await else {
+        return;
+    };
+    let alice = hs.register_user("alice").await;
+    let bob = hs.register_user("bob").await;
+    let mallory = hs.register_user("mallory").await;
+    let room = alice.create_room(&json!({ "preset": "public_chat" })).await;
+    assert_ok(&bob.join(&room).await, "bob joins");
+    let rude = alice.send_text(&room, "something rude").await;
+    let private = alice.create_room(&json!({})).await;
+    let secret = alice.send_text(&private, "a secret").await;
+
+    let event_report =
+        |room: &str, event: &str| Client::room_path(room, &format!("/report/{}", encode(event)));
+    assert_ok(
+        &bob.post(
+            &event_report(&room, &rude),
+            &json!({ "reason": "rude", "score": -100 }),
+        )
+        .await,
+        "bob reports alice's event",
+    );
+    assert_ok(
+        &bob.post(
+            &Client::room_path(&room, "/report"),
+            &json!({ "reason": "a bad room" }),
+        )
+        .await,
+        "bob reports the room",
+    );
+    let user_report = format!(
+        "/_matrix/client/v3/users/{}/report",
+        encode(alice.user_id())
+    );
+    assert_ok(
+        &bob.post(&user_report, &json!({ "reason": "a bad user" }))
+            .await,
+        "bob reports alice",
+    );
+
+    // Refused, and nothing stored.
+    assert_error(
+        &mallory
+            .post(&event_report(&private, &secret), &json!({ "reason": "x" }))
+            .await,
+        404,
+        "M_NOT_FOUND",
+        "an event in a room mallory was never in",
+    );
+    assert_error(
+        &mallory
+            .post(&event_report(&room, &rude), &json!({ "reason": "x" }))
+            .await,
+        404,
+        "M_NOT_FOUND",
+        "an event in a public room mallory is not in",
+    );
+    assert_error(
+        &bob.post(
+            &event_report(&room, "$nosuchevent"),
+            &json!({ "reason": "x" }),
+        )
+        .await,
+        404,
+        "M_NOT_FOUND",
+        "an unknown event",
+    );
+    assert_error(
+        &bob.post(&event_report(&room, &secret), &json!({ "reason": "x" }))
+            .await,
+        404,
+        "M_NOT_FOUND",
+        "an event of another room",
+    );
+    assert_error(
+        &bob.post(
+            &Client::room_path("!nosuchroom:localhost", "/report"),
+            &json!({ "reason": "x" }),
+        )
+        .await,
+        404,
+        "M_NOT_FOUND",
+        "an unknown room",
+    );
+    let nobody = format!(
+        "/_matrix/client/v3/users/{}/report",
+        encode(&hs.user_id("nobody-here"))
+    );
+    assert_error(
+        &bob.post(&nobody, &json!({ "reason": "x" })).await,
+        404,
+        "M_NOT_FOUND",
+        "an unknown local user",
+    );
+    let (status, body) = bob.post(&user_report, &json!({})).await;
+    assert_eq!(status, 400, "a user report without a reason: {body}");
+
+    // What the admins see: the three reports, in order, and nothing else.
+    let admin = admin(&hs).await;
+    let response = admin.get("/_synapse/admin/v1/event_reports").await;
+    let reports = assert_ok(&response, "event_reports")["event_reports"]
+        .as_array()
+        .expect("a list")
+        .clone();
+    assert_eq!(reports.len(), 3, "{reports:?}");
+    assert_eq!(reports[0]["event_id"], rude.as_str());
+    assert_eq!(reports[0]["room_id"], room.as_str());
+    assert_eq!(reports[0]["user_id"], bob.user_id());
+    assert_eq!(reports[0]["reason"], "rude");
+    assert_eq!(reports[1]["room_id"], room.as_str());
+    assert!(reports[1]["event_id"].is_null(), "{:?}", reports[1]);
+    assert_eq!(reports[1]["reason"], "a bad room");
+    assert_eq!(reports[2]["target_user_id"], alice.user_id());
+    assert_eq!(reports[2]["reason"], "a bad user");
+    // Paging, and only admins.
+    let response = admin.get("/_synapse/admin/v1/event_reports?limit=2").await;
+    let page = assert_ok(&response, "page 1").clone();
+    assert_eq!(page["event_reports"].as_array().map(Vec::len), Some(2));
+    let next = page["next_token"].as_i64().expect("next_token");
+    let response = admin
+        .get(&format!(
+            "/_synapse/admin/v1/event_reports?limit=2&from={next}"
+        ))
+        .await;
+    assert_eq!(
+        assert_ok(&response, "page 2")["event_reports"][0]["reason"],
+        "a bad user"
+    );
+    assert_error(
+        &bob.get("/_synapse/admin/v1/event_reports").await,
+        403,
+        "M_FORBIDDEN",
+        "a non-admin",
+    );
+}
+
+/// `POST /user/{me}/openid/request_token` gives a token a third party exchanges at
+/// `GET /_matrix/federation/v1/openid/userinfo` for the user ID; another user's ID is 403, and
+/// an unknown token (or an access token) is 401 `M_UNKNOWN_TOKEN`.
+async fn openid_tokens(backend: Backend) {
+    let Some(hs) = TestServer::start(backend, ServerOptions::default()).await else {
+        return;
+    };
+    let alice = hs.register_user("alice").await;
+    let bob = hs.register_user("bob").await;
+    let path = |user: &str| {
+        format!(
+            "/_matrix/client/v3/user/{}/openid/request_token",
+            encode(user)
+        )
+    };
+    let response = alice.post(&path(alice.user_id()), &json!({})).await;
+    let body = assert_ok(&response, "request_token").clone();
+    assert_eq!(body["token_type"], "Bearer");
+    assert_eq!(body["expires_in"], 3600);
+    assert_eq!(
+        Some(body["matrix_server_name"].as_str().expect("server name")),
+        alice.user_id().split_once(':').map(|(_, s)| s)
+    );
+    let token = body["access_token"].as_str().expect("token").to_owned();
+    let third_party = hs.client();
+    let userinfo = |token: &str| {
+        format!(
+            "/_matrix/federation/v1/openid/userinfo?access_token={}",
+            encode(token)
+        )
+    };
+    let response = third_party.get(&userinfo(&token)).await;
+    assert_eq!(
+        assert_ok(&response, "userinfo"),
+        &json!({ "sub": alice.user_id() })
+    );
+    assert_error(
+        &third_party.get(&userinfo("not-a-token")).await,
+        401,
+        "M_UNKNOWN_TOKEN",
+        "an unknown token",
+    );
+    assert_error(
+        &third_party.get(&userinfo(alice.access_token())).await,
+        401,
+        "M_UNKNOWN_TOKEN",
+        "an access token is not an OpenID token",
+    );
+    assert_error(
+        &third_party
+            .get("/_matrix/federation/v1/openid/userinfo")
+            .await,
+        401,
+        "M_UNKNOWN_TOKEN",
+        "no token",
+    );
+    assert_error(
+        &bob.post(&path(alice.user_id()), &json!({})).await,
+        403,
+        "M_FORBIDDEN",
+        "a token for another user",
+    );
+}
+
 backend_tests!(
     startup_endpoints_answer,
     turn_credentials_and_rtc_foci,
     mutual_rooms,
     timestamp_to_event,
+    reports_are_stored_for_admins,
+    openid_tokens,
 );

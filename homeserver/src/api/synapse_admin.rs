@@ -45,6 +45,59 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
             "/_synapse/admin/v1/registration_tokens/{token}",
             get(get_registration_token).delete(delete_registration_token),
         )
+        .route("/_synapse/admin/v1/event_reports", get(list_event_reports))
+}
+
+#[derive(Deserialize)]
+struct ReportsQuery {
+    from: Option<i64>,
+    limit: Option<i64>,
+}
+
+/// GET /_synapse/admin/v1/event_reports
+///
+/// The stored reports, oldest first, in Synapse's shape (`event_reports`, `next_token`,
+/// `total` of this page's kind). Room and user reports carry no `event_id`. The rest of
+/// Synapse's report API (filters, details, deletion) comes with the admin API issue.
+async fn list_event_reports(
+    State(state): State<AppState>,
+    axum::extract::Query(query): axum::extract::Query<ReportsQuery>,
+    parts: http::request::Parts,
+) -> Result<Json<Value>> {
+    require_admin(&state, &parts).await?;
+    let limit = query.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) || query.from.is_some_and(|f| f < 0) {
+        return Err(Error::invalid_param(
+            "limit must be 1..1000 and from non-negative",
+        ));
+    }
+    let rows = state
+        .storage
+        .reports(query.from.unwrap_or(0), limit)
+        .await?;
+    let next = (rows.len() as i64 == limit)
+        .then(|| rows.last().map(|r| r.report_id))
+        .flatten();
+    let reports: Vec<Value> = rows
+        .iter()
+        .map(|r| {
+            json!({
+                "id": r.report_id,
+                "received_ts": r.received_ts,
+                "user_id": r.reporter,
+                "room_id": r.room_id,
+                "event_id": r.event_id,
+                "target_user_id": r.target_user_id,
+                "reason": r.reason,
+                "score": r.score,
+            })
+        })
+        .collect();
+    let mut body = json!({ "event_reports": reports, "total": reports.len() });
+    if let Some(next) = next {
+        body["next_token"] = json!(next);
+    }
+    Ok(Json(body))
 }
 
 fn shared_secret(state: &AppState) -> Result<&str> {

@@ -12,6 +12,7 @@ mod keys;
 mod media;
 mod membership;
 mod message;
+mod openid;
 mod presence;
 mod profile;
 mod push;
@@ -19,6 +20,7 @@ mod pushers;
 mod receipts;
 pub(crate) mod register;
 mod relations;
+mod report;
 mod room;
 mod rtc;
 mod session;
@@ -121,6 +123,10 @@ pub fn routes(r: Router<AppState>) -> Router<AppState> {
     let r = route(r, pushers::set_pusher);
     let r = route(r, rtc::get_rtc_transports);
     let r = route(r, thirdparty::get_protocols);
+    let r = route(r, report::report_event);
+    let r = route(r, report::report_room);
+    let r = route(r, report::report_user);
+    let r = route(r, openid::request_openid_token);
     let r = route_raw(r, account::get_3pids);
     let r = route(r, membership::get_mutual_rooms);
     let r = route(r, membership::get_mutual_rooms_unstable);
@@ -165,6 +171,10 @@ pub fn routes(r: Router<AppState>) -> Router<AppState> {
     r.route(
         "/_matrix/client/unstable/io.myelin/sync/ws",
         axum::routing::get(crate::sync::ws::sync_ws),
+    )
+    .route(
+        "/_matrix/federation/v1/openid/userinfo",
+        axum::routing::get(openid::openid_userinfo),
     )
     .route(
         "/_matrix/client/unstable/io.myelin/sliding_sync/ws",
