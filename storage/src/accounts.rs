@@ -568,3 +568,81 @@ impl Storage {
         Ok(position)
     }
 }
+
+/// Why a profile field was not stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProfileFieldRefused {
+    /// The user's profile would exceed the size limit.
+    TooLarge,
+}
+
+impl Storage {
+    /// A user's profile fields other than displayname and avatar_url: `(field, JSON value)`,
+    /// sorted by field.
+    pub async fn profile_fields(&self, user_id: &str) -> Result<Vec<(String, String)>> {
+        let rows = sqlx::query(
+            "SELECT field, value FROM profile_fields WHERE user_id = $1 ORDER BY field",
+        )
+        .bind(user_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("field")?, r.try_get("value")?)))
+            .collect()
+    }
+
+    /// Sets one such field (its value as JSON text), unless the user's fields would then
+    /// take more than `max_total_bytes` (names and values). Checked and written in one
+    /// transaction, with the user's profile row locked on PostgreSQL, so two concurrent writes
+    /// cannot both squeeze under the limit.
+    pub async fn set_profile_field(
+        &self,
+        user_id: &str,
+        field: &str,
+        value: &str,
+        max_total_bytes: i64,
+    ) -> Result<std::result::Result<(), ProfileFieldRefused>> {
+        let mut tx = self.begin_write().await?;
+        if self.backend == crate::Backend::Postgres {
+            sqlx::query("SELECT user_id FROM profiles WHERE user_id = $1 FOR UPDATE")
+                .bind(user_id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        let others: i64 = sqlx::query(
+            "SELECT COALESCE(SUM(LENGTH(field) + LENGTH(value)), 0) AS n FROM profile_fields
+             WHERE user_id = $1 AND field <> $2",
+        )
+        .bind(user_id)
+        .bind(field)
+        .fetch_one(&mut *tx)
+        .await?
+        .try_get("n")?;
+        // Characters on both engines (LENGTH of text counts characters in each).
+        let own = (field.chars().count() + value.chars().count()) as i64;
+        if others + own > max_total_bytes {
+            return Ok(Err(ProfileFieldRefused::TooLarge));
+        }
+        sqlx::query(
+            "INSERT INTO profile_fields (user_id, field, value) VALUES ($1, $2, $3)
+             ON CONFLICT (user_id, field) DO UPDATE SET value = excluded.value",
+        )
+        .bind(user_id)
+        .bind(field)
+        .bind(value)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Ok(()))
+    }
+
+    /// Removes one such field; whether it was set.
+    pub async fn delete_profile_field(&self, user_id: &str, field: &str) -> Result<bool> {
+        let done = sqlx::query("DELETE FROM profile_fields WHERE user_id = $1 AND field = $2")
+            .bind(user_id)
+            .bind(field)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+}

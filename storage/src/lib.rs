@@ -28,7 +28,7 @@ mod stream;
 mod sync;
 mod to_device;
 
-pub use accounts::{DeviceRow, TokenOwner, UserRow};
+pub use accounts::{DeviceRow, ProfileFieldRefused, TokenOwner, UserRow};
 pub use backup::{BackupKeyRow, BackupScope, BackupVersionRow, BackupWriteError};
 pub use error::{Error, Result};
 pub use keys::{ClaimedKey, DeviceKeysRow, KeySignature, KeyUpload, NewKey, UploadOutcome};

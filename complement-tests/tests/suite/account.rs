@@ -465,7 +465,145 @@ async fn account_data_server_managed_types(backend: Backend) {
     );
 }
 
+/// Profile fields beyond name and avatar (spec v1.16): `m.tz` and custom namespaced keys
+/// with any JSON value are set, read alone and in the whole profile (without a token),
+/// replaced and deleted by their owner only; a name over 255 bytes is `M_KEY_TOO_LARGE`, a
+/// profile over 64 KiB `M_PROFILE_TOO_LARGE` (and nothing changes); `/capabilities` says so.
+async fn custom_profile_fields(backend: Backend) {
+    let Some(hs) = TestServer::start(backend, ServerOptions::default()).await else {
+        return;
+    };
+    let alice = hs.register_user("alice").await;
+    let bob = hs.register_user("bob").await;
+    let anonymous = hs.client();
+    let base = format!("/_matrix/client/v3/profile/{}", encode(alice.user_id()));
+    let field = |name: &str| format!("{base}/{}", encode(name));
+
+    assert_ok_object(
+        &alice
+            .put(&field("m.tz"), &json!({ "m.tz": "Europe/Paris" }))
+            .await,
+        "PUT m.tz",
+    );
+    let pronouns = json!([{ "language": "en", "summary": "she/her" }]);
+    assert_ok_object(
+        &alice
+            .put(
+                &field("org.example.pronouns"),
+                &json!({ "org.example.pronouns": pronouns }),
+            )
+            .await,
+        "PUT a custom field",
+    );
+    let got = anonymous.get(&field("org.example.pronouns")).await;
+    assert_eq!(
+        assert_ok(&got, "GET the custom field"),
+        &json!({ "org.example.pronouns": pronouns })
+    );
+    let got = anonymous.get(&field("m.tz")).await;
+    assert_eq!(assert_ok(&got, "GET m.tz")["m.tz"], "Europe/Paris");
+    let profile = anonymous.get(&base).await;
+    let body = assert_ok(&profile, "GET the whole profile").clone();
+    assert_eq!(body["m.tz"], "Europe/Paris", "{body}");
+    assert_eq!(body["org.example.pronouns"], pronouns, "{body}");
+    assert!(
+        body["displayname"].is_string(),
+        "the display name stays: {body}"
+    );
+
+    // Replaced, then deleted; deleting again is fine; a field never set is 404.
+    assert_ok_object(
+        &alice
+            .put(&field("m.tz"), &json!({ "m.tz": "Asia/Tokyo" }))
+            .await,
+        "PUT m.tz again",
+    );
+    assert_eq!(
+        assert_ok(&anonymous.get(&field("m.tz")).await, "GET m.tz")["m.tz"],
+        "Asia/Tokyo"
+    );
+    assert_ok_object(&alice.delete(&field("m.tz")).await, "DELETE m.tz");
+    assert_ok_object(&alice.delete(&field("m.tz")).await, "DELETE m.tz again");
+    assert_error(
+        &anonymous.get(&field("m.tz")).await,
+        404,
+        "M_NOT_FOUND",
+        "GET a deleted field",
+    );
+    let body = assert_ok(&anonymous.get(&base).await, "profile").clone();
+    assert!(body.get("m.tz").is_none(), "{body}");
+
+    // Only the owner; limits.
+    assert_error(
+        &bob.put(&field("m.tz"), &json!({ "m.tz": "UTC" })).await,
+        403,
+        "M_FORBIDDEN",
+        "PUT another user's field",
+    );
+    assert_error(
+        &bob.delete(&field("org.example.pronouns")).await,
+        403,
+        "M_FORBIDDEN",
+        "DELETE another user's field",
+    );
+    let long_name = format!("org.example.{}", "k".repeat(250));
+    assert_error(
+        &alice
+            .put(&field(&long_name), &json!({ long_name.clone(): 1 }))
+            .await,
+        400,
+        "M_KEY_TOO_LARGE",
+        "a field name over 255 bytes",
+    );
+    let big = "x".repeat(40_000);
+    assert_ok_object(
+        &alice
+            .put(
+                &field("org.example.big1"),
+                &json!({ "org.example.big1": big }),
+            )
+            .await,
+        "a 40,000-character field",
+    );
+    assert_error(
+        &alice
+            .put(
+                &field("org.example.big2"),
+                &json!({ "org.example.big2": big }),
+            )
+            .await,
+        400,
+        "M_PROFILE_TOO_LARGE",
+        "a second one, over 64 KiB in all",
+    );
+    assert_error(
+        &anonymous.get(&field("org.example.big2")).await,
+        404,
+        "M_NOT_FOUND",
+        "the refused field was not stored",
+    );
+    // Replacing a big field with a smaller one stays within the limit.
+    assert_ok_object(
+        &alice
+            .put(
+                &field("org.example.big1"),
+                &json!({ "org.example.big1": "small" }),
+            )
+            .await,
+        "replace the big field",
+    );
+
+    let caps = alice.get("/_matrix/client/v3/capabilities").await;
+    let caps = &assert_ok(&caps, "capabilities")["capabilities"]["m.profile_fields"];
+    assert_eq!(caps["enabled"], true, "{caps}");
+    assert!(
+        caps.get("allowed").is_none(),
+        "every field may be set: {caps}"
+    );
+}
+
 backend_tests!(
+    custom_profile_fields,
     a08_password_change,
     deactivate_account,
     profile_set_and_read_without_auth,

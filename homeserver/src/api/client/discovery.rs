@@ -14,7 +14,6 @@ use ruma::{
         },
         get_supported_versions,
     },
-    profile::ProfileFieldName,
     RoomVersionId,
 };
 
@@ -101,11 +100,7 @@ async fn get_capabilities(
         .iter()
         .map(|v| (v.clone(), RoomVersionStability::Stable))
         .collect();
-    let mut profile_fields = ProfileFieldsCapability::new(true);
-    profile_fields.allowed = Some(vec![
-        ProfileFieldName::DisplayName,
-        ProfileFieldName::AvatarUrl,
-    ]);
-    capabilities.profile_fields = Some(profile_fields);
+    // Every field may be set (displayname and avatar_url, m.tz, custom namespaced keys).
+    capabilities.profile_fields = Some(ProfileFieldsCapability::new(true));
     Ok(get_capabilities::v3::Response::new(capabilities))
 }

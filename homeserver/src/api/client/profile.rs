@@ -1,10 +1,12 @@
-//! User profiles: display name and avatar.
+//! User profiles: display name, avatar, and the other fields of spec v1.16 (`m.tz`, custom
+//! namespaced keys).
 //!
 //! <https://spec.matrix.org/latest/client-server-api/#profiles>
 //!
-//! Profiles are public: reading one needs no access token. Only the user may change their own,
-//! and a change is carried into every room they are joined to by a new `m.room.member` event.
-//! (Profiles of users on other servers come with federation.)
+//! Profiles are public: reading one needs no access token. Only the user may change their own.
+//! A change of display name or avatar is carried into every room they are joined to by a new
+//! `m.room.member` event; the other fields live in the profile only. (Profiles of users on
+//! other servers come with federation.)
 
 use axum::extract::State;
 use ruma::{
@@ -23,6 +25,30 @@ use crate::{
 
 /// Longest display name accepted, in characters (Synapse's limit).
 const MAX_DISPLAYNAME_LEN: usize = 256;
+/// Longest profile field name, in bytes (the spec's limit).
+const MAX_FIELD_NAME_BYTES: usize = 255;
+/// Most a user's other profile fields may take together (names and values, in characters):
+/// the spec's 64 KiB for a whole profile.
+const MAX_PROFILE_CHARS: i64 = 65_536;
+
+/// The stored value of a field other than displayname and avatar_url.
+async fn other_field(
+    state: &AppState,
+    user_id: &UserId,
+    field: &str,
+) -> Result<Option<serde_json::Value>> {
+    Ok(state
+        .storage
+        .profile_fields(user_id.as_str())
+        .await?
+        .into_iter()
+        .find(|(name, _)| name == field)
+        .and_then(|(_, value)| serde_json::from_str(&value).ok()))
+}
+
+fn profile_error(errcode: &'static str, message: impl Into<String>) -> Error {
+    Error::new(axum::http::StatusCode::BAD_REQUEST, errcode, message)
+}
 
 /// The stored profile of a local user, or 404.
 async fn load(state: &AppState, user_id: &UserId) -> Result<(Option<String>, Option<String>)> {
@@ -60,6 +86,15 @@ pub async fn get_profile(
     if let Some(url) = avatar_url {
         response.data.set("avatar_url".into(), url.into());
     }
+    for (field, value) in state
+        .storage
+        .profile_fields(req.body.user_id.as_str())
+        .await?
+    {
+        if let Ok(value) = serde_json::from_str(&value) {
+            response.data.set(field, value);
+        }
+    }
     Ok(response)
 }
 
@@ -76,7 +111,9 @@ pub async fn get_profile_field(
         ProfileFieldName::AvatarUrl => {
             avatar_url.map(|url| ProfileFieldValue::AvatarUrl(OwnedMxcUri::from(url)))
         }
-        _ => None,
+        ref other => other_field(&state, &req.body.user_id, other.as_str())
+            .await?
+            .and_then(|value| ProfileFieldValue::new(other.as_str(), value).ok()),
     };
     value
         .map(get_profile_field::v3::Response::new)
@@ -115,10 +152,30 @@ pub async fn set_profile_field(
             }
             state.storage.set_avatar_url(user_id.as_str(), url).await?
         }
-        _ => {
-            return Err(Error::forbidden(
-                "Only displayname and avatar_url can be set on this server",
-            ))
+        other => {
+            let field = other.field_name();
+            let field = field.as_str();
+            if field.len() > MAX_FIELD_NAME_BYTES {
+                return Err(profile_error(
+                    "M_KEY_TOO_LARGE",
+                    format!("Profile field names are at most {MAX_FIELD_NAME_BYTES} bytes"),
+                ));
+            }
+            if field.is_empty() {
+                return Err(Error::invalid_param("The profile field name is empty"));
+            }
+            let value = serde_json::to_string(&other.value()).map_err(Error::internal)?;
+            let stored = state
+                .storage
+                .set_profile_field(user_id.as_str(), field, &value, MAX_PROFILE_CHARS)
+                .await?;
+            if stored.is_err() {
+                return Err(profile_error(
+                    "M_PROFILE_TOO_LARGE",
+                    "The profile would be larger than 64 KiB",
+                ));
+            }
+            return Ok(set_profile_field::v3::Response::new());
         }
     };
     rooms::profile::propagate(&state, user_id, mark).await?;
@@ -142,10 +199,13 @@ pub async fn delete_profile_field(
                 .await?
         }
         ProfileFieldName::AvatarUrl => state.storage.set_avatar_url(user_id.as_str(), None).await?,
-        _ => {
-            return Err(Error::forbidden(
-                "Only displayname and avatar_url can be changed on this server",
-            ))
+        ref other => {
+            // Deleting a field that is not set is not an error (as for displayname).
+            state
+                .storage
+                .delete_profile_field(user_id.as_str(), other.as_str())
+                .await?;
+            return Ok(delete_profile_field::v3::Response::new());
         }
     };
     rooms::profile::propagate(&state, user_id, mark).await?;
