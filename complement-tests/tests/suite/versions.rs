@@ -38,6 +38,18 @@ async fn a01_versions_anonymous(backend: Backend) {
         body["unstable_features"]["org.matrix.simplified_msc3575"], true,
         "{body}"
     );
+    // Mutual rooms (MSC2666) works, so it is claimed; nothing unimplemented is.
+    for feature in [
+        "uk.half-shot.msc2666.query_mutual_rooms",
+        "uk.half-shot.msc2666.query_mutual_rooms.stable",
+    ] {
+        assert_eq!(body["unstable_features"][feature], true, "{body}");
+    }
+    assert_eq!(
+        body["unstable_features"].as_object().map(|f| f.len()),
+        Some(3),
+        "only what works is claimed: {body}"
+    );
 }
 
 /// `GET /capabilities` needs a token and answers with a `capabilities`

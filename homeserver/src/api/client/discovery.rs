@@ -51,9 +51,17 @@ async fn get_supported_versions(
     let mut response = get_supported_versions::Response::new(
         SPEC_VERSIONS.iter().map(|v| v.to_string()).collect(),
     );
-    // Simplified sliding sync (MSC4186): Element X will not log in without it.
-    response.unstable_features =
-        BTreeMap::from([("org.matrix.simplified_msc3575".to_owned(), true)]);
+    // Only features that work: simplified sliding sync (MSC4186: Element X will not log in
+    // without it) and mutual rooms (MSC2666, both paths; matrix-js-sdk asks for it by these
+    // names before calling).
+    response.unstable_features = [
+        "org.matrix.simplified_msc3575",
+        "uk.half-shot.msc2666.query_mutual_rooms",
+        "uk.half-shot.msc2666.query_mutual_rooms.stable",
+    ]
+    .into_iter()
+    .map(|feature| (feature.to_owned(), true))
+    .collect::<BTreeMap<_, _>>();
     Ok(response)
 }
 
