@@ -259,6 +259,21 @@ impl TestServer {
         self.client().authed(&body, &password)
     }
 
+    /// Registers a fresh server admin through shared-secret registration and returns a
+    /// logged-in client; `None` when the shared secret is unknown (an external server
+    /// without `MYELIN_TEST_SHARED_SECRET`). Panics on failure.
+    pub async fn register_admin(&self) -> Option<Client> {
+        let secret = self.shared_secret()?;
+        let name = crate::unique_name("admin");
+        let password = format!("pw-{name}");
+        let (status, body) = self
+            .client()
+            .shared_secret_register(&secret, &name, &password, true)
+            .await;
+        assert_eq!(status, 200, "registering admin {name} failed: {body}");
+        Some(self.client().authed(&body, &password))
+    }
+
     /// Sends SIGTERM and waits for the process to exit; returns its status.
     /// Panics (printing the logs) if it does not exit in time.
     pub async fn stop(&mut self) -> ExitStatus {

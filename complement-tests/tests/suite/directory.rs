@@ -446,7 +446,7 @@ async fn a19_server_admin_deletes_alias(backend: Backend) {
     let Some(hs) = TestServer::start(backend, ServerOptions::default()).await else {
         return;
     };
-    let Some(secret) = hs.shared_secret() else {
+    let Some(admin) = hs.register_admin().await else {
         complement_tests::skip(
             "a19_server_admin_deletes_alias",
             "no shared secret for an external server",
@@ -458,15 +458,6 @@ async fn a19_server_admin_deletes_alias(backend: Backend) {
     let alias = new_alias(&hs, "admin");
     assert_ok_object(&put_alias(&alice, &alias, &room).await, "PUT alias");
 
-    let name = unique_name("admin");
-    let password = format!("pw-{name}");
-    let registered = hs
-        .client()
-        .shared_secret_register(&secret, &name, &password, true)
-        .await;
-    let admin = hs
-        .client()
-        .authed(assert_ok(&registered, "admin registration"), &password);
     assert_ok_object(
         &admin.delete(&alias_path(&alias)).await,
         "admin DELETE alias",
