@@ -81,6 +81,8 @@ mod state_history;
 mod sync;
 #[path = "suite/sync_consistency.rs"]
 mod sync_consistency;
+#[path = "suite/user_directory.rs"]
+mod user_directory;
 #[path = "suite/versions.rs"]
 mod versions;
 #[path = "suite/websocket.rs"]

@@ -35,6 +35,16 @@ pub struct Config {
     pub push: PushConfig,
     pub voip: VoipConfig,
     pub rtc: RtcConfig,
+    pub user_directory: UserDirectoryConfig,
+}
+
+/// The user directory (POST /user_directory/search).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserDirectoryConfig {
+    /// Let every user find every local user, not only those in public rooms and those they
+    /// share a room with (Synapse's `user_directory.search_all_users`).
+    pub search_all_users: bool,
 }
 
 /// Voice and video calls: the TURN server clients relay media through.
@@ -214,6 +224,8 @@ const KEYS: &[Key] = &[
           doc: "CIDR ranges URL previews may fetch from although they are private, loopback or otherwise not public (e.g. [\"10.1.2.0/24\"]); everything non-public is refused otherwise. Like Synapse's url_preview_ip_range_whitelist." },
     Key { path: "push.ip_range_allowlist", kind: Kind::List, default: Some("[]"),
           doc: "CIDR ranges push gateways (the URLs of users' pushers) may be reached at although they are private, loopback or otherwise not public (e.g. [\"10.1.2.0/24\"]); notifications to other non-public addresses are refused. Like Synapse's ip_range_whitelist for pushers." },
+    Key { path: "user_directory.search_all_users", kind: Kind::Bool, default: Some("false"),
+          doc: "Let users find every local user in the user directory (\"Start chat\"). Off: only users who share a room with them or are in a public room." },
     Key { path: "voip.turn_uris", kind: Kind::List, default: Some("[]"),
           doc: "TURN server URIs handed to clients for calls (GET /voip/turnServer), e.g. [\"turn:turn.example.org:3478?transport=udp\", \"turns:turn.example.org:5349?transport=tcp\"]. Empty: clients get no TURN server." },
     Key { path: "voip.turn_shared_secret", kind: Kind::Str, default: None,

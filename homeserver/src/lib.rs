@@ -576,6 +576,8 @@ pub async fn serve(
     let profiles = tokio::spawn(rooms::profile::resume_pending(state.clone()));
     // Room upgrades a stopped server had not finished in the old room.
     let upgrades = tokio::spawn(rooms::upgrade::resume_pending(state.clone()));
+    // Rooms and users from before the user directory existed.
+    let directory = tokio::spawn(api::client::user_directory::backfill(state.clone()));
     let app = api::router(state.clone());
     let limits = ConnectionLimits {
         max_connections: state.config.max_connections,
@@ -589,6 +591,7 @@ pub async fn serve(
     delivery_recorder.abort();
     profiles.abort();
     upgrades.abort();
+    directory.abort();
     state.pushers.stop_all();
     state.storage.close().await;
     Ok(())

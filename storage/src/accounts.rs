@@ -131,6 +131,7 @@ impl Storage {
             .bind(displayname)
             .execute(&mut *tx)
             .await?;
+        crate::directory::index_user(&mut tx, user_id, Some(displayname)).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -197,6 +198,15 @@ impl Storage {
             .execute(&mut *tx)
             .await?;
         sqlx::query("UPDATE profiles SET displayname = NULL, avatar_url = NULL WHERE user_id = $1")
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await?;
+        // Nobody finds a deactivated user in the directory.
+        sqlx::query("DELETE FROM user_directory_words WHERE user_id = $1")
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM user_directory WHERE user_id = $1")
             .bind(user_id)
             .execute(&mut *tx)
             .await?;
@@ -480,11 +490,25 @@ impl Storage {
             "UPDATE profiles SET {column} = $2, propagation_pending = propagation_pending + 1
              WHERE user_id = $1 RETURNING propagation_pending"
         );
+        let mut tx = self.begin_write().await?;
         let row = sqlx::query(AssertSqlSafe(sql.as_str()))
             .bind(user_id)
             .bind(value)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *tx)
             .await?;
+        // The directory finds users by display name: its words change in the same transaction.
+        // (A deactivated user is not listed and stays out.)
+        if column == "displayname" && row.is_some() {
+            let listed: Option<String> =
+                sqlx::query_scalar("SELECT user_id FROM user_directory WHERE user_id = $1")
+                    .bind(user_id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            if listed.is_some() {
+                crate::directory::index_user(&mut tx, user_id, value).await?;
+            }
+        }
+        tx.commit().await?;
         Ok(match row {
             Some(row) => row.try_get("propagation_pending")?,
             None => 0,

@@ -12,6 +12,7 @@
 
 mod accounts;
 mod backup;
+mod directory;
 mod error;
 mod keys;
 mod media;
@@ -27,9 +28,11 @@ mod state;
 mod stream;
 mod sync;
 mod to_device;
+pub mod words;
 
 pub use accounts::{DeviceRow, ProfileFieldRefused, TokenOwner, UserRow};
 pub use backup::{BackupKeyRow, BackupScope, BackupVersionRow, BackupWriteError};
+pub use directory::DirectoryUser;
 pub use error::{Error, Result};
 pub use keys::{ClaimedKey, DeviceKeysRow, KeySignature, KeyUpload, NewKey, UploadOutcome};
 pub use media::{MediaRow, PendingUpload, ThumbnailRow};
@@ -38,7 +41,8 @@ pub use push::{NewPushAction, NotificationRow, PendingPush, UnreadCount};
 pub use pushers::{NewPusher, PusherRow};
 pub use reports::{NewReport, ReportRow};
 pub use rooms::{
-    Direction, EventRow, NewEvent, NewRoom, Persisted, RoomRow, StateMap, TopologicalPosition,
+    Direction, EventRow, NewEvent, NewRoom, Persisted, RoomRow, RoomSetting, StateMap,
+    TopologicalPosition,
 };
 pub use rooms_list::BUMP_EVENT_TYPES;
 pub use stream::StreamTracker;

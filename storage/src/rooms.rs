@@ -178,6 +178,17 @@ pub struct NewEvent<'a> {
     pub redacts: Option<(&'a str, &'a str)>,
     /// The local users this event notifies or highlights (see `push.rs`), stored with it.
     pub push_actions: &'a [crate::NewPushAction],
+    /// For a room's join rule or history visibility event: the new value, copied onto the
+    /// room's row for the user directory (migration 0017).
+    pub room_setting: Option<RoomSetting<'a>>,
+}
+
+/// A room setting kept on the room's row, as the homeserver read it from a state event
+/// (`""` when the event has no valid value).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RoomSetting<'a> {
+    JoinRule(&'a str),
+    HistoryVisibility(&'a str),
 }
 
 /// A room created by the transaction that writes its create event.
@@ -575,7 +586,8 @@ impl Storage {
         let room_id = first.room_id;
         let mut tx = self.begin_write().await?;
         if let Some(room) = first.new_room {
-            sqlx::query("INSERT INTO rooms (room_id, room_version, creator, is_public, created_ts) VALUES ($1, $2, $3, $4, $5)")
+            // The room's settings are copied from its own events from now on (migration 0017).
+            sqlx::query("INSERT INTO rooms (room_id, room_version, creator, is_public, created_ts, directory_indexed) VALUES ($1, $2, $3, $4, $5, 1)")
                 .bind(room_id)
                 .bind(room.version)
                 .bind(room.creator)
@@ -785,6 +797,35 @@ impl Storage {
                 .execute(&mut *tx)
                 .await?;
             }
+        }
+
+        // 4b. The user directory: a changed room setting and changed memberships change who
+        //     counts as being in a public room (see `directory.rs`).
+        let mut setting_changed = false;
+        for event in events {
+            let (column, value) = match event.room_setting {
+                Some(RoomSetting::JoinRule(value)) => ("join_rule", value),
+                Some(RoomSetting::HistoryVisibility(value)) => ("history_visibility", value),
+                None => continue,
+            };
+            let sql = format!("UPDATE rooms SET {column} = $2 WHERE room_id = $1");
+            sqlx::query(AssertSqlSafe(sql.as_str()))
+                .bind(room_id)
+                .bind(value)
+                .execute(&mut *tx)
+                .await?;
+            setting_changed = true;
+        }
+        if setting_changed {
+            crate::directory::refresh_room_members(&mut tx, room_id).await?;
+        }
+        let members_changed: Vec<&str> = events
+            .iter()
+            .filter(|e| e.membership.is_some() && e.event_type == "m.room.member")
+            .filter_map(|e| e.state_key)
+            .collect();
+        if !members_changed.is_empty() {
+            crate::directory::refresh_public_flags(&mut tx, &members_changed).await?;
         }
 
         // 5. Redactions: the redacted event's stored PDU is replaced by its redacted form.

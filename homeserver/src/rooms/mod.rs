@@ -410,6 +410,15 @@ struct Prepared {
     /// For a state event: the event it replaced in the head's state (`""`: none), stored so
     /// that readers need not look it up (migration 0015).
     replaces_state: Option<String>,
+    /// A join rule or history visibility, copied onto the room's row (migration 0017).
+    room_setting: Option<(SettingKind, String)>,
+}
+
+/// Which room setting a [`Prepared`] event sets.
+#[derive(Debug, Clone, Copy)]
+enum SettingKind {
+    JoinRule,
+    HistoryVisibility,
 }
 
 impl Prepared {
@@ -435,6 +444,17 @@ impl Prepared {
             }
             _ => None,
         };
+        let setting = |key: &str| content[key].as_str().unwrap_or_default().to_owned();
+        let room_setting = match (&pdu.kind, pdu.state_key.as_deref()) {
+            (TimelineEventType::RoomJoinRules, Some("")) => {
+                Some((SettingKind::JoinRule, setting("join_rule")))
+            }
+            (TimelineEventType::RoomHistoryVisibility, Some("")) => Some((
+                SettingKind::HistoryVisibility,
+                setting("history_visibility"),
+            )),
+            _ => None,
+        };
         Ok(Prepared {
             event_id: built.event_id.clone(),
             depth: pdu.depth as i64,
@@ -451,6 +471,7 @@ impl Prepared {
             push_actions: Vec::new(),
             // A room's create event replaces nothing; `place` sets it for other state events.
             replaces_state: pdu.state_key.is_some().then(String::new),
+            room_setting,
         })
     }
 
@@ -486,6 +507,12 @@ impl Prepared {
                 .as_ref()
                 .map(|(target, redacted)| (target.as_str(), redacted.as_str())),
             push_actions: &self.push_actions,
+            room_setting: self.room_setting.as_ref().map(|(kind, value)| match kind {
+                SettingKind::JoinRule => myelin_storage::RoomSetting::JoinRule(value),
+                SettingKind::HistoryVisibility => {
+                    myelin_storage::RoomSetting::HistoryVisibility(value)
+                }
+            }),
         }
     }
 }

@@ -27,6 +27,7 @@ mod session;
 pub(crate) mod sync;
 mod thirdparty;
 mod to_device;
+pub(crate) mod user_directory;
 mod voip;
 
 use axum::Router;
@@ -88,6 +89,7 @@ pub fn routes(r: Router<AppState>) -> Router<AppState> {
     let r = route(r, directory::set_room_visibility);
     let r = route(r, directory::get_public_rooms);
     let r = route(r, directory::get_public_rooms_filtered);
+    let r = route(r, user_directory::search_user_directory);
     let r = route(r, account_data::get_room_account_data);
     let r = route(r, account_data::set_room_account_data);
     let r = route(r, account_data::get_tags);
