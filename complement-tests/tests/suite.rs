@@ -71,6 +71,8 @@ mod restart;
 mod rooms;
 #[path = "suite/rooms_advanced.rs"]
 mod rooms_advanced;
+#[path = "suite/search.rs"]
+mod search;
 #[path = "suite/sliding_sync.rs"]
 mod sliding_sync;
 #[path = "suite/sliding_sync_sdk.rs"]

@@ -578,6 +578,8 @@ pub async fn serve(
     let upgrades = tokio::spawn(rooms::upgrade::resume_pending(state.clone()));
     // Rooms and users from before the user directory existed.
     let directory = tokio::spawn(api::client::user_directory::backfill(state.clone()));
+    // Events from before the search index existed.
+    let search_index = tokio::spawn(api::client::search::backfill(state.clone()));
     let app = api::router(state.clone());
     let limits = ConnectionLimits {
         max_connections: state.config.max_connections,
@@ -592,6 +594,7 @@ pub async fn serve(
     profiles.abort();
     upgrades.abort();
     directory.abort();
+    search_index.abort();
     state.pushers.stop_all();
     state.storage.close().await;
     Ok(())

@@ -24,6 +24,7 @@ mod recent;
 mod reports;
 mod rooms;
 mod rooms_list;
+mod search;
 mod state;
 mod stream;
 mod sync;
@@ -45,6 +46,7 @@ pub use rooms::{
     TopologicalPosition,
 };
 pub use rooms_list::BUMP_EVENT_TYPES;
+pub use search::{SearchCount, SearchCursor, SearchHit, SearchOrder, SearchQuery};
 pub use stream::StreamTracker;
 pub use sync::{AccountDataChange, MembershipRow, ReceiptRow};
 pub use to_device::{OutgoingToDevice, ToDeviceRow};

@@ -181,6 +181,9 @@ pub struct NewEvent<'a> {
     /// For a room's join rule or history visibility event: the new value, copied onto the
     /// room's row for the user directory (migration 0017).
     pub room_setting: Option<RoomSetting<'a>>,
+    /// The event's searchable text, `(key, text)` (`content.body`, …), for the search index
+    /// (see `search.rs`); `None` for events nobody can search.
+    pub search: Option<(&'a str, &'a str)>,
 }
 
 /// A room setting kept on the room's row, as the homeserver read it from a state event
@@ -362,12 +365,20 @@ impl Storage {
                     .transpose()
             })
             .collect::<Result<_>>()?;
+        // Each event's folded searchable text, made before the transaction opens.
+        let search_rows: Vec<Option<crate::search::IndexedText>> = events
+            .iter()
+            .map(|e| {
+                e.search
+                    .and_then(|(key, text)| crate::search::IndexedText::new(key, text))
+            })
+            .collect();
         let (in_flight, placed, checkpoint_due) =
             if self.backend == Backend::Postgres && plain_messages(events) {
-                self.persist_plain_messages(events, &stored_pdus, &push_rows, now)
+                self.persist_plain_messages(events, &stored_pdus, &push_rows, &search_rows, now)
                     .await?
             } else {
-                self.persist_in_transaction(events, &stored_pdus, &push_rows, now)
+                self.persist_in_transaction(events, &stored_pdus, &push_rows, &search_rows, now)
                     .await?
             };
         let positions = in_flight.positions().to_vec();
@@ -448,6 +459,7 @@ impl Storage {
         events: &[NewEvent<'_>],
         stored_pdus: &[String],
         push_rows: &[Option<(&str, String)>],
+        search_rows: &[Option<crate::search::IndexedText>],
         now: i64,
     ) -> Result<(
         crate::stream::InFlight<'_>,
@@ -507,6 +519,12 @@ impl Storage {
                 take(related, 5)
             ));
         }
+        let searchable = search_rows.iter().filter(|r| r.is_some()).count();
+        if searchable > 0 {
+            let (cte, params) = crate::search::insert_cte(next, searchable);
+            sql.push_str(&cte);
+            next += params;
+        }
         let (room, tips_param, prevs_param) = (next, next + 1, next + 2);
         sql.push_str(&format!(
             " INSERT INTO room_extremities AS x (room_id, event_ids) VALUES (${room}, ${tips_param})
@@ -561,6 +579,17 @@ impl Storage {
                     .bind(*position);
             }
         }
+        for ((event, position), text) in events.iter().zip(&positions).zip(search_rows) {
+            if let Some(text) = text {
+                query = query
+                    .bind(*position)
+                    .bind(event.event_id)
+                    .bind(room_id)
+                    .bind(text.key.as_str())
+                    .bind(text.word_count)
+                    .bind(text.words.as_str());
+            }
+        }
         query
             .bind(room_id)
             .bind(tips)
@@ -576,6 +605,7 @@ impl Storage {
         events: &[NewEvent<'_>],
         stored_pdus: &[String],
         push_rows: &[Option<(&str, String)>],
+        search_rows: &[Option<crate::search::IndexedText>],
         now: i64,
     ) -> Result<(
         crate::stream::InFlight<'_>,
@@ -799,6 +829,19 @@ impl Storage {
             }
         }
 
+        // 4a. The search index (see `search.rs`).
+        let indexed: Vec<(&str, i64, &crate::search::IndexedText)> = events
+            .iter()
+            .zip(&positions)
+            .zip(search_rows)
+            .filter_map(|((event, position), text)| {
+                Some((event.event_id, *position, text.as_ref()?))
+            })
+            .collect();
+        if !indexed.is_empty() {
+            crate::search::insert_rows(&mut tx, self.backend, room_id, &indexed).await?;
+        }
+
         // 4b. The user directory: a changed room setting and changed memberships change who
         //     counts as being in a public room (see `directory.rs`).
         let mut setting_changed = false;
@@ -852,6 +895,7 @@ impl Storage {
                         depth: row.try_get(4)?,
                     },
                 )?;
+                crate::search::delete_row(&mut tx, target).await?;
                 sqlx::query(
                     "UPDATE events SET pdu = $2, redacted_by = $3 WHERE event_id = $1 AND redacted_by IS NULL",
                 )

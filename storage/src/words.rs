@@ -43,6 +43,26 @@ pub fn words(text: &str) -> Vec<String> {
     out
 }
 
+/// The words of `text` as written (cut where [`words`] cuts, combining marks kept with their
+/// letter), each with its folded forms: search highlights name the words as the text has them.
+pub fn words_as_written(text: &str) -> Vec<(String, Vec<String>)> {
+    let mut out = Vec::new();
+    let mut word = String::new();
+    for c in text.chars() {
+        if c.is_alphanumeric() || (!word.is_empty() && is_combining_mark(c)) {
+            word.push(c);
+        } else if !word.is_empty() {
+            let folded = words(&word);
+            out.push((std::mem::take(&mut word), folded));
+        }
+    }
+    if !word.is_empty() {
+        let folded = words(&word);
+        out.push((word, folded));
+    }
+    out
+}
+
 /// The distinct folded words of `text`, sorted.
 pub fn distinct_words(text: &str) -> Vec<String> {
     let mut words = words(text);
@@ -84,6 +104,17 @@ mod tests {
         assert_eq!(words("r2d2 and 3po"), ["r2d2", "and", "3po"]);
         assert_eq!(words("  "), Vec::<String>::new());
         assert_eq!(words("你好 世界"), ["你好", "世界"]);
+    }
+
+    #[test]
+    fn words_as_written_keep_their_spelling() {
+        assert_eq!(
+            words_as_written("Zoe\u{0308}, hi!"),
+            [
+                ("Zoe\u{0308}".to_owned(), vec!["zoe".to_owned()]),
+                ("hi".to_owned(), vec!["hi".to_owned()])
+            ]
+        );
     }
 
     #[test]

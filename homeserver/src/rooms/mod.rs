@@ -412,6 +412,32 @@ struct Prepared {
     replaces_state: Option<String>,
     /// A join rule or history visibility, copied onto the room's row (migration 0017).
     room_setting: Option<(SettingKind, String)>,
+    /// The searchable text `(key, text)` (see [`searchable_text`]).
+    search: Option<(&'static str, String)>,
+}
+
+/// The event types whose text message search finds, and the content field it reads: as in
+/// Synapse, the body of messages and the name and topic of rooms. Encrypted events are not
+/// searchable (the server cannot read them).
+pub const SEARCHABLE: [(&str, &str); 3] = [
+    ("m.room.message", "content.body"),
+    ("m.room.name", "content.name"),
+    ("m.room.topic", "content.topic"),
+];
+
+/// The search key and text of an event of `event_type` with `content`, if it has any.
+pub fn searchable_text(
+    event_type: &str,
+    state_key: Option<&str>,
+    content: &serde_json::Value,
+) -> Option<(&'static str, String)> {
+    let (_, key) = SEARCHABLE.iter().find(|(t, _)| *t == event_type)?;
+    // The name and topic are the room's only as state events with an empty state key.
+    if event_type != "m.room.message" && state_key != Some("") {
+        return None;
+    }
+    let field = key.strip_prefix("content.")?;
+    Some((key, content.get(field)?.as_str()?.to_owned()))
 }
 
 /// Which room setting a [`Prepared`] event sets.
@@ -472,6 +498,11 @@ impl Prepared {
             // A room's create event replaces nothing; `place` sets it for other state events.
             replaces_state: pdu.state_key.is_some().then(String::new),
             room_setting,
+            search: searchable_text(
+                pdu.kind.to_string().as_str(),
+                pdu.state_key.as_deref(),
+                &content,
+            ),
         })
     }
 
@@ -507,6 +538,10 @@ impl Prepared {
                 .as_ref()
                 .map(|(target, redacted)| (target.as_str(), redacted.as_str())),
             push_actions: &self.push_actions,
+            search: self
+                .search
+                .as_ref()
+                .map(|(key, text)| (*key, text.as_str())),
             room_setting: self.room_setting.as_ref().map(|(kind, value)| match kind {
                 SettingKind::JoinRule => myelin_storage::RoomSetting::JoinRule(value),
                 SettingKind::HistoryVisibility => {

@@ -210,6 +210,13 @@ impl<'a> Visibility<'a> {
         }
     }
 
+    /// Whether the user may read an event sent on `snapshot` that is not their own
+    /// membership event (the case [`Visibility::allows`] treats apart).
+    pub async fn allows_at(&mut self, snapshot: i64) -> Result<bool, Error> {
+        let (history, membership) = self.at_snapshot(snapshot).await?;
+        Ok(self.decide(&history, membership.as_deref()))
+    }
+
     /// Whether the user may read `row`.
     pub async fn allows(&mut self, row: &EventRow) -> Result<bool, Error> {
         let own_membership = row.event_type == "m.room.member"

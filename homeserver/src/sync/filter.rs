@@ -113,6 +113,11 @@ impl EventCheck {
         self.senders.is_some() || !self.not_senders.is_empty()
     }
 
+    /// Whether `types` or `not_types` is set.
+    pub fn filters_types(&self) -> bool {
+        self.types.is_some() || !self.not_types.is_empty()
+    }
+
     /// `not_*` wins over the allow list, as the spec says.
     pub fn allows_type(&self, event_type: &str) -> bool {
         self.types

@@ -23,6 +23,7 @@ mod relations;
 mod report;
 mod room;
 mod rtc;
+pub(crate) mod search;
 mod session;
 pub(crate) mod sync;
 mod thirdparty;
@@ -90,6 +91,7 @@ pub fn routes(r: Router<AppState>) -> Router<AppState> {
     let r = route(r, directory::get_public_rooms);
     let r = route(r, directory::get_public_rooms_filtered);
     let r = route(r, user_directory::search_user_directory);
+    let r = route_with_body(r, search::search);
     let r = route(r, account_data::get_room_account_data);
     let r = route(r, account_data::set_room_account_data);
     let r = route(r, account_data::get_tags);

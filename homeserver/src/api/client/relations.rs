@@ -53,64 +53,22 @@ pub async fn get_context(
     if !visibility.allows(&row).await? {
         return Err(Error::not_found("Event not found"));
     }
-    let stream = row
-        .stream_ordering
-        .ok_or_else(|| Error::not_found("Event not found"))?;
-    let at = TopologicalPosition {
-        depth: row.depth,
-        stream,
-    };
     let limit = u64::from(req.body.limit).min(MAX_LIMIT) as i64;
-    // Walking forward includes the starting position, so start just after the event.
-    let after_at = TopologicalPosition {
-        depth: row.depth,
-        stream: stream + 1,
-    };
-    let before_n = limit / 2;
-    let after_n = limit - before_n;
-    // The filter picks the events around the one asked for (never that one), before the
-    // limit, as `/messages` does.
     let check = crate::sync::filter::EventCheck::from_room_event_filter(&req.body.filter);
-    let before = filtered_page(
+    let Around {
+        before,
+        after,
+        start,
+        end,
+    } = around(
         &state,
-        room_id,
-        at,
-        None,
-        StorageDirection::Backward,
-        before_n,
+        &mut visibility,
+        &row,
+        limit / 2,
+        limit - limit / 2,
         &check,
     )
     .await?;
-    let after = filtered_page(
-        &state,
-        room_id,
-        after_at,
-        None,
-        StorageDirection::Forward,
-        after_n,
-        &check,
-    )
-    .await?;
-    let before_rows = visibility.filter(before.rows).await?;
-    let after_read = after.rows.last().map(|r| r.event_id.clone());
-    let after_rows = visibility.filter(after.rows).await?;
-    // `start` continues backwards from where the walk stopped. `end` continues forwards from
-    // where it stopped, unless what it read last was hidden from the user (events after they
-    // left): then from just after the last event they may see, so no token of theirs points
-    // past their leave.
-    let start = before
-        .end
-        .or_else(|| before_rows.last().and_then(|r| position(r, 0)))
-        .unwrap_or(at);
-    let last_visible = after_rows.last().and_then(|r| position(r, 1));
-    let end = match (&after_read, after_rows.last()) {
-        (Some(read), Some(shown)) if *read == shown.event_id => {
-            after.end.or(last_visible).unwrap_or(after_at)
-        }
-        (Some(_), _) => last_visible.unwrap_or(after_at),
-        (None, _) => after.end.unwrap_or(after_at),
-    };
-    let (before, after) = (before_rows, after_rows);
     // The state at the last event the user may see, never at one they may not: for a user who
     // left, events after the leave are filtered out above, and so is the state they made.
     let last_state = after.last().unwrap_or(&row).state_after;
@@ -157,6 +115,88 @@ pub async fn get_context(
             .collect::<Result<_>>()?;
     }
     Ok(response)
+}
+
+/// The events around one event, as `/context` and search results show them.
+pub(crate) struct Around {
+    pub before: Vec<myelin_storage::EventRow>,
+    pub after: Vec<myelin_storage::EventRow>,
+    /// Where `/messages` continues backwards from the first event before.
+    pub start: TopologicalPosition,
+    /// Where `/messages` continues forwards from the last event after.
+    pub end: TopologicalPosition,
+}
+
+/// Up to `before_n` events before `row` and `after_n` after it that pass `check` and that
+/// `visibility`'s user may see, and the tokens to page on from them.
+pub(crate) async fn around(
+    state: &AppState,
+    visibility: &mut Visibility<'_>,
+    row: &myelin_storage::EventRow,
+    before_n: i64,
+    after_n: i64,
+    check: &crate::sync::filter::EventCheck,
+) -> Result<Around> {
+    let room_id = &RoomId::parse(&row.room_id).map_err(Error::internal)?;
+    let stream = row
+        .stream_ordering
+        .ok_or_else(|| Error::not_found("Event not found"))?;
+    let at = TopologicalPosition {
+        depth: row.depth,
+        stream,
+    };
+    // Walking forward includes the starting position, so start just after the event.
+    let after_at = TopologicalPosition {
+        depth: row.depth,
+        stream: stream + 1,
+    };
+    // The filter picks the events around the one asked for (never that one), before the
+    // limit, as `/messages` does.
+    let before = filtered_page(
+        state,
+        room_id,
+        at,
+        None,
+        StorageDirection::Backward,
+        before_n,
+        check,
+    )
+    .await?;
+    let after = filtered_page(
+        state,
+        room_id,
+        after_at,
+        None,
+        StorageDirection::Forward,
+        after_n,
+        check,
+    )
+    .await?;
+    let before_rows = visibility.filter(before.rows).await?;
+    let after_read = after.rows.last().map(|r| r.event_id.clone());
+    let after_rows = visibility.filter(after.rows).await?;
+    // `start` continues backwards from where the walk stopped. `end` continues forwards from
+    // where it stopped, unless what it read last was hidden from the user (events after they
+    // left): then from just after the last event they may see, so no token of theirs points
+    // past their leave.
+    let start = before
+        .end
+        .or_else(|| before_rows.last().and_then(|r| position(r, 0)))
+        .unwrap_or(at);
+    let last_visible = after_rows.last().and_then(|r| position(r, 1));
+    let end = match (&after_read, after_rows.last()) {
+        (Some(read), Some(shown)) if *read == shown.event_id => {
+            after.end.or(last_visible).unwrap_or(after_at)
+        }
+        (Some(_), _) => last_visible.unwrap_or(after_at),
+        (None, _) => after.end.unwrap_or(after_at),
+    };
+    Ok(Around {
+        before: before_rows,
+        after: after_rows,
+        start,
+        end,
+    })
 }
 
 /// What the three relations endpoints share.

@@ -1,0 +1,442 @@
+//! Message search: the index of events' searchable text and the queries over it (migration
+//! 0018).
+//!
+//! The write pipeline stores each searchable event's folded words (`words.rs`) in
+//! `event_search` in the event's own transaction, and a redaction deletes them in its own, so
+//! search never finds an event that is not stored or whose text is gone. PostgreSQL finds
+//! matches through a GIN-indexed tsvector, SQLite through an FTS5 table; both rank from the
+//! stored words with the same integer formula (see the migration), so the two engines return
+//! the same events in the same order. Which events are searchable, and who may see a match,
+//! is the homeserver's business.
+
+use sqlx::{Any, AnyConnection, AssertSqlSafe, Row, Transaction};
+
+use crate::{rooms::placeholders_from, words::words, Backend, Result, Storage};
+
+/// An event's searchable text, folded for the index.
+#[derive(Debug, Clone)]
+pub(crate) struct IndexedText {
+    pub key: String,
+    pub word_count: i64,
+    /// ` w1 w2 … ` (see the migration).
+    pub words: String,
+}
+
+impl IndexedText {
+    /// `None` when `text` has no words (nothing could ever match it).
+    pub(crate) fn new(key: &str, text: &str) -> Option<IndexedText> {
+        let words = words(text);
+        if words.is_empty() {
+            return None;
+        }
+        Some(IndexedText {
+            key: key.to_owned(),
+            word_count: words.len() as i64,
+            words: format!(" {} ", words.join(" ")),
+        })
+    }
+}
+
+/// The value PostgreSQL stores in `vector`: the words as lexemes, no parser involved.
+const PG_VECTOR: &str = "array_to_tsvector(string_to_array(btrim({}), ' '))";
+
+/// Inserts the index rows of `rows` (`(event ID, stream position, text)`) of `room_id`.
+pub(crate) async fn insert_rows(
+    conn: &mut AnyConnection,
+    backend: Backend,
+    room_id: &str,
+    rows: &[(&str, i64, &IndexedText)],
+) -> Result<()> {
+    for chunk in rows.chunks(500) {
+        let mut values = Vec::with_capacity(chunk.len());
+        for i in 0..chunk.len() {
+            let p = 6 * i + 1;
+            let base = format!(
+                "${}, ${}, ${}, ${}, ${}, ${}",
+                p,
+                p + 1,
+                p + 2,
+                p + 3,
+                p + 4,
+                p + 5
+            );
+            values.push(match backend {
+                Backend::Postgres => format!(
+                    "({base}, {})",
+                    PG_VECTOR.replace("{}", &format!("${}", p + 5))
+                ),
+                Backend::Sqlite => format!("({base})"),
+            });
+        }
+        let vector = if backend == Backend::Postgres {
+            ", vector"
+        } else {
+            ""
+        };
+        let sql = format!(
+            "INSERT INTO event_search (stream_ordering, event_id, room_id, search_key, word_count,
+                                       words{vector})
+             VALUES {} ON CONFLICT (stream_ordering) DO NOTHING",
+            values.join(", ")
+        );
+        let mut query = sqlx::query(AssertSqlSafe(sql.as_str()));
+        for (event_id, stream, text) in chunk {
+            query = query
+                .bind(*stream)
+                .bind(*event_id)
+                .bind(room_id)
+                .bind(text.key.as_str())
+                .bind(text.word_count)
+                .bind(text.words.as_str());
+        }
+        query.execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+/// The CTE that inserts index rows inside the single statement of
+/// `persist_plain_messages` (PostgreSQL), with its parameters from `$first`; returns the SQL
+/// and the number of parameters it takes.
+pub(crate) fn insert_cte(first: usize, rows: usize) -> (String, usize) {
+    let values: Vec<String> = (0..rows)
+        .map(|i| {
+            let p = first + 6 * i;
+            format!(
+                "(${}, ${}, ${}, ${}, ${}, ${}, {})",
+                p,
+                p + 1,
+                p + 2,
+                p + 3,
+                p + 4,
+                p + 5,
+                PG_VECTOR.replace("{}", &format!("${}", p + 5))
+            )
+        })
+        .collect();
+    (
+        format!(
+            ", se AS (INSERT INTO event_search (stream_ordering, event_id, room_id, search_key,
+                                               word_count, words, vector)
+                      VALUES {})",
+            values.join(", ")
+        ),
+        rows * 6,
+    )
+}
+
+/// Deletes the index row of a redacted event, in the redaction's transaction.
+pub(crate) async fn delete_row(tx: &mut Transaction<'static, Any>, event_id: &str) -> Result<()> {
+    sqlx::query("DELETE FROM event_search WHERE event_id = $1")
+        .bind(event_id)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// How search results are ordered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SearchOrder {
+    /// Best match first (see the migration's rank), newest first among equals.
+    Rank,
+    /// Newest first.
+    Recent,
+}
+
+/// Where a page of results ends: the next page starts after this hit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SearchCursor {
+    pub rank: i64,
+    pub stream_ordering: i64,
+}
+
+/// One matching event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SearchHit {
+    pub event_id: String,
+    pub stream_ordering: i64,
+    /// Matching words per million words of the text.
+    pub rank: i64,
+}
+
+/// Matching events of one room sent on one state snapshot (see [`Storage::count_search`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SearchCount {
+    pub room_id: String,
+    pub snapshot: Option<i64>,
+    /// `""` unless counted per sender and type.
+    pub sender: String,
+    pub event_type: String,
+    pub count: i64,
+}
+
+/// A search: every one of `terms` (folded words) must start a word of the text.
+#[derive(Debug, Clone, Copy)]
+pub struct SearchQuery<'a> {
+    pub terms: &'a [String],
+    /// The rooms searched (an empty list finds nothing).
+    pub rooms: &'a [String],
+    /// `content.body`, `content.name`, `content.topic`; empty: all.
+    pub keys: &'a [&'a str],
+}
+
+impl SearchQuery<'_> {
+    /// `(FROM … WHERE …, parameters)` shared by the page and the count; parameters from `$1`.
+    fn filter(&self, backend: Backend) -> (String, Vec<String>) {
+        let mut params = Vec::new();
+        let matcher = match backend {
+            Backend::Postgres => {
+                params.push(
+                    self.terms
+                        .iter()
+                        .map(|t| format!("'{t}':*"))
+                        .collect::<Vec<_>>()
+                        .join(" & "),
+                );
+                "s.vector @@ CAST($1 AS tsquery)".to_owned()
+            }
+            Backend::Sqlite => {
+                params.push(
+                    self.terms
+                        .iter()
+                        .map(|t| format!("\"{t}\"*"))
+                        .collect::<Vec<_>>()
+                        .join(" AND "),
+                );
+                "s.stream_ordering IN (SELECT rowid FROM event_search_fts WHERE event_search_fts MATCH $1)"
+                    .to_owned()
+            }
+        };
+        let rooms = placeholders_from(2, self.rooms.len());
+        params.extend(self.rooms.iter().cloned());
+        let mut sql = format!("FROM event_search s WHERE {matcher} AND s.room_id IN ({rooms})");
+        if !self.keys.is_empty() {
+            let keys = placeholders_from(params.len() + 1, self.keys.len());
+            params.extend(self.keys.iter().map(|k| (*k).to_owned()));
+            sql.push_str(&format!(" AND s.search_key IN ({keys})"));
+        }
+        (sql, params)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.terms.is_empty() || self.rooms.is_empty()
+    }
+}
+
+impl Storage {
+    /// A page of at most `limit` events matching `query`, in `order`, after `after`.
+    pub async fn search_events(
+        &self,
+        query: SearchQuery<'_>,
+        order: SearchOrder,
+        after: Option<SearchCursor>,
+        limit: usize,
+    ) -> Result<Vec<SearchHit>> {
+        if query.is_empty() || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let (filter, params) = query.filter(self.backend);
+        let mut next = params.len() + 1;
+        // Words starting with each term: (length - length without ' term') / length(' term').
+        let mut occurrences = Vec::new();
+        for _ in query.terms {
+            occurrences.push(format!(
+                "(length(s.words) - length(replace(s.words, ${}, ''))) / ${}",
+                next,
+                next + 1
+            ));
+            next += 2;
+        }
+        let rank = format!("(({}) * 1000000) / s.word_count", occurrences.join(" + "));
+        let (cursor, order_by) = match order {
+            SearchOrder::Rank => (
+                format!(
+                    "q.rank < ${} OR (q.rank = ${} AND q.stream_ordering < ${})",
+                    next,
+                    next,
+                    next + 1
+                ),
+                "q.rank DESC, q.stream_ordering DESC",
+            ),
+            SearchOrder::Recent => (
+                format!("q.stream_ordering < ${}", next + 1),
+                "q.stream_ordering DESC",
+            ),
+        };
+        let cursor = if after.is_some() {
+            format!("WHERE {cursor}")
+        } else {
+            String::new()
+        };
+        let sql = format!(
+            "SELECT q.event_id, q.stream_ordering, q.rank FROM (
+                 SELECT s.event_id, s.stream_ordering, {rank} AS rank {filter}
+             ) q {cursor}
+             ORDER BY {order_by} LIMIT ${}",
+            next + 2
+        );
+        let mut q = sqlx::query(AssertSqlSafe(sql.as_str()));
+        for param in &params {
+            q = q.bind(param.as_str());
+        }
+        for term in query.terms {
+            q = q
+                .bind(format!(" {term}"))
+                .bind(term.chars().count() as i64 + 1);
+        }
+        let after = after.unwrap_or(SearchCursor {
+            rank: 0,
+            stream_ordering: 0,
+        });
+        q = q
+            .bind(after.rank)
+            .bind(after.stream_ordering)
+            .bind(limit as i64);
+        q.fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|row| {
+                Ok(SearchHit {
+                    event_id: row.try_get(0)?,
+                    stream_ordering: row.try_get(1)?,
+                    rank: row.try_get(2)?,
+                })
+            })
+            .collect()
+    }
+
+    /// The events matching `query`, counted per room and state snapshot they were sent on
+    /// (and per sender and type when `by_sender_and_type`): who may see an event depends only
+    /// on those, so the caller counts exactly what a user may see from a few rows.
+    pub async fn count_search(
+        &self,
+        query: SearchQuery<'_>,
+        by_sender_and_type: bool,
+    ) -> Result<Vec<SearchCount>> {
+        if query.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (filter, params) = query.filter(self.backend);
+        let (columns, group) = if by_sender_and_type {
+            (
+                "s.room_id, e.state_before, e.sender, e.event_type",
+                "s.room_id, e.state_before, e.sender, e.event_type",
+            )
+        } else {
+            (
+                "s.room_id, e.state_before, '' AS sender, '' AS event_type",
+                "s.room_id, e.state_before",
+            )
+        };
+        let filter = filter.replacen(
+            "FROM event_search s",
+            "FROM event_search s JOIN events e ON e.event_id = s.event_id",
+            1,
+        );
+        let sql = format!("SELECT {columns}, COUNT(*) {filter} GROUP BY {group}");
+        let mut q = sqlx::query(AssertSqlSafe(sql.as_str()));
+        for param in &params {
+            q = q.bind(param.as_str());
+        }
+        q.fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|row| {
+                Ok(SearchCount {
+                    room_id: row.try_get(0)?,
+                    snapshot: row.try_get(1)?,
+                    sender: row.try_get(2)?,
+                    event_type: row.try_get(3)?,
+                    count: row.try_get(4)?,
+                })
+            })
+            .collect()
+    }
+
+    /// Where the start-up indexing of events older than migration 0018 stands: events at or
+    /// below this position may be unindexed (0: none are).
+    pub async fn search_backfill_position(&self) -> Result<i64> {
+        let up_to: Option<i64> = sqlx::query_scalar("SELECT up_to FROM event_search_backfill")
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(up_to.unwrap_or(0))
+    }
+
+    /// The next events to index at start-up: up to `limit` unredacted, unrejected events of
+    /// `types` at or below `up_to`, newest first.
+    pub async fn events_to_index(
+        &self,
+        up_to: i64,
+        types: &[&str],
+        limit: usize,
+    ) -> Result<Vec<crate::EventRow>> {
+        let sql = format!(
+            "SELECT {} FROM events
+             WHERE stream_ordering <= $1 AND stream_ordering IS NOT NULL AND outlier = 0
+               AND rejected_reason IS NULL AND redacted_by IS NULL
+               AND event_type IN ({})
+             ORDER BY stream_ordering DESC LIMIT $2",
+            crate::rooms::EVENT_COLUMNS,
+            placeholders_from(3, types.len())
+        );
+        let mut q = sqlx::query(AssertSqlSafe(sql.as_str()))
+            .bind(up_to)
+            .bind(limit as i64);
+        for t in types {
+            q = q.bind(*t);
+        }
+        q.fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(crate::rooms::event_from_row)
+            .collect()
+    }
+
+    /// Indexes `texts` (`(event ID, room ID, stream position, key, text)`) found by
+    /// [`Storage::events_to_index`] and moves the start-up indexing down to `up_to`, in one
+    /// transaction. Events redacted meanwhile are skipped.
+    pub async fn index_backfilled(
+        &self,
+        texts: &[(String, String, i64, &str, String)],
+        up_to: i64,
+    ) -> Result<()> {
+        let mut tx = self.begin_write().await?;
+        for (event_id, room_id, stream, key, text) in texts {
+            let redacted: Option<Option<String>> =
+                sqlx::query_scalar("SELECT redacted_by FROM events WHERE event_id = $1")
+                    .bind(event_id.as_str())
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            if !matches!(redacted, Some(None)) {
+                continue;
+            }
+            if let Some(indexed) = IndexedText::new(key, text) {
+                insert_rows(
+                    &mut tx,
+                    self.backend,
+                    room_id,
+                    &[(event_id.as_str(), *stream, &indexed)],
+                )
+                .await?;
+            }
+        }
+        sqlx::query("UPDATE event_search_backfill SET up_to = $1")
+            .bind(up_to)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn indexed_text_is_spaced_folded_words() {
+        let text = IndexedText::new("content.body", "Hello, Wörld! hello").unwrap();
+        assert_eq!(text.words, " hello world hello ");
+        assert_eq!(text.word_count, 3);
+        assert!(IndexedText::new("content.body", " ?! ").is_none());
+    }
+}
