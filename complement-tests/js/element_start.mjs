@@ -348,6 +348,24 @@ try {
 
     // One more round trip of the sync loop so requests started by the exchange are answered
     // before the log is judged.
+    // "Start chat": B looks A up in the user directory (they share the room now).
+    await step("B finds A with searchUserDirectory", async () => {
+        const localpart = sessionA.user_id.slice(1).split(":")[0];
+        const { results } = await b.searchUserDirectory({ term: localpart });
+        const ids = results.map((u) => u.user_id);
+        if (!ids.includes(sessionA.user_id)) throw new Error(`directory results ${JSON.stringify(ids)}`);
+    });
+    // Message search as Element Web's search bar does it (recent first, with context).
+    await step("A finds both messages with searchRoomEvents", async () => {
+        const found = await a.searchRoomEvents({ term: "hello" });
+        const bodies = found.results.map((r) => r.context.getEvent().getContent().body);
+        if (JSON.stringify(bodies) !== JSON.stringify(["hello from B", "hello from A"])) {
+            throw new Error(`search results ${JSON.stringify(bodies)}`);
+        }
+        if (found.count !== 2) throw new Error(`search count ${found.count}`);
+        if (!found.highlights.includes("hello")) throw new Error(`highlights ${JSON.stringify(found.highlights)}`);
+    });
+
     await step("a last message reaches A", async () => {
         await b.sendTextMessage(roomId, "bye");
         await receive(a, roomId, "bye");

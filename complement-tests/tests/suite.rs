@@ -77,12 +77,16 @@ mod search;
 mod sliding_sync;
 #[path = "suite/sliding_sync_sdk.rs"]
 mod sliding_sync_sdk;
+#[path = "suite/spaces.rs"]
+mod spaces;
 #[path = "suite/state_history.rs"]
 mod state_history;
 #[path = "suite/sync.rs"]
 mod sync;
 #[path = "suite/sync_consistency.rs"]
 mod sync_consistency;
+#[path = "suite/threads.rs"]
+mod threads;
 #[path = "suite/user_directory.rs"]
 mod user_directory;
 #[path = "suite/versions.rs"]

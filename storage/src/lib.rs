@@ -28,6 +28,7 @@ mod search;
 mod state;
 mod stream;
 mod sync;
+mod threads;
 mod to_device;
 pub mod words;
 
@@ -49,6 +50,7 @@ pub use rooms_list::BUMP_EVENT_TYPES;
 pub use search::{SearchCount, SearchCursor, SearchHit, SearchOrder, SearchQuery};
 pub use stream::StreamTracker;
 pub use sync::{AccountDataChange, MembershipRow, ReceiptRow};
+pub use threads::ThreadRow;
 pub use to_device::{OutgoingToDevice, ToDeviceRow};
 
 use std::{path::Path, str::FromStr, time::Duration};
@@ -83,6 +85,8 @@ pub struct Storage {
     counts: std::sync::Arc<push::CountCache>,
     /// Bump stamps and room types (see `rooms_list.rs`).
     facts: std::sync::Arc<rooms_list::RoomFacts>,
+    /// Which rooms have threads (see `threads.rs`).
+    threaded: std::sync::Arc<threads::ThreadedRooms>,
 }
 
 impl Storage {
@@ -138,6 +142,7 @@ impl Storage {
             tokens: Default::default(),
             counts: Default::default(),
             facts: Default::default(),
+            threaded: Default::default(),
         };
         storage.migrate().await?;
         let position = storage.current_stream_position().await?;

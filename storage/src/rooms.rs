@@ -428,6 +428,12 @@ impl Storage {
                 .collect(),
             recent_push_rows,
         );
+        if events
+            .iter()
+            .any(|e| matches!(e.relates_to, Some(("m.thread", _))))
+        {
+            self.thread_replied(room_id);
+        }
         for (event, position) in events.iter().zip(&positions) {
             if crate::BUMP_EVENT_TYPES.contains(&event.event_type) {
                 self.facts.bumped(room_id, *position);
@@ -519,6 +525,20 @@ impl Storage {
                 take(related, 5)
             ));
         }
+        let replies: Vec<(&str, i64)> = events
+            .iter()
+            .zip(&positions)
+            .filter_map(|(e, p)| match e.relates_to {
+                Some(("m.thread", root)) => Some((root, *p)),
+                _ => None,
+            })
+            .collect();
+        let threads = crate::threads::aggregate(&replies);
+        if !threads.is_empty() {
+            let (cte, params) = crate::threads::upsert_cte(next, threads.len());
+            sql.push_str(&cte);
+            next += params;
+        }
         let searchable = search_rows.iter().filter(|r| r.is_some()).count();
         if searchable > 0 {
             let (cte, params) = crate::search::insert_cte(next, searchable);
@@ -578,6 +598,9 @@ impl Storage {
                     .bind(event.event_type)
                     .bind(*position);
             }
+        }
+        for (root, latest, count) in &threads {
+            query = query.bind(*root).bind(room_id).bind(*latest).bind(*count);
         }
         for ((event, position), text) in events.iter().zip(&positions).zip(search_rows) {
             if let Some(text) = text {
@@ -829,7 +852,18 @@ impl Storage {
             }
         }
 
-        // 4a. The search index (see `search.rs`).
+        // 4a. Threads (see `threads.rs`) and the search index (see `search.rs`).
+        let replies: Vec<(&str, i64)> = events
+            .iter()
+            .zip(&positions)
+            .filter_map(|(e, p)| match e.relates_to {
+                Some(("m.thread", root)) => Some((root, *p)),
+                _ => None,
+            })
+            .collect();
+        if !replies.is_empty() {
+            crate::threads::add_replies(&mut tx, room_id, &replies).await?;
+        }
         let indexed: Vec<(&str, i64, &crate::search::IndexedText)> = events
             .iter()
             .zip(&positions)
@@ -904,6 +938,7 @@ impl Storage {
                 .bind(event.event_id)
                 .execute(&mut *tx)
                 .await?;
+                crate::threads::reply_redacted(&mut tx, target).await?;
             }
         }
 

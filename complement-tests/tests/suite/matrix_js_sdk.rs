@@ -2,7 +2,9 @@
 //!
 //! `complement-tests/js/element_start.mjs` does what Element Web does at start-up: log in,
 //! `startClient()` with an in-memory store until the sync loop is PREPARED, then two users
-//! exchange messages in a new room and read receipts clear their unread counts. It logs every
+//! exchange messages in a new room and read receipts clear their unread counts; then B finds A
+//! with the SDK's user directory search and A finds both messages with its message search
+//! (`searchUserDirectory`, `searchRoomEvents`, issue 13). It logs every
 //! HTTP request the SDK makes and fails if any was answered 404 or 5xx. This test starts the
 //! server, registers the two users and runs the script on Node.
 //!

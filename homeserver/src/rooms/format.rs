@@ -192,8 +192,34 @@ fn unreadable(row: &EventRow, e: &Error) {
         "a stored event cannot be formatted; leaving it out");
 }
 
-/// [`client_events`], one entry per row: `None` where the row cannot be formatted.
+/// [`client_events`], one entry per row: `None` where the row cannot be formatted. Thread
+/// roots carry their thread's summary (`unsigned.m.relations.m.thread`) for the viewer.
 pub(crate) async fn client_events_aligned(
+    state: &AppState,
+    rows: &[EventRow],
+    viewer: Option<(&UserId, &DeviceId)>,
+) -> Result<Vec<Option<Value>>, Error> {
+    let mut out = client_events_unbundled(state, rows, viewer).await?;
+    let Some((user, _)) = viewer else {
+        return Ok(out);
+    };
+    let summaries = crate::rooms::threads::summaries(state, rows, user).await?;
+    if summaries.is_empty() {
+        return Ok(out);
+    }
+    for (row, event) in rows.iter().zip(out.iter_mut()) {
+        if let (Some(summary), Some(event)) = (summaries.get(&row.event_id), event.as_mut()) {
+            if let Some(unsigned) = event.get_mut("unsigned").and_then(Value::as_object_mut) {
+                unsigned.insert("m.relations".into(), summary.clone());
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// [`client_events_aligned`] without thread summaries (which are made of events formatted
+/// by this).
+pub(crate) async fn client_events_unbundled(
     state: &AppState,
     rows: &[EventRow],
     viewer: Option<(&UserId, &DeviceId)>,
@@ -414,17 +440,17 @@ pub async fn sync_events_aligned(
         .filter(|r| !cached.contains_key(&r.event_id))
         .collect();
     let replaced = replaced_states(state, unformatted).await?;
-    let redacted: Vec<EventRow> = rows
-        .iter()
-        .filter(|r| r.redacted_by.is_some())
-        .cloned()
-        .collect();
+    // Redacted events and thread roots are formatted for this viewer alone (a redaction and
+    // a thread summary are not shared); both are rare.
+    let roots = crate::rooms::threads::roots_among(state, rows).await?;
+    let own = |r: &EventRow| r.redacted_by.is_some() || roots.contains(&r.event_id);
+    let redacted: Vec<EventRow> = rows.iter().filter(|r| own(r)).cloned().collect();
     let mut redacted = client_events_aligned(state, &redacted, Some(viewer))
         .await?
         .into_iter();
     let mut out = Vec::with_capacity(rows.len());
     for row in rows {
-        if row.redacted_by.is_some() {
+        if own(row) {
             let Some(mut value) = redacted.next().flatten() else {
                 out.push(None);
                 continue;

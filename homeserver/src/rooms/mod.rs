@@ -25,6 +25,7 @@ pub mod power;
 pub mod profile;
 mod push_actions;
 pub mod summary;
+pub mod threads;
 pub mod upgrade;
 pub mod visibility;
 
