@@ -119,9 +119,20 @@ pub async fn authenticate(state: &AppState, token: &str, ip: IpAddr) -> Result<S
         .find_token(&hash_token(token))
         .await?
         .ok_or_else(Error::unknown_token)?;
+    let now = now_ms();
+    if owner.expires_ts.is_some_and(|expires| expires <= now) {
+        // The client still has its refresh token: this is a soft logout.
+        return Err(Error::expired_token());
+    }
+    if let Some(refresh) = &owner.retires_refresh_token {
+        // The first use of a refreshed token retires the refresh token before it.
+        state
+            .storage
+            .retire_predecessor(&owner.user_id, refresh)
+            .await?;
+    }
     let user_id = OwnedUserId::try_from(owner.user_id).map_err(Error::internal)?;
     let device_id = OwnedDeviceId::from(owner.device_id);
-    let now = now_ms();
     if state.last_seen.should_write(&user_id, &device_id, now) {
         // Off the request path: a failed last-seen write must not fail the request.
         let storage = state.storage.clone();

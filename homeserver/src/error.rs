@@ -73,6 +73,20 @@ impl Error {
             "Missing access token",
         )
     }
+    /// An access token that expired (it came with a refresh token): `soft_logout` tells the
+    /// client to refresh rather than log in again.
+    pub fn expired_token() -> Self {
+        let mut e = Self::new(
+            StatusCode::UNAUTHORIZED,
+            "M_UNKNOWN_TOKEN",
+            "Access token has expired",
+        );
+        if let Error::Matrix(m) = &mut e {
+            m.body.insert("soft_logout".into(), Value::Bool(true));
+        }
+        e
+    }
+
     pub fn unknown_token() -> Self {
         let mut e = Self::new(
             StatusCode::UNAUTHORIZED,

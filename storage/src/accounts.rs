@@ -28,6 +28,11 @@ pub struct TokenOwner {
     pub user_id: String,
     pub device_id: String,
     pub is_admin: bool,
+    /// When the token expires (a token issued with a refresh token); `None`: never.
+    pub expires_ts: Option<i64>,
+    /// The token came with a refresh token that replaced another: its first use retires the
+    /// old one ([`Storage::retire_predecessor`]).
+    pub retires_refresh_token: Option<String>,
 }
 
 /// Access tokens already resolved, so a request costs no query to authenticate.
@@ -83,7 +88,7 @@ impl TokenCache {
     }
 
     /// Forgets every cached token of `user_id`.
-    fn invalidate(&self, user_id: &str) {
+    pub(crate) fn invalidate(&self, user_id: &str) {
         {
             let mut inner = self.lock();
             inner.0 += 1;
@@ -232,6 +237,23 @@ impl Storage {
         token_hash: Option<&str>,
         now: i64,
     ) -> Result<bool> {
+        self.create_device_with_tokens(user_id, device_id, display_name, ip, token_hash, None, now)
+            .await
+    }
+
+    /// [`Storage::create_device_with_token`], with a refresh token: `(refresh token hash,
+    /// when the access token expires)`.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn create_device_with_tokens(
+        &self,
+        user_id: &str,
+        device_id: &str,
+        display_name: Option<&str>,
+        ip: Option<&str>,
+        token_hash: Option<&str>,
+        refresh: Option<(&str, i64)>,
+        now: i64,
+    ) -> Result<bool> {
         let mut tx = self.begin_write().await?;
         sqlx::query("DELETE FROM access_tokens WHERE user_id = $1 AND device_id = $2")
             .bind(user_id)
@@ -269,14 +291,35 @@ impl Storage {
             _in_flight = Some(self.mark_device_list_changed(&mut tx, user_id).await?);
         }
         if let Some(token_hash) = token_hash {
+            // The device's earlier refresh tokens go with its earlier access tokens.
+            sqlx::query("DELETE FROM refresh_tokens WHERE user_id = $1 AND device_id = $2")
+                .bind(user_id)
+                .bind(device_id)
+                .execute(&mut *tx)
+                .await?;
+            if let Some((refresh_hash, _)) = refresh {
+                sqlx::query(
+                    "INSERT INTO refresh_tokens (token_hash, user_id, device_id, predecessor, created_ts)
+                     VALUES ($1, $2, $3, NULL, $4)",
+                )
+                .bind(refresh_hash)
+                .bind(user_id)
+                .bind(device_id)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            }
             sqlx::query(
-                "INSERT INTO access_tokens (token_hash, user_id, device_id, created_ts)
-                 VALUES ($1, $2, $3, $4)",
+                "INSERT INTO access_tokens (token_hash, user_id, device_id, created_ts, expires_ts,
+                                            refresh_token_hash)
+                 VALUES ($1, $2, $3, $4, $5, $6)",
             )
             .bind(token_hash)
             .bind(user_id)
             .bind(device_id)
             .bind(now)
+            .bind(refresh.map(|(_, expires)| expires))
+            .bind(refresh.map(|(hash, _)| hash))
             .execute(&mut *tx)
             .await?;
         }
@@ -299,8 +342,10 @@ impl Storage {
             Err(generation) => generation,
         };
         let row = sqlx::query(
-            "SELECT t.user_id, t.device_id, u.is_admin
+            "SELECT t.user_id, t.device_id, u.is_admin, t.expires_ts,
+                    CASE WHEN r.predecessor IS NULL THEN NULL ELSE r.token_hash END AS retires
              FROM access_tokens t JOIN users u ON u.user_id = t.user_id
+             LEFT JOIN refresh_tokens r ON r.token_hash = t.refresh_token_hash
              WHERE t.token_hash = $1 AND u.deactivated = 0",
         )
         .bind(token_hash)
@@ -312,6 +357,8 @@ impl Storage {
                     user_id: row.try_get("user_id")?,
                     device_id: row.try_get("device_id")?,
                     is_admin: row.try_get::<i64, _>("is_admin")? != 0,
+                    expires_ts: row.try_get("expires_ts")?,
+                    retires_refresh_token: row.try_get("retires")?,
                 })
             })
             .transpose()?;

@@ -30,6 +30,7 @@ mod stream;
 mod sync;
 mod threads;
 mod to_device;
+mod tokens;
 pub mod words;
 
 pub use accounts::{DeviceRow, ProfileFieldRefused, TokenOwner, UserRow};
@@ -52,6 +53,7 @@ pub use stream::StreamTracker;
 pub use sync::{AccountDataChange, MembershipRow, ReceiptRow};
 pub use threads::ThreadRow;
 pub use to_device::{OutgoingToDevice, ToDeviceRow};
+pub use tokens::Refreshed;
 
 use std::{path::Path, str::FromStr, time::Duration};
 

@@ -610,7 +610,8 @@ impl Storage {
                     .bind(room_id)
                     .bind(text.key.as_str())
                     .bind(text.word_count)
-                    .bind(text.words.as_str());
+                    .bind(text.words.as_str())
+                    .bind(state);
             }
         }
         query
@@ -864,12 +865,13 @@ impl Storage {
         if !replies.is_empty() {
             crate::threads::add_replies(&mut tx, room_id, &replies).await?;
         }
-        let indexed: Vec<(&str, i64, &crate::search::IndexedText)> = events
+        let indexed: Vec<(&str, i64, Option<i64>, &crate::search::IndexedText)> = events
             .iter()
             .zip(&positions)
+            .zip(&placed)
             .zip(search_rows)
-            .filter_map(|((event, position), text)| {
-                Some((event.event_id, *position, text.as_ref()?))
+            .filter_map(|(((event, position), (before, _)), text)| {
+                Some((event.event_id, *position, *before, text.as_ref()?))
             })
             .collect();
         if !indexed.is_empty() {

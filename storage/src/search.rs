@@ -37,37 +37,26 @@ impl IndexedText {
     }
 }
 
-/// The value PostgreSQL stores in `vector`: the words as lexemes, no parser involved.
-const PG_VECTOR: &str = "array_to_tsvector(string_to_array(btrim({}), ' '))";
+/// The value PostgreSQL stores in `vector`: the words and the room ID as lexemes, no parser
+/// involved; `{w}` and `{r}` are the parameters of the words and the room.
+fn pg_vector(words: usize, room: usize) -> String {
+    format!(
+        "array_to_tsvector(array_append(string_to_array(btrim(${words}), ' '), CAST(${room} AS TEXT)))"
+    )
+}
 
-/// Inserts the index rows of `rows` (`(event ID, stream position, text)`) of `room_id`.
+/// Inserts the index rows of `rows` (`(event ID, stream position, state snapshot, text)`)
+/// of `room_id`.
 pub(crate) async fn insert_rows(
     conn: &mut AnyConnection,
     backend: Backend,
     room_id: &str,
-    rows: &[(&str, i64, &IndexedText)],
+    rows: &[(&str, i64, Option<i64>, &IndexedText)],
 ) -> Result<()> {
     for chunk in rows.chunks(500) {
-        let mut values = Vec::with_capacity(chunk.len());
-        for i in 0..chunk.len() {
-            let p = 6 * i + 1;
-            let base = format!(
-                "${}, ${}, ${}, ${}, ${}, ${}",
-                p,
-                p + 1,
-                p + 2,
-                p + 3,
-                p + 4,
-                p + 5
-            );
-            values.push(match backend {
-                Backend::Postgres => format!(
-                    "({base}, {})",
-                    PG_VECTOR.replace("{}", &format!("${}", p + 5))
-                ),
-                Backend::Sqlite => format!("({base})"),
-            });
-        }
+        let values: Vec<String> = (0..chunk.len())
+            .map(|i| row_values(backend, 1 + COLUMNS * i))
+            .collect();
         let vector = if backend == Backend::Postgres {
             ", vector"
         } else {
@@ -75,52 +64,54 @@ pub(crate) async fn insert_rows(
         };
         let sql = format!(
             "INSERT INTO event_search (stream_ordering, event_id, room_id, search_key, word_count,
-                                       words{vector})
+                                       words, snapshot{vector})
              VALUES {} ON CONFLICT (stream_ordering) DO NOTHING",
             values.join(", ")
         );
         let mut query = sqlx::query(AssertSqlSafe(sql.as_str()));
-        for (event_id, stream, text) in chunk {
+        for (event_id, stream, snapshot, text) in chunk {
             query = query
                 .bind(*stream)
                 .bind(*event_id)
                 .bind(room_id)
                 .bind(text.key.as_str())
                 .bind(text.word_count)
-                .bind(text.words.as_str());
+                .bind(text.words.as_str())
+                .bind(*snapshot);
         }
         query.execute(&mut *conn).await?;
     }
     Ok(())
 }
 
+/// Parameters per index row: stream, event, room, key, word count, words, snapshot.
+const COLUMNS: usize = 7;
+
+/// One row's `VALUES` tuple, parameters from `$p` in [`COLUMNS`] order (PostgreSQL adds the
+/// vector made of the words and the room).
+fn row_values(backend: Backend, p: usize) -> String {
+    let params: Vec<String> = (p..p + COLUMNS).map(|i| format!("${i}")).collect();
+    match backend {
+        Backend::Postgres => format!("({}, {})", params.join(", "), pg_vector(p + 5, p + 2)),
+        Backend::Sqlite => format!("({})", params.join(", ")),
+    }
+}
+
 /// The CTE that inserts index rows inside the single statement of
-/// `persist_plain_messages` (PostgreSQL), with its parameters from `$first`; returns the SQL
-/// and the number of parameters it takes.
+/// `persist_plain_messages` (PostgreSQL), with its parameters from `$first` in the order of
+/// [`insert_rows`]; returns the SQL and the number of parameters it takes.
 pub(crate) fn insert_cte(first: usize, rows: usize) -> (String, usize) {
     let values: Vec<String> = (0..rows)
-        .map(|i| {
-            let p = first + 6 * i;
-            format!(
-                "(${}, ${}, ${}, ${}, ${}, ${}, {})",
-                p,
-                p + 1,
-                p + 2,
-                p + 3,
-                p + 4,
-                p + 5,
-                PG_VECTOR.replace("{}", &format!("${}", p + 5))
-            )
-        })
+        .map(|i| row_values(Backend::Postgres, first + COLUMNS * i))
         .collect();
     (
         format!(
             ", se AS (INSERT INTO event_search (stream_ordering, event_id, room_id, search_key,
-                                               word_count, words, vector)
+                                               word_count, words, snapshot, vector)
                       VALUES {})",
             values.join(", ")
         ),
-        rows * 6,
+        rows * COLUMNS,
     )
 }
 
@@ -181,18 +172,29 @@ pub struct SearchQuery<'a> {
 
 impl SearchQuery<'_> {
     /// `(FROM … WHERE …, parameters)` shared by the page and the count; parameters from `$1`.
+    ///
+    /// On PostgreSQL the tsquery is written into the statement rather than bound: with a
+    /// parameter the planner would plan for any query (and could pick a scan of the whole
+    /// table after a few executions); with the text it sees how rare the words are. Words are
+    /// letters and digits only and room IDs are quoted, so the text is safe to inline.
     fn filter(&self, backend: Backend) -> (String, Vec<String>) {
         let mut params = Vec::new();
         let matcher = match backend {
             Backend::Postgres => {
-                params.push(
-                    self.terms
-                        .iter()
-                        .map(|t| format!("'{t}':*"))
-                        .collect::<Vec<_>>()
-                        .join(" & "),
-                );
-                "s.vector @@ CAST($1 AS tsquery)".to_owned()
+                let words = self
+                    .terms
+                    .iter()
+                    .map(|t| format!("{}:*", tsquery_quote(t)))
+                    .collect::<Vec<_>>()
+                    .join(" & ");
+                let rooms = self
+                    .rooms
+                    .iter()
+                    .map(|r| tsquery_quote(r))
+                    .collect::<Vec<_>>()
+                    .join(" | ");
+                let query = format!("{words} & ({rooms})");
+                format!("s.vector @@ CAST({} AS tsquery)", sql_quote(&query))
             }
             Backend::Sqlite => {
                 params.push(
@@ -206,7 +208,7 @@ impl SearchQuery<'_> {
                     .to_owned()
             }
         };
-        let rooms = placeholders_from(2, self.rooms.len());
+        let rooms = placeholders_from(params.len() + 1, self.rooms.len());
         params.extend(self.rooms.iter().cloned());
         let mut sql = format!("FROM event_search s WHERE {matcher} AND s.room_id IN ({rooms})");
         if !self.keys.is_empty() {
@@ -274,7 +276,8 @@ impl Storage {
              ORDER BY {order_by} LIMIT ${}",
             next + 2
         );
-        let mut q = sqlx::query(AssertSqlSafe(sql.as_str()));
+        // Each statement's text is new on PostgreSQL (see `filter`): not worth preparing.
+        let mut q = sqlx::query(AssertSqlSafe(sql.as_str())).persistent(false);
         for param in &params {
             q = q.bind(param.as_str());
         }
@@ -316,24 +319,29 @@ impl Storage {
             return Ok(Vec::new());
         }
         let (filter, params) = query.filter(self.backend);
+        // The snapshot is on the index row; sender and type only on the event.
         let (columns, group) = if by_sender_and_type {
             (
-                "s.room_id, e.state_before, e.sender, e.event_type",
-                "s.room_id, e.state_before, e.sender, e.event_type",
+                "s.room_id, s.snapshot, e.sender, e.event_type",
+                "s.room_id, s.snapshot, e.sender, e.event_type",
             )
         } else {
             (
-                "s.room_id, e.state_before, '' AS sender, '' AS event_type",
-                "s.room_id, e.state_before",
+                "s.room_id, s.snapshot, '' AS sender, '' AS event_type",
+                "s.room_id, s.snapshot",
             )
         };
-        let filter = filter.replacen(
-            "FROM event_search s",
-            "FROM event_search s JOIN events e ON e.event_id = s.event_id",
-            1,
-        );
+        let filter = if by_sender_and_type {
+            filter.replacen(
+                "FROM event_search s",
+                "FROM event_search s JOIN events e ON e.event_id = s.event_id",
+                1,
+            )
+        } else {
+            filter
+        };
         let sql = format!("SELECT {columns}, COUNT(*) {filter} GROUP BY {group}");
-        let mut q = sqlx::query(AssertSqlSafe(sql.as_str()));
+        let mut q = sqlx::query(AssertSqlSafe(sql.as_str())).persistent(false);
         for param in &params {
             q = q.bind(param.as_str());
         }
@@ -391,16 +399,16 @@ impl Storage {
             .collect()
     }
 
-    /// Indexes `texts` (`(event ID, room ID, stream position, key, text)`) found by
+    /// Indexes `texts` (`(event ID, room ID, stream position, snapshot, key, text)`) found by
     /// [`Storage::events_to_index`] and moves the start-up indexing down to `up_to`, in one
     /// transaction. Events redacted meanwhile are skipped.
     pub async fn index_backfilled(
         &self,
-        texts: &[(String, String, i64, &str, String)],
+        texts: &[(String, String, i64, Option<i64>, &str, String)],
         up_to: i64,
     ) -> Result<()> {
         let mut tx = self.begin_write().await?;
-        for (event_id, room_id, stream, key, text) in texts {
+        for (event_id, room_id, stream, snapshot, key, text) in texts {
             let redacted: Option<Option<String>> =
                 sqlx::query_scalar("SELECT redacted_by FROM events WHERE event_id = $1")
                     .bind(event_id.as_str())
@@ -414,7 +422,7 @@ impl Storage {
                     &mut tx,
                     self.backend,
                     room_id,
-                    &[(event_id.as_str(), *stream, &indexed)],
+                    &[(event_id.as_str(), *stream, *snapshot, &indexed)],
                 )
                 .await?;
             }
@@ -428,9 +436,25 @@ impl Storage {
     }
 }
 
+/// A tsquery lexeme in single quotes (a quote or backslash inside is escaped).
+fn tsquery_quote(lexeme: &str) -> String {
+    format!("'{}'", lexeme.replace('\\', "\\\\").replace('\'', "\\'"))
+}
+
+/// An SQL string literal.
+fn sql_quote(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn quoting() {
+        assert_eq!(tsquery_quote("!a'b\\c:x"), "'!a\\'b\\\\c:x'");
+        assert_eq!(sql_quote("it's"), "'it''s'");
+    }
 
     #[test]
     fn indexed_text_is_spaced_folded_words() {

@@ -371,7 +371,7 @@ async fn main() {
              SELECT '@u' || i || ':{server}', NULL, 0, 0, 0 FROM generate_series(1, {users}) i;
          INSERT INTO profiles (user_id, displayname)
              SELECT '@u' || i || ':{server}',
-                    ({first})[1 + (i * 7919) % 200] || ' ' || ({last})[1 + (i * 104729) % 500]
+                    ({first})[1 + (i::bigint * 7919) % 200] || ' ' || ({last})[1 + (i::bigint * 104729) % 500]
              FROM generate_series(1, {users}) i;
          INSERT INTO room_memberships (room_id, user_id, membership, event_id, stream_ordering)
              SELECT ({public})[1 + i % 20], '@u' || i || ':{server}', 'join', '$seed' || i, 0

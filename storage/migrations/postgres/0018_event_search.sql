@@ -10,8 +10,11 @@
 -- count is (length(words) - length(replace(words, ' ' || ti, ''))) / (length(ti) + 1).
 --
 -- `vector` is the same words as a tsvector, made with array_to_tsvector so that PostgreSQL's
--- locale-dependent parser never sees them; queries are prefix tsqueries ('t1':* & 't2':*)
--- cast from text, equally unparsed. The GIN index finds the matching events.
+-- locale-dependent parser never sees them, plus the room ID as one more lexeme (it starts with
+-- `!`, which no word does). Queries are tsqueries written out in full ('t1':* & 't2':* &
+-- ('!room1' | '!room2' ...)), equally unparsed: the GIN index then intersects a word with the
+-- searcher's rooms inside the index, and a common word costs its matches in those rooms, not
+-- in every room.
 CREATE TABLE event_search (
     stream_ordering BIGINT PRIMARY KEY,
     event_id        TEXT NOT NULL UNIQUE,
@@ -19,6 +22,9 @@ CREATE TABLE event_search (
     -- content.body, content.name or content.topic
     search_key      TEXT NOT NULL,
     word_count      BIGINT NOT NULL,
+    -- The state snapshot the event was sent on: who may see it depends only on that and the
+    -- room, so a search counts what a user may see from these rows alone.
+    snapshot        BIGINT,
     words           TEXT NOT NULL,
     vector          TSVECTOR NOT NULL
 );

@@ -15,6 +15,9 @@ CREATE TABLE event_search (
     -- content.body, content.name or content.topic
     search_key      TEXT NOT NULL,
     word_count      INTEGER NOT NULL,
+    -- The state snapshot the event was sent on: who may see it depends only on that and the
+    -- room, so a search counts what a user may see from these rows alone.
+    snapshot        INTEGER,
     words           TEXT NOT NULL
 );
 CREATE INDEX event_search_room ON event_search (room_id, stream_ordering);

@@ -90,7 +90,7 @@ async fn well_known_server(State(state): State<AppState>) -> Json<serde_json::Va
 ///
 /// <https://spec.matrix.org/latest/client-server-api/#get_matrixclientv3capabilities>
 async fn get_capabilities(
-    _: State<AppState>,
+    State(state): State<AppState>,
     _: Ruma<get_capabilities::v3::Request>,
 ) -> Result<get_capabilities::v3::Response> {
     let mut capabilities = Capabilities::new();
@@ -102,7 +102,7 @@ async fn get_capabilities(
         capabilities.set_avatar_url.enabled = true;
     }
     capabilities.thirdparty_id_changes.enabled = false;
-    capabilities.get_login_token.enabled = false;
+    capabilities.get_login_token.enabled = state.config.login_get_token_enabled;
     capabilities.room_versions.default = DEFAULT_ROOM_VERSION;
     capabilities.room_versions.available = SUPPORTED_ROOM_VERSIONS
         .iter()

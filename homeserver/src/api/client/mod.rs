@@ -49,6 +49,8 @@ pub fn routes(r: Router<AppState>) -> Router<AppState> {
     let r = route(r, register::check_registration_token_validity);
     let r = route(r, session::get_login_types);
     let r = route(r, session::login);
+    let r = route(r, session::refresh);
+    let r = route(r, session::get_login_token);
     let r = route(r, session::logout);
     let r = route(r, session::logout_all);
     let r = route(r, account::whoami);

@@ -13,7 +13,7 @@ use ruma::{
 
 use crate::{
     api::ruma::Ruma,
-    auth::{hash_password, new_access_token, new_device_id, now_ms},
+    auth::{hash_password, new_device_id, now_ms},
     error::{Error, Result},
     uia, AppState,
 };
@@ -167,19 +167,18 @@ pub async fn register(
         return Ok(response);
     }
     let device_id = body.device_id.clone().unwrap_or_else(new_device_id);
-    let token = new_access_token();
-    state
-        .storage
-        .create_device_with_token(
-            user_id.as_str(),
-            device_id.as_str(),
-            body.initial_device_display_name.as_deref(),
-            Some(&req.client_ip.to_string()),
-            Some(&crate::auth::hash_token(&token)),
-            now,
-        )
-        .await?;
-    response.access_token = Some(token);
+    let session = super::session::start_session(
+        &state,
+        user_id.as_str(),
+        device_id.as_str(),
+        body.initial_device_display_name.as_deref(),
+        &req.client_ip.to_string(),
+        body.refresh_token,
+    )
+    .await?;
+    response.access_token = Some(session.access_token);
+    response.refresh_token = session.refresh_token;
+    response.expires_in = session.expires_in;
     response.device_id = Some(device_id);
     Ok(response)
 }

@@ -473,7 +473,7 @@ pub async fn backfill(state: AppState) {
                 .last()
                 .and_then(|r| r.stream_ordering)
                 .map_or(0, |s| s - 1);
-            let texts: Vec<(String, String, i64, &str, String)> = rows
+            let texts: Vec<(String, String, i64, Option<i64>, &str, String)> = rows
                 .iter()
                 .filter_map(|row| {
                     let pdu: Value = row.parse_pdu().ok()?;
@@ -486,6 +486,7 @@ pub async fn backfill(state: AppState) {
                         row.event_id.clone(),
                         row.room_id.clone(),
                         row.stream_ordering?,
+                        row.state_before,
                         key,
                         text,
                     ))
