@@ -124,6 +124,18 @@ pub(crate) async fn delete_row(tx: &mut Transaction<'static, Any>, event_id: &st
     Ok(())
 }
 
+/// An older event's searchable text, for [`Storage::index_backfilled`].
+#[derive(Debug, Clone)]
+pub struct TextToIndex {
+    pub event_id: String,
+    pub room_id: String,
+    pub stream_ordering: i64,
+    /// The state the event was sent on.
+    pub snapshot: Option<i64>,
+    pub key: &'static str,
+    pub text: String,
+}
+
 /// How search results are ordered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SearchOrder {
@@ -399,16 +411,20 @@ impl Storage {
             .collect()
     }
 
-    /// Indexes `texts` (`(event ID, room ID, stream position, snapshot, key, text)`) found by
+    /// Indexes `texts` found by
     /// [`Storage::events_to_index`] and moves the start-up indexing down to `up_to`, in one
     /// transaction. Events redacted meanwhile are skipped.
-    pub async fn index_backfilled(
-        &self,
-        texts: &[(String, String, i64, Option<i64>, &str, String)],
-        up_to: i64,
-    ) -> Result<()> {
+    pub async fn index_backfilled(&self, texts: &[TextToIndex], up_to: i64) -> Result<()> {
         let mut tx = self.begin_write().await?;
-        for (event_id, room_id, stream, snapshot, key, text) in texts {
+        for TextToIndex {
+            event_id,
+            room_id,
+            stream_ordering: stream,
+            snapshot,
+            key,
+            text,
+        } in texts
+        {
             let redacted: Option<Option<String>> =
                 sqlx::query_scalar("SELECT redacted_by FROM events WHERE event_id = $1")
                     .bind(event_id.as_str())

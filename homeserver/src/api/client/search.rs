@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use axum::{extract::State, Json};
 use myelin_storage::{
     words::{distinct_words, words_as_written},
-    EventRow, SearchCursor, SearchHit, SearchOrder, SearchQuery,
+    EventRow, SearchCursor, SearchHit, SearchOrder, SearchQuery, TextToIndex,
 };
 use ruma::api::client::search::search_events::{
     self,
@@ -473,7 +473,7 @@ pub async fn backfill(state: AppState) {
                 .last()
                 .and_then(|r| r.stream_ordering)
                 .map_or(0, |s| s - 1);
-            let texts: Vec<(String, String, i64, Option<i64>, &str, String)> = rows
+            let texts: Vec<TextToIndex> = rows
                 .iter()
                 .filter_map(|row| {
                     let pdu: Value = row.parse_pdu().ok()?;
@@ -482,14 +482,14 @@ pub async fn backfill(state: AppState) {
                         row.state_key.as_deref(),
                         &pdu["content"],
                     )?;
-                    Some((
-                        row.event_id.clone(),
-                        row.room_id.clone(),
-                        row.stream_ordering?,
-                        row.state_before,
+                    Some(TextToIndex {
+                        event_id: row.event_id.clone(),
+                        room_id: row.room_id.clone(),
+                        stream_ordering: row.stream_ordering?,
+                        snapshot: row.state_before,
                         key,
                         text,
-                    ))
+                    })
                 })
                 .collect();
             state.storage.index_backfilled(&texts, next).await?;
