@@ -450,7 +450,85 @@ async fn openid_tokens(backend: Backend) {
     );
 }
 
+/// `GET /rooms/{id}/initialSync`: the latest messages in order with tokens, the state, the
+/// membership and the directory visibility; a user who left sees up to the leave; a stranger
+/// to a private room is refused.
+async fn room_initial_sync(backend: Backend) {
+    let Some(hs) = TestServer::start(backend, ServerOptions::default()).await else {
+        return;
+    };
+    let alice = hs.register_user("alice").await;
+    let bob = hs.register_user("bob").await;
+    let room = alice
+        .create_room(&json!({ "preset": "private_chat", "name": "Old" }))
+        .await;
+    assert_ok(&alice.invite(&room, bob.user_id()).await, "invite");
+    assert_ok(&bob.join(&room).await, "join");
+    let first = alice.send_text(&room, "one").await;
+    let second = alice.send_text(&room, "two").await;
+    let path = Client::room_path(&room, "/initialSync");
+    let response = bob.get(&path).await;
+    let body = assert_ok(&response, "initialSync");
+    assert_eq!(body["room_id"], room.as_str(), "{body}");
+    assert_eq!(body["membership"], "join", "{body}");
+    assert_eq!(body["visibility"], "private", "{body}");
+    let chunk = body["messages"]["chunk"].as_array().expect("chunk");
+    let ids: Vec<&str> = chunk
+        .iter()
+        .filter_map(|e| e["event_id"].as_str())
+        .collect();
+    assert_eq!(
+        &ids[ids.len() - 2..],
+        [first.as_str(), second.as_str()],
+        "{body}"
+    );
+    assert!(body["messages"]["start"].is_string() && body["messages"]["end"].is_string());
+    let state = body["state"].as_array().expect("state");
+    assert!(state
+        .iter()
+        .any(|e| e["type"] == "m.room.name" && e["content"]["name"] == "Old"));
+
+    // The `start` token pages further back with /messages.
+    let start = body["messages"]["start"].as_str().unwrap();
+    let older = bob
+        .get(&Client::room_path(
+            &room,
+            &format!("/messages?dir=b&from={}", encode(start)),
+        ))
+        .await;
+    assert_ok(&older, "messages from initialSync's start");
+
+    // Bob leaves; what comes after is not his to see, nor is the later state.
+    assert_ok(&bob.leave(&room).await, "leave");
+    let later = alice.send_text(&room, "after bob left").await;
+    assert_ok(
+        &alice
+            .put_state(&room, "m.room.name", "", &json!({ "name": "New" }))
+            .await,
+        "rename",
+    );
+    let response = bob.get(&path).await;
+    let body = assert_ok(&response, "initialSync after leaving");
+    assert_eq!(body["membership"], "leave", "{body}");
+    let text = body.to_string();
+    assert!(
+        !text.contains(&later) && !text.contains("\"New\""),
+        "{body}"
+    );
+    let ids: Vec<&str> = body["messages"]["chunk"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["event_id"].as_str())
+        .collect();
+    assert!(ids.contains(&second.as_str()), "{body}");
+
+    let carol = hs.register_user("carol").await;
+    assert_error(&carol.get(&path).await, 403, "M_FORBIDDEN", "stranger");
+}
+
 backend_tests!(
+    room_initial_sync,
     startup_endpoints_answer,
     turn_credentials_and_rtc_foci,
     mutual_rooms,

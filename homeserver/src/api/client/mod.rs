@@ -8,6 +8,7 @@ mod backup;
 mod device;
 mod directory;
 pub(crate) mod discovery;
+mod initial_sync;
 mod keys;
 mod media;
 pub(crate) mod membership;
@@ -97,6 +98,7 @@ pub fn routes(r: Router<AppState>) -> Router<AppState> {
     let r = route(r, user_directory::search_user_directory);
     let r = route_with_body(r, search::search);
     let r = route(r, threads::get_threads);
+    let r = route_raw(r, initial_sync::room_initial_sync);
     let r = route_raw(r, space::get_hierarchy);
     let r = route_raw(r, space::get_room_summary);
     let r = route(r, account_data::get_room_account_data);
