@@ -17,6 +17,19 @@ pub struct Refreshed {
     pub device_id: String,
 }
 
+/// Deletes refresh token `hash` and the access token issued with it.
+async fn retire(tx: &mut sqlx::Transaction<'static, sqlx::Any>, hash: &str) -> Result<()> {
+    sqlx::query("DELETE FROM access_tokens WHERE refresh_token_hash = $1")
+        .bind(hash)
+        .execute(&mut **tx)
+        .await?;
+    sqlx::query("DELETE FROM refresh_tokens WHERE token_hash = $1")
+        .bind(hash)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
 impl Storage {
     /// Uses the refresh token `old`: issues `access` (expiring at `expires_ts`) and `new` in
     /// its place, in one transaction. `None` when `old` is unknown or already retired.
@@ -55,14 +68,7 @@ impl Storage {
                 .await?;
         retired.extend(predecessor);
         for hash in &retired {
-            sqlx::query("DELETE FROM access_tokens WHERE refresh_token_hash = $1")
-                .bind(hash)
-                .execute(&mut *tx)
-                .await?;
-            sqlx::query("DELETE FROM refresh_tokens WHERE token_hash = $1")
-                .bind(hash)
-                .execute(&mut *tx)
-                .await?;
+            retire(&mut tx, hash).await?;
         }
         sqlx::query("UPDATE refresh_tokens SET predecessor = NULL WHERE token_hash = $1")
             .bind(old)
@@ -107,14 +113,7 @@ impl Storage {
                 .fetch_optional(&mut *tx)
                 .await?;
         if let Some(Some(predecessor)) = predecessor {
-            sqlx::query("DELETE FROM access_tokens WHERE refresh_token_hash = $1")
-                .bind(&predecessor)
-                .execute(&mut *tx)
-                .await?;
-            sqlx::query("DELETE FROM refresh_tokens WHERE token_hash = $1")
-                .bind(&predecessor)
-                .execute(&mut *tx)
-                .await?;
+            retire(&mut tx, &predecessor).await?;
             sqlx::query("UPDATE refresh_tokens SET predecessor = NULL WHERE token_hash = $1")
                 .bind(hash)
                 .execute(&mut *tx)
