@@ -48,7 +48,7 @@ pub use rooms::{
     TopologicalPosition,
 };
 pub use rooms_list::BUMP_EVENT_TYPES;
-pub use search::{SearchCount, SearchCursor, SearchHit, SearchOrder, SearchQuery, TextToIndex};
+pub use search::{SearchMatch, SearchQuery, TextToIndex};
 pub use stream::StreamTracker;
 pub use sync::{AccountDataChange, MembershipRow, ReceiptRow};
 pub use threads::ThreadRow;

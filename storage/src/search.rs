@@ -136,40 +136,19 @@ pub struct TextToIndex {
     pub text: String,
 }
 
-/// How search results are ordered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SearchOrder {
-    /// Best match first (see the migration's rank), newest first among equals.
-    Rank,
-    /// Newest first.
-    Recent,
-}
-
-/// Where a page of results ends: the next page starts after this hit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SearchCursor {
-    pub rank: i64,
-    pub stream_ordering: i64,
-}
-
-/// One matching event.
+/// One matching event, with what deciding who may see it needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SearchHit {
+pub struct SearchMatch {
     pub event_id: String,
     pub stream_ordering: i64,
-    /// Matching words per million words of the text.
+    /// Matching words per million words of the text (see the migration).
     pub rank: i64,
-}
-
-/// Matching events of one room sent on one state snapshot (see [`Storage::count_search`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SearchCount {
     pub room_id: String,
+    /// The state snapshot the event was sent on.
     pub snapshot: Option<i64>,
-    /// `""` unless counted per sender and type.
+    /// The event's sender and type, when asked for (`""` otherwise).
     pub sender: String,
     pub event_type: String,
-    pub count: i64,
 }
 
 /// A search: every one of `terms` (folded words) must start a word of the text.
@@ -183,12 +162,15 @@ pub struct SearchQuery<'a> {
 }
 
 impl SearchQuery<'_> {
-    /// `(FROM … WHERE …, parameters)` shared by the page and the count; parameters from `$1`.
+    /// `(FROM … WHERE …, parameters)` of the matches; parameters from `$1`.
     ///
     /// On PostgreSQL the tsquery is written into the statement rather than bound: with a
     /// parameter the planner would plan for any query (and could pick a scan of the whole
-    /// table after a few executions); with the text it sees how rare the words are. Words are
-    /// letters and digits only and room IDs are quoted, so the text is safe to inline.
+    /// table after a few executions); with the text it sees how rare the words are, and
+    /// walks the stream backwards for a common word but goes through the text index for a
+    /// rare one. Words are letters and digits only, so the text is safe to inline. The rooms
+    /// are a plain `IN` list: the room lexemes migration 0018 put into `vector` are not
+    /// queried, since an OR of a hundred of them cost more than the words they narrowed.
     fn filter(&self, backend: Backend) -> (String, Vec<String>) {
         let mut params = Vec::new();
         let matcher = match backend {
@@ -199,14 +181,7 @@ impl SearchQuery<'_> {
                     .map(|t| format!("{}:*", tsquery_quote(t)))
                     .collect::<Vec<_>>()
                     .join(" & ");
-                let rooms = self
-                    .rooms
-                    .iter()
-                    .map(|r| tsquery_quote(r))
-                    .collect::<Vec<_>>()
-                    .join(" | ");
-                let query = format!("{words} & ({rooms})");
-                format!("s.vector @@ CAST({} AS tsquery)", sql_quote(&query))
+                format!("s.vector @@ CAST({} AS tsquery)", sql_quote(&words))
             }
             Backend::Sqlite => {
                 params.push(
@@ -237,18 +212,26 @@ impl SearchQuery<'_> {
 }
 
 impl Storage {
-    /// A page of at most `limit` events matching `query`, in `order`, after `after`.
-    pub async fn search_events(
+    /// The newest matches of `query` below stream position `below` (all when `None`), at
+    /// most `limit`, newest first; with each event's sender and type when
+    /// `with_sender_and_type`.
+    ///
+    /// Everything a search answers is read through such windows: pages by recency walk them
+    /// down, pages by rank sort each window by rank (see the homeserver's search), and the
+    /// count comes from the first one. A window costs about `limit` matches whatever the
+    /// word: a common word is found walking the stream backwards (the planner stops after
+    /// `limit`), a rare one through the text index.
+    pub async fn search_window(
         &self,
         query: SearchQuery<'_>,
-        order: SearchOrder,
-        after: Option<SearchCursor>,
+        below: Option<i64>,
         limit: usize,
-    ) -> Result<Vec<SearchHit>> {
+        with_sender_and_type: bool,
+    ) -> Result<Vec<SearchMatch>> {
         if query.is_empty() || limit == 0 {
             return Ok(Vec::new());
         }
-        let (filter, params) = query.filter(self.backend);
+        let (mut filter, params) = query.filter(self.backend);
         let mut next = params.len() + 1;
         // Words starting with each term: (length - length without ' term') / length(' term').
         let mut occurrences = Vec::new();
@@ -261,33 +244,23 @@ impl Storage {
             next += 2;
         }
         let rank = format!("(({}) * 1000000) / s.word_count", occurrences.join(" + "));
-        let (cursor, order_by) = match order {
-            SearchOrder::Rank => (
-                format!(
-                    "q.rank < ${} OR (q.rank = ${} AND q.stream_ordering < ${})",
-                    next,
-                    next,
-                    next + 1
-                ),
-                "q.rank DESC, q.stream_ordering DESC",
-            ),
-            SearchOrder::Recent => (
-                format!("q.stream_ordering < ${}", next + 1),
-                "q.stream_ordering DESC",
-            ),
-        };
-        let cursor = if after.is_some() {
-            format!("WHERE {cursor}")
-        } else {
-            String::new()
-        };
-        let sql = format!(
-            "SELECT q.event_id, q.stream_ordering, q.rank FROM (
-                 SELECT s.event_id, s.stream_ordering, {rank} AS rank {filter}
-             ) q {cursor}
-             ORDER BY {order_by} LIMIT ${}",
-            next + 2
+        if below.is_some() {
+            filter.push_str(&format!(" AND s.stream_ordering < ${next}"));
+        }
+        let limit_param = next + usize::from(below.is_some());
+        let window = format!(
+            "SELECT s.event_id, s.stream_ordering, {rank} AS rank, s.room_id, s.snapshot
+             {filter} ORDER BY s.stream_ordering DESC LIMIT ${limit_param}"
         );
+        // The join comes after the window, so it costs `limit` look-ups at most.
+        let sql = if with_sender_and_type {
+            format!(
+                "SELECT w.*, e.sender, e.event_type FROM ({window}) w
+                 JOIN events e ON e.event_id = w.event_id ORDER BY w.stream_ordering DESC"
+            )
+        } else {
+            format!("SELECT w.*, '' AS sender, '' AS event_type FROM ({window}) w ORDER BY w.stream_ordering DESC")
+        };
         // Each statement's text is new on PostgreSQL (see `filter`): not worth preparing.
         let mut q = sqlx::query(AssertSqlSafe(sql.as_str())).persistent(false);
         for param in &params {
@@ -298,78 +271,42 @@ impl Storage {
                 .bind(format!(" {term}"))
                 .bind(term.chars().count() as i64 + 1);
         }
-        let after = after.unwrap_or(SearchCursor {
-            rank: 0,
-            stream_ordering: 0,
-        });
-        q = q
-            .bind(after.rank)
-            .bind(after.stream_ordering)
-            .bind(limit as i64);
+        if let Some(below) = below {
+            q = q.bind(below);
+        }
+        q = q.bind(limit as i64);
         q.fetch_all(&self.pool)
             .await?
             .iter()
             .map(|row| {
-                Ok(SearchHit {
+                Ok(SearchMatch {
                     event_id: row.try_get(0)?,
                     stream_ordering: row.try_get(1)?,
                     rank: row.try_get(2)?,
+                    room_id: row.try_get(3)?,
+                    snapshot: row.try_get(4)?,
+                    sender: row.try_get(5)?,
+                    event_type: row.try_get(6)?,
                 })
             })
             .collect()
     }
 
-    /// The events matching `query`, counted per room and state snapshot they were sent on
-    /// (and per sender and type when `by_sender_and_type`): who may see an event depends only
-    /// on those, so the caller counts exactly what a user may see from a few rows.
-    pub async fn count_search(
-        &self,
-        query: SearchQuery<'_>,
-        by_sender_and_type: bool,
-    ) -> Result<Vec<SearchCount>> {
-        if query.is_empty() {
-            return Ok(Vec::new());
+    /// The stream position of the oldest indexed event in `rooms` (`None`: there is none):
+    /// where matches in them can start, for estimating how many there are.
+    pub async fn search_rooms_start(&self, rooms: &[String]) -> Result<Option<i64>> {
+        if rooms.is_empty() {
+            return Ok(None);
         }
-        let (filter, params) = query.filter(self.backend);
-        // The snapshot is on the index row; sender and type only on the event.
-        let (columns, group) = if by_sender_and_type {
-            (
-                "s.room_id, s.snapshot, e.sender, e.event_type",
-                "s.room_id, s.snapshot, e.sender, e.event_type",
-            )
-        } else {
-            (
-                "s.room_id, s.snapshot, '' AS sender, '' AS event_type",
-                "s.room_id, s.snapshot",
-            )
-        };
-        let filter = if by_sender_and_type {
-            filter.replacen(
-                "FROM event_search s",
-                "FROM event_search s JOIN events e ON e.event_id = s.event_id",
-                1,
-            )
-        } else {
-            filter
-        };
-        let sql = format!("SELECT {columns}, COUNT(*) {filter} GROUP BY {group}");
-        let mut q = sqlx::query(AssertSqlSafe(sql.as_str())).persistent(false);
-        for param in &params {
-            q = q.bind(param.as_str());
+        let sql = format!(
+            "SELECT MIN(stream_ordering) FROM event_search WHERE room_id IN ({})",
+            placeholders_from(1, rooms.len())
+        );
+        let mut q = sqlx::query_scalar(AssertSqlSafe(sql.as_str())).persistent(false);
+        for room in rooms {
+            q = q.bind(room.as_str());
         }
-        q.fetch_all(&self.pool)
-            .await?
-            .iter()
-            .map(|row| {
-                Ok(SearchCount {
-                    room_id: row.try_get(0)?,
-                    snapshot: row.try_get(1)?,
-                    sender: row.try_get(2)?,
-                    event_type: row.try_get(3)?,
-                    count: row.try_get(4)?,
-                })
-            })
-            .collect()
+        Ok(q.fetch_one(&self.pool).await?)
     }
 
     /// Where the start-up indexing of events older than migration 0018 stands: events at or

@@ -375,4 +375,107 @@ async fn search_bad_input(backend: Backend) {
     );
 }
 
-backend_tests!(a75_message_search_ranks_pages_and_hides, search_bad_input);
+/// Many matches: pages by rank come window by window (the newest 200 matches best first,
+/// then the next 200), every match once; by recency newest first; hidden matches are neither
+/// found nor counted, and the count of a big result set is a close estimate.
+async fn search_windows_of_many_matches(backend: Backend) {
+    let Some(hs) = TestServer::start(backend, ServerOptions::default()).await else {
+        return;
+    };
+    let alice = hs.register_user("alice").await;
+    let bob = hs.register_user("bob").await;
+    // Bob's room whose history only joined members read: 30 matches before Alice joins.
+    let joined_only = bob
+        .create_room(&json!({
+            "preset": "public_chat",
+            "initial_state": [{
+                "type": "m.room.history_visibility", "state_key": "",
+                "content": { "history_visibility": "joined" }
+            }]
+        }))
+        .await;
+    let mut hidden = Vec::new();
+    for i in 0..30 {
+        hidden.push(
+            bob.send_text(&joined_only, &format!("alpha secret {i}"))
+                .await,
+        );
+    }
+    assert_ok(&alice.join(&joined_only).await, "alice joins");
+    let room = alice
+        .create_room(&json!({ "preset": "private_chat" }))
+        .await;
+    // 450 matches whose share of "alpha" goes 1/4, 2/4, 3/4 in turn, and words that do not
+    // match between them.
+    let mut sent = Vec::new();
+    for i in 0..450 {
+        let body = match i % 3 {
+            0 => "alpha beta gamma delta",
+            1 => "alpha alpha beta gamma",
+            _ => "alpha alpha alpha beta",
+        };
+        sent.push((alice.send_text(&room, body).await, i % 3));
+        if i % 50 == 0 {
+            alice.send_text(&room, "nothing to see").await;
+        }
+    }
+    let visible_late = bob.send_text(&joined_only, "alpha after alice came").await;
+
+    let newest_first: Vec<(String, usize)> = std::iter::once((visible_late.clone(), 9))
+        .chain(sent.iter().rev().cloned())
+        .collect();
+    let by_recency: Vec<String> = walk(
+        &alice,
+        json!({ "search_term": "alpha", "order_by": "recent" }),
+        37,
+    )
+    .await
+    .concat();
+    let expected: Vec<String> = newest_first.iter().map(|(id, _)| id.clone()).collect();
+    assert_eq!(
+        by_recency, expected,
+        "by recency: every visible match once, newest first"
+    );
+
+    let by_rank: Vec<String> = walk(
+        &alice,
+        json!({ "search_term": "alpha", "order_by": "rank" }),
+        37,
+    )
+    .await
+    .concat();
+    // Window by window of 200 matches (newest first), each by rank then newest first. The
+    // late message ("alpha after alice came": 1 of 4 words) is in the first window.
+    let mut expected = Vec::new();
+    for window in newest_first.chunks(200) {
+        let mut window: Vec<(usize, &(String, usize))> = window.iter().enumerate().collect();
+        // Rank of each: share of alpha; the late message 1/4 like kind 0.
+        window.sort_by_key(|(age, (_, kind))| {
+            let share = if *kind == 9 { 0 } else { *kind };
+            (std::cmp::Reverse(share), *age)
+        });
+        expected.extend(window.into_iter().map(|(_, (id, _))| id.clone()));
+    }
+    assert_eq!(by_rank.len(), 451, "every visible match once");
+    assert_eq!(by_rank, expected, "by rank, window by window");
+    for id in &hidden {
+        assert!(!by_rank.contains(id), "a match from before alice joined");
+    }
+
+    // The count: 451 visible matches, more than a window, so estimated; close to the truth.
+    let first = search(&alice, json!({ "search_term": "alpha" }), None).await;
+    let count = first["count"].as_i64().expect("count");
+    assert!(
+        (400..=520).contains(&count),
+        "count {count} of 451: {first}"
+    );
+    // A rarer word is counted exactly: the 150 messages of the first kind.
+    let exact = search(&alice, json!({ "search_term": "delta" }), None).await;
+    assert_eq!(exact["count"], 150, "{}", exact["count"]);
+}
+
+backend_tests!(
+    a75_message_search_ranks_pages_and_hides,
+    search_bad_input,
+    search_windows_of_many_matches
+);

@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use axum::{extract::State, Json};
 use myelin_storage::{
     words::{distinct_words, words_as_written},
-    EventRow, SearchCursor, SearchHit, SearchOrder, SearchQuery, TextToIndex,
+    EventRow, SearchMatch, SearchQuery, TextToIndex,
 };
 use ruma::api::client::search::search_events::{
     self,
@@ -103,7 +103,7 @@ pub async fn search(
     let after = body
         .next_batch
         .as_deref()
-        .map(|token| parse_batch(token, order))
+        .map(|token| Cursor::parse(token, order))
         .transpose()?;
     let check = EventCheck::from_room_event_filter(&criteria.filter);
     let limit = check.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT);
@@ -121,14 +121,34 @@ pub async fn search(
         rooms: &rooms,
         keys: &keys,
     };
-    let count = visible_count(&state, &sender, query, &check).await?;
-    let page = find_page(&state, &sender, query, order, after, limit, &check).await?;
+    let mut visibility = Visibilities::new(&state, &sender);
+    // The newest matches: the count comes from them, and the first page of either order
+    // starts with them.
+    let filters_events = check.filters_senders() || check.filters_types();
+    let newest = state
+        .storage
+        .search_window(query, None, WINDOW, filters_events)
+        .await?;
+    let count = visible_count(&state, &mut visibility, query, &check, &newest).await?;
+    let page = find_page(
+        &state,
+        &mut visibility,
+        query,
+        after.unwrap_or(match order {
+            SearchOrder::Rank => Cursor::Rank(None),
+            SearchOrder::Recent => Cursor::Recent(None),
+        }),
+        newest,
+        limit,
+        &check,
+    )
+    .await?;
 
     let viewer = Some((&*sender.user_id, &*sender.device_id));
     let events = client_events(&state, &page.rows, viewer).await?;
     let mut results = Vec::with_capacity(page.rows.len());
-    for ((row, hit), event) in page.rows.iter().zip(&page.hits).zip(events) {
-        let mut result = json!({ "rank": hit.rank as f64 / 1_000_000.0, "result": event });
+    for ((row, rank), event) in page.rows.iter().zip(&page.ranks).zip(events) {
+        let mut result = json!({ "rank": *rank as f64 / 1_000_000.0, "result": event });
         if wants_context {
             let context = &criteria.event_context;
             let before = (u64::from(context.before_limit) as i64).min(MAX_CONTEXT);
@@ -139,7 +159,7 @@ pub async fn search(
         results.push(result);
     }
 
-    let next_batch = page.next.map(|hit| format_batch(&hit, order));
+    let next_batch = page.next.map(|cursor| cursor.to_token());
     let mut room_events = json!({
         "count": count,
         "results": results,
@@ -159,153 +179,284 @@ pub async fn search(
     ))
 }
 
-/// How many matches the user may see (and the filter lets through): matches are counted per
-/// room and state snapshot, and the visibility of each snapshot decided once, so the count is
-/// exact and reveals nothing hidden, at the cost of a few rows. (`contains_url` is not
+/// How results are ordered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SearchOrder {
+    /// Best match first: the newest [`WINDOW`] matches by rank (newest first among equals),
+    /// then the next older window by rank, and so on.
+    Rank,
+    /// Newest first.
+    Recent,
+}
+
+/// Where a page starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cursor {
+    /// In the window of the newest matches below stream position `top`, after the match
+    /// with this rank and position (`None`: the first page).
+    Rank(Option<RankCursor>),
+    /// Below this stream position (`None`: the first page).
+    Recent(Option<i64>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct RankCursor {
+    top: i64,
+    /// The last match returned (`None`: none of this window yet).
+    after: Option<(i64, i64)>,
+}
+
+impl Cursor {
+    /// `next_batch` tokens: `k<top>_<rank>_<stream>` (or `k<top>` at a window's start) by
+    /// rank, `r<stream>` by recency.
+    fn to_token(self) -> String {
+        match self {
+            Cursor::Rank(Some(RankCursor { top, after: None })) => format!("k{top}"),
+            Cursor::Rank(Some(RankCursor {
+                top,
+                after: Some((rank, stream)),
+            })) => format!("k{top}_{rank}_{stream}"),
+            Cursor::Recent(Some(stream)) => format!("r{stream}"),
+            // Never handed out: a next page always has a position.
+            Cursor::Rank(None) | Cursor::Recent(None) => String::new(),
+        }
+    }
+
+    fn parse(token: &str, order: SearchOrder) -> Result<Cursor> {
+        let bad = || Error::invalid_param("Invalid next_batch token");
+        let number = |text: &str| text.parse::<i64>().map_err(|_| bad());
+        match (order, token.split_at_checked(1)) {
+            (SearchOrder::Rank, Some(("k", rest))) => {
+                let mut parts = rest.split('_');
+                let top = number(parts.next().unwrap_or_default())?;
+                let after = match (parts.next(), parts.next(), parts.next()) {
+                    (None, _, _) => None,
+                    (Some(rank), Some(stream), None) => Some((number(rank)?, number(stream)?)),
+                    _ => return Err(bad()),
+                };
+                Ok(Cursor::Rank(Some(RankCursor { top, after })))
+            }
+            (SearchOrder::Recent, Some(("r", stream))) => Ok(Cursor::Recent(Some(number(stream)?))),
+            _ => Err(bad()),
+        }
+    }
+}
+
+/// How many matches make a window (see [`SearchOrder::Rank`]), and how many are counted
+/// exactly before the count becomes an estimate.
+const WINDOW: usize = 200;
+
+/// Who may see what in each room searched, decided once per room.
+struct Visibilities<'a> {
+    state: &'a AppState,
+    sender: &'a Sender,
+    rooms: HashMap<String, Visibility<'a>>,
+}
+
+impl<'a> Visibilities<'a> {
+    fn new(state: &'a AppState, sender: &'a Sender) -> Self {
+        Visibilities {
+            state,
+            sender,
+            rooms: HashMap::new(),
+        }
+    }
+
+    async fn room(&mut self, room_id: &str) -> Result<&mut Visibility<'a>> {
+        if !self.rooms.contains_key(room_id) {
+            let visibility = Visibility::new(self.state, &self.sender.user_id, room_id).await?;
+            self.rooms.insert(room_id.to_owned(), visibility);
+        }
+        Ok(self.rooms.get_mut(room_id).expect("just inserted"))
+    }
+}
+
+/// How many matches the user may see (and the filter lets through), the spec's "approximate
+/// count". `newest` is the first window of matches: when it holds every match, the count
+/// is exact; otherwise the visible share of the window is scaled to the stream the rooms
+/// span (assuming matches are spread over it as in the window). Visibility depends only on
+/// a match's room and state snapshot, so nothing hidden is counted. (`contains_url` is not
 /// counted: it would need every event's content.)
 async fn visible_count(
     state: &AppState,
-    sender: &Sender,
+    visibility: &mut Visibilities<'_>,
     query: SearchQuery<'_>,
     check: &EventCheck,
+    newest: &[SearchMatch],
 ) -> Result<i64> {
-    let groups = state
-        .storage
-        .count_search(query, check.filters_senders() || check.filters_types())
-        .await?;
-    let mut visibility: HashMap<String, Visibility<'_>> = HashMap::new();
-    let mut count = 0;
-    for group in groups {
-        if check.filters_senders() && !check.allows_sender(&group.sender) {
+    let mut visible = 0;
+    for m in newest {
+        if check.filters_senders() && !check.allows_sender(&m.sender) {
             continue;
         }
-        if check.filters_types() && !check.allows_type(&group.event_type) {
+        if check.filters_types() && !check.allows_type(&m.event_type) {
             continue;
         }
-        let Some(snapshot) = group.snapshot else {
+        let Some(snapshot) = m.snapshot else {
             continue;
         };
-        let room_visibility = match visibility.entry(group.room_id.clone()) {
-            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::hash_map::Entry::Vacant(e) => {
-                e.insert(Visibility::new(state, &sender.user_id, &group.room_id).await?)
-            }
-        };
-        if room_visibility.allows_at(snapshot).await? {
-            count += group.count;
+        if visibility
+            .room(&m.room_id)
+            .await?
+            .allows_at(snapshot)
+            .await?
+        {
+            visible += 1;
         }
     }
-    Ok(count)
+    let (Some(first), Some(last)) = (newest.first(), newest.last()) else {
+        return Ok(0);
+    };
+    if newest.len() < WINDOW {
+        return Ok(visible);
+    }
+    let start = state
+        .storage
+        .search_rooms_start(query.rooms)
+        .await?
+        .unwrap_or(last.stream_ordering)
+        .min(last.stream_ordering);
+    let spanned = (first.stream_ordering - last.stream_ordering + 1).max(1);
+    let all = (first.stream_ordering - start + 1).max(spanned);
+    Ok(((visible as i128 * all as i128) / spanned as i128) as i64)
 }
 
-/// A page of results: the hits the user may see, their events, and where the next page
-/// starts (`None`: nothing after).
+/// A page of results: the events the user may see with their ranks, and where the next
+/// page starts (`None`: nothing after).
 struct Page {
-    hits: Vec<SearchHit>,
+    ranks: Vec<i64>,
     rows: Vec<EventRow>,
-    next: Option<SearchHit>,
+    next: Option<Cursor>,
 }
 
-/// Reads matches in order until `limit` the user may see are found and one more exists (so
-/// a next page is promised only when it has something), or the matches end.
+/// Reads matches in order from `from` until `limit` the user may see are found and one more
+/// exists (so a next page is promised only when it has something), or the matches end.
+/// `newest` is the window of the newest matches, already read.
 async fn find_page(
     state: &AppState,
-    sender: &Sender,
+    visibility: &mut Visibilities<'_>,
     query: SearchQuery<'_>,
-    order: SearchOrder,
-    mut after: Option<SearchCursor>,
+    mut from: Cursor,
+    newest: Vec<SearchMatch>,
     limit: usize,
     check: &EventCheck,
 ) -> Result<Page> {
     let mut page = Page {
-        hits: Vec::new(),
+        ranks: Vec::new(),
         rows: Vec::new(),
         next: None,
     };
-    let mut visibility: HashMap<String, Visibility<'_>> = HashMap::new();
+    let mut newest = Some(newest);
     let mut examined = 0;
-    let batch = (limit + 1).max(20);
     loop {
-        let hits = state
-            .storage
-            .search_events(query, order, after, batch)
-            .await?;
-        let exhausted = hits.len() < batch;
-        let ids: Vec<String> = hits.iter().map(|h| h.event_id.clone()).collect();
-        let mut rows: HashMap<String, EventRow> = state
-            .storage
-            .get_events(&ids)
-            .await?
-            .into_iter()
-            .map(|r| (r.event_id.clone(), r))
-            .collect();
-        for hit in hits {
-            examined += 1;
-            after = Some(SearchCursor {
-                rank: hit.rank,
-                stream_ordering: hit.stream_ordering,
-            });
-            let Some(row) = rows.remove(&hit.event_id) else {
-                continue;
-            };
-            if row.rejected || row.redacted_by.is_some() || !check.allows_event(&row) {
-                continue;
+        // The next matches in page order, and where the ones after them start.
+        let (candidates, after_these) = match from {
+            Cursor::Recent(below) => {
+                let window = match (below, newest.take()) {
+                    (None, Some(window)) => window,
+                    _ => {
+                        state
+                            .storage
+                            .search_window(query, below, WINDOW, false)
+                            .await?
+                    }
+                };
+                let after = (window.len() == WINDOW)
+                    .then(|| {
+                        window
+                            .last()
+                            .map(|m| Cursor::Recent(Some(m.stream_ordering)))
+                    })
+                    .flatten();
+                (window, after)
             }
-            let room_visibility = match visibility.entry(row.room_id.clone()) {
-                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-                std::collections::hash_map::Entry::Vacant(e) => {
-                    e.insert(Visibility::new(state, &sender.user_id, &row.room_id).await?)
+            Cursor::Rank(cursor) => {
+                let top = cursor.map(|c| c.top);
+                let mut window = match (top, newest.take()) {
+                    (None, Some(window)) => window,
+                    _ => {
+                        state
+                            .storage
+                            .search_window(query, top, WINDOW, false)
+                            .await?
+                    }
+                };
+                let Some(newest_match) = window.first() else {
+                    return Ok(page);
+                };
+                // The first page pins its window: later matches do not move it.
+                let top = top.unwrap_or(newest_match.stream_ordering + 1);
+                let after = (window.len() == WINDOW)
+                    .then(|| {
+                        window.last().map(|m| {
+                            Cursor::Rank(Some(RankCursor {
+                                top: m.stream_ordering,
+                                after: None,
+                            }))
+                        })
+                    })
+                    .flatten();
+                window.sort_by_key(|m| std::cmp::Reverse((m.rank, m.stream_ordering)));
+                if let Some((rank, stream)) = cursor.and_then(|c| c.after) {
+                    window.retain(|m| (m.rank, m.stream_ordering) < (rank, stream));
                 }
-            };
-            if !room_visibility.allows(&row).await? {
-                continue;
+                from = Cursor::Rank(Some(RankCursor { top, after: None }));
+                (window, after)
             }
-            if page.hits.len() == limit {
-                // One more visible result exists: the next page starts after the last one.
-                page.next = page.hits.last().cloned();
+        };
+        for chunk in candidates.chunks((limit + 1).max(20)) {
+            let ids: Vec<String> = chunk.iter().map(|m| m.event_id.clone()).collect();
+            let mut rows: HashMap<String, EventRow> = state
+                .storage
+                .get_events(&ids)
+                .await?
+                .into_iter()
+                .map(|r| (r.event_id.clone(), r))
+                .collect();
+            for m in chunk {
+                examined += 1;
+                let here = position(from, m);
+                let Some(row) = rows.remove(&m.event_id) else {
+                    continue;
+                };
+                if row.rejected || row.redacted_by.is_some() || !check.allows_event(&row) {
+                    continue;
+                }
+                if !visibility.room(&row.room_id).await?.allows(&row).await? {
+                    continue;
+                }
+                if page.rows.len() == limit {
+                    // One more visible result exists: the next page starts after the last one.
+                    return Ok(page);
+                }
+                page.ranks.push(m.rank);
+                page.rows.push(row);
+                page.next = Some(here);
+            }
+            if examined >= MAX_EXAMINED {
+                // Too many hidden matches to look at now: go on from the last one looked at.
+                page.next = chunk.last().map(|m| position(from, m));
                 return Ok(page);
             }
-            page.hits.push(hit);
-            page.rows.push(row);
         }
-        if exhausted {
-            return Ok(page);
-        }
-        if examined >= MAX_EXAMINED {
-            // Too many hidden matches to look at now: go on from the last one looked at.
-            page.next = after.map(|c| SearchHit {
-                event_id: String::new(),
-                stream_ordering: c.stream_ordering,
-                rank: c.rank,
-            });
-            return Ok(page);
+        match after_these {
+            Some(next) => from = next,
+            None => {
+                page.next = None;
+                return Ok(page);
+            }
         }
     }
 }
 
-/// `next_batch` tokens: `k<rank>_<stream>` by rank, `r<stream>` by recency.
-fn format_batch(hit: &SearchHit, order: SearchOrder) -> String {
-    match order {
-        SearchOrder::Rank => format!("k{}_{}", hit.rank, hit.stream_ordering),
-        SearchOrder::Recent => format!("r{}", hit.stream_ordering),
-    }
-}
-
-fn parse_batch(token: &str, order: SearchOrder) -> Result<SearchCursor> {
-    let bad = || Error::invalid_param("Invalid next_batch token");
-    match (order, token.split_at_checked(1)) {
-        (SearchOrder::Rank, Some(("k", rest))) => {
-            let (rank, stream) = rest.split_once('_').ok_or_else(bad)?;
-            Ok(SearchCursor {
-                rank: rank.parse().map_err(|_| bad())?,
-                stream_ordering: stream.parse().map_err(|_| bad())?,
-            })
-        }
-        (SearchOrder::Recent, Some(("r", stream))) => Ok(SearchCursor {
-            rank: 0,
-            stream_ordering: stream.parse().map_err(|_| bad())?,
-        }),
-        _ => Err(bad()),
+/// The cursor just after match `m` read from `from`.
+fn position(from: Cursor, m: &SearchMatch) -> Cursor {
+    match from {
+        Cursor::Rank(cursor) => Cursor::Rank(Some(RankCursor {
+            top: cursor.map_or(m.stream_ordering + 1, |c| c.top),
+            after: Some((m.rank, m.stream_ordering)),
+        })),
+        Cursor::Recent(_) => Cursor::Recent(Some(m.stream_ordering)),
     }
 }
 
