@@ -202,10 +202,12 @@ impl Storage {
         } else {
             &[
                 "AND w.in_public_room = 1",
-                "AND EXISTS (SELECT 1 FROM room_memberships a JOIN room_memberships b
-                                 ON b.room_id = a.room_id
-                             WHERE a.user_id = w.user_id AND a.membership = 'join'
-                               AND b.user_id = $3 AND b.membership = 'join')",
+                // The searcher's room-mates, found once from the searcher's rooms (a set the
+                // planner hashes), rather than a join per candidate word.
+                "AND w.user_id IN (SELECT b.user_id FROM room_memberships a
+                                   JOIN room_memberships b ON b.room_id = a.room_id
+                                   WHERE a.user_id = $3 AND a.membership = 'join'
+                                     AND b.membership = 'join')",
             ]
         };
         let mut found: Vec<(String, String)> = Vec::new();

@@ -91,6 +91,50 @@ async fn expect_closed(socket: &mut Socket, body: &str, what: &str) {
     }
 }
 
+/// A refreshable access token's socket is closed when the token expires, like its requests
+/// (the client refreshes and opens a new one), even with nothing to send.
+async fn expired_token_closes_the_websocket(backend: Backend) {
+    let options =
+        ServerOptions::default().env("MYELIN_REFRESHABLE_ACCESS_TOKEN_LIFETIME_SECONDS", "2");
+    let Some(hs) = TestServer::start(backend, options).await else {
+        return;
+    };
+    if hs.is_external() {
+        return; // Myelin's own transport.
+    }
+    let alice = hs.register_user("alice").await;
+    let room = alice
+        .create_room(&json!({ "preset": "private_chat" }))
+        .await;
+    let login = hs
+        .client()
+        .post(
+            "/_matrix/client/v3/login",
+            &json!({
+                "type": "m.login.password",
+                "identifier": { "type": "m.id.user", "user": alice.localpart() },
+                "password": alice.password.clone().unwrap(),
+                "refresh_token": true,
+            }),
+        )
+        .await;
+    let token = assert_ok(&login, "refreshable login")["access_token"]
+        .as_str()
+        .expect("access_token")
+        .to_owned();
+    let device = alice.with_token(&token);
+    let started = std::time::Instant::now();
+    let mut socket = open_socket(&hs, &device).await;
+    alice.send_text(&room, "while valid").await;
+    expect_message(&mut socket, "while valid", "before expiry").await;
+    expect_closed(&mut socket, "never sent", "expiry").await;
+    assert!(
+        started.elapsed() >= Duration::from_millis(1500),
+        "closed before the token expired: {:?}",
+        started.elapsed()
+    );
+}
+
 /// A logged-out, deleted or deactivated device's open sync socket is closed at once, and
 /// receives nothing more; another device's logout leaves the socket open.
 async fn revoked_token_closes_the_websocket(backend: Backend) {
@@ -633,6 +677,7 @@ async fn deactivation_leaves_every_room(backend: Backend) {
 
 backend_tests!(
     revoked_token_closes_the_websocket,
+    expired_token_closes_the_websocket,
     websocket_prefers_the_authorization_header,
     relations_stay_in_their_room,
     context_after_leave_shows_the_state_at_the_leave,

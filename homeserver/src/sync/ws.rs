@@ -106,10 +106,12 @@ pub(crate) fn small_buffers(upgrade: WebSocketUpgrade) -> WebSocketUpgrade {
         .max_message_size(64 * 1024)
 }
 
-/// The socket's login: who it is and how to notice that its token was revoked.
+/// The socket's login: who it is and how to notice that its token was revoked or expired.
 pub(crate) struct Session {
     token_hash: String,
     changes: tokio::sync::broadcast::Receiver<std::sync::Arc<str>>,
+    /// When a refreshable access token stops working (ms since the epoch).
+    expires_ts: Option<i64>,
     pub(crate) sender: Sender,
 }
 
@@ -136,31 +138,59 @@ impl Session {
         // Subscribed before the check: a logout between the two is still heard.
         let changes = state.storage.subscribe_token_changes();
         let sender = crate::auth::authenticate(state, &token, ip).await?;
+        let token_hash = crate::auth::hash_token(&token);
+        let expires_ts = state
+            .storage
+            .find_token(&token_hash)
+            .await?
+            .and_then(|owner| owner.expires_ts);
         Ok(Session {
-            token_hash: crate::auth::hash_token(&token),
+            token_hash,
             changes,
+            expires_ts,
             sender,
         })
     }
 
-    /// Waits until the token may have been revoked: a change of this user's tokens, or
-    /// announcements missed by lagging behind.
+    /// Waits until the token may have been revoked: a change of this user's tokens,
+    /// announcements missed by lagging behind, or the token's expiry.
     pub(crate) async fn token_may_have_changed(&mut self) {
         use tokio::sync::broadcast::error::RecvError;
+        let expires_ts = self.expires_ts;
+        let expiry = async move {
+            match expires_ts {
+                Some(expires) => {
+                    let left = expires.saturating_sub(crate::auth::now_ms()).max(0);
+                    tokio::time::sleep(std::time::Duration::from_millis(left as u64)).await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        tokio::pin!(expiry);
         loop {
-            match self.changes.recv().await {
-                Ok(user) if *user == *self.sender.user_id.as_str() => return,
-                Ok(_) => {}
-                Err(RecvError::Lagged(_)) => return,
-                // The storage lives as long as the server; never stop on its account.
-                Err(RecvError::Closed) => std::future::pending::<()>().await,
+            tokio::select! {
+                () = &mut expiry => return,
+                change = self.changes.recv() => match change {
+                    Ok(user) if *user == *self.sender.user_id.as_str() => return,
+                    Ok(_) => {}
+                    Err(RecvError::Lagged(_)) => return,
+                    // The storage lives as long as the server; never stop on its account.
+                    Err(RecvError::Closed) => std::future::pending::<()>().await,
+                },
             }
         }
     }
 
-    /// Whether a revocation may have been announced since the last check.
+    /// Whether the token expired (a refreshable token past its lifetime).
+    fn expired(&self) -> bool {
+        self.expires_ts
+            .is_some_and(|expires| expires <= crate::auth::now_ms())
+    }
+
+    /// Whether a revocation may have been announced (or the token expired) since the last
+    /// check.
     pub(crate) fn changes_pending(&self) -> bool {
-        !self.changes.is_empty()
+        !self.changes.is_empty() || self.expired()
     }
 
     /// Whether the token still names this device. Announcements that arrived meanwhile are
@@ -168,6 +198,9 @@ impl Session {
     pub(crate) async fn still_valid(&mut self, state: &AppState) -> bool {
         use tokio::sync::broadcast::error::TryRecvError;
         while let Ok(_) | Err(TryRecvError::Lagged(_)) = self.changes.try_recv() {}
+        if self.expired() {
+            return false;
+        }
         match state.storage.find_token(&self.token_hash).await {
             Ok(Some(owner)) => {
                 owner.user_id == self.sender.user_id.as_str()
@@ -301,7 +334,7 @@ async fn serve(
             }
         };
         // A revocation that landed while the frame was computed: nothing more goes out.
-        if !session.changes.is_empty() && !session.still_valid(&state).await {
+        if session.changes_pending() && !session.still_valid(&state).await {
             let _ = sink.send(revoked_frame()).await;
             break;
         }
