@@ -466,9 +466,31 @@ async fn room_initial_sync(backend: Backend) {
     assert_ok(&bob.join(&room).await, "join");
     let first = alice.send_text(&room, "one").await;
     let second = alice.send_text(&room, "two").await;
+    // Bob's own account data for the room comes along (a tag), not another room's.
+    let tag = format!(
+        "/_matrix/client/v3/user/{}/rooms/{}/tags/u.work",
+        encode(bob.user_id()),
+        encode(&room)
+    );
+    assert_ok(&bob.put(&tag, &json!({ "order": 0.5 })).await, "tag");
+    let other = bob.create_room(&json!({})).await;
+    let other_data = format!(
+        "/_matrix/client/v3/user/{}/rooms/{}/account_data/org.example.other",
+        encode(bob.user_id()),
+        encode(&other)
+    );
+    assert_ok(
+        &bob.put(&other_data, &json!({ "x": 1 })).await,
+        "other room's data",
+    );
     let path = Client::room_path(&room, "/initialSync");
     let response = bob.get(&path).await;
     let body = assert_ok(&response, "initialSync");
+    assert_eq!(
+        body["account_data"],
+        json!([{ "type": "m.tag", "content": { "tags": { "u.work": { "order": 0.5 } } } }]),
+        "{body}"
+    );
     assert_eq!(body["room_id"], room.as_str(), "{body}");
     assert_eq!(body["membership"], "join", "{body}");
     assert_eq!(body["visibility"], "private", "{body}");

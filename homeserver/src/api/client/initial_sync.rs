@@ -97,13 +97,25 @@ pub async fn room_initial_sync(
     };
     let state_rows = state.storage.get_events(&state_ids).await?;
     let state_events = client_events(&state, &state_rows, viewer).await?;
+    // The user's own account data for this room (tags, markers), as Synapse gives.
+    let account_data: Vec<Value> = state
+        .storage
+        .account_data_changes(sender.user_id.as_str(), 0, i64::MAX)
+        .await?
+        .into_iter()
+        .filter(|change| change.room_id.as_deref() == Some(room_id.as_str()))
+        .map(|change| {
+            let content: Value = serde_json::from_str(&change.content).unwrap_or_default();
+            json!({ "type": change.data_type, "content": content })
+        })
+        .collect();
 
     let mut response = json!({
         "room_id": room_id,
         "messages": { "chunk": chunk, "start": format_token(start), "end": format_token(end) },
         "state": state_events,
         "visibility": if room.is_public { "public" } else { "private" },
-        "account_data": [],
+        "account_data": account_data,
     });
     if let Some((membership, _)) = membership {
         response["membership"] = membership.into();
