@@ -89,6 +89,8 @@ pub struct Storage {
     facts: std::sync::Arc<rooms_list::RoomFacts>,
     /// Which rooms have threads (see `threads.rs`).
     threaded: std::sync::Arc<threads::ThreadedRooms>,
+    /// Indexed events per room, for search counts (see `search.rs`).
+    search_sizes: std::sync::Arc<search::RoomSizes>,
 }
 
 impl Storage {
@@ -145,6 +147,7 @@ impl Storage {
             counts: Default::default(),
             facts: Default::default(),
             threaded: Default::default(),
+            search_sizes: Default::default(),
         };
         storage.migrate().await?;
         let position = storage.current_stream_position().await?;

@@ -9,6 +9,8 @@
 //! the same events in the same order. Which events are searchable, and who may see a match,
 //! is the homeserver's business.
 
+use std::collections::HashMap;
+
 use sqlx::{Any, AnyConnection, AssertSqlSafe, Row, Transaction};
 
 use crate::{rooms::placeholders_from, words::words, Backend, Result, Storage};
@@ -135,6 +137,14 @@ pub struct TextToIndex {
     pub key: &'static str,
     pub text: String,
 }
+
+/// How many events each room has indexed, and up to which stream position they were
+/// counted: `(count, position)` (-1: not counted yet). Per process and approximate (a
+/// redaction's deleted row or the start-up indexing of old events below a room's position
+/// are not seen): it only scales estimates. Several processes each keep their own, read
+/// from the shared table.
+#[derive(Debug, Default)]
+pub(crate) struct RoomSizes(std::sync::Mutex<HashMap<String, (i64, i64)>>);
 
 /// One matching event, with what deciding who may see it needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -292,17 +302,71 @@ impl Storage {
             .collect()
     }
 
-    /// The stream position of the oldest indexed event in `rooms` (`None`: there is none):
-    /// where matches in them can start, for estimating how many there are.
-    pub async fn search_rooms_start(&self, rooms: &[String]) -> Result<Option<i64>> {
+    /// How many events of `rooms` are indexed: counted once per room and then kept up to
+    /// date by counting only rows past the position of the last count (see [`RoomSizes`]),
+    /// so a search can estimate how many matches a common word has without reading them.
+    pub async fn search_room_sizes(&self, rooms: &[String]) -> Result<i64> {
+        let now = self.safe_stream_position();
+        // Rooms to bring up to date, by the position they were counted to.
+        let mut stale: HashMap<i64, Vec<String>> = HashMap::new();
+        {
+            let sizes = self.search_sizes.0.lock().expect("not poisoned");
+            for room in rooms {
+                let upto = sizes.get(room).map_or(-1, |&(_, upto)| upto);
+                if upto < now {
+                    stale.entry(upto).or_default().push(room.clone());
+                }
+            }
+        }
+        for (upto, rooms) in stale {
+            for chunk in rooms.chunks(500) {
+                let sql = format!(
+                    "SELECT room_id, COUNT(*) FROM event_search
+                     WHERE room_id IN ({}) AND stream_ordering > $1 AND stream_ordering <= $2
+                     GROUP BY room_id",
+                    placeholders_from(3, chunk.len())
+                );
+                let mut q = sqlx::query(AssertSqlSafe(sql.as_str()))
+                    .persistent(false)
+                    .bind(upto)
+                    .bind(now);
+                for room in chunk {
+                    q = q.bind(room.as_str());
+                }
+                let mut found: HashMap<String, i64> = HashMap::new();
+                for row in q.fetch_all(&self.pool).await? {
+                    found.insert(row.try_get(0)?, row.try_get(1)?);
+                }
+                let mut sizes = self.search_sizes.0.lock().expect("not poisoned");
+                for room in chunk {
+                    let entry = sizes.entry(room.clone()).or_insert((0, -1));
+                    // Another request may have counted the same rows meanwhile.
+                    if entry.1 == upto {
+                        *entry = (entry.0 + found.get(room).copied().unwrap_or(0), now);
+                    }
+                }
+            }
+        }
+        let sizes = self.search_sizes.0.lock().expect("not poisoned");
+        Ok(rooms
+            .iter()
+            .filter_map(|room| sizes.get(room))
+            .map(|&(count, _)| count)
+            .sum())
+    }
+
+    /// How many events of `rooms` are indexed at or above stream position `from`.
+    pub async fn search_rooms_events_since(&self, rooms: &[String], from: i64) -> Result<i64> {
         if rooms.is_empty() {
-            return Ok(None);
+            return Ok(0);
         }
         let sql = format!(
-            "SELECT MIN(stream_ordering) FROM event_search WHERE room_id IN ({})",
-            placeholders_from(1, rooms.len())
+            "SELECT COUNT(*) FROM event_search WHERE room_id IN ({}) AND stream_ordering >= $1",
+            placeholders_from(2, rooms.len())
         );
-        let mut q = sqlx::query_scalar(AssertSqlSafe(sql.as_str())).persistent(false);
+        let mut q = sqlx::query_scalar(AssertSqlSafe(sql.as_str()))
+            .persistent(false)
+            .bind(from);
         for room in rooms {
             q = q.bind(room.as_str());
         }

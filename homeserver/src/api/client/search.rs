@@ -273,8 +273,8 @@ impl<'a> Visibilities<'a> {
 
 /// How many matches the user may see (and the filter lets through), the spec's "approximate
 /// count". `newest` is the first window of matches: when it holds every match, the count
-/// is exact; otherwise the visible share of the window is scaled to the stream the rooms
-/// span (assuming matches are spread over it as in the window). Visibility depends only on
+/// is exact; otherwise the visible matches of the window are scaled by how many of the
+/// rooms' indexed events the window spans (assuming matches are as frequent in the rest). Visibility depends only on
 /// a match's room and state snapshot, so nothing hidden is counted. (`contains_url` is not
 /// counted: it would need every event's content.)
 async fn visible_count(
@@ -304,21 +304,25 @@ async fn visible_count(
             visible += 1;
         }
     }
-    let (Some(first), Some(last)) = (newest.first(), newest.last()) else {
+    let Some(last) = newest.last() else {
         return Ok(0);
     };
     if newest.len() < WINDOW {
         return Ok(visible);
     }
-    let start = state
+    // The window's matches among the rooms' events since its oldest, scaled to all their
+    // events.
+    let since = state
         .storage
-        .search_rooms_start(query.rooms)
+        .search_rooms_events_since(query.rooms, last.stream_ordering)
         .await?
-        .unwrap_or(last.stream_ordering)
-        .min(last.stream_ordering);
-    let spanned = (first.stream_ordering - last.stream_ordering + 1).max(1);
-    let all = (first.stream_ordering - start + 1).max(spanned);
-    Ok(((visible as i128 * all as i128) / spanned as i128) as i64)
+        .max(1);
+    let all = state
+        .storage
+        .search_room_sizes(query.rooms)
+        .await?
+        .max(since);
+    Ok(((visible as i128 * all as i128) / since as i128) as i64)
 }
 
 /// A page of results: the events the user may see with their ranks, and where the next
