@@ -39,12 +39,11 @@ impl IndexedText {
     }
 }
 
-/// The value PostgreSQL stores in `vector`: the words and the room ID as lexemes, no parser
-/// involved; `{w}` and `{r}` are the parameters of the words and the room.
-fn pg_vector(words: usize, room: usize) -> String {
-    format!(
-        "array_to_tsvector(array_append(string_to_array(btrim(${words}), ' '), CAST(${room} AS TEXT)))"
-    )
+/// The value PostgreSQL stores in `vector`: the words as lexemes, no parser involved; `{w}`
+/// is the parameter of the words. (Rows indexed before migration 0021 also hold the room ID
+/// as a lexeme; nothing queries it.)
+fn pg_vector(words: usize) -> String {
+    format!("array_to_tsvector(string_to_array(btrim(CAST(${words} AS TEXT)), ' '))")
 }
 
 /// Inserts the index rows of `rows` (`(event ID, stream position, state snapshot, text)`)
@@ -90,11 +89,11 @@ pub(crate) async fn insert_rows(
 const COLUMNS: usize = 7;
 
 /// One row's `VALUES` tuple, parameters from `$p` in [`COLUMNS`] order (PostgreSQL adds the
-/// vector made of the words and the room).
+/// vector made of the words).
 fn row_values(backend: Backend, p: usize) -> String {
     let params: Vec<String> = (p..p + COLUMNS).map(|i| format!("${i}")).collect();
     match backend {
-        Backend::Postgres => format!("({}, {})", params.join(", "), pg_vector(p + 5, p + 2)),
+        Backend::Postgres => format!("({}, {})", params.join(", "), pg_vector(p + 5)),
         Backend::Sqlite => format!("({})", params.join(", ")),
     }
 }
@@ -119,10 +118,14 @@ pub(crate) fn insert_cte(first: usize, rows: usize) -> (String, usize) {
 
 /// Deletes the index row of a redacted event, in the redaction's transaction.
 pub(crate) async fn delete_row(tx: &mut Transaction<'static, Any>, event_id: &str) -> Result<()> {
-    sqlx::query("DELETE FROM event_search WHERE event_id = $1")
-        .bind(event_id)
-        .execute(&mut **tx)
-        .await?;
+    // Through the event's stream position: event_search has no index on event_id.
+    sqlx::query(
+        "DELETE FROM event_search
+         WHERE stream_ordering = (SELECT stream_ordering FROM events WHERE event_id = $1)",
+    )
+    .bind(event_id)
+    .execute(&mut **tx)
+    .await?;
     Ok(())
 }
 

@@ -109,6 +109,79 @@ async fn membership_at(
         .and_then(|row| content_field(&row, "membership")))
 }
 
+/// The history visibility and `user`'s membership at each of `snapshots`: two point lookups
+/// per snapshot (in a few statements for all of them) and one read of the events they name,
+/// never a whole state, so a page of state events costs what a page of messages does.
+/// Snapshots are global, so those of many rooms are decided in one batch.
+async fn decide_snapshots(
+    state: &AppState,
+    user: &UserId,
+    snapshots: &[i64],
+) -> Result<HashMap<i64, (String, Option<String>)>, Error> {
+    let mut todo = snapshots.to_vec();
+    todo.sort_unstable();
+    todo.dedup();
+    let mut decided = HashMap::with_capacity(todo.len());
+    if todo.is_empty() {
+        return Ok(decided);
+    }
+    let mut requests = Vec::with_capacity(todo.len() * 2);
+    for &snapshot in &todo {
+        requests.push((
+            snapshot,
+            "m.room.history_visibility".to_owned(),
+            String::new(),
+        ));
+        requests.push((snapshot, "m.room.member".to_owned(), user.to_string()));
+    }
+    let found = state.storage.state_lookups(&requests).await?;
+    let mut wanted: Vec<String> = found.iter().flatten().cloned().collect();
+    wanted.sort();
+    wanted.dedup();
+    let rows: HashMap<String, EventRow> = state
+        .storage
+        .get_events(&wanted)
+        .await?
+        .into_iter()
+        .map(|r| (r.event_id.clone(), r))
+        .collect();
+    let find = |id: &Option<String>| id.as_ref().and_then(|id| rows.get(id));
+    for (snapshot, ids) in todo.iter().zip(found.chunks(2)) {
+        let history = find(&ids[0])
+            .and_then(|r| content_field(r, "history_visibility"))
+            .unwrap_or_else(|| "shared".to_owned());
+        let membership = find(&ids[1]).and_then(|r| content_field(r, "membership"));
+        decided.insert(*snapshot, (history, membership));
+    }
+    Ok(decided)
+}
+
+/// Decides, in one batch, the `(room, snapshot)` pairs of `wanted` for the checkers of
+/// `rooms` (all of one user; pairs of rooms without a checker are skipped).
+pub async fn load_many<'a>(
+    state: &AppState,
+    user: &UserId,
+    rooms: &mut HashMap<String, Visibility<'a>>,
+    wanted: &[(&str, i64)],
+) -> Result<(), Error> {
+    let todo: Vec<i64> = wanted
+        .iter()
+        .filter(|(room, snapshot)| {
+            rooms
+                .get(*room)
+                .is_some_and(|v| !v.decided.contains_key(snapshot))
+        })
+        .map(|&(_, snapshot)| snapshot)
+        .collect();
+    let decided = decide_snapshots(state, user, &todo).await?;
+    for (room, snapshot) in wanted {
+        if let (Some(checker), Some(decision)) = (rooms.get_mut(*room), decided.get(snapshot)) {
+            checker.decided.insert(*snapshot, decision.clone());
+        }
+    }
+    Ok(())
+}
+
 /// A per-request checker; caches what it decided per snapshot.
 pub struct Visibility<'a> {
     state: &'a AppState,
@@ -153,50 +226,26 @@ impl<'a> Visibility<'a> {
             .ok_or_else(|| Error::internal("snapshot visibility not loaded"))
     }
 
+    /// A checker for a room the caller knows `user` is joined to now (no lookup).
+    pub fn joined(state: &'a AppState, user: &'a UserId) -> Visibility<'a> {
+        Visibility {
+            state,
+            user,
+            joined_now: true,
+            decided: HashMap::new(),
+        }
+    }
+
     /// Decides the history visibility and the user's membership at each of `snapshots` not
-    /// decided yet: two point lookups per snapshot (in a few statements for all of them) and
-    /// one read of the events they name, never a whole state, so a page of state events
-    /// costs what a page of messages does.
+    /// decided yet (see [`decide_snapshots`]).
     async fn load(&mut self, snapshots: &[i64]) -> Result<(), Error> {
-        let mut todo: Vec<i64> = snapshots
+        let todo: Vec<i64> = snapshots
             .iter()
             .copied()
             .filter(|s| !self.decided.contains_key(s))
             .collect();
-        todo.sort_unstable();
-        todo.dedup();
-        if todo.is_empty() {
-            return Ok(());
-        }
-        let mut requests = Vec::with_capacity(todo.len() * 2);
-        for &snapshot in &todo {
-            requests.push((
-                snapshot,
-                "m.room.history_visibility".to_owned(),
-                String::new(),
-            ));
-            requests.push((snapshot, "m.room.member".to_owned(), self.user.to_string()));
-        }
-        let found = self.state.storage.state_lookups(&requests).await?;
-        let mut wanted: Vec<String> = found.iter().flatten().cloned().collect();
-        wanted.sort();
-        wanted.dedup();
-        let rows: HashMap<String, EventRow> = self
-            .state
-            .storage
-            .get_events(&wanted)
-            .await?
-            .into_iter()
-            .map(|r| (r.event_id.clone(), r))
-            .collect();
-        let find = |id: &Option<String>| id.as_ref().and_then(|id| rows.get(id));
-        for (snapshot, ids) in todo.iter().zip(found.chunks(2)) {
-            let history = find(&ids[0])
-                .and_then(|r| content_field(r, "history_visibility"))
-                .unwrap_or_else(|| "shared".to_owned());
-            let membership = find(&ids[1]).and_then(|r| content_field(r, "membership"));
-            self.decided.insert(*snapshot, (history, membership));
-        }
+        self.decided
+            .extend(decide_snapshots(self.state, self.user, &todo).await?);
         Ok(())
     }
 

@@ -28,7 +28,11 @@ use super::{
 use crate::{
     api::ruma::{RumaRaw, Sender},
     error::{Error, Result},
-    rooms::{format::client_events, visibility::Visibility, SEARCHABLE},
+    rooms::{
+        format::client_events,
+        visibility::{load_many, Visibility},
+        SEARCHABLE,
+    },
     sync::filter::EventCheck,
     AppState,
 };
@@ -246,7 +250,8 @@ impl Cursor {
 /// exactly before the count becomes an estimate.
 const WINDOW: usize = 200;
 
-/// Who may see what in each room searched, decided once per room.
+/// Who may see what in each room searched (all rooms the user is joined to), decided once
+/// per state snapshot, in batches.
 struct Visibilities<'a> {
     state: &'a AppState,
     sender: &'a Sender,
@@ -262,12 +267,24 @@ impl<'a> Visibilities<'a> {
         }
     }
 
-    async fn room(&mut self, room_id: &str) -> Result<&mut Visibility<'a>> {
-        if !self.rooms.contains_key(room_id) {
-            let visibility = Visibility::new(self.state, &self.sender.user_id, room_id).await?;
-            self.rooms.insert(room_id.to_owned(), visibility);
+    fn room(&mut self, room_id: &str) -> &mut Visibility<'a> {
+        let (state, user) = (self.state, &*self.sender.user_id);
+        self.rooms
+            .entry(room_id.to_owned())
+            .or_insert_with(|| Visibility::joined(state, user))
+    }
+
+    /// Decides the snapshots of `matches` in one batch, so checking them costs no more
+    /// queries.
+    async fn preload(&mut self, matches: &[SearchMatch]) -> Result<()> {
+        let wanted: Vec<(&str, i64)> = matches
+            .iter()
+            .filter_map(|m| Some((m.room_id.as_str(), m.snapshot?)))
+            .collect();
+        for (room, _) in &wanted {
+            self.room(room);
         }
-        Ok(self.rooms.get_mut(room_id).expect("just inserted"))
+        load_many(self.state, &self.sender.user_id, &mut self.rooms, &wanted).await
     }
 }
 
@@ -284,6 +301,7 @@ async fn visible_count(
     check: &EventCheck,
     newest: &[SearchMatch],
 ) -> Result<i64> {
+    visibility.preload(newest).await?;
     let mut visible = 0;
     for m in newest {
         if check.filters_senders() && !check.allows_sender(&m.sender) {
@@ -295,12 +313,7 @@ async fn visible_count(
         let Some(snapshot) = m.snapshot else {
             continue;
         };
-        if visibility
-            .room(&m.room_id)
-            .await?
-            .allows_at(snapshot)
-            .await?
-        {
+        if visibility.room(&m.room_id).allows_at(snapshot).await? {
             visible += 1;
         }
     }
@@ -408,6 +421,7 @@ async fn find_page(
                 (window, after)
             }
         };
+        visibility.preload(&candidates).await?;
         for chunk in candidates.chunks((limit + 1).max(20)) {
             let ids: Vec<String> = chunk.iter().map(|m| m.event_id.clone()).collect();
             let mut rows: HashMap<String, EventRow> = state
@@ -426,7 +440,7 @@ async fn find_page(
                 if row.rejected || row.redacted_by.is_some() || !check.allows_event(&row) {
                     continue;
                 }
-                if !visibility.room(&row.room_id).await?.allows(&row).await? {
+                if !visibility.room(&row.room_id).allows(&row).await? {
                     continue;
                 }
                 if page.rows.len() == limit {
