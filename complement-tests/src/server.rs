@@ -85,6 +85,8 @@ impl ServerOptions {
 /// A homeserver under test.
 pub struct TestServer {
     url: String,
+    /// The federation API's TLS listener (`https://…`), when this is our own server.
+    federation_tls_url: Option<String>,
     server_name: String,
     /// None when testing an external server.
     process: Option<Spawned>,
@@ -115,6 +117,7 @@ impl TestServer {
             }
             return Some(TestServer {
                 url: url.trim_end_matches('/').to_string(),
+                federation_tls_url: None,
                 server_name: std::env::var("MYELIN_TEST_SERVER_NAME")
                     .unwrap_or_else(|_| "localhost".into()),
                 process: None,
@@ -142,10 +145,15 @@ impl TestServer {
             .tempdir()
             .expect("could not create a data directory");
         let port = postgres::free_port();
+        let federation_port = postgres::free_port();
         let server_name = "localhost".to_string();
         let mut env: Vec<(String, String)> = vec![
             ("MYELIN_SERVER_NAME".into(), server_name.clone()),
             ("MYELIN_CLIENT_LISTEN".into(), format!("127.0.0.1:{port}")),
+            (
+                "MYELIN_FEDERATION_LISTEN".into(),
+                format!("127.0.0.1:{federation_port}"),
+            ),
             (
                 "MYELIN_DATA_DIR".into(),
                 data_dir.path().to_string_lossy().into_owned(),
@@ -175,6 +183,7 @@ impl TestServer {
 
         let mut server = TestServer {
             url: format!("http://127.0.0.1:{port}"),
+            federation_tls_url: Some(format!("https://127.0.0.1:{federation_port}")),
             server_name,
             process: Some(Spawned {
                 backend,
@@ -191,6 +200,12 @@ impl TestServer {
     /// Base URL of the client API, without a trailing slash.
     pub fn url(&self) -> &str {
         &self.url
+    }
+
+    /// Base URL of the federation API's TLS listener (a self-signed certificate unless the
+    /// test configures one); `None` for an external server.
+    pub fn federation_tls_url(&self) -> Option<&str> {
+        self.federation_tls_url.as_deref()
     }
 
     /// Base URL for server-server requests (`/_matrix/key/…`). Myelin serves

@@ -41,6 +41,8 @@ mod element_x;
 mod ephemeral;
 #[path = "suite/errors.rs"]
 mod errors;
+#[path = "suite/federation.rs"]
+mod federation;
 #[path = "suite/filters.rs"]
 mod filters;
 #[path = "suite/login.rs"]

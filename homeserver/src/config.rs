@@ -20,6 +20,11 @@ pub struct Config {
     pub database_url: Option<String>,
     pub public_baseurl: Option<String>,
     pub federation_public_address: Option<String>,
+    pub federation_enabled: bool,
+    /// Empty: no federation listener.
+    pub federation_listen: String,
+    pub federation_tls_cert: Option<PathBuf>,
+    pub federation_tls_key: Option<PathBuf>,
     pub registration_open: bool,
     pub registration_shared_secret: Option<String>,
     pub registration_token_required: bool,
@@ -162,6 +167,14 @@ const KEYS: &[Key] = &[
           doc: "URL clients reach this server at, advertised in /.well-known/matrix/client. Unset: http://<client_listen>." },
     Key { path: "federation_public_address", kind: Kind::Str, default: None,
           doc: "host:port other servers reach this server at, advertised in /.well-known/matrix/server. Unset: <server_name>:8448." },
+    Key { path: "federation_enabled", kind: Kind::Bool, default: Some("true"),
+          doc: "Serve the server-server (federation) API on federation_listen." },
+    Key { path: "federation_listen", kind: Kind::Str, default: Some("\"127.0.0.1:8448\""),
+          doc: "Address and port of the federation API's TLS listener (loopback by default, like client_listen; \"\" turns it off, e.g. behind a reverse proxy)." },
+    Key { path: "federation_tls_cert", kind: Kind::Str, default: None,
+          doc: "PEM certificate chain of the federation listener. Unset (with federation_tls_key unset): a self-signed certificate is made once in data_dir." },
+    Key { path: "federation_tls_key", kind: Kind::Str, default: None,
+          doc: "PEM private key of federation_tls_cert." },
     Key { path: "registration_open", kind: Kind::Bool, default: Some("false"),
           doc: "Let anyone register an account (m.login.dummy). Off by default: create accounts with myelin-admin." },
     Key { path: "registration_shared_secret", kind: Kind::Str, default: None,
@@ -362,6 +375,20 @@ fn check_types(table: &toml::Table) -> Result<(), ConfigError> {
                 "client_listen (MYELIN_CLIENT_LISTEN): {listen:?} is not an IP address and port like 127.0.0.1:8008"
             )));
         }
+    }
+    if let Some(listen) = get_path(table, "federation_listen").and_then(|v| v.as_str()) {
+        if !listen.is_empty() && listen.parse::<SocketAddr>().is_err() {
+            return Err(ConfigError::Invalid(format!(
+                "federation_listen (MYELIN_FEDERATION_LISTEN): {listen:?} is not an IP address and port like 127.0.0.1:8448, nor empty"
+            )));
+        }
+    }
+    let cert = get_path(table, "federation_tls_cert").is_some();
+    let key = get_path(table, "federation_tls_key").is_some();
+    if cert != key {
+        return Err(ConfigError::Invalid(
+            "federation_tls_cert and federation_tls_key (MYELIN_FEDERATION_TLS_CERT, MYELIN_FEDERATION_TLS_KEY) go together: set both or neither".to_owned(),
+        ));
     }
     Ok(())
 }
@@ -565,6 +592,14 @@ impl Config {
             Some(url) => url.trim_end_matches('/').to_owned(),
             None => format!("http://{}", self.client_listen),
         }
+    }
+
+    /// Where the federation TLS listener binds, if it is on.
+    pub fn federation_listener(&self) -> Option<SocketAddr> {
+        if !self.federation_enabled {
+            return None;
+        }
+        self.federation_listen.parse().ok()
     }
 
     pub fn federation_public_address(&self) -> String {

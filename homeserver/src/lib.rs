@@ -26,10 +26,11 @@ pub mod push;
 pub mod ratelimit;
 pub mod rooms;
 pub mod sync;
+pub mod tls;
 pub mod typing;
 pub mod uia;
 
-use std::{future::Future, sync::Arc, time::Duration};
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use myelin_federation::keys::ServerSigningKey;
 use myelin_storage::{SigningKeyRow, Storage};
@@ -205,6 +206,8 @@ pub enum StartError {
     ServerName(String),
     #[error("server error: {0}")]
     Io(#[from] std::io::Error),
+    #[error("federation TLS: {0}")]
+    Tls(#[from] tls::TlsError),
 }
 
 impl AppState {
@@ -437,11 +440,11 @@ async fn presence_sweeper(state: AppState) {
 /// HTTP/1.1 (HTTP/2, where wanted, is a reverse proxy's job, as with Synapse).
 async fn accept_loop(
     listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     app: axum::Router,
     limits: ConnectionLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
-    use tower::ServiceExt;
     // One permit per open connection: a connection over the cap is answered 503 and closed
     // instead of being served, so a flood of connections cannot take every descriptor.
     let permits = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
@@ -478,42 +481,25 @@ async fn accept_loop(
             continue;
         };
         let app = app.clone();
-        let service = hyper::service::service_fn(
-            move |mut request: hyper::Request<hyper::body::Incoming>| {
-                request
-                    .extensions_mut()
-                    .insert(axum::extract::ConnectInfo(remote));
-                app.clone().oneshot(request.map(axum::body::Body::new))
-            },
-        );
-        let mut signal_rx = signal_rx.clone();
+        let signal_rx = signal_rx.clone();
         let done_rx = done_rx.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
             // Held for the connection's life, WebSocket included (`with_upgrades` keeps the
             // upgraded stream inside this future).
             let _permit = permit;
-            let connection = hyper::server::conn::http1::Builder::new()
-                // A client must send a request's headers within this time (also the idle
-                // time allowed between keep-alive requests); a request being served, such
-                // as a long-poll, is not reading headers and is not affected.
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(limits.header_read_timeout)
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                .with_upgrades();
-            tokio::pin!(connection);
-            let mut closing = false;
-            loop {
-                tokio::select! {
-                    result = connection.as_mut() => {
-                        if let Err(e) = result {
-                            tracing::trace!(error = %e, "connection ended with an error");
+            match tls {
+                None => serve_connection(stream, app, remote, limits, signal_rx).await,
+                Some(acceptor) => {
+                    // The handshake gets the time a client has to send its headers.
+                    match tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream))
+                        .await
+                    {
+                        Ok(Ok(stream)) => {
+                            serve_connection(stream, app, remote, limits, signal_rx).await
                         }
-                        break;
-                    }
-                    _ = signal_rx.changed(), if !closing => {
-                        // Finish the request in progress, then close.
-                        closing = true;
-                        connection.as_mut().graceful_shutdown();
+                        Ok(Err(e)) => tracing::debug!(error = %e, %remote, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%remote, "TLS handshake timed out"),
                     }
                 }
             }
@@ -529,6 +515,52 @@ async fn accept_loop(
         .is_err()
     {
         tracing::info!("some connections were still busy after 10 s; closing them");
+    }
+}
+
+/// Serves one connection (plain or TLS) until it ends, or finishes its request in progress
+/// and closes once shutdown is signalled.
+async fn serve_connection<I>(
+    io: I,
+    app: axum::Router,
+    remote: SocketAddr,
+    limits: ConnectionLimits,
+    mut signal_rx: tokio::sync::watch::Receiver<()>,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    use tower::ServiceExt;
+    let service =
+        hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
+            request
+                .extensions_mut()
+                .insert(axum::extract::ConnectInfo(remote));
+            app.clone().oneshot(request.map(axum::body::Body::new))
+        });
+    let connection = hyper::server::conn::http1::Builder::new()
+        // A client must send a request's headers within this time (also the idle time allowed
+        // between keep-alive requests); a request being served, such as a long-poll, is not
+        // reading headers and is not affected.
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .serve_connection(hyper_util::rt::TokioIo::new(io), service)
+        .with_upgrades();
+    tokio::pin!(connection);
+    let mut closing = false;
+    loop {
+        tokio::select! {
+            result = connection.as_mut() => {
+                if let Err(e) = result {
+                    tracing::trace!(error = %e, "connection ended with an error");
+                }
+                break;
+            }
+            _ = signal_rx.changed(), if !closing => {
+                // Finish the request in progress, then close.
+                closing = true;
+                connection.as_mut().graceful_shutdown();
+            }
+        }
     }
 }
 
@@ -560,10 +592,17 @@ async fn refuse_connection(mut stream: tokio::net::TcpStream) {
     .await;
 }
 
-/// Serves the client API on `listener` until `shutdown` resolves, then lets in-flight requests
-/// finish and closes the database.
+/// The federation API's listener: the bound socket and its TLS.
+pub struct FederationListener {
+    pub listener: TcpListener,
+    pub tls: tokio_rustls::TlsAcceptor,
+}
+
+/// Serves the client API on `listener` (and the federation API on `federation`, over TLS)
+/// until `shutdown` resolves, then lets in-flight requests finish and closes the database.
 pub async fn serve(
     listener: TcpListener,
+    federation: Option<FederationListener>,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
@@ -585,7 +624,35 @@ pub async fn serve(
         max_connections: state.config.max_connections,
         header_read_timeout: Duration::from_secs(state.config.header_read_timeout_seconds),
     };
-    accept_loop(listener, app, limits, shutdown).await;
+    // One shutdown for both listeners.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let federation = federation.map(|FederationListener { listener, tls }| {
+        let app = api::federation::router(state.clone());
+        tokio::spawn(accept_loop(
+            listener,
+            Some(tls),
+            app,
+            limits,
+            stopped(stop_rx.clone()),
+        ))
+    });
+    let client = accept_loop(listener, None, app, limits, stopped(stop_rx));
+    tokio::pin!(client);
+    // The client loop is not expected to end first; if it does, shut down as usual.
+    let client_ended = tokio::select! {
+        () = shutdown => false,
+        () = &mut client => true,
+    };
+    let _ = stop_tx.send(true);
+    if !client_ended {
+        client.await;
+    }
+    if let Some(federation) = federation {
+        let _ = federation.await;
+    }
     housekeeping.abort();
     typing_sweeper.abort();
     presence_sweeper.abort();

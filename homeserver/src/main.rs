@@ -85,8 +85,29 @@ async fn run(config: Config) -> Result<(), myelin::StartError> {
     let open = config.registration_open;
     let state = AppState::init(config).await?;
     let listener = tokio::net::TcpListener::bind(listen).await?;
+    // After init, which made the data directory the self-signed certificate goes into.
+    let federation = match state.config.federation_listener() {
+        Some(address) => {
+            let (tls, self_signed) = myelin::tls::federation_acceptor(&state.config)?;
+            let listener = tokio::net::TcpListener::bind(address).await?;
+            Some((listener, tls, self_signed))
+        }
+        None => None,
+    };
     println!("Myelin homeserver for {server_name}");
     println!("  listening on  http://{listen}");
+    match &federation {
+        Some((listener, _, self_signed)) => {
+            println!("  federation on https://{}", listener.local_addr()?);
+            if let Some(cert) = self_signed {
+                println!(
+                    "    with a self-signed certificate made in {} (peers that check certificates need a real one: set federation_tls_cert and federation_tls_key)",
+                    cert.display()
+                );
+            }
+        }
+        None => println!("  federation    off"),
+    }
     println!("  data in       {} ({database})", data_dir.display());
     println!("  signing key   {}", state.signing_key.key_id());
     if open {
@@ -103,7 +124,9 @@ async fn run(config: Config) -> Result<(), myelin::StartError> {
         println!("  (or set MYELIN_REGISTRATION_OPEN=true to let anyone register)");
     }
     tracing::info!(%listen, "ready");
-    myelin::serve(listener, state, shutdown_signal()).await
+    let federation =
+        federation.map(|(listener, tls, _)| myelin::FederationListener { listener, tls });
+    myelin::serve(listener, federation, state, shutdown_signal()).await
 }
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM.

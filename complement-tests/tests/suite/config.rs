@@ -13,10 +13,12 @@ async fn run_with(args: &[&str], overrides: &[(&str, &str)]) -> Exited {
     let dir = tempfile::tempdir().expect("tempdir");
     let port = complement_tests::postgres::free_port().to_string();
     let listen = format!("127.0.0.1:{port}");
+    let federation_listen = format!("127.0.0.1:{}", complement_tests::postgres::free_port());
     let data_dir = dir.path().to_string_lossy().into_owned();
     let mut env: Vec<(&str, &str)> = vec![
         ("MYELIN_SERVER_NAME", "localhost"),
         ("MYELIN_CLIENT_LISTEN", &listen),
+        ("MYELIN_FEDERATION_LISTEN", &federation_listen),
         ("MYELIN_DATA_DIR", &data_dir),
         ("MYELIN_LOG", "warn"),
     ];
@@ -45,6 +47,23 @@ fn assert_fails_naming(run: &Exited, key: &str) {
 async fn config_invalid_listen_address_is_fatal() {
     let run = run_with(&[], &[("MYELIN_CLIENT_LISTEN", "notanaddress")]).await;
     assert_fails_naming(&run, "client_listen");
+}
+
+#[tokio::test]
+async fn config_bad_federation_listener_settings_are_fatal() {
+    let run = run_with(&[], &[("MYELIN_FEDERATION_LISTEN", "notanaddress")]).await;
+    assert_fails_naming(&run, "federation_listen");
+    let run = run_with(&[], &[("MYELIN_FEDERATION_TLS_CERT", "/tmp/cert.pem")]).await;
+    assert_fails_naming(&run, "federation_tls_key");
+    let run = run_with(
+        &[],
+        &[
+            ("MYELIN_FEDERATION_TLS_CERT", "/nonexistent-myelin/cert.pem"),
+            ("MYELIN_FEDERATION_TLS_KEY", "/nonexistent-myelin/key.pem"),
+        ],
+    )
+    .await;
+    assert_fails_naming(&run, "/nonexistent-myelin/cert.pem");
 }
 
 #[tokio::test]

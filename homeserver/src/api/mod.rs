@@ -3,6 +3,7 @@
 //! methods.
 
 pub mod client;
+pub mod federation;
 pub mod key;
 pub mod ruma;
 pub mod synapse_admin;

@@ -13,7 +13,7 @@ mod keys;
 mod media;
 pub(crate) mod membership;
 mod message;
-mod openid;
+pub(crate) mod openid;
 mod presence;
 mod profile;
 mod push;

@@ -1,0 +1,122 @@
+//! The federation API's own listener (issue 14): TLS on `MYELIN_FEDERATION_LISTEN` with a
+//! self-signed certificate made once in the data directory, the server's version and keys
+//! there, Matrix errors for unknown paths, and nothing spoken in plain HTTP.
+
+use complement_tests::{Backend, ServerOptions, TestServer};
+use serde_json::Value;
+
+/// A client that accepts the test server's self-signed certificate (tests only).
+fn tls_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .timeout(std::time::Duration::from_secs(10))
+        .build()
+        .expect("client")
+}
+
+async fn get_json(client: &reqwest::Client, url: &str) -> (u16, Value) {
+    let response = client.get(url).send().await.expect("request");
+    let status = response.status().as_u16();
+    let body = response.json().await.unwrap_or(Value::Null);
+    (status, body)
+}
+
+/// The federation listener answers over TLS: version, signing keys (the same as the client
+/// listener publishes), `M_UNRECOGNIZED` for unknown paths; plain HTTP gets no answer; the
+/// certificate is kept across a restart.
+#[tokio::test]
+async fn federation_listener_speaks_tls() {
+    let Some(mut hs) = TestServer::start(Backend::Sqlite, ServerOptions::default()).await else {
+        return;
+    };
+    let Some(base) = hs.federation_tls_url().map(str::to_owned) else {
+        return; // an external server
+    };
+    let client = tls_client();
+    let (status, version) =
+        get_json(&client, &format!("{base}/_matrix/federation/v1/version")).await;
+    assert_eq!(status, 200, "{version}");
+    assert_eq!(version["server"]["name"], "Myelin", "{version}");
+    assert!(version["server"]["version"].is_string(), "{version}");
+
+    let (status, keys) = get_json(&client, &format!("{base}/_matrix/key/v2/server")).await;
+    assert_eq!(status, 200, "{keys}");
+    assert_eq!(keys["server_name"], "localhost", "{keys}");
+    let (_, client_keys) = get_json(&client, &format!("{}/_matrix/key/v2/server", hs.url())).await;
+    assert_eq!(
+        keys["verify_keys"], client_keys["verify_keys"],
+        "one signing key on both listeners"
+    );
+    assert!(keys["signatures"]["localhost"].is_object(), "{keys}");
+
+    let (status, unknown) =
+        get_json(&client, &format!("{base}/_matrix/federation/v1/nonsense")).await;
+    assert_eq!(status, 404, "{unknown}");
+    assert_eq!(unknown["errcode"], "M_UNRECOGNIZED", "{unknown}");
+    // The client API is not served there.
+    let (status, _) = get_json(&client, &format!("{base}/_matrix/client/versions")).await;
+    assert_eq!(status, 404);
+
+    // Plain HTTP to the TLS port: no HTTP answer.
+    let plain = base.replacen("https://", "http://", 1);
+    let answer = reqwest::Client::new()
+        .get(format!("{plain}/_matrix/federation/v1/version"))
+        .timeout(std::time::Duration::from_secs(5))
+        .send()
+        .await;
+    assert!(
+        answer.is_err() || !answer.unwrap().status().is_success(),
+        "plain HTTP must not be served on the federation listener"
+    );
+
+    // A client that checks certificates refuses the self-signed one.
+    let strict = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(5))
+        .build()
+        .unwrap();
+    assert!(
+        strict
+            .get(format!("{base}/_matrix/federation/v1/version"))
+            .send()
+            .await
+            .is_err(),
+        "a self-signed certificate is not trusted by default"
+    );
+
+    // After a restart the listener is back, with the same certificate and key.
+    hs.restart().await;
+    let (status, again) = get_json(&client, &format!("{base}/_matrix/federation/v1/version")).await;
+    assert_eq!(status, 200, "{again}");
+}
+
+/// `MYELIN_FEDERATION_LISTEN=""` (or `MYELIN_FEDERATION_ENABLED=false`) turns the listener
+/// off; the client API is unaffected.
+#[tokio::test]
+async fn federation_listener_can_be_turned_off() {
+    for (key, value) in [
+        ("MYELIN_FEDERATION_LISTEN", ""),
+        ("MYELIN_FEDERATION_ENABLED", "false"),
+    ] {
+        let options = ServerOptions::default().env(key, value);
+        let Some(hs) = TestServer::start(Backend::Sqlite, options).await else {
+            return;
+        };
+        let Some(base) = hs.federation_tls_url() else {
+            return;
+        };
+        assert!(
+            tls_client()
+                .get(format!("{base}/_matrix/federation/v1/version"))
+                .send()
+                .await
+                .is_err(),
+            "{key}={value:?}: nothing listens"
+        );
+        let (status, _) = get_json(
+            &tls_client(),
+            &format!("{}/_matrix/client/versions", hs.url()),
+        )
+        .await;
+        assert_eq!(status, 200);
+    }
+}
