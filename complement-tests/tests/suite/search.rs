@@ -208,6 +208,19 @@ async fn a75_message_search_ranks_pages_and_hides(backend: Backend) {
     )
     .await;
     assert_eq!(result_ids(&bobs), [m6.as_str()], "{bobs}");
+    assert_eq!(bobs["count"], 1, "only Bob's are counted: {bobs}");
+    let not_bobs = search(
+        &alice,
+        json!({ "search_term": "fox", "filter": { "not_senders": [bob.user_id()], "types": ["m.room.message"] } }),
+        None,
+    )
+    .await;
+    assert!(!result_ids(&not_bobs).contains(&m6), "{not_bobs}");
+    assert_eq!(
+        not_bobs["count"].as_u64(),
+        Some(result_ids(&not_bobs).len() as u64),
+        "counted as found: {not_bobs}"
+    );
     let elsewhere = search(
         &alice,
         json!({ "search_term": "fox", "filter": { "rooms": [carols] } }),
