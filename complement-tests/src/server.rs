@@ -52,11 +52,21 @@ pub struct ServerOptions {
     /// On PostgreSQL: the cluster's durability (ordering and durability tests ask for
     /// [`Durability::Normal`]).
     pub durability: Durability,
+    /// Federation tests: the server is named after its federation listener
+    /// (`127.0.0.1:<port>`, so peers reach it there), accepts self-signed certificates and
+    /// may reach loopback peers. Test configuration only: the defaults stay safe.
+    pub federating: bool,
 }
 
 impl ServerOptions {
     pub fn env(mut self, key: &str, value: &str) -> Self {
         self.env.push((key.into(), value.into()));
+        self
+    }
+
+    /// See [`ServerOptions::federating`].
+    pub fn federating(mut self) -> Self {
+        self.federating = true;
         self
     }
 
@@ -146,7 +156,11 @@ impl TestServer {
             .expect("could not create a data directory");
         let port = postgres::free_port();
         let federation_port = postgres::free_port();
-        let server_name = "localhost".to_string();
+        let server_name = if options.federating {
+            format!("127.0.0.1:{federation_port}")
+        } else {
+            "localhost".to_string()
+        };
         let mut env: Vec<(String, String)> = vec![
             ("MYELIN_SERVER_NAME".into(), server_name.clone()),
             ("MYELIN_CLIENT_LISTEN".into(), format!("127.0.0.1:{port}")),
@@ -178,6 +192,16 @@ impl TestServer {
         ];
         if let Some(db) = &database {
             env.push(("MYELIN_DATABASE_URL".into(), db.url.clone()));
+        }
+        if options.federating {
+            env.push((
+                "MYELIN_FEDERATION_VERIFY_CERTIFICATES".into(),
+                "false".into(),
+            ));
+            env.push((
+                "MYELIN_FEDERATION_IP_RANGE_ALLOWLIST".into(),
+                "127.0.0.0/8".into(),
+            ));
         }
         env.extend(options.env);
 

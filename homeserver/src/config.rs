@@ -25,6 +25,8 @@ pub struct Config {
     pub federation_listen: String,
     pub federation_tls_cert: Option<PathBuf>,
     pub federation_tls_key: Option<PathBuf>,
+    pub federation_verify_certificates: bool,
+    pub federation_ip_range_allowlist: Vec<String>,
     pub registration_open: bool,
     pub registration_shared_secret: Option<String>,
     pub registration_token_required: bool,
@@ -175,6 +177,10 @@ const KEYS: &[Key] = &[
           doc: "PEM certificate chain of the federation listener. Unset (with federation_tls_key unset): a self-signed certificate is made once in data_dir." },
     Key { path: "federation_tls_key", kind: Kind::Str, default: None,
           doc: "PEM private key of federation_tls_cert." },
+    Key { path: "federation_verify_certificates", kind: Kind::Bool, default: Some("true"),
+          doc: "Check other servers' TLS certificates. Only tests turn this off." },
+    Key { path: "federation_ip_range_allowlist", kind: Kind::List, default: Some("[]"),
+          doc: "CIDR ranges outbound federation may reach although they are not public (private, loopback). Empty: public addresses only." },
     Key { path: "registration_open", kind: Kind::Bool, default: Some("false"),
           doc: "Let anyone register an account (m.login.dummy). Off by default: create accounts with myelin-admin." },
     Key { path: "registration_shared_secret", kind: Kind::Str, default: None,
@@ -499,6 +505,13 @@ impl Config {
             if range.parse::<ipnet::IpNet>().is_err() {
                 return Err(ConfigError::Invalid(format!(
                     "media.url_preview_ip_range_allowlist (MYELIN_MEDIA_URL_PREVIEW_IP_RANGE_ALLOWLIST): {range:?} is not a CIDR range like 10.0.0.0/8 or fd00::/8"
+                )));
+            }
+        }
+        for range in &self.federation_ip_range_allowlist {
+            if range.parse::<ipnet::IpNet>().is_err() {
+                return Err(ConfigError::Invalid(format!(
+                    "federation_ip_range_allowlist (MYELIN_FEDERATION_IP_RANGE_ALLOWLIST): {range:?} is not a CIDR range like 10.0.0.0/8 or fd00::/8"
                 )));
             }
         }

@@ -98,6 +98,10 @@ impl Error {
         }
         e
     }
+    /// 401 `M_UNAUTHORIZED`: a request from another server that does not authenticate.
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "M_UNAUTHORIZED", message)
+    }
     pub fn unrecognized(status: StatusCode, message: impl Into<String>) -> Self {
         Self::new(status, "M_UNRECOGNIZED", message)
     }

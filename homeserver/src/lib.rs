@@ -18,6 +18,7 @@ pub mod cache;
 pub mod config;
 pub mod e2ee;
 pub mod error;
+pub mod federation;
 pub mod media;
 pub mod notifier;
 pub mod outbound;
@@ -89,6 +90,8 @@ pub struct Services {
     pub push_rules: push::rules::PushRules,
     /// The running pusher tasks and the push gateway client (see [`push::sender`]).
     pub pushers: push::sender::Pushers,
+    /// Requests to other servers (see [`federation::client`]).
+    pub federation: federation::FederationClient,
 }
 
 /// How much memory [`Services::shared_events`] may hold (events are up to 64 KiB each).
@@ -244,12 +247,20 @@ impl AppState {
         };
         let server_name = OwnedServerName::try_from(config.server_name.as_str())
             .map_err(|e| StartError::ServerName(e.to_string()))?;
+        let signing_key = Arc::new(signing_key);
+        let federation = federation::FederationClient::new(
+            server_name.clone(),
+            signing_key.clone(),
+            &config.federation_ip_range_allowlist,
+            config.federation_verify_certificates,
+        )
+        .map_err(|e| StartError::Io(std::io::Error::other(e)))?;
         Ok(AppState(Arc::new(Services {
             limits: Arc::new(ratelimit::RateLimiters::new(&config.rate_limits)),
             config: Arc::new(config),
             server_name,
             storage,
-            signing_key: Arc::new(signing_key),
+            signing_key,
             last_seen: Arc::new(auth::LastSeen::default()),
             room_locks: Arc::new(rooms::RoomLocks::default()),
             notifier: Arc::new(notifier::Notifier::default()),
@@ -265,6 +276,7 @@ impl AppState {
             sliding: Default::default(),
             push_rules: Default::default(),
             pushers,
+            federation,
         })))
     }
 }

@@ -21,6 +21,7 @@ mod pdu_form;
 mod push;
 mod pushers;
 mod recent;
+mod remote_keys;
 mod reports;
 mod rooms;
 mod rooms_list;
@@ -42,6 +43,7 @@ pub use media::{MediaRow, PendingUpload, ThumbnailRow};
 pub use misc::{RegistrationTokenRow, SigningKeyRow, UiaSessionRow};
 pub use push::{NewPushAction, NotificationRow, PendingPush, UnreadCount};
 pub use pushers::{NewPusher, PusherRow};
+pub use remote_keys::RemoteKey;
 pub use reports::{NewReport, ReportRow};
 pub use rooms::{
     Direction, EventRow, NewEvent, NewRoom, Persisted, RoomRow, RoomSetting, StateMap,

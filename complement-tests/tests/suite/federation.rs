@@ -1,8 +1,12 @@
 //! The federation API's own listener (issue 14): TLS on `MYELIN_FEDERATION_LISTEN` with a
 //! self-signed certificate made once in the data directory, the server's version and keys
-//! there, Matrix errors for unknown paths, and nothing spoken in plain HTTP.
+//! there, Matrix errors for unknown paths, and nothing spoken in plain HTTP; and two Myelins
+//! that reach each other (named after their federation listeners on loopback), sign their
+//! requests and check each other's.
 
-use complement_tests::{Backend, ServerOptions, TestServer};
+use complement_tests::{
+    assert_error, assert_ok, backend_tests, encode, Backend, ServerOptions, TestServer,
+};
 use serde_json::Value;
 
 /// A client that accepts the test server's self-signed certificate (tests only).
@@ -120,3 +124,97 @@ async fn federation_listener_can_be_turned_off() {
         assert_eq!(status, 200);
     }
 }
+
+/// A user on one server reads the profile of a user on another: the first server signs a
+/// `query/profile` request, the second fetches the first's keys from it and checks the
+/// signature. Unsigned or garbled requests are 401 `M_UNAUTHORIZED`; a server with the
+/// default outbound policy does not reach loopback peers at all.
+async fn remote_profile_over_federation(backend: Backend) {
+    let Some(a) = TestServer::start(backend, ServerOptions::default().federating()).await else {
+        return;
+    };
+    let Some(b) = TestServer::start(backend, ServerOptions::default().federating()).await else {
+        return;
+    };
+    let Some(b_federation) = b.federation_tls_url().map(str::to_owned) else {
+        return;
+    };
+    let alice = a.register_user("alice").await;
+    let bob = b.register_user("bob").await;
+    let set = format!(
+        "/_matrix/client/v3/profile/{}/displayname",
+        encode(bob.user_id())
+    );
+    assert_ok(
+        &bob.put(&set, &serde_json::json!({ "displayname": "Bob of B" }))
+            .await,
+        "set name",
+    );
+
+    let path = format!("/_matrix/client/v3/profile/{}", encode(bob.user_id()));
+    let profile = alice.get(&path).await;
+    assert_eq!(
+        assert_ok(&profile, "remote profile")["displayname"],
+        "Bob of B"
+    );
+    let field = alice.get(&format!("{path}/displayname")).await;
+    assert_eq!(assert_ok(&field, "remote field")["displayname"], "Bob of B");
+    // Someone B does not have.
+    let nobody = format!(
+        "/_matrix/client/v3/profile/{}",
+        encode(&b.user_id("nobody"))
+    );
+    assert_error(
+        &alice.get(&nobody).await,
+        404,
+        "M_NOT_FOUND",
+        "unknown remote user",
+    );
+
+    // B refuses what is not signed by a server it can check.
+    let query = format!(
+        "{b_federation}/_matrix/federation/v1/query/profile?user_id={}",
+        encode(bob.user_id())
+    );
+    let client = tls_client();
+    let unsigned = client.get(&query).send().await.expect("request");
+    assert_eq!(unsigned.status().as_u16(), 401);
+    let body: Value = unsigned.json().await.unwrap();
+    assert_eq!(body["errcode"], "M_UNAUTHORIZED", "{body}");
+    for header in [
+        "X-Matrix nonsense",
+        "X-Matrix origin=\"127.0.0.1:1\",key=\"ed25519:x\",sig=\"dGVzdA\"",
+        &format!(
+            "X-Matrix origin=\"{}\",destination=\"elsewhere.example\",key=\"ed25519:x\",sig=\"dGVzdA\"",
+            a.server_name()
+        ),
+        &format!(
+            "X-Matrix origin=\"{}\",key=\"ed25519:x\",sig=\"dGVzdA\"",
+            a.server_name()
+        ),
+    ] {
+        let response = client
+            .get(&query)
+            .header("Authorization", header)
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(response.status().as_u16(), 401, "{header}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["errcode"], "M_UNAUTHORIZED", "{header}: {body}");
+    }
+
+    // A server with the default outbound policy does not reach a loopback peer.
+    let Some(c) = TestServer::start(backend, ServerOptions::default()).await else {
+        return;
+    };
+    let carol = c.register_user("carol").await;
+    assert_error(
+        &carol.get(&path).await,
+        404,
+        "M_NOT_FOUND",
+        "loopback peer refused",
+    );
+}
+
+backend_tests!(remote_profile_over_federation);

@@ -50,12 +50,30 @@ fn profile_error(errcode: &'static str, message: impl Into<String>) -> Error {
     Error::new(axum::http::StatusCode::BAD_REQUEST, errcode, message)
 }
 
-/// The stored profile of a local user, or 404.
+/// The stored profile of a local user, or a remote user's from their server
+/// (`/_matrix/federation/v1/query/profile`); 404 when there is none (or their server
+/// cannot be reached).
 async fn load(state: &AppState, user_id: &UserId) -> Result<(Option<String>, Option<String>)> {
     if user_id.server_name() != state.server_name {
-        return Err(Error::not_found(
-            "Profile lookup over federation is not supported yet",
-        ));
+        let path = format!(
+            "/_matrix/federation/v1/query/profile?user_id={}",
+            crate::federation::client::query_value(user_id.as_str())
+        );
+        let profile = state
+            .federation
+            .get_json(user_id.server_name(), &path)
+            .await
+            .map_err(|e| {
+                tracing::info!(%user_id, error = %e, "remote profile lookup failed");
+                Error::not_found("Profile not found")
+            })?;
+        let text = |field: &str| {
+            profile
+                .get(field)
+                .and_then(|v| v.as_str())
+                .map(str::to_owned)
+        };
+        return Ok((text("displayname"), text("avatar_url")));
     }
     state
         .storage

@@ -1,0 +1,74 @@
+//! Other servers' signing keys: from storage while valid, else fetched from the server
+//! itself (`GET /_matrix/key/v2/server`), checked by the federation crate and stored.
+//! Missing so far: asking notaries (`/_matrix/key/v2/query`) when the server cannot be
+//! reached, and answering notary queries for others.
+
+use myelin_federation::server_keys::check_server_keys;
+use myelin_storage::RemoteKey;
+use ruma::ServerName;
+
+use crate::{auth::now_ms, error::Error, AppState};
+
+/// The public key (unpadded base64) `key_id` of `server`, usable for something signed now;
+/// `None` when the server does not have (or no longer uses) such a key.
+pub async fn verify_key(
+    state: &AppState,
+    server: &ServerName,
+    key_id: &str,
+) -> Result<Option<String>, Error> {
+    let now = now_ms();
+    if let Some(key) = state.storage.remote_key(server.as_str(), key_id).await? {
+        if key.expired_ts.is_none() && key.valid_until_ts > now {
+            return Ok(Some(key.public_key));
+        }
+    }
+    let keys = fetch(state, server).await?;
+    Ok(keys
+        .into_iter()
+        .find(|k| k.key_id == key_id && k.expired_ts.is_none())
+        .map(|k| k.public_key))
+}
+
+/// Fetches `server`'s keys from itself, checks and stores them.
+async fn fetch(state: &AppState, server: &ServerName) -> Result<Vec<RemoteKey>, Error> {
+    let body = state
+        .federation
+        .get_json_unsigned(server, "/_matrix/key/v2/server")
+        .await
+        .map_err(|e| {
+            tracing::info!(%server, error = %e, "could not fetch a server's keys");
+            Error::unauthorized(format!("Cannot fetch the keys of {server}"))
+        })?;
+    let bytes = serde_json::to_vec(&body).map_err(Error::internal)?;
+    let now = now_ms();
+    let checked = check_server_keys(&bytes, server, now as u64).map_err(|e| {
+        tracing::info!(%server, error = %e, "a server's key document was refused");
+        Error::unauthorized(format!("The keys of {server} do not check out: {e}"))
+    })?;
+    let valid_until = i64::try_from(checked.valid_until_ts).unwrap_or(i64::MAX);
+    let mut keys: Vec<RemoteKey> = checked
+        .verify_keys
+        .into_iter()
+        .map(|(key_id, public_key)| RemoteKey {
+            server_name: server.to_string(),
+            key_id,
+            public_key,
+            valid_until_ts: valid_until,
+            expired_ts: None,
+        })
+        .collect();
+    keys.extend(
+        checked
+            .old_verify_keys
+            .into_iter()
+            .map(|(key_id, (public_key, expired))| RemoteKey {
+                server_name: server.to_string(),
+                key_id,
+                public_key,
+                valid_until_ts: valid_until,
+                expired_ts: Some(i64::try_from(expired).unwrap_or(i64::MAX)),
+            }),
+    );
+    state.storage.store_remote_keys(&keys, now).await?;
+    Ok(keys)
+}
