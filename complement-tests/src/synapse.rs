@@ -53,6 +53,19 @@ impl Synapse {
     /// Writes a configuration, makes the signing key and starts Synapse; waits until it
     /// answers `/versions`.
     pub async fn start(backend: Backend) -> Result<Synapse, String> {
+        Self::start_with(backend, false).await
+    }
+
+    /// Like [`Synapse::start`], plus a federation listener over TLS (a self-signed
+    /// certificate) on another loopback port, the server named after it (`127.0.0.1:<port>`),
+    /// with certificate checks off and loopback peers allowed (test configuration only;
+    /// Synapse checks IP-literal server names against its federation block list alone, so
+    /// that list is emptied).
+    pub async fn start_federating(backend: Backend) -> Result<Synapse, String> {
+        Self::start_with(backend, true).await
+    }
+
+    async fn start_with(backend: Backend, federating: bool) -> Result<Synapse, String> {
         if !available() {
             return Err(format!(
                 "Synapse is not installed in {} (see complement-tests/src/synapse.rs)",
@@ -92,12 +105,42 @@ impl Synapse {
         };
         let path = |name: &str| dir.path().join(name).display().to_string();
         let unlimited = "{per_second: 100000, burst_count: 100000}";
+        let (server_name, federation_yaml) = if federating {
+            let federation_port = postgres::free_port();
+            let generated = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()])
+                .map_err(|e| e.to_string())?;
+            std::fs::write(dir.path().join("tls.crt"), generated.cert.pem())
+                .map_err(|e| e.to_string())?;
+            std::fs::write(
+                dir.path().join("tls.key"),
+                generated.key_pair.serialize_pem(),
+            )
+            .map_err(|e| e.to_string())?;
+            (
+                format!("127.0.0.1:{federation_port}"),
+                format!(
+                    "  - port: {federation_port}\n    bind_addresses: ['127.0.0.1']\n    \
+                     type: http\n    tls: true\n    x_forwarded: false\n    resources:\n      \
+                     - names: [federation, keys]\n        compress: false\n\
+                     tls_certificate_path: {}\n\
+                     tls_private_key_path: {}\n\
+                     federation_verify_certificates: false\n\
+                     ip_range_whitelist: ['127.0.0.0/8']\n\
+                     federation_ip_range_blacklist: []\n",
+                    path("tls.crt"),
+                    path("tls.key")
+                ),
+            )
+        } else {
+            ("localhost".to_owned(), String::new())
+        };
         let config = format!(
-            "server_name: localhost\n\
+            "server_name: '{server_name}'\n\
              pid_file: {pid}\n\
              listeners:\n  - port: {port}\n    bind_addresses: ['127.0.0.1']\n    type: http\n    \
              tls: false\n    x_forwarded: false\n    resources:\n      - names: [client]\n        \
              compress: false\n\
+             {federation_yaml}\
              {database_yaml}\
              log_config: {log_config}\n\
              media_store_path: {media}\n\

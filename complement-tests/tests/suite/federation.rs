@@ -218,3 +218,83 @@ async fn remote_profile_over_federation(backend: Backend) {
 }
 
 backend_tests!(remote_profile_over_federation);
+
+/// Myelin and Synapse (the reference implementation) read each other's users' profiles over
+/// federation: each signs its `query/profile` request (X-Matrix), fetches the other's keys
+/// from its TLS listener, checks the key document and the request's signature. CI installs
+/// Synapse (`.ci/run`); elsewhere the test is skipped when it is missing.
+#[tokio::test]
+async fn profiles_between_myelin_and_synapse() {
+    if !complement_tests::synapse::available() {
+        // CI installs Synapse (.ci/run); elsewhere it is optional.
+        assert!(
+            !complement_tests::in_ci(),
+            "CI=true but Synapse is not installed in {}",
+            complement_tests::synapse::venv().display()
+        );
+        eprintln!("skipping: Synapse is not installed");
+        return;
+    }
+    let Some(myelin) =
+        TestServer::start(Backend::Sqlite, ServerOptions::default().federating()).await
+    else {
+        return;
+    };
+    let synapse = complement_tests::synapse::Synapse::start_federating(Backend::Sqlite)
+        .await
+        .expect("Synapse starts");
+    let alice = myelin.register_user("alice").await;
+    let set = format!(
+        "/_matrix/client/v3/profile/{}/displayname",
+        encode(alice.user_id())
+    );
+    assert_ok(
+        &alice
+            .put(
+                &set,
+                &serde_json::json!({ "displayname": "Alice on Myelin" }),
+            )
+            .await,
+        "alice's name",
+    );
+    let bob = synapse.register_user("bob").await;
+    let set = format!(
+        "/_matrix/client/v3/profile/{}/displayname",
+        encode(bob.user_id())
+    );
+    assert_ok(
+        &bob.put(
+            &set,
+            &serde_json::json!({ "displayname": "Bob on Synapse" }),
+        )
+        .await,
+        "bob's name",
+    );
+
+    // Myelin asks Synapse.
+    let path = format!("/_matrix/client/v3/profile/{}", encode(bob.user_id()));
+    let profile = alice.get(&path).await;
+    assert_eq!(
+        assert_ok(
+            &profile,
+            &format!(
+                "Bob's profile through Myelin; Synapse's log:\n{}",
+                synapse.logs()
+            )
+        )["displayname"],
+        "Bob on Synapse"
+    );
+    // Synapse asks Myelin.
+    let path = format!("/_matrix/client/v3/profile/{}", encode(alice.user_id()));
+    let profile = bob.get(&path).await;
+    assert_eq!(
+        assert_ok(
+            &profile,
+            &format!(
+                "Alice's profile through Synapse; Synapse's log:\n{}",
+                synapse.logs()
+            )
+        )["displayname"],
+        "Alice on Myelin"
+    );
+}
