@@ -12,6 +12,7 @@ pub mod keys;
 pub mod pdu;
 pub mod request_auth;
 pub mod server_keys;
+pub mod server_policy;
 
 #[cfg(test)]
 mod auth_tests;

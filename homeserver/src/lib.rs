@@ -253,6 +253,10 @@ impl AppState {
             signing_key.clone(),
             &config.federation_ip_range_allowlist,
             config.federation_verify_certificates,
+            myelin_federation::server_policy::ServerPolicy::new(
+                &config.federation_allowed_servers,
+                &config.federation_denied_servers,
+            ),
         )
         .map_err(|e| StartError::Io(std::io::Error::other(e)))?;
         Ok(AppState(Arc::new(Services {

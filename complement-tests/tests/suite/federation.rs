@@ -219,6 +219,50 @@ async fn remote_profile_over_federation(backend: Backend) {
 
 backend_tests!(remote_profile_over_federation);
 
+/// The operator's deny list (`MYELIN_FEDERATION_DENIED_SERVERS`) works both ways: the denying
+/// server refuses the denied one's requests (403 `M_FORBIDDEN`) and never asks it anything,
+/// while it still federates with everyone else.
+#[tokio::test]
+async fn denied_servers_are_refused_both_ways() {
+    let backend = Backend::Sqlite;
+    let Some(a) = TestServer::start(backend, ServerOptions::default().federating()).await else {
+        return;
+    };
+    let Some(b) = TestServer::start(backend, ServerOptions::default().federating()).await else {
+        return;
+    };
+    let Some(d) = TestServer::start(
+        backend,
+        ServerOptions::default()
+            .federating()
+            .env("MYELIN_FEDERATION_DENIED_SERVERS", a.server_name()),
+    )
+    .await
+    else {
+        return;
+    };
+    let alice = a.register_user("alice").await;
+    let bob = b.register_user("bob").await;
+    let dave = d.register_user("dave").await;
+    let profile = |user: &str| format!("/_matrix/client/v3/profile/{}", encode(user));
+    // A cannot read D's users (D refuses), D cannot read A's (D does not ask).
+    assert_error(
+        &alice.get(&profile(dave.user_id())).await,
+        404,
+        "M_NOT_FOUND",
+        "denied inbound",
+    );
+    assert_error(
+        &dave.get(&profile(alice.user_id())).await,
+        404,
+        "M_NOT_FOUND",
+        "denied outbound",
+    );
+    // B is not denied: both directions work.
+    assert_ok(&bob.get(&profile(dave.user_id())).await, "b reads d");
+    assert_ok(&dave.get(&profile(bob.user_id())).await, "d reads b");
+}
+
 /// Myelin and Synapse (the reference implementation) read each other's users' profiles over
 /// federation: each signs its `query/profile` request (X-Matrix), fetches the other's keys
 /// from its TLS listener, checks the key document and the request's signature. CI installs

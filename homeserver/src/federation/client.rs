@@ -19,7 +19,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use myelin_federation::{keys::ServerSigningKey, request_auth};
+use myelin_federation::{keys::ServerSigningKey, request_auth, server_policy::ServerPolicy};
 use reqwest::Url;
 use ruma::{OwnedServerName, ServerName};
 
@@ -58,9 +58,19 @@ pub struct FederationClient {
     filter: Arc<IpFilter>,
     origin: OwnedServerName,
     key: Arc<ServerSigningKey>,
-    /// Server name → (the authority to connect to, when the answer expires).
-    well_known: Mutex<HashMap<String, (String, Instant)>>,
+    /// The operator's allow and deny lists: a denied server is never contacted.
+    policy: ServerPolicy,
+    /// Server name → ((the authority to connect to, the Host to name), when the answer
+    /// expires).
+    well_known: Mutex<HashMap<String, ((String, String), Instant)>>,
+    /// When each server's keys were last fetched: a peer's request naming an unknown key
+    /// makes us fetch its keys at most once per [`KEY_REFETCH`], so a stream of requests with
+    /// made-up key IDs cannot make us hammer it (or anyone it names).
+    key_fetches: Mutex<HashMap<String, Instant>>,
 }
+
+/// The least time between two fetches of one server's keys.
+pub const KEY_REFETCH: Duration = Duration::from_secs(60);
 
 impl FederationClient {
     pub fn new(
@@ -68,6 +78,7 @@ impl FederationClient {
         key: Arc<ServerSigningKey>,
         allowed_ranges: &[String],
         verify_certificates: bool,
+        policy: ServerPolicy,
     ) -> Result<FederationClient, reqwest::Error> {
         let filter = Arc::new(IpFilter::new(allowed_ranges));
         let http = reqwest::Client::builder()
@@ -88,8 +99,15 @@ impl FederationClient {
             filter,
             origin,
             key,
+            policy,
             well_known: Mutex::new(HashMap::new()),
+            key_fetches: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Whether the operator lets us federate with `server` (both directions).
+    pub fn allows(&self, server: &ServerName) -> bool {
+        self.policy.allows(server.as_str())
     }
 
     /// This server's name, the origin of its requests.
@@ -105,6 +123,45 @@ impl FederationClient {
     ) -> Result<serde_json::Value, FederationError> {
         self.request(destination, http::Method::GET, path_and_query, None, true)
             .await
+    }
+
+    /// A signed `PUT` of `body` to `path` on `destination`, answered with JSON.
+    pub async fn put_json(
+        &self,
+        destination: &ServerName,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> Result<serde_json::Value, FederationError> {
+        self.request(destination, http::Method::PUT, path, Some(body), true)
+            .await
+    }
+
+    /// A signed `POST` of `body` to `path` on `destination`, answered with JSON.
+    pub async fn post_json(
+        &self,
+        destination: &ServerName,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> Result<serde_json::Value, FederationError> {
+        self.request(destination, http::Method::POST, path, Some(body), true)
+            .await
+    }
+
+    /// Whether `server`'s keys may be fetched now (at most once per [`KEY_REFETCH`]); saying
+    /// yes counts as a fetch.
+    pub fn may_fetch_keys(&self, server: &ServerName) -> bool {
+        let mut fetches = self.key_fetches.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        if fetches.len() > 10_000 {
+            fetches.retain(|_, at| now.duration_since(*at) < KEY_REFETCH);
+        }
+        match fetches.get(server.as_str()) {
+            Some(at) if now.duration_since(*at) < KEY_REFETCH => false,
+            _ => {
+                fetches.insert(server.to_string(), now);
+                true
+            }
+        }
     }
 
     /// An unsigned `GET` (server keys are fetched without authentication).
@@ -126,7 +183,10 @@ impl FederationClient {
         signed: bool,
     ) -> Result<serde_json::Value, FederationError> {
         let server = destination.to_string();
-        let authority = self.authority(destination).await;
+        if !self.allows(destination) {
+            return Err(FederationError::Blocked(server));
+        }
+        let (authority, host) = self.authority(destination).await;
         let url = Url::parse(&format!("https://{authority}{path_and_query}")).map_err(|e| {
             FederationError::Unreachable {
                 server: server.clone(),
@@ -145,8 +205,8 @@ impl FederationClient {
         let mut builder = self
             .http
             .request(method.clone(), url)
-            // The Host is the server name whatever address it was reached at.
-            .header(http::header::HOST, destination.as_str());
+            // The Host is the (delegated) server name whatever address it was reached at.
+            .header(http::header::HOST, host);
         if signed {
             let to_sign = http::Request::builder()
                 .method(method)
@@ -186,11 +246,12 @@ impl FederationClient {
         })
     }
 
-    /// Where `server` is reached: `host:port` for the URL (see the module's discovery
-    /// order).
-    async fn authority(&self, server: &ServerName) -> String {
+    /// Where `server` is reached: `(host:port for the URL, the Host header)` (see the
+    /// module's discovery order). The Host is the delegated name as `.well-known` gave it,
+    /// without the port 8448 we add, as the spec asks.
+    async fn authority(&self, server: &ServerName) -> (String, String) {
         if has_port_or_is_ip(server.as_str()) {
-            return server.to_string();
+            return (server.to_string(), server.to_string());
         }
         let key = server.to_string();
         if let Some((authority, expires)) = self.well_known.lock().expect("not poisoned").get(&key)
@@ -200,9 +261,14 @@ impl FederationClient {
             }
         }
         let (authority, ttl) = match self.delegated(server).await {
-            Some(delegated) if has_port_or_is_ip(&delegated) => (delegated, WELL_KNOWN_TTL),
-            Some(delegated) => (format!("{delegated}:8448"), WELL_KNOWN_TTL),
-            None => (format!("{server}:8448"), WELL_KNOWN_FAILURE_TTL),
+            Some(delegated) if has_port_or_is_ip(&delegated) => {
+                ((delegated.clone(), delegated), WELL_KNOWN_TTL)
+            }
+            Some(delegated) => ((format!("{delegated}:8448"), delegated), WELL_KNOWN_TTL),
+            None => (
+                (format!("{server}:8448"), server.to_string()),
+                WELL_KNOWN_FAILURE_TTL,
+            ),
         };
         self.well_known
             .lock()
@@ -285,6 +351,24 @@ mod tests {
             "%40bob%3A127.0.0.1%3A8448"
         );
         assert_eq!(query_value("a b/é"), "a%20b%2F%C3%A9");
+    }
+
+    #[test]
+    fn keys_are_fetched_at_most_once_a_minute() {
+        let key = Arc::new(ServerSigningKey::generate());
+        let client = FederationClient::new(
+            "a.example".try_into().unwrap(),
+            key,
+            &[],
+            true,
+            ServerPolicy::default(),
+        )
+        .unwrap();
+        let b: &ServerName = "b.example".try_into().unwrap();
+        let c: &ServerName = "c.example".try_into().unwrap();
+        assert!(client.may_fetch_keys(b));
+        assert!(!client.may_fetch_keys(b));
+        assert!(client.may_fetch_keys(c));
     }
 
     #[test]

@@ -34,6 +34,12 @@ impl FromRequest<AppState> for ServerRequest {
                     other => Error::unauthorized(other.to_string()),
                 }
             })?;
+        if !state.federation.allows(&auth.origin) {
+            return Err(Error::forbidden(format!(
+                "Federation with {} is not allowed here",
+                auth.origin
+            )));
+        }
         let body = crate::api::ruma::read_body(
             body,
             &parts.headers,

@@ -16,16 +16,40 @@ pub async fn verify_key(
     server: &ServerName,
     key_id: &str,
 ) -> Result<Option<String>, Error> {
-    let now = now_ms();
-    if let Some(key) = state.storage.remote_key(server.as_str(), key_id).await? {
-        if key.expired_ts.is_none() && key.valid_until_ts > now {
-            return Ok(Some(key.public_key));
+    verify_key_at(state, server, key_id, now_ms()).await
+}
+
+/// The public key `key_id` of `server` for something signed at `ts` (an event's
+/// `origin_server_ts`): a current key, or an old one that expired after `ts`. A key we do not
+/// hold (or hold only as expired before `ts`) makes us fetch the server's keys, at most once
+/// a minute per server (`FederationClient::may_fetch_keys`).
+pub async fn verify_key_at(
+    state: &AppState,
+    server: &ServerName,
+    key_id: &str,
+    ts: i64,
+) -> Result<Option<String>, Error> {
+    // A key signs what was signed before it expired (old keys) or, for a current key, before
+    // the validity it was published with ends (the spec's rule for events; for a request
+    // `ts` is now).
+    let usable = |key: &RemoteKey| match key.expired_ts {
+        Some(expired) => expired > ts,
+        None => key.valid_until_ts > ts,
+    };
+    let stored = state.storage.remote_key(server.as_str(), key_id).await?;
+    if let Some(key) = &stored {
+        if usable(key) {
+            return Ok(Some(key.public_key.clone()));
         }
+    }
+    if !state.federation.may_fetch_keys(server) {
+        // Fetched a moment ago: what we hold is all there is.
+        return Ok(None);
     }
     let keys = fetch(state, server).await?;
     Ok(keys
         .into_iter()
-        .find(|k| k.key_id == key_id && k.expired_ts.is_none())
+        .find(|k| k.key_id == key_id && usable(k))
         .map(|k| k.public_key))
 }
 
