@@ -62,12 +62,15 @@ pub struct FederationClient {
     policy: ServerPolicy,
     /// Server name → ((the authority to connect to, the Host to name), when the answer
     /// expires).
-    well_known: Mutex<HashMap<String, ((String, String), Instant)>>,
+    well_known: Mutex<HashMap<String, (Reached, Instant)>>,
     /// When each server's keys were last fetched: a peer's request naming an unknown key
     /// makes us fetch its keys at most once per [`KEY_REFETCH`], so a stream of requests with
     /// made-up key IDs cannot make us hammer it (or anyone it names).
     key_fetches: Mutex<HashMap<String, Instant>>,
 }
+
+/// Where a server is reached: `(host:port to connect to, the Host header to send)`.
+type Reached = (String, String);
 
 /// The least time between two fetches of one server's keys.
 pub const KEY_REFETCH: Duration = Duration::from_secs(60);
@@ -249,7 +252,7 @@ impl FederationClient {
     /// Where `server` is reached: `(host:port for the URL, the Host header)` (see the
     /// module's discovery order). The Host is the delegated name as `.well-known` gave it,
     /// without the port 8448 we add, as the spec asks.
-    async fn authority(&self, server: &ServerName) -> (String, String) {
+    async fn authority(&self, server: &ServerName) -> Reached {
         if has_port_or_is_ip(server.as_str()) {
             return (server.to_string(), server.to_string());
         }
