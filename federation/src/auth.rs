@@ -48,3 +48,23 @@ pub fn describe(ids: &[OwnedEventId]) -> String {
         .collect::<Vec<_>>()
         .join(", ")
 }
+
+/// The state-independent rules alone: `event` against its own `auth_events` (the first check
+/// of a received event).
+pub fn check_auth_events<'a>(
+    rules: &AuthorizationRules,
+    event: &Pdu,
+    auth_event: impl Fn(&EventId) -> Option<&'a Pdu>,
+) -> Result<(), String> {
+    ruma::state_res::check_state_independent_auth_rules(rules, event, auth_event)
+}
+
+/// The state-dependent rules alone: `event` against a state (the state before it, or, for the
+/// soft-fail check of a received event, the room's current state).
+pub fn check_state<'a>(
+    rules: &AuthorizationRules,
+    event: &Pdu,
+    state: impl Fn(&StateEventType, &str) -> Option<&'a Pdu>,
+) -> Result<(), String> {
+    ruma::state_res::check_state_dependent_auth_rules(rules, event, state)
+}

@@ -752,3 +752,81 @@ fn auth_events_must_be_exactly_the_selected_ones() {
         }
     }
 }
+
+/// State resolution where two forks meet (<https://spec.matrix.org/latest/rooms/v2/#state-resolution>):
+/// from one public room, alice makes it invite-only on one fork while bob joins on the other.
+/// Power events are applied first, so the resolved state is invite-only and bob's join, no
+/// longer allowed by it, is not in it, whichever fork is listed first. States that agree
+/// resolve to themselves; the conflicted subgraph of two events that do not cite each other
+/// is just them.
+#[test]
+fn forks_resolve_power_events_first() {
+    use std::collections::HashSet;
+
+    use crate::state_resolution::{conflicted_subgraph, resolve, State};
+
+    for version in [RoomVersionId::V10, RoomVersionId::V11, RoomVersionId::V12] {
+        let room = Room::new(&version, PUBLIC);
+        let invite_only = room.build(
+            &state(ALICE, "m.room.join_rules", join_rules_content(INVITE)),
+            &[],
+        );
+        let bob_joins = room.build(&join(BOB), &[]);
+        let mut events = room.events.clone();
+        events.insert(invite_only.event_id.clone(), invite_only.clone());
+        events.insert(bob_joins.event_id.clone(), bob_joins.clone());
+        let base: State = room
+            .state
+            .iter()
+            .map(|((t, k), id)| ((t.to_string(), k.clone()), id.to_string()))
+            .collect();
+        let with = |pdu: &Pdu| {
+            let mut s = base.clone();
+            s.insert(
+                (pdu.kind.to_string(), pdu.state_key.clone().unwrap()),
+                pdu.event_id.to_string(),
+            );
+            s
+        };
+        let (fork_a, fork_b) = (with(&invite_only), with(&bob_joins));
+        let chain = |s: &State| -> HashSet<OwnedEventId> {
+            let mut out = HashSet::new();
+            let mut todo: Vec<OwnedEventId> = s
+                .values()
+                .map(|id| OwnedEventId::try_from(id.as_str()).unwrap())
+                .collect();
+            while let Some(id) = todo.pop() {
+                for parent in &events[&id].auth_events {
+                    if out.insert(parent.clone()) {
+                        todo.push(parent.clone());
+                    }
+                }
+            }
+            out
+        };
+        for order in [[&fork_a, &fork_b], [&fork_b, &fork_a]] {
+            let chains = order.iter().map(|s| chain(s)).collect();
+            let resolved = resolve(&room.rules, &order, chains, &events).unwrap();
+            assert_eq!(
+                resolved[&("m.room.join_rules".to_owned(), String::new())],
+                invite_only.event_id.to_string(),
+                "v{version}"
+            );
+            assert!(
+                !resolved.contains_key(&("m.room.member".to_owned(), BOB.to_owned())),
+                "v{version}: bob's join survived: {resolved:?}"
+            );
+        }
+        let same = resolve(&room.rules, &[&fork_a, &fork_a], vec![], &HashMap::new()).unwrap();
+        assert_eq!(same, fork_a);
+        let subgraph = conflicted_subgraph(&[&invite_only.event_id, &bob_joins.event_id], |id| {
+            events.get(id)
+        });
+        assert_eq!(
+            subgraph,
+            [invite_only.event_id.clone(), bob_joins.event_id.clone()]
+                .into_iter()
+                .collect()
+        );
+    }
+}

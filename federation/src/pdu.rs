@@ -358,3 +358,51 @@ impl ruma::state_res::Event for Pdu {
         self.rejected
     }
 }
+
+/// Builds and signs our event from a template another server made for us (`make_join`,
+/// `make_leave`, `make_knock`): its type, state key, content, room, sender, parents, auth
+/// events and depth are taken as given; the time is ours.
+pub fn build_from_template(
+    template: &CanonicalJsonObject,
+    rules: &RoomVersionRules,
+    origin_server_ts: MilliSecondsSinceUnixEpoch,
+    server_name: &str,
+    key: &ServerSigningKey,
+) -> Result<BuiltEvent, PduError> {
+    let content = match field(template, "content")? {
+        CanonicalJsonValue::Object(c) => c.clone(),
+        _ => return Err(PduError::ContentNotObject),
+    };
+    let room_id = RoomId::parse(string(template, "room_id")?)
+        .map_err(|e| PduError::Malformed(e.to_string()))?;
+    let sender = UserId::parse(string(template, "sender")?)
+        .map_err(|e| PduError::Malformed(e.to_string()))?;
+    let depth = match field(template, "depth")? {
+        CanonicalJsonValue::Integer(i) => u64::try_from(i64::from(*i))
+            .map_err(|_| PduError::Malformed("depth is negative".into()))?,
+        _ => return Err(PduError::Malformed("depth is not an integer".into())),
+    };
+    let state_key = match template.get("state_key") {
+        Some(CanonicalJsonValue::String(s)) => Some(s.clone()),
+        _ => None,
+    };
+    build_event(
+        NewEvent {
+            event_type: string(template, "type")?.to_owned(),
+            state_key,
+            content,
+            redacts: None,
+        },
+        Placement {
+            rules,
+            room_id: Some(&room_id),
+            sender: &sender,
+            prev_events: event_ids(template, "prev_events")?,
+            auth_events: event_ids(template, "auth_events")?,
+            depth,
+            origin_server_ts,
+        },
+        server_name,
+        key,
+    )
+}

@@ -90,6 +90,8 @@ pub struct Services {
     pub push_rules: push::rules::PushRules,
     /// The running pusher tasks and the push gateway client (see [`push::sender`]).
     pub pushers: push::sender::Pushers,
+    /// The tasks sending our rooms' events to other servers (see [`federation::sender`]).
+    pub destinations: federation::sender::Destinations,
     /// Requests to other servers (see [`federation::client`]).
     pub federation: federation::FederationClient,
 }
@@ -280,6 +282,7 @@ impl AppState {
             sliding: Default::default(),
             push_rules: Default::default(),
             pushers,
+            destinations: Default::default(),
             federation,
         })))
     }
@@ -635,6 +638,8 @@ pub async fn serve(
     let directory = tokio::spawn(api::client::user_directory::backfill(state.clone()));
     // Events from before the search index existed.
     let search_index = tokio::spawn(api::client::search::backfill(state.clone()));
+    // Destinations with events they have not accepted yet.
+    tokio::spawn(federation::sender::start_all(state.clone()));
     let app = api::router(state.clone());
     let limits = ConnectionLimits {
         max_connections: state.config.max_connections,
@@ -679,6 +684,7 @@ pub async fn serve(
     directory.abort();
     search_index.abort();
     state.pushers.stop_all();
+    state.destinations.stop_all();
     state.storage.close().await;
     Ok(())
 }

@@ -14,6 +14,7 @@ mod accounts;
 mod backup;
 mod directory;
 mod error;
+mod federation;
 mod keys;
 mod media;
 mod misc;
@@ -38,6 +39,7 @@ pub use accounts::{DeviceRow, ProfileFieldRefused, TokenOwner, UserRow};
 pub use backup::{BackupKeyRow, BackupScope, BackupVersionRow, BackupWriteError};
 pub use directory::DirectoryUser;
 pub use error::{Error, Result};
+pub use federation::{Destination, Outlier};
 pub use keys::{ClaimedKey, DeviceKeysRow, KeySignature, KeyUpload, NewKey, UploadOutcome};
 pub use media::{MediaRow, PendingUpload, ThumbnailRow};
 pub use misc::{RegistrationTokenRow, SigningKeyRow, UiaSessionRow};
@@ -46,8 +48,8 @@ pub use pushers::{NewPusher, PusherRow};
 pub use remote_keys::RemoteKey;
 pub use reports::{NewReport, ReportRow};
 pub use rooms::{
-    Direction, EventRow, NewEvent, NewRoom, Persisted, RoomRow, RoomSetting, StateMap,
-    TopologicalPosition,
+    CurrentChange, Direction, EventRow, NewEvent, NewRoom, Persisted, RoomRow, RoomSetting,
+    StateMap, TopologicalPosition,
 };
 pub use rooms_list::BUMP_EVENT_TYPES;
 pub use search::{SearchMatch, SearchQuery, TextToIndex};

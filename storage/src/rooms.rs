@@ -133,7 +133,81 @@ fn plain_messages(events: &[NewEvent<'_>]) -> bool {
                 && e.membership.is_none()
                 && e.redacts.is_none()
                 && e.new_room.is_none()
+                && e.state_delta.is_empty()
+                && e.current_delta.is_none()
         })
+}
+
+/// Sets one entry of a room's current state and, for a member event, the target's
+/// membership row.
+async fn set_current(
+    tx: &mut Transaction<'static, Any>,
+    room_id: &str,
+    event_type: &str,
+    state_key: &str,
+    event_id: &str,
+    membership: Option<&str>,
+    position: i64,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO current_state (room_id, event_type, state_key, event_id) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (room_id, event_type, state_key) DO UPDATE SET event_id = excluded.event_id",
+    )
+    .bind(room_id)
+    .bind(event_type)
+    .bind(state_key)
+    .bind(event_id)
+    .execute(&mut **tx)
+    .await?;
+    if let (Some(membership), "m.room.member") = (membership, event_type) {
+        // `stream_ordering` is where the membership last *changed*: a `join` -> `join` event
+        // (a new display name or avatar) keeps the join's position, so sync does not take the
+        // room for newly joined (and device lists do not take it for a new shared room).
+        // `event_id` is always the latest.
+        sqlx::query(
+            "INSERT INTO room_memberships (room_id, user_id, membership, event_id, stream_ordering, forgotten)
+             VALUES ($1, $2, $3, $4, $5, 0)
+             ON CONFLICT (room_id, user_id) DO UPDATE SET membership = excluded.membership,
+                event_id = excluded.event_id, forgotten = 0,
+                stream_ordering = CASE
+                    WHEN room_memberships.membership = 'join' AND excluded.membership = 'join'
+                    THEN room_memberships.stream_ordering
+                    ELSE excluded.stream_ordering END",
+        )
+        .bind(room_id)
+        .bind(state_key)
+        .bind(membership)
+        .bind(event_id)
+        .bind(position)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
+}
+
+/// Removes one key from a room's current state (and, for a member, the membership row).
+async fn unset_current(
+    tx: &mut Transaction<'static, Any>,
+    room_id: &str,
+    event_type: &str,
+    state_key: &str,
+) -> Result<()> {
+    sqlx::query(
+        "DELETE FROM current_state WHERE room_id = $1 AND event_type = $2 AND state_key = $3",
+    )
+    .bind(room_id)
+    .bind(event_type)
+    .bind(state_key)
+    .execute(&mut **tx)
+    .await?;
+    if event_type == "m.room.member" {
+        sqlx::query("DELETE FROM room_memberships WHERE room_id = $1 AND user_id = $2")
+            .bind(room_id)
+            .bind(state_key)
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(())
 }
 
 /// The thread an event counts in for unread counts: its thread root, or `main`.
@@ -161,6 +235,17 @@ pub struct NewEvent<'a> {
     pub prev_events: &'a [String],
     /// The snapshot of the state the event was placed on; `None` for a room's create event.
     pub state_before: Option<i64>,
+    /// Entries `(type, state key, event ID)` that the state the event was placed on has on
+    /// top of `state_before` (written as snapshots first, in order): for an event placed on a
+    /// resolved state, the difference the resolution made; for the join to a room on another
+    /// server, the whole state it was given (with `state_before` `None`). Only the first
+    /// event of a batch may have any. Usually empty.
+    pub state_delta: &'a [(&'a str, &'a str, &'a str)],
+    /// When the room's current state is not simply the state after this event upserted into
+    /// the current one (a remote event on a fork, a state resolution), exactly what changes in
+    /// it: these rows replace `current_state` and membership rows, and the event's own entry
+    /// is not upserted unless listed. `None`: the usual upsert.
+    pub current_delta: Option<&'a [CurrentChange<'a>]>,
     /// For `m.room.member` events: the target's new membership.
     pub membership: Option<&'a str>,
     /// `(user, device, txn_id)` for a client send with a transaction ID.
@@ -184,6 +269,17 @@ pub struct NewEvent<'a> {
     /// The event's searchable text, `(key, text)` (`content.body`, …), for the search index
     /// (see `search.rs`); `None` for events nobody can search.
     pub search: Option<(&'a str, &'a str)>,
+}
+
+/// One entry of a room's current state set by [`NewEvent::current_delta`].
+#[derive(Debug, Clone, Copy)]
+pub struct CurrentChange<'a> {
+    pub event_type: &'a str,
+    pub state_key: &'a str,
+    /// `None`: the key left the state (state resolution dropped the only event that set it).
+    pub event_id: Option<&'a str>,
+    /// For `m.room.member`: the membership the event gives its target.
+    pub membership: Option<&'a str>,
 }
 
 /// A room setting kept on the room's row, as the homeserver read it from a state event
@@ -443,6 +539,13 @@ impl Storage {
                 self.recent.room_members_changed(room_id);
                 self.recent.membership_changed_at(*position);
             }
+            for change in event.current_delta.unwrap_or_default() {
+                if change.event_type == "m.room.member" {
+                    self.recent.memberships_changed(change.state_key);
+                    self.recent.room_members_changed(room_id);
+                    self.recent.membership_changed_at(*position);
+                }
+            }
         }
         Ok(positions
             .into_iter()
@@ -678,20 +781,34 @@ impl Storage {
 
         // 1. State snapshots: one row per state event, each built on the one before (see
         //    `state.rs`); a non-state event points at the snapshot it was placed on.
-        let base = first.state_before;
-        if events.iter().skip(1).any(|e| e.state_before.is_some()) {
+        if events
+            .iter()
+            .skip(1)
+            .any(|e| e.state_before.is_some() || !e.state_delta.is_empty())
+        {
             return Err(Error::Corrupt(
                 "only the first event of a chain names its state".into(),
             ));
         }
-        let changes: Vec<(&str, &str, &str)> = events
+        let delta = first.state_delta;
+        let changes: Vec<(&str, &str, &str)> = delta
             .iter()
-            .filter_map(|e| e.state_key.map(|k| (e.event_type, k, e.event_id)))
+            .copied()
+            .chain(
+                events
+                    .iter()
+                    .filter_map(|e| e.state_key.map(|k| (e.event_type, k, e.event_id))),
+            )
             .collect();
         let (snapshots, checkpoint_due) = self
-            .write_state_changes(&mut tx, room_id, base, &changes)
+            .write_state_changes(&mut tx, room_id, first.state_before, &changes)
             .await?;
         let mut snapshots = snapshots.into_iter();
+        // The state the first event is placed on: after the delta, if there is one.
+        let base = match delta.len() {
+            0 => first.state_before,
+            n => snapshots.nth(n - 1),
+        };
         let mut placed = Vec::with_capacity(events.len());
         let mut previous_after: Option<i64> = base;
         for event in events {
@@ -803,40 +920,41 @@ impl Storage {
 
         // 4. Current state, memberships and relations (rare; one statement each).
         for (event, position) in events.iter().zip(&positions) {
-            if let Some(state_key) = event.state_key {
-                sqlx::query(
-                    "INSERT INTO current_state (room_id, event_type, state_key, event_id) VALUES ($1, $2, $3, $4)
-                     ON CONFLICT (room_id, event_type, state_key) DO UPDATE SET event_id = excluded.event_id",
-                )
-                .bind(room_id)
-                .bind(event.event_type)
-                .bind(state_key)
-                .bind(event.event_id)
-                .execute(&mut *tx)
-                .await?;
-                if let (Some(membership), "m.room.member") = (event.membership, event.event_type) {
-                    // `stream_ordering` is where the membership last *changed*: a `join` ->
-                    // `join` event (a new display name or avatar) keeps the join's position,
-                    // so sync does not take the room for newly joined (and device lists do
-                    // not take it for a new shared room). `event_id` is always the latest.
-                    sqlx::query(
-                        "INSERT INTO room_memberships (room_id, user_id, membership, event_id, stream_ordering, forgotten)
-                         VALUES ($1, $2, $3, $4, $5, 0)
-                         ON CONFLICT (room_id, user_id) DO UPDATE SET membership = excluded.membership,
-                            event_id = excluded.event_id, forgotten = 0,
-                            stream_ordering = CASE
-                                WHEN room_memberships.membership = 'join' AND excluded.membership = 'join'
-                                THEN room_memberships.stream_ordering
-                                ELSE excluded.stream_ordering END",
-                    )
-                    .bind(room_id)
-                    .bind(state_key)
-                    .bind(membership)
-                    .bind(event.event_id)
-                    .bind(*position)
-                    .execute(&mut *tx)
-                    .await?;
+            if let Some(changes) = event.current_delta {
+                for change in changes {
+                    match change.event_id {
+                        Some(event_id) => {
+                            set_current(
+                                &mut tx,
+                                room_id,
+                                change.event_type,
+                                change.state_key,
+                                event_id,
+                                change.membership,
+                                *position,
+                            )
+                            .await?
+                        }
+                        None => {
+                            unset_current(&mut tx, room_id, change.event_type, change.state_key)
+                                .await?
+                        }
+                    }
                 }
+            } else if let Some(state_key) = event.state_key {
+                let membership = event
+                    .membership
+                    .filter(|_| event.event_type == "m.room.member");
+                set_current(
+                    &mut tx,
+                    room_id,
+                    event.event_type,
+                    state_key,
+                    event.event_id,
+                    membership,
+                    *position,
+                )
+                .await?;
             }
             if let Some((rel_type, parent)) = event.relates_to {
                 sqlx::query(

@@ -217,8 +217,6 @@ async fn remote_profile_over_federation(backend: Backend) {
     );
 }
 
-backend_tests!(remote_profile_over_federation);
-
 /// The operator's deny list (`MYELIN_FEDERATION_DENIED_SERVERS`) works both ways: the denying
 /// server refuses the denied one's requests (403 `M_FORBIDDEN`) and never asks it anything,
 /// while it still federates with everyone else.
@@ -341,4 +339,265 @@ async fn profiles_between_myelin_and_synapse() {
         )["displayname"],
         "Alice on Myelin"
     );
+}
+
+/// The messages of `room_id` as `client` reads them with `/messages` (oldest first).
+async fn bodies(client: &complement_tests::Client, room_id: &str) -> Vec<String> {
+    let path = complement_tests::Client::room_path(room_id, "/messages?dir=b&limit=100");
+    let (status, page) = client.get(&path).await;
+    assert_eq!(status, 200, "{page}");
+    let mut out: Vec<String> = page["chunk"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["type"] == "m.room.message")
+        .filter_map(|e| e["content"]["body"].as_str().map(str::to_owned))
+        .collect();
+    out.reverse();
+    out
+}
+
+/// Waits (up to 15 s) until `client` reads `body` in `room_id`.
+async fn wait_for_body(client: &complement_tests::Client, room_id: &str, body: &str) {
+    for _ in 0..150 {
+        if bodies(client, room_id).await.iter().any(|b| b == body) {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!(
+        "{} never saw {body:?} in {room_id}: {:?}",
+        client.user_id(),
+        bodies(client, room_id).await
+    );
+}
+
+/// Waits (up to 15 s) until `user`'s membership in `room_id`, as `client` reads the room's
+/// state, is `membership`.
+async fn wait_for_membership(
+    client: &complement_tests::Client,
+    room_id: &str,
+    user: &str,
+    membership: &str,
+) {
+    let path = complement_tests::Client::room_path(
+        room_id,
+        &format!("/state/m.room.member/{}", encode(user)),
+    );
+    let mut last = Value::Null;
+    for _ in 0..150 {
+        let (status, content) = client.get(&path).await;
+        if status == 200 && content["membership"] == membership {
+            return;
+        }
+        last = content;
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!(
+        "{user} never became {membership} in {room_id} for {}: {last}",
+        client.user_id()
+    );
+}
+
+/// Scenario 47: a user on hs2 joins a public room on hs1 by alias (`query/directory`,
+/// `make_join`, `send_join`); both sides see the join, and messages from either side appear
+/// in the other's timeline, each once on both servers.
+async fn a47_remote_user_joins_public_room_by_alias(backend: Backend) {
+    let Some(hs1) = TestServer::start(backend, ServerOptions::default().federating()).await else {
+        return;
+    };
+    let Some(hs2) = TestServer::start(backend, ServerOptions::default().federating()).await else {
+        return;
+    };
+    let alice = hs1.register_user("alice").await;
+    let bob = hs2.register_user("bob").await;
+    let room_id = alice
+        .create_room(&serde_json::json!({
+            "preset": "public_chat",
+            "room_alias_name": "lobby",
+            "name": "The lobby",
+        }))
+        .await;
+    alice.send_text(&room_id, "before bob").await;
+    let alias = format!("#lobby:{}", hs1.server_name());
+    let (status, joined) = bob.join(&alias).await;
+    assert_eq!(status, 200, "join by alias: {joined}");
+    assert_eq!(joined["room_id"], room_id.as_str());
+    // Joining again is a no-op.
+    assert_eq!(bob.join(&alias).await.0, 200);
+
+    // Both servers hold the join.
+    wait_for_membership(&alice, &room_id, bob.user_id(), "join").await;
+    wait_for_membership(&bob, &room_id, bob.user_id(), "join").await;
+    let (_, name) = bob
+        .get(&complement_tests::Client::room_path(
+            &room_id,
+            "/state/m.room.name/",
+        ))
+        .await;
+    assert_eq!(name["name"], "The lobby", "bob reads the room's state");
+    let (_, rooms) = bob.get("/_matrix/client/v3/joined_rooms").await;
+    assert!(
+        rooms["joined_rooms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r == room_id.as_str()),
+        "{rooms}"
+    );
+
+    // Messages both ways.
+    alice.send_text(&room_id, "hello from hs1").await;
+    wait_for_body(&bob, &room_id, "hello from hs1").await;
+    bob.send_text(&room_id, "hello from hs2").await;
+    wait_for_body(&alice, &room_id, "hello from hs2").await;
+    for i in 0..5 {
+        alice.send_text(&room_id, &format!("a{i}")).await;
+        bob.send_text(&room_id, &format!("b{i}")).await;
+    }
+    wait_for_body(&bob, &room_id, "a4").await;
+    wait_for_body(&alice, &room_id, "b4").await;
+    // Each message once, in one order on both servers (after bob's join: bob's server does
+    // not hold what came before it).
+    let on_hs1 = bodies(&alice, &room_id).await;
+    let on_hs2 = bodies(&bob, &room_id).await;
+    for body in ["hello from hs1", "hello from hs2", "a0", "a4", "b0", "b4"] {
+        assert_eq!(
+            on_hs1.iter().filter(|b| *b == body).count(),
+            1,
+            "{on_hs1:?}"
+        );
+        assert_eq!(
+            on_hs2.iter().filter(|b| *b == body).count(),
+            1,
+            "{on_hs2:?}"
+        );
+    }
+    let tail = |v: &[String]| -> Vec<String> {
+        let start = v.iter().position(|b| b == "hello from hs1").unwrap();
+        v[start..].to_vec()
+    };
+    assert_eq!(tail(&on_hs1).len(), 12, "{on_hs1:?}");
+    assert_eq!(tail(&on_hs2).len(), 12, "{on_hs2:?}");
+
+    // Concurrent state changes fork the room; both servers resolve the forks to one state.
+    // Alice lets bob change the topic, then both set it at the same moment.
+    let levels_path = complement_tests::Client::room_path(&room_id, "/state/m.room.power_levels/");
+    let (_, mut levels) = alice.get(&levels_path).await;
+    levels["users"][bob.user_id()] = 100.into();
+    assert_eq!(alice.put(&levels_path, &levels).await.0, 200);
+    let topic_path = complement_tests::Client::room_path(&room_id, "/state/m.room.topic/");
+    for _ in 0..150 {
+        let (_, seen) = bob.get(&levels_path).await;
+        if seen["users"][bob.user_id()] == 100 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let (alice_topic, bob_topic) = (
+        serde_json::json!({ "topic": "alice's topic" }),
+        serde_json::json!({ "topic": "bob's topic" }),
+    );
+    let (a, b) = tokio::join!(
+        alice.put(&topic_path, &alice_topic),
+        bob.put(&topic_path, &bob_topic),
+    );
+    assert_eq!((a.0, b.0), (200, 200), "{a:?} {b:?}");
+    // Once each server holds both topic events, both resolve the same two tips to the same
+    // state; the next messages (which cite both tips) keep it.
+    for _ in 0..150 {
+        let (_, on_1) = alice.get(&topic_path).await;
+        let (_, on_2) = bob.get(&topic_path).await;
+        if on_1["topic"] == on_2["topic"] {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    alice.send_text(&room_id, "after the fork").await;
+    bob.send_text(&room_id, "after the fork too").await;
+    wait_for_body(&bob, &room_id, "after the fork").await;
+    wait_for_body(&alice, &room_id, "after the fork too").await;
+    let (_, on_1) = alice.get(&topic_path).await;
+    let (_, on_2) = bob.get(&topic_path).await;
+    assert_eq!(
+        on_1["topic"], on_2["topic"],
+        "the servers disagree on the topic"
+    );
+    assert!(
+        on_1["topic"] == "alice's topic" || on_1["topic"] == "bob's topic",
+        "{on_1}"
+    );
+    // Bob's and alice's later messages still flow both ways.
+    bob.send_text(&room_id, "still here").await;
+    wait_for_body(&alice, &room_id, "still here").await;
+
+    // Scenario 52: bob leaves; both sides see the leave.
+    assert_eq!(bob.leave(&room_id).await.0, 200);
+    wait_for_membership(&alice, &room_id, bob.user_id(), "leave").await;
+}
+
+backend_tests!(
+    remote_profile_over_federation,
+    a47_remote_user_joins_public_room_by_alias
+);
+
+/// Rooms between Myelin and Synapse (scenario 47 against the reference implementation): a
+/// Synapse user joins a room on Myelin by alias, and a Myelin user joins a room on Synapse
+/// (Synapse's default room version) by alias; in both rooms messages go both ways. Each side
+/// checks the other's events (signatures, hashes, auth), so this holds only if Myelin's
+/// `make_join` / `send_join` answers, transactions and events are what Synapse accepts, and
+/// Myelin accepts Synapse's.
+#[tokio::test]
+async fn rooms_between_myelin_and_synapse() {
+    if !complement_tests::synapse::available() {
+        assert!(
+            !complement_tests::in_ci(),
+            "CI=true but Synapse is not installed in {}",
+            complement_tests::synapse::venv().display()
+        );
+        eprintln!("skipping: Synapse is not installed");
+        return;
+    }
+    let Some(myelin) =
+        TestServer::start(Backend::Sqlite, ServerOptions::default().federating()).await
+    else {
+        return;
+    };
+    let synapse = complement_tests::synapse::Synapse::start_federating(Backend::Sqlite)
+        .await
+        .expect("Synapse starts");
+    let alice = myelin.register_user("alice").await;
+    let sam = synapse.register_user("sam").await;
+
+    // A room on Myelin, joined from Synapse.
+    let on_myelin = alice
+        .create_room(&serde_json::json!({ "preset": "public_chat", "room_alias_name": "m" }))
+        .await;
+    let alias = format!("#m:{}", myelin.server_name());
+    let (status, joined) = sam.join(&alias).await;
+    assert_eq!(
+        status,
+        200,
+        "Synapse joins Myelin's room: {joined}\n{}",
+        synapse.logs()
+    );
+    wait_for_membership(&alice, &on_myelin, sam.user_id(), "join").await;
+    alice.send_text(&on_myelin, "from myelin").await;
+    wait_for_body(&sam, &on_myelin, "from myelin").await;
+    sam.send_text(&on_myelin, "from synapse").await;
+    wait_for_body(&alice, &on_myelin, "from synapse").await;
+
+    // A room on Synapse, joined from Myelin.
+    let on_synapse = sam
+        .create_room(&serde_json::json!({ "preset": "public_chat", "room_alias_name": "s" }))
+        .await;
+    let (_, server) = sam.user_id().split_once(':').unwrap();
+    let alias = format!("#s:{server}");
+    let (status, joined) = alice.join(&alias).await;
+    assert_eq!(status, 200, "Myelin joins Synapse's room: {joined}");
+    wait_for_membership(&sam, &on_synapse, alice.user_id(), "join").await;
+    sam.send_text(&on_synapse, "hello myelin").await;
+    wait_for_body(&alice, &on_synapse, "hello myelin").await;
+    alice.send_text(&on_synapse, "hello synapse").await;
+    wait_for_body(&sam, &on_synapse, "hello synapse").await;
 }

@@ -4,7 +4,11 @@
 //!
 //! <https://spec.matrix.org/latest/server-server-api/>
 
-use axum::{extract::State, routing::get, Json, Router};
+use axum::{
+    extract::State,
+    routing::{get, put},
+    Json, Router,
+};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -19,7 +23,23 @@ pub fn router(state: AppState) -> Router {
             "/_matrix/federation/v1/openid/userinfo",
             get(super::client::openid::openid_userinfo),
         )
-        .route("/_matrix/federation/v1/query/profile", get(query_profile));
+        .route("/_matrix/federation/v1/query/profile", get(query_profile))
+        .route(
+            "/_matrix/federation/v1/query/directory",
+            get(query_directory),
+        )
+        .route(
+            "/_matrix/federation/v1/make_join/{room_id}/{user_id}",
+            get(make_join),
+        )
+        .route(
+            "/_matrix/federation/v2/send_join/{room_id}/{event_id}",
+            put(send_join),
+        )
+        .route(
+            "/_matrix/federation/v1/send/{txn_id}",
+            put(send_transaction),
+        );
     key::routes(router)
         .fallback(unknown_endpoint)
         .method_not_allowed_fallback(method_not_allowed)
@@ -75,4 +95,267 @@ async fn query_profile(
         profile.insert("avatar_url".into(), url.into());
     }
     Ok(Json(Value::Object(profile)))
+}
+
+/// The room of a path, which must be one this server is in (a local user joined).
+async fn resident_room(state: &AppState, room_id: &str) -> Result<ruma::OwnedRoomId, Error> {
+    let room_id = ruma::OwnedRoomId::try_from(room_id)
+        .map_err(|_| Error::invalid_param("Invalid room ID"))?;
+    if state.storage.get_room(room_id.as_str()).await?.is_none() {
+        return Err(Error::not_found("Unknown room"));
+    }
+    let ours = state.server_name.as_str();
+    let resident = state
+        .storage
+        .room_members(room_id.as_str())
+        .await?
+        .iter()
+        .any(|(user, m, _)| m == "join" && user.split_once(':').is_some_and(|(_, s)| s == ours));
+    if !resident {
+        return Err(Error::not_found("This server is not in the room"));
+    }
+    Ok(room_id)
+}
+
+/// GET /_matrix/federation/v1/make_join/{roomId}/{userId}
+///
+/// A join template for a user of the asking server, in a room version it supports.
+///
+/// <https://spec.matrix.org/latest/server-server-api/#get_matrixfederationv1make_joinroomiduserid>
+async fn make_join(
+    State(state): State<AppState>,
+    axum::extract::Path((room_id, user_id)): axum::extract::Path<(String, String)>,
+    request: ServerRequest,
+) -> Result<Json<Value>, Error> {
+    let user = ruma::OwnedUserId::try_from(user_id)
+        .map_err(|_| Error::invalid_param("Invalid user ID"))?;
+    if user.server_name() != request.origin {
+        return Err(Error::forbidden("The user is not of the asking server"));
+    }
+    let room_id = resident_room(&state, &room_id).await?;
+    let (version, _) = crate::rooms::room_rules(&state, &room_id).await?;
+    let offered: Vec<String> = url_pairs(&request.parts.uri)
+        .into_iter()
+        .filter(|(k, _)| k == "ver")
+        .map(|(_, v)| v)
+        .collect();
+    // A server that names no version supports only version 1.
+    let supported = if offered.is_empty() {
+        vec!["1".to_owned()]
+    } else {
+        offered
+    };
+    if !supported.iter().any(|v| v == version.as_str()) {
+        let mut body = serde_json::Map::new();
+        body.insert("errcode".into(), "M_INCOMPATIBLE_ROOM_VERSION".into());
+        body.insert(
+            "error".into(),
+            "Your server does not support this room's version".into(),
+        );
+        body.insert("room_version".into(), version.as_str().into());
+        return Err(Error::with_body(http::StatusCode::BAD_REQUEST, body));
+    }
+    let content = crate::rooms::Send::state(
+        "m.room.member",
+        user.as_str(),
+        match ruma::CanonicalJsonValue::try_from(json!({ "membership": "join" })) {
+            Ok(ruma::CanonicalJsonValue::Object(o)) => o,
+            _ => ruma::CanonicalJsonObject::new(),
+        },
+    );
+    let (version, template) = crate::rooms::template(&state, &room_id, &user, content).await?;
+    Ok(Json(json!({ "room_version": version, "event": template })))
+}
+
+/// PUT /_matrix/federation/v2/send_join/{roomId}/{eventId}
+///
+/// Accepts a join made from our template and answers with the room's state before it and
+/// the auth chain.
+///
+/// <https://spec.matrix.org/latest/server-server-api/#put_matrixfederationv2send_joinroomideventid>
+async fn send_join(
+    State(state): State<AppState>,
+    axum::extract::Path((room_id, event_id)): axum::extract::Path<(String, String)>,
+    request: ServerRequest,
+) -> Result<Json<Value>, Error> {
+    let room_id = resident_room(&state, &room_id).await?;
+    let (_, rules) = crate::rooms::room_rules(&state, &room_id).await?;
+    let object: ruma::CanonicalJsonObject = serde_json::from_slice(&request.body)
+        .map_err(|e| Error::bad_json(format!("Invalid event: {e}")))?;
+    let incoming = crate::rooms::remote::verify(&state, &rules, object).await?;
+    let pdu = &incoming.pdu;
+    if incoming.event_id.as_str() != event_id || incoming.room_id != room_id {
+        return Err(Error::invalid_param("The event does not match the path"));
+    }
+    let membership = pdu.content_json()["membership"].as_str().map(str::to_owned);
+    if pdu.kind.to_string() != "m.room.member"
+        || membership.as_deref() != Some("join")
+        || pdu.state_key.as_deref() != Some(pdu.sender.as_str())
+    {
+        return Err(Error::bad_json("send_join takes only a join of its sender"));
+    }
+    if pdu.sender.server_name() != request.origin {
+        return Err(Error::forbidden(
+            "The joining user is not of the asking server",
+        ));
+    }
+    let event = serde_json::to_value(&incoming.object).map_err(Error::internal)?;
+    let event_id = crate::rooms::remote::receive(&state, incoming).await?;
+    let (state_events, auth_chain) =
+        crate::rooms::remote::state_and_auth_chain(&state, event_id.as_str()).await?;
+    Ok(Json(json!({
+        "origin": state.server_name,
+        "event": event,
+        "state": state_events,
+        "auth_chain": auth_chain,
+        "members_omitted": false,
+    })))
+}
+
+/// Most PDUs and EDUs in one received transaction (the spec's limits).
+const MAX_TXN_PDUS: usize = 50;
+const MAX_TXN_EDUS: usize = 100;
+
+/// PUT /_matrix/federation/v1/send/{txnId}
+///
+/// A transaction of PDUs (and EDUs) from another server. Each PDU is checked and written
+/// through the write pipeline; the answer says, per PDU, whether it was accepted. A
+/// transaction received before is answered as the first time.
+///
+/// <https://spec.matrix.org/latest/server-server-api/#put_matrixfederationv1sendtxnid>
+async fn send_transaction(
+    State(state): State<AppState>,
+    axum::extract::Path(txn_id): axum::extract::Path<String>,
+    request: ServerRequest,
+) -> Result<Json<Value>, Error> {
+    let origin = request.origin.to_string();
+    let body: Value = serde_json::from_slice(&request.body)
+        .map_err(|e| Error::bad_json(format!("Invalid transaction: {e}")))?;
+    let pdus = body["pdus"].as_array().cloned().unwrap_or_default();
+    let edus = body["edus"].as_array().map_or(0, Vec::len);
+    if pdus.len() > MAX_TXN_PDUS || edus > MAX_TXN_EDUS {
+        return Err(Error::bad_json(format!(
+            "At most {MAX_TXN_PDUS} PDUs and {MAX_TXN_EDUS} EDUs per transaction"
+        )));
+    }
+    // One transaction per origin at a time, so a retry waits for the first and is answered
+    // from its record.
+    let lock = state.federation.origin_lock(&origin);
+    let _held = lock.lock().await;
+    if let Some(answer) = state.storage.received_txn(&origin, &txn_id).await? {
+        let answer: Value = serde_json::from_str(&answer).map_err(Error::internal)?;
+        return Ok(Json(answer));
+    }
+    let mut results = serde_json::Map::new();
+    for pdu in pdus {
+        let (event_id, result) = receive_pdu(&state, &request.origin, pdu).await;
+        if let Some(event_id) = event_id {
+            let entry = match result {
+                Ok(()) => json!({}),
+                Err(e) => json!({ "error": e }),
+            };
+            results.insert(event_id, entry);
+        }
+    }
+    let answer = json!({ "pdus": results });
+    state
+        .storage
+        .record_received_txn(&origin, &txn_id, &answer.to_string(), crate::auth::now_ms())
+        .await?;
+    Ok(Json(answer))
+}
+
+/// One PDU of a received transaction: its event ID (when it can be computed) and whether it
+/// was accepted.
+async fn receive_pdu(
+    state: &AppState,
+    origin: &ruma::ServerName,
+    pdu: Value,
+) -> (Option<String>, Result<(), String>) {
+    let Ok(object) = serde_json::from_value::<ruma::CanonicalJsonObject>(pdu) else {
+        return (None, Err("not a JSON object".to_owned()));
+    };
+    let Some(room_id) = object.get("room_id").and_then(|r| match r {
+        ruma::CanonicalJsonValue::String(s) => ruma::OwnedRoomId::try_from(s.as_str()).ok(),
+        _ => None,
+    }) else {
+        return (None, Err("no room_id".to_owned()));
+    };
+    let Ok((_, rules)) = crate::rooms::room_rules(state, &room_id).await else {
+        return (None, Err("unknown room".to_owned()));
+    };
+    let event_id = myelin_federation::incoming::read(object.clone(), &rules)
+        .ok()
+        .map(|i| i.event_id.to_string());
+    let result = async {
+        // Only a server with a member in the room may send into it.
+        let in_room = state
+            .storage
+            .room_members(room_id.as_str())
+            .await?
+            .iter()
+            .any(|(user, m, _)| {
+                m == "join"
+                    && user
+                        .split_once(':')
+                        .is_some_and(|(_, s)| s == origin.as_str())
+            });
+        if !in_room {
+            return Err(Error::forbidden("The sending server is not in the room"));
+        }
+        let incoming = crate::rooms::remote::verify(state, &rules, object).await?;
+        crate::rooms::remote::receive(state, incoming).await?;
+        Ok::<(), Error>(())
+    }
+    .await
+    .map_err(|e| e.to_string());
+    if let Err(reason) = &result {
+        tracing::info!(%origin, event_id = ?event_id, %reason, "refused a PDU");
+    }
+    (event_id, result)
+}
+
+/// GET /_matrix/federation/v1/query/directory
+///
+/// The room a local alias names and the servers in it.
+///
+/// <https://spec.matrix.org/latest/server-server-api/#get_matrixfederationv1querydirectory>
+async fn query_directory(
+    State(state): State<AppState>,
+    request: ServerRequest,
+) -> Result<Json<Value>, Error> {
+    let alias = url_pairs(&request.parts.uri)
+        .into_iter()
+        .find(|(k, _)| k == "room_alias")
+        .map(|(_, v)| v)
+        .ok_or_else(|| Error::missing_param("room_alias is required"))?;
+    let alias = ruma::OwnedRoomAliasId::try_from(alias)
+        .map_err(|_| Error::invalid_param("Invalid room alias"))?;
+    if alias.server_name() != state.server_name {
+        return Err(Error::invalid_param("The alias is not of this server"));
+    }
+    let (room_id, _) = state
+        .storage
+        .resolve_alias(alias.as_str())
+        .await?
+        .ok_or_else(|| Error::not_found("Room alias not found"))?;
+    let mut servers = vec![state.server_name.to_string()];
+    for (user, membership, _) in state.storage.room_members(&room_id).await?.iter() {
+        if membership != "join" {
+            continue;
+        }
+        if let Some((_, server)) = user.split_once(':') {
+            if !servers.iter().any(|s| s == server) {
+                servers.push(server.to_owned());
+            }
+        }
+    }
+    Ok(Json(json!({ "room_id": room_id, "servers": servers })))
+}
+
+/// The query string's pairs, percent-decoded (repeated keys kept).
+fn url_pairs(uri: &http::Uri) -> Vec<(String, String)> {
+    axum::extract::Query::<Vec<(String, String)>>::try_from_uri(uri)
+        .map(|q| q.0)
+        .unwrap_or_default()
 }

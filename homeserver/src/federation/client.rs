@@ -67,6 +67,10 @@ pub struct FederationClient {
     /// makes us fetch its keys at most once per [`KEY_REFETCH`], so a stream of requests with
     /// made-up key IDs cannot make us hammer it (or anyone it names).
     key_fetches: Mutex<HashMap<String, Instant>>,
+    /// One lock per origin, so one transaction per origin is processed at a time (a retry
+    /// waits for the first, then is answered from its record). Never pruned yet: one entry
+    /// per server that ever sent us a transaction.
+    origin_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 /// Where a server is reached: `(host:port to connect to, the Host header to send)`.
@@ -105,6 +109,7 @@ impl FederationClient {
             policy,
             well_known: Mutex::new(HashMap::new()),
             key_fetches: Mutex::new(HashMap::new()),
+            origin_locks: Mutex::new(HashMap::new()),
         })
     }
 
@@ -148,6 +153,16 @@ impl FederationClient {
     ) -> Result<serde_json::Value, FederationError> {
         self.request(destination, http::Method::POST, path, Some(body), true)
             .await
+    }
+
+    /// The lock serialising `origin`'s transactions.
+    pub fn origin_lock(&self, origin: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.origin_locks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(origin.to_owned())
+            .or_default()
+            .clone()
     }
 
     /// Whether `server`'s keys may be fetched now (at most once per [`KEY_REFETCH`]); saying

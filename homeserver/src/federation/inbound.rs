@@ -64,6 +64,8 @@ impl FromRequest<AppState> for ServerRequest {
             .map_err(|e| Error::unauthorized(e.to_string()))?;
         request_auth::verify(&auth, &signed, &state.server_name, &key)
             .map_err(|e| Error::unauthorized(e.to_string()))?;
+        // The peer is up: if we were backing off from it, try again now.
+        super::sender::reset(state, auth.origin.as_str());
         Ok(ServerRequest {
             origin: auth.origin,
             parts,

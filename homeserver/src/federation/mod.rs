@@ -4,6 +4,8 @@
 
 pub mod client;
 pub mod inbound;
+pub mod join;
 pub mod keys;
+pub mod sender;
 
 pub use client::{FederationClient, FederationError};

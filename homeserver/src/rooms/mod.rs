@@ -24,6 +24,7 @@ pub mod format;
 pub mod power;
 pub mod profile;
 mod push_actions;
+pub mod remote;
 pub mod summary;
 pub mod threads;
 pub mod upgrade;
@@ -60,6 +61,10 @@ pub struct RoomHead {
     /// `(event ID, depth)` of the forward extremities.
     extremities: Vec<(OwnedEventId, i64)>,
     state_after: Option<i64>,
+    /// What the current state holds on top of the snapshot `state_after` when forks were
+    /// merged by state resolution (received events): `(type, state key, event ID)`. The next
+    /// event placed on the head writes these first (`NewEvent::state_delta`). Usually empty.
+    pending: Vec<(String, String, String)>,
     current: myelin_storage::StateMap,
     /// Parsed state events the authorization rules read, filled as they ask for them and
     /// kept only while current (see [`RoomHead::remember`]); at most [`MAX_HEAD_PDUS`], so a
@@ -73,6 +78,9 @@ pub struct RoomHead {
     /// Members' display names, loaded only for members with a rule that reads them; an
     /// entry is dropped when the member's event changes.
     display_names: HashMap<String, String>,
+    /// The other servers with a joined member, which our events are sent to; `None` until
+    /// needed and again after any membership change.
+    remote_servers: Option<Vec<String>>,
 }
 
 impl RoomHead {
@@ -80,7 +88,7 @@ impl RoomHead {
         let (_, rules) = room_rules(state, room_id).await?;
         let extremities = state.storage.forward_extremities(room_id.as_str()).await?;
         let state_after = extremities.first().and_then(|(_, _, s)| *s);
-        let extremities = extremities
+        let extremities: Vec<(OwnedEventId, i64)> = extremities
             .into_iter()
             .take(20)
             .map(|(id, depth, _)| {
@@ -90,6 +98,19 @@ impl RoomHead {
             })
             .collect::<Result<_, _>>()?;
         let current = state.storage.current_state(room_id.as_str()).await?;
+        // With several tips the current state (their resolution) may differ from the newest
+        // tip's snapshot.
+        let pending = match state_after {
+            Some(snapshot) if extremities.len() > 1 => {
+                let after = state.snapshot(snapshot).await?;
+                current
+                    .iter()
+                    .filter(|(k, v)| after.get(*k) != Some(*v))
+                    .map(|((t, k), v)| (t.clone(), k.clone(), v.clone()))
+                    .collect()
+            }
+            _ => Vec::new(),
+        };
         let members = state
             .storage
             .room_members(room_id.as_str())
@@ -101,11 +122,30 @@ impl RoomHead {
             rules,
             extremities,
             state_after,
+            pending,
             current,
             pdus: HashMap::new(),
             members,
             push_power: None,
             display_names: HashMap::new(),
+            remote_servers: None,
+        })
+    }
+
+    /// The other servers with a joined member (see [`RoomHead::remote_servers`]).
+    fn remote_servers(&mut self, ours: &str) -> &[String] {
+        let members = &self.members;
+        self.remote_servers.get_or_insert_with(|| {
+            let mut servers: Vec<String> = members
+                .iter()
+                .filter(|(_, m)| m.as_str() == "join")
+                .filter_map(|(user, _)| user.split_once(':').map(|(_, s)| s))
+                .filter(|s| *s != ours)
+                .map(str::to_owned)
+                .collect();
+            servers.sort_unstable();
+            servers.dedup();
+            servers
         })
     }
 
@@ -170,6 +210,9 @@ pub struct RoomSlot {
     /// Sends waiting for a writer. A std mutex: held only to push or take, never across an
     /// await.
     queue: Mutex<Vec<Job>>,
+    /// Events received from other servers, waiting for the writer like sends (a std mutex,
+    /// as above).
+    remote: Mutex<Vec<remote::RemoteJob>>,
     /// The room's write lock. Its holder writes every queued send, so a sender that gets the
     /// lock may find its send already written by the holder before it.
     head: Arc<tokio::sync::Mutex<Option<RoomHead>>>,
@@ -189,6 +232,17 @@ impl RoomSlot {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(job);
+    }
+
+    fn push_remote(&self, job: remote::RemoteJob) {
+        self.remote
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(job);
+    }
+
+    fn take_remote(&self) -> Vec<remote::RemoteJob> {
+        std::mem::take(&mut *self.remote.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     fn take(&self) -> Vec<Job> {
@@ -354,40 +408,84 @@ pub async fn send(
     send: Send,
 ) -> Result<OwnedEventId, Error> {
     let slot = state.room_locks.get(room_id);
-    let (reply, mut answer) = oneshot::channel();
+    let (reply, answer) = oneshot::channel();
     slot.push(Job {
         sender: sender.to_owned(),
         send,
         reply,
     });
+    run_writer(state, room_id, slot).await;
+    answer
+        .await
+        .map_err(|_| Error::internal("the room writer stopped"))?
+}
+
+/// Takes the room's lock and, in a task of its own (so that a client hanging up cannot stop a
+/// batch half-way, between commit and moving the head, say), writes everything queued on the
+/// room: local sends in batches, received events one by one. Returns once the writer is
+/// started; a job's answer comes through its channel (the writer before us may already have
+/// written it, and then this one finds the queues empty).
+pub(super) async fn run_writer(state: &AppState, room_id: &RoomId, slot: Arc<RoomSlot>) {
     let guard = slot.head.clone().lock_owned().await;
-    // The writer before us may have written our send with its batch.
-    match answer.try_recv() {
-        Ok(result) => return result,
-        Err(oneshot::error::TryRecvError::Closed) => {
-            return Err(Error::internal("the room writer dropped a send"))
-        }
-        Err(oneshot::error::TryRecvError::Empty) => {}
-    }
-    // We are the writer. The writing runs in its own task, so that a client hanging up
-    // cannot stop a batch half-way (between commit and moving the head, say).
     let state = state.clone();
     let room_id = room_id.to_owned();
     tokio::spawn(async move {
         let mut guard = guard;
-        // Write until the queue is empty: a send queued behind a batch is either written by
+        // Write until the queues are empty: a job queued behind a batch is either written by
         // this loop or its sender is still waiting for the lock and will write it.
         loop {
             let jobs = slot.take();
-            if jobs.is_empty() {
+            let received = slot.take_remote();
+            if jobs.is_empty() && received.is_empty() {
                 break;
             }
-            write_batch(&state, &room_id, &mut guard, jobs).await;
+            if !jobs.is_empty() {
+                write_batch(&state, &room_id, &mut guard, jobs).await;
+            }
+            for job in received {
+                write_received(&state, &room_id, &mut guard, job).await;
+            }
         }
     });
-    answer
-        .await
-        .map_err(|_| Error::internal("the room writer stopped"))?
+}
+
+/// Writes one received event (see `remote.rs`) and answers it.
+async fn write_received(
+    state: &AppState,
+    room_id: &RoomId,
+    guard: &mut Option<RoomHead>,
+    job: remote::RemoteJob,
+) {
+    if guard.is_none() {
+        match RoomHead::load(state, room_id).await {
+            Ok(head) => *guard = Some(head),
+            Err(e) => {
+                let _ = job.reply.send(Err(e));
+                return;
+            }
+        }
+    }
+    let Some(head) = guard.as_mut() else {
+        return;
+    };
+    match remote::write_remote(state, room_id, head, &job).await {
+        Ok((event_id, position, targets)) => {
+            if position > 0 {
+                state.notify_when_safe(
+                    position,
+                    head.interested().chain(targets.iter().map(String::as_str)),
+                );
+            }
+            let _ = job.reply.send(Ok(event_id));
+        }
+        Err(e) => {
+            // The head may have been moved in memory before a failed commit: reload it.
+            if matches!(e, Error::Internal(_)) {
+                *guard = None;
+            }
+            let _ = job.reply.send(Err(e));
+        }
+    }
 }
 
 /// An event built and authorised, waiting for its batch's commit.
@@ -523,6 +621,8 @@ impl Prepared {
             pdu: &self.pdu_json,
             prev_events: &self.prev_events,
             state_before,
+            state_delta: &[],
+            current_delta: None,
             membership: self.membership.as_deref(),
             txn: self
                 .txn
@@ -639,15 +739,28 @@ async fn write_batch(
     if prepared.is_empty() {
         return;
     }
+    let pending: Vec<(&str, &str, &str)> = head
+        .pending
+        .iter()
+        .map(|(t, k, e)| (t.as_str(), k.as_str(), e.as_str()))
+        .collect();
     let rows: Vec<myelin_storage::NewEvent<'_>> = prepared
         .iter()
         .enumerate()
-        .map(|(i, (p, _))| p.row(room_id.as_str(), if i == 0 { state_before } else { None }))
+        .map(|(i, (p, _))| {
+            let mut row = p.row(room_id.as_str(), if i == 0 { state_before } else { None });
+            if i == 0 {
+                row.state_delta = &pending;
+            }
+            row
+        })
         .collect();
     let result = state.storage.persist_events(&rows, now_ms()).await;
     drop(rows);
+    drop(pending);
     match result {
         Ok(persisted) => {
+            head.pending.clear();
             head.state_after = persisted.last().map(|p| p.state_after).or(head.state_after);
             // A redacted state event is re-read (redacted) when the rules next need it; an
             // auth check later in this batch may have cached the original meanwhile.
@@ -664,6 +777,24 @@ async fn write_batch(
                 position,
                 head.interested().chain(targets.iter().map(String::as_str)),
             );
+            // Other servers in the room (and any whose user a membership event targets,
+            // e.g. a kick) get the batch.
+            let mut servers = head.remote_servers(state.server_name.as_str()).to_vec();
+            for target in &targets {
+                if let Some((_, server)) = target.split_once(':') {
+                    if server != state.server_name.as_str() && !servers.iter().any(|s| s == server)
+                    {
+                        servers.push(server.to_owned());
+                    }
+                }
+            }
+            if !servers.is_empty() {
+                let since = persisted.first().map_or(0, |p| p.stream_ordering) - 1;
+                let state = state.clone();
+                tokio::spawn(async move {
+                    crate::federation::sender::wake(&state, &servers, since).await;
+                });
+            }
             crate::push::sender::wake_when_safe(
                 state,
                 position,
@@ -721,21 +852,8 @@ async fn place(
     let prev_events: Vec<OwnedEventId> =
         head.extremities.iter().map(|(id, _)| id.clone()).collect();
 
-    let content_raw = serde_json::value::to_raw_value(&send.content).map_err(Error::internal)?;
-    let kind = TimelineEventType::from(send.event_type.as_str());
-    let types = auth::auth_types(
-        &rules.authorization,
-        &kind,
-        sender,
-        send.state_key.as_deref(),
-        &content_raw,
-    )
-    .map_err(|e| Error::bad_json(format!("Invalid event content: {e}")))?;
+    let auth_ids = auth_event_ids(head, sender, &send)?;
     let id_of = |key: (String, String)| head.current.get(&key).cloned();
-    let auth_ids: Vec<String> = types
-        .iter()
-        .filter_map(|(t, k)| id_of((t.to_string(), k.clone())))
-        .collect();
     // The create event is always needed by the checks, even in room versions (12+) where it
     // is not cited in `auth_events` because the room ID names it.
     let mut needed = auth_ids.clone();
@@ -824,11 +942,98 @@ async fn place(
                 state_key.clone(),
                 prepared.membership.clone().unwrap_or_default(),
             );
+            head.remote_servers = None;
             target = Some(state_key.clone());
         }
         head.remember(replaced.as_deref(), pdu);
     }
     Ok((prepared, target))
+}
+
+/// The current events a new event of `sender` must cite as `auth_events`, by the room
+/// version's rules.
+fn auth_event_ids(head: &RoomHead, sender: &UserId, send: &Send) -> Result<Vec<String>, Error> {
+    let content_raw = serde_json::value::to_raw_value(&send.content).map_err(Error::internal)?;
+    let kind = TimelineEventType::from(send.event_type.as_str());
+    let types = auth::auth_types(
+        &head.rules.authorization,
+        &kind,
+        sender,
+        send.state_key.as_deref(),
+        &content_raw,
+    )
+    .map_err(|e| Error::bad_json(format!("Invalid event content: {e}")))?;
+    Ok(types
+        .iter()
+        .filter_map(|(t, k)| head.current.get(&(t.to_string(), k.clone())).cloned())
+        .collect())
+}
+
+/// A template of `send` by `sender` (a user of another server) placed on the room's head, as
+/// `make_join` / `make_leave` / `make_knock` answer it: the other server fills in the time,
+/// hashes and signs it. Refused (403) if the authorization rules would not allow it now.
+pub async fn template(
+    state: &AppState,
+    room_id: &RoomId,
+    sender: &UserId,
+    send: Send,
+) -> Result<(RoomVersionId, CanonicalJsonObject), Error> {
+    let (version, _) = room_rules(state, room_id).await?;
+    let slot = state.room_locks.get(room_id);
+    let mut guard = slot.lock().await;
+    if guard.is_none() {
+        *guard = Some(RoomHead::load(state, room_id).await?);
+    }
+    let Some(head) = guard.as_mut() else {
+        return Err(Error::internal("no room head"));
+    };
+    let auth_ids = auth_event_ids(head, sender, &send)?;
+    let depth = head.extremities.iter().map(|(_, d)| *d).max().unwrap_or(0) + 1;
+    let mut object = serde_json::json!({
+        "type": send.event_type,
+        "room_id": room_id,
+        "sender": sender,
+        "origin": sender.server_name(),
+        "origin_server_ts": now_ms(),
+        "content": send.content,
+        "depth": depth,
+        "prev_events": head.extremities.iter().map(|(id, _)| id.to_string()).collect::<Vec<_>>(),
+        "auth_events": auth_ids,
+    });
+    if let Some(key) = &send.state_key {
+        object["state_key"] = key.clone().into();
+    }
+    let object = match ruma::CanonicalJsonValue::try_from(object) {
+        Ok(ruma::CanonicalJsonValue::Object(o)) => o,
+        _ => return Err(Error::internal("template is not an object")),
+    };
+    // Would the rules allow it on the current state? (Checked again when it comes back.)
+    let placeholder = OwnedEventId::try_from("$template").map_err(Error::internal)?;
+    let pdu = Pdu::from_canonical(placeholder, room_id.to_owned(), &object).map_err(pdu_error)?;
+    let mut wanted: Vec<String> = Vec::new();
+    for ((t, k), id) in &head.current {
+        let member =
+            t == "m.room.member" && (k == sender.as_str() || Some(k) == send.state_key.as_ref());
+        if member || (AUTH_TYPES.contains(&t.as_str()) && t != "m.room.member") {
+            wanted.push(id.clone());
+        }
+    }
+    let mut pdus = HashMap::new();
+    for row in state.storage.get_events(&wanted).await? {
+        pdus.insert(row.event_id.clone(), parse_row(&row)?);
+    }
+    let current = &head.current;
+    auth::check_state(
+        &head.rules.authorization,
+        &pdu,
+        |t: &StateEventType, k: &str| {
+            current
+                .get(&(t.to_string(), k.to_owned()))
+                .and_then(|id| pdus.get(id))
+        },
+    )
+    .map_err(|reason| Error::forbidden(format!("Not allowed: {reason}")))?;
+    Ok((version, object))
 }
 
 /// The checks a redaction needs beyond the authorization rules, and what it rewrites: the
@@ -903,6 +1108,7 @@ pub(crate) async fn write_new_room(
         rules: rules_for(&version).map_err(Error::internal)?,
         extremities: vec![(built.event_id.clone(), create_pdu.depth as i64)],
         state_after: None,
+        pending: Vec::new(),
         current: [(
             ("m.room.create".to_owned(), String::new()),
             create_id.clone(),
@@ -913,6 +1119,7 @@ pub(crate) async fn write_new_room(
         members: HashMap::new(),
         push_power: None,
         display_names: HashMap::new(),
+        remote_servers: None,
     };
     let mut prepared = vec![Prepared::new(built, &create_pdu, &[], None)?];
     head.pdus.insert(create_id, create_pdu);

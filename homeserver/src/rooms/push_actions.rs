@@ -26,7 +26,7 @@ pub(super) async fn evaluate(
     prepared: &Prepared,
 ) -> Result<Vec<NewPushAction>, Error> {
     let server = state.server_name.as_str();
-    let is_local = |user: &str| user.rsplit_once(':').is_some_and(|(_, s)| s == server);
+    let is_local = |user: &str| user.split_once(':').is_some_and(|(_, s)| s == server);
     let mut users: Vec<OwnedUserId> = head
         .members
         .iter()

@@ -106,20 +106,32 @@ pub(crate) async fn leave_all_rooms(state: &AppState, user: &UserId) -> Result<(
     Ok(())
 }
 
-/// Joins `user` to a local room, with their profile. Joining a room one is in is a no-op.
+/// Joins `user` to a room, with their profile. Joining a room one is in is a no-op. A room
+/// this server is not in (no local member joined) is joined through one of `servers` (the
+/// room's own server name, for room IDs that carry one, is tried last).
 async fn join(
     state: &AppState,
     room_id: &RoomId,
     user: &UserId,
     reason: Option<&str>,
+    servers: &[ruma::OwnedServerName],
 ) -> Result<()> {
-    if state.storage.get_room(room_id.as_str()).await?.is_none() {
-        return Err(Error::not_found(
-            "Room not found (joining rooms on other servers is not supported yet)",
-        ));
-    }
     if membership_of(state, room_id, user).await?.as_deref() == Some("join") {
         return Ok(());
+    }
+    if !is_resident(state, room_id).await? {
+        let mut servers = servers.to_vec();
+        if let Some(server) = room_id.server_name() {
+            if !servers.iter().any(|s| s == server) {
+                servers.push(server.to_owned());
+            }
+        }
+        if servers.iter().all(|s| *s == state.server_name) {
+            return Err(Error::not_found("Room not found"));
+        }
+        let mut content = member_content("join", reason);
+        add_profile(state, user, &mut content).await?;
+        return crate::federation::join::join_remote(state, room_id, user, &servers, content).await;
     }
     let mut content = member_content("join", reason);
     if let Some(authoriser) = restricted_join_authoriser(state, room_id, user).await? {
@@ -127,6 +139,20 @@ async fn join(
     }
     add_profile(state, user, &mut content).await?;
     set_membership(state, room_id, user, user, content).await
+}
+
+/// Whether this server is in `room_id`: it knows the room and one of its users is joined.
+async fn is_resident(state: &AppState, room_id: &RoomId) -> Result<bool> {
+    if state.storage.get_room(room_id.as_str()).await?.is_none() {
+        return Ok(false);
+    }
+    let ours = state.server_name.as_str();
+    Ok(state
+        .storage
+        .room_members(room_id.as_str())
+        .await?
+        .iter()
+        .any(|(user, m, _)| m == "join" && user.split_once(':').is_some_and(|(_, s)| s == ours)))
 }
 
 /// For a `restricted` or `knock_restricted` room that the user is not invited to: a local
@@ -222,6 +248,7 @@ pub async fn join_room_by_id(
         &req.body.room_id,
         &req.sender().user_id,
         req.body.reason.as_deref(),
+        &[],
     )
     .await?;
     Ok(join_room_by_id::v3::Response::new(req.body.room_id.clone()))
@@ -234,12 +261,25 @@ pub async fn join_room_by_id_or_alias(
     State(state): State<AppState>,
     req: Ruma<join_room_by_id_or_alias::v3::Request>,
 ) -> Result<join_room_by_id_or_alias::v3::Response> {
-    let room_id = resolve_room(&state, &req.body.room_id_or_alias).await?;
+    let mut servers = req.body.via.clone();
+    let target: Result<&RoomId, &ruma::RoomAliasId> =
+        <&RoomId>::try_from(&*req.body.room_id_or_alias);
+    let room_id = match target {
+        Ok(room_id) => room_id.to_owned(),
+        Err(alias) if alias.server_name() != state.server_name => {
+            let (room_id, via) =
+                crate::federation::join::resolve_remote_alias(&state, alias).await?;
+            servers.extend(via);
+            room_id
+        }
+        Err(_) => resolve_room(&state, &req.body.room_id_or_alias).await?,
+    };
     join(
         &state,
         &room_id,
         &req.sender().user_id,
         req.body.reason.as_deref(),
+        &servers,
     )
     .await?;
     Ok(join_room_by_id_or_alias::v3::Response::new(room_id))

@@ -1,0 +1,312 @@
+//! Joining a room held by other servers (`make_join` / `send_join` v2, as the joining
+//! server).
+//!
+//! <https://spec.matrix.org/latest/server-server-api/#joining-rooms>
+//!
+//! 1. Ask each candidate server in turn for a join template (`make_join`, offering the room
+//!    versions we implement); the first that answers is used.
+//! 2. Fill in and sign our join from the template; send it (`send_join` v2).
+//! 3. Check what came back: every event of the state and auth chain is of the room, signed
+//!    by the servers that must sign it (keys fetched as needed) and allowed by its own auth
+//!    events; our join is allowed by that state.
+//! 4. Store the state and auth chain as outliers, then the room (if new), its state and our
+//!    join in one transaction (`rooms::remote::write_joined_room`); only then is the room
+//!    joined. Then the other servers in the room are sent our join and what follows.
+
+use std::collections::HashMap;
+
+use myelin_federation::{auth, incoming::Incoming, pdu::build_from_template};
+use ruma::{
+    CanonicalJsonObject, MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedRoomId, OwnedServerName,
+    RoomId, RoomVersionId, UInt, UserId,
+};
+use serde_json::Value;
+
+use super::client::query_value;
+use crate::{auth::now_ms, error::Error, rooms, AppState};
+
+/// The room versions we offer in `make_join` (those whose event IDs are reference hashes).
+const VERSIONS: [&str; 10] = ["3", "4", "5", "6", "7", "8", "9", "10", "11", "12"];
+
+/// Most events a `send_join` answer may carry (state plus auth chain).
+const MAX_JOIN_EVENTS: usize = 200_000;
+
+/// Joins `user` to `room_id` through one of `servers`, with `content` (the membership, the
+/// user's profile, a reason) for the join event. Returns once the join is stored here.
+pub async fn join_remote(
+    state: &AppState,
+    room_id: &RoomId,
+    user: &UserId,
+    servers: &[OwnedServerName],
+    content: Value,
+) -> Result<(), Error> {
+    let mut last_error = Error::not_found("No server in the room could be reached to join it");
+    let candidates: Vec<&OwnedServerName> = servers
+        .iter()
+        .filter(|s| **s != state.server_name)
+        .collect();
+    for server in candidates {
+        match join_through(state, room_id, user, server, content.clone()).await {
+            Ok(()) => return Ok(()),
+            Err(e) => {
+                tracing::info!(%room_id, %server, error = ?e, "joining through a server failed");
+                last_error = e;
+            }
+        }
+    }
+    Err(last_error)
+}
+
+async fn join_through(
+    state: &AppState,
+    room_id: &RoomId,
+    user: &UserId,
+    server: &OwnedServerName,
+    content: Value,
+) -> Result<(), Error> {
+    // 1. The template.
+    let versions: String = VERSIONS
+        .iter()
+        .map(|v| format!("&ver={v}"))
+        .collect::<String>();
+    let path = format!(
+        "/_matrix/federation/v1/make_join/{}/{}?{}",
+        query_value(room_id.as_str()),
+        query_value(user.as_str()),
+        &versions[1..]
+    );
+    let answer = state
+        .federation
+        .get_json(server, &path)
+        .await
+        .map_err(remote_error)?;
+    let version = answer["room_version"].as_str().unwrap_or("1");
+    let version = RoomVersionId::try_from(version).map_err(|_| bad("room_version"))?;
+    if !VERSIONS.contains(&version.as_str()) {
+        return Err(Error::new(
+            http::StatusCode::BAD_REQUEST,
+            "M_INCOMPATIBLE_ROOM_VERSION",
+            format!("Room version {version} is not supported"),
+        ));
+    }
+    let rules = myelin_federation::pdu::rules_for(&version).map_err(|_| bad("room_version"))?;
+    let mut template: CanonicalJsonObject =
+        serde_json::from_value(answer["event"].clone()).map_err(|_| bad("event"))?;
+    // The template must be for this join; our own content goes in.
+    let expect = |field: &str, value: &str| matches!(template.get(field), Some(ruma::CanonicalJsonValue::String(s)) if s == value);
+    if !expect("room_id", room_id.as_str())
+        || !expect("sender", user.as_str())
+        || !expect("state_key", user.as_str())
+        || !expect("type", "m.room.member")
+    {
+        return Err(bad("event"));
+    }
+    let mut join_content = match template.get("content") {
+        Some(ruma::CanonicalJsonValue::Object(c)) => c.clone(),
+        _ => CanonicalJsonObject::new(),
+    };
+    if let Ok(ruma::CanonicalJsonValue::Object(ours)) = ruma::CanonicalJsonValue::try_from(content)
+    {
+        join_content.extend(ours);
+    }
+    template.insert(
+        "content".into(),
+        ruma::CanonicalJsonValue::Object(join_content),
+    );
+
+    // 2. Sign it and send it.
+    let ts = MilliSecondsSinceUnixEpoch(UInt::new(now_ms() as u64).unwrap_or_default());
+    let built = build_from_template(
+        &template,
+        &rules,
+        ts,
+        state.server_name.as_str(),
+        &state.signing_key,
+    )
+    .map_err(|e| Error::bad_json(format!("Join template: {e}")))?;
+    let path = format!(
+        "/_matrix/federation/v2/send_join/{}/{}",
+        query_value(room_id.as_str()),
+        query_value(built.event_id.as_str())
+    );
+    let body = serde_json::to_value(&built.pdu).map_err(Error::internal)?;
+    let answer = state
+        .federation
+        .put_json(server, &path, &body)
+        .await
+        .map_err(remote_error)?;
+
+    // 3. Check the answer.
+    let listed = |field: &str| -> Result<Vec<CanonicalJsonObject>, Error> {
+        let items = answer[field].as_array().ok_or_else(|| bad(field))?;
+        if items.len() > MAX_JOIN_EVENTS {
+            return Err(bad(field));
+        }
+        items
+            .iter()
+            .map(|v| serde_json::from_value(v.clone()).map_err(|_| bad(field)))
+            .collect()
+    };
+    let state_objects = listed("state")?;
+    let chain_objects = listed("auth_chain")?;
+    let mut events: HashMap<OwnedEventId, Incoming> = HashMap::new();
+    let mut state_ids: Vec<OwnedEventId> = Vec::new();
+    for (object, in_state) in state_objects
+        .into_iter()
+        .map(|o| (o, true))
+        .chain(chain_objects.into_iter().map(|o| (o, false)))
+    {
+        let incoming = match rooms::remote::verify(state, &rules, object).await {
+            Ok(incoming) => incoming,
+            Err(e) => {
+                tracing::info!(%room_id, error = ?e, "dropping an event of a send_join answer");
+                continue;
+            }
+        };
+        if incoming.room_id != room_id {
+            return Err(bad("an event of another room"));
+        }
+        if in_state {
+            state_ids.push(incoming.event_id.clone());
+        }
+        events.insert(incoming.event_id.clone(), incoming);
+    }
+    // Each event against its own auth events, oldest first; one that fails is dropped, and
+    // so is anything citing it.
+    let mut order: Vec<OwnedEventId> = events.keys().cloned().collect();
+    order.sort_by_key(|id| events[id].pdu.depth);
+    let mut accepted: HashMap<OwnedEventId, myelin_federation::pdu::Pdu> = HashMap::new();
+    let create_id = events
+        .values()
+        .find(|e| {
+            e.pdu.kind.to_string() == "m.room.create" && e.pdu.state_key.as_deref() == Some("")
+        })
+        .map(|e| e.event_id.clone())
+        .ok_or_else(|| bad("state without a create event"))?;
+    for id in order {
+        let pdu = &events[&id].pdu;
+        let cited = pdu.auth_events.iter().all(|a| accepted.contains_key(a));
+        let allowed = cited
+            && auth::check_auth_events(&rules.authorization, pdu, |e| {
+                accepted
+                    .get(e)
+                    .or_else(|| (*e == *create_id).then(|| &events[&create_id].pdu))
+            })
+            .is_ok();
+        if allowed {
+            accepted.insert(id.clone(), pdu.clone());
+        } else {
+            tracing::info!(%room_id, event_id = %id, "an event of a send_join answer fails its auth events");
+        }
+    }
+    if !accepted.contains_key(&create_id) {
+        return Err(bad("the create event fails its checks"));
+    }
+    let room_state: HashMap<(String, String), String> = state_ids
+        .iter()
+        .filter_map(|id| {
+            let pdu = accepted.get(id)?;
+            Some((
+                (pdu.kind.to_string(), pdu.state_key.clone()?),
+                id.to_string(),
+            ))
+        })
+        .collect();
+    // Our join as the resident server returned it (it may have added a signature), else ours.
+    let join_object: CanonicalJsonObject = answer
+        .get("event")
+        .and_then(|e| serde_json::from_value(e.clone()).ok())
+        .unwrap_or(built.pdu);
+    let join = rooms::remote::verify(state, &rules, join_object).await?;
+    if join.event_id != built.event_id {
+        return Err(bad("event"));
+    }
+    let join_pdu = join.pdu.clone();
+    auth::check_state(&rules.authorization, &join_pdu, |t, k| {
+        room_state
+            .get(&(t.to_string(), k.to_owned()))
+            .and_then(|id| OwnedEventId::try_from(id.as_str()).ok())
+            .and_then(|id| accepted.get(&id))
+    })
+    .map_err(|reason| Error::forbidden(format!("The join is not allowed: {reason}")))?;
+
+    // 4. Store.
+    let kept: Vec<&Incoming> = events
+        .values()
+        .filter(|e| accepted.contains_key(&e.event_id))
+        .collect();
+    rooms::remote::write_joined_room(state, &version, &kept, &room_state, join).await?;
+    Ok(())
+}
+
+fn bad(what: &str) -> Error {
+    Error::new(
+        http::StatusCode::BAD_GATEWAY,
+        "M_UNKNOWN",
+        format!("The resident server sent an invalid {what}"),
+    )
+}
+
+/// A peer's refusal, passed on as the client would expect (its errcode where it gave one).
+fn remote_error(e: super::FederationError) -> Error {
+    match e {
+        super::FederationError::Status { status, body, .. } => {
+            let parsed: Value = serde_json::from_str(&body).unwrap_or_default();
+            let errcode = parsed["errcode"].as_str().unwrap_or("M_UNKNOWN").to_owned();
+            let message = parsed["error"]
+                .as_str()
+                .unwrap_or("The remote server refused")
+                .to_owned();
+            let status = match status {
+                403 => http::StatusCode::FORBIDDEN,
+                404 => http::StatusCode::NOT_FOUND,
+                400 => http::StatusCode::BAD_REQUEST,
+                _ => http::StatusCode::BAD_GATEWAY,
+            };
+            Error::new(status, &errcode, message)
+        }
+        other => Error::new(
+            http::StatusCode::BAD_GATEWAY,
+            "M_UNKNOWN",
+            format!("Cannot reach the room's server: {other}"),
+        ),
+    }
+}
+
+/// The room a remote alias names, and servers to join it through, from the alias's server
+/// (`query/directory`).
+pub async fn resolve_remote_alias(
+    state: &AppState,
+    alias: &ruma::RoomAliasId,
+) -> Result<(OwnedRoomId, Vec<OwnedServerName>), Error> {
+    let path = format!(
+        "/_matrix/federation/v1/query/directory?room_alias={}",
+        query_value(alias.as_str())
+    );
+    let answer = state
+        .federation
+        .get_json(alias.server_name(), &path)
+        .await
+        .map_err(|e| match e {
+            super::FederationError::Status { status: 404, .. } => {
+                Error::not_found("Room alias not found")
+            }
+            other => remote_error(other),
+        })?;
+    let room_id = answer["room_id"]
+        .as_str()
+        .and_then(|r| OwnedRoomId::try_from(r).ok())
+        .ok_or_else(|| bad("directory answer"))?;
+    let mut servers: Vec<OwnedServerName> = answer["servers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s.as_str())
+        .filter_map(|s| OwnedServerName::try_from(s).ok())
+        .take(20)
+        .collect();
+    if !servers.iter().any(|s| s == alias.server_name()) {
+        servers.insert(0, alias.server_name().to_owned());
+    }
+    Ok((room_id, servers))
+}

@@ -1,0 +1,265 @@
+//! Sending our rooms' events to the other servers in them.
+//!
+//! One task per destination (so a slow or dead server delays only itself), woken by the write
+//! pipeline after a commit in a room the destination is in. Nothing is queued per event: a
+//! destination's row (migration 0023) holds the stream position up to which it accepted our
+//! events, and its task reads the events our users wrote after it, in the rooms where the
+//! destination has a joined user, and sends them in transactions of at most
+//! [`MAX_PDUS_PER_TXN`], one at a time. The position moves only after a 2xx, so a restart
+//! (of either side) resends from there and loses nothing; failures back off (2 s doubling to
+//! an hour), and a destination that comes back is caught up as soon as it answers.
+//!
+//! Several processes: each destination is to be worked by one of them, claimed through the
+//! row's `claimed_by` / `claim_until` the way pushers are (not yet wired: one process today).
+//! Missing so far: EDUs (typing, receipts, presence, to-device, device lists), and sending
+//! only the latest events after a long outage (today the backlog is replayed in order).
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use ruma::ServerName;
+use serde_json::json;
+use tokio::sync::Notify;
+
+use crate::{auth::now_ms, AppState};
+
+/// The spec's limit of PDUs in one transaction.
+pub const MAX_PDUS_PER_TXN: usize = 50;
+/// Longest wait between attempts to a failing destination.
+const MAX_BACKOFF: Duration = Duration::from_secs(3600);
+/// A task looks for work this often even without a wake-up.
+const IDLE_CHECK: Duration = Duration::from_secs(60);
+
+/// The running destination tasks.
+#[derive(Default)]
+pub struct Destinations {
+    /// Destination → its task's wake-up. A std mutex: held only to look up or insert.
+    tasks: Mutex<HashMap<String, Arc<Notify>>>,
+}
+
+impl Destinations {
+    pub fn stop_all(&self) {
+        self.tasks.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+}
+
+/// Wakes (starting if needed) the task of every server in `servers` after events up to
+/// `position` were committed. A destination seen for the first time is recorded to be sent
+/// what comes after `since` (the position just before the first event it must get).
+pub async fn wake(state: &AppState, servers: &[String], since: i64) {
+    for server in servers {
+        if server == state.server_name.as_str() {
+            continue;
+        }
+        let existing = state
+            .destinations
+            .tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(server)
+            .cloned();
+        match existing {
+            Some(notify) => notify.notify_one(),
+            None => {
+                if let Err(e) = state.storage.add_destination(server, since).await {
+                    tracing::warn!(destination = %server, error = %e, "could not record a destination");
+                    continue;
+                }
+                start(state, server);
+            }
+        }
+    }
+}
+
+/// Starts the tasks of every known destination (at start-up).
+pub async fn start_all(state: AppState) {
+    match state.storage.destinations().await {
+        Ok(destinations) => {
+            for d in destinations {
+                start(&state, &d.destination);
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "could not read the federation destinations"),
+    }
+}
+
+fn start(state: &AppState, server: &str) {
+    let notify = {
+        let mut tasks = state
+            .destinations
+            .tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(existing) = tasks.get(server) {
+            existing.notify_one();
+            return;
+        }
+        let notify = Arc::new(Notify::new());
+        tasks.insert(server.to_owned(), notify.clone());
+        notify
+    };
+    let Ok(destination) = ruma::OwnedServerName::try_from(server) else {
+        return;
+    };
+    let state = state.clone();
+    tokio::spawn(async move {
+        run(&state, &destination, &notify).await;
+    });
+}
+
+/// Whether this task's entry is still the registered one (stop_all clears them).
+fn still_running(state: &AppState, server: &ServerName, notify: &Arc<Notify>) -> bool {
+    state
+        .destinations
+        .tasks
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(server.as_str())
+        .is_some_and(|n| Arc::ptr_eq(n, notify))
+}
+
+async fn run(state: &AppState, destination: &ServerName, notify: &Arc<Notify>) {
+    let mut failures: u32 = 0;
+    loop {
+        if !still_running(state, destination, notify) {
+            return;
+        }
+        match send_pending(state, destination).await {
+            Ok(true) => {
+                failures = 0;
+                continue;
+            }
+            Ok(false) => {
+                failures = 0;
+                let _ = tokio::time::timeout(IDLE_CHECK, notify.notified()).await;
+            }
+            Err(e) => {
+                failures = failures.saturating_add(1);
+                let wait =
+                    Duration::from_secs(2u64.saturating_pow(failures.min(12))).min(MAX_BACKOFF);
+                tracing::info!(%destination, error = %e, ?wait, "sending to a server failed");
+                let retry_at = now_ms() + wait.as_millis() as i64;
+                let _ = state
+                    .storage
+                    .destination_failed(destination.as_str(), i64::from(failures), retry_at)
+                    .await;
+                // A wake-up (new events) does not cut the back-off short; the peer talking to
+                // us does (`reset`).
+                tokio::time::sleep(wait).await;
+            }
+        }
+    }
+}
+
+/// The peer `server` talked to us: if its task is backing off, try again now.
+pub fn reset(state: &AppState, server: &str) {
+    if let Some(notify) = state
+        .destinations
+        .tasks
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(server)
+    {
+        notify.notify_one();
+    }
+}
+
+/// Sends one transaction of what `destination` has not accepted yet. `Ok(true)` when there
+/// may be more.
+async fn send_pending(state: &AppState, destination: &ServerName) -> Result<bool, String> {
+    let row = state
+        .storage
+        .destinations()
+        .await
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .find(|d| d.destination == destination.as_str())
+        .ok_or("the destination is not recorded")?;
+    let upto = state.storage.safe_stream_position();
+    if row.stream_position >= upto {
+        return Ok(false);
+    }
+    let rooms = state
+        .storage
+        .rooms_with_server(destination.as_str())
+        .await
+        .map_err(|e| e.to_string())?;
+    let events = state
+        .storage
+        .room_events_between(
+            &rooms,
+            row.stream_position,
+            upto,
+            (4 * MAX_PDUS_PER_TXN) as i64,
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    let server = state.server_name.as_str();
+    let scan_limit = 4 * MAX_PDUS_PER_TXN;
+    // `last`: the position up to which this transaction covers everything (ours are in it,
+    // others' events are not ours to send).
+    let mut pdus = Vec::new();
+    let mut last = row.stream_position;
+    let mut cut = false;
+    for event in &events {
+        let Some(position) = event.stream_ordering else {
+            continue;
+        };
+        let local = event
+            .sender
+            .split_once(':')
+            .is_some_and(|(_, s)| s == server);
+        if local && !event.rejected {
+            if pdus.len() == MAX_PDUS_PER_TXN {
+                cut = true;
+                break;
+            }
+            pdus.push(
+                event
+                    .parse_pdu::<serde_json::Value>()
+                    .map_err(|e| e.to_string())?,
+            );
+        }
+        last = position;
+    }
+    if !cut && events.len() < scan_limit {
+        // The scan reached `upto`: nothing else lies before it.
+        last = upto;
+    }
+    if pdus.is_empty() {
+        state
+            .storage
+            .destination_sent(destination.as_str(), last)
+            .await
+            .map_err(|e| e.to_string())?;
+        return Ok(last < upto);
+    }
+    let txn_id = format!("{}-{last}", row.stream_position);
+    let body = json!({
+        "origin": server,
+        "origin_server_ts": now_ms(),
+        "pdus": pdus,
+    });
+    let path = format!("/_matrix/federation/v1/send/{txn_id}");
+    let answer = state
+        .federation
+        .put_json(destination, &path, &body)
+        .await
+        .map_err(|e| e.to_string())?;
+    if let Some(results) = answer["pdus"].as_object() {
+        for (event_id, result) in results {
+            if let Some(error) = result.get("error") {
+                tracing::info!(%destination, %event_id, %error, "a server refused one of our events");
+            }
+        }
+    }
+    state
+        .storage
+        .destination_sent(destination.as_str(), last)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(true)
+}

@@ -1,0 +1,706 @@
+//! Events from other servers into the one write pipeline.
+//!
+//! A received PDU is checked as the spec orders
+//! (<https://spec.matrix.org/latest/server-server-api/#checks-performed-on-receipt-of-a-pdu>):
+//! 1. format and event ID, 2. signatures and content hash ([`verify`]: the signing servers'
+//!    keys are fetched as needed; a wrong hash keeps the event redacted);
+//!
+//! then, under the room's write lock like a local send ([`receive`] → `write_remote`):
+//!
+//! 3. authorization against its own auth events; 4. against the state before it: the state
+//!    after its one parent, or the state resolution of its parents' states; 5. soft failure
+//!    against the room's current state. Then the room's forward extremities move (its parents
+//!    leave, it joins) and the current state becomes the state resolution of the new
+//!    extremities' states; both are written with the event in one transaction.
+//!
+//! Missing so far (the next issue's gap handling): events whose parents or auth events we do
+//! not hold are refused rather than fetched; rejected and soft-failed events are refused
+//! rather than stored as such.
+
+use std::collections::{HashMap, HashSet};
+
+use myelin_federation::{
+    auth,
+    incoming::{self, Checked, Incoming},
+    pdu::Pdu,
+    state_resolution,
+};
+use ruma::{
+    events::{StateEventType, TimelineEventType},
+    room_version_rules::RoomVersionRules,
+    serde::Base64,
+    signatures::PublicKeyMap,
+    CanonicalJsonObject, OwnedEventId, RoomId,
+};
+use tokio::sync::oneshot;
+
+use super::{parse_row, Prepared, RoomHead};
+use crate::{auth::now_ms, error::Error, federation::keys::verify_key_at, AppState};
+
+/// A received event waiting for its room's writer.
+pub(super) struct RemoteJob {
+    pub incoming: Incoming,
+    pub reply: oneshot::Sender<Result<OwnedEventId, Error>>,
+}
+
+/// Steps 1 and 2: reads `object` as an event of a room with `rules` and checks its signatures
+/// and content hash. An event whose hash is wrong comes back redacted.
+pub async fn verify(
+    state: &AppState,
+    rules: &RoomVersionRules,
+    object: CanonicalJsonObject,
+) -> Result<Incoming, Error> {
+    let mut incoming = incoming::read(object, rules).map_err(super::pdu_error)?;
+    let signers = incoming::signers(&incoming.object, rules).map_err(super::pdu_error)?;
+    let ts = i64::from(incoming.pdu.origin_server_ts.get());
+    let mut keys = PublicKeyMap::new();
+    for (server, key_ids) in signers {
+        let mut found = std::collections::BTreeMap::new();
+        for key_id in key_ids {
+            if let Some(key) = verify_key_at(state, &server, &key_id, ts).await? {
+                let key =
+                    Base64::parse(&key).map_err(|_| Error::internal("stored key is not base64"))?;
+                found.insert(key_id, key);
+            }
+        }
+        if found.is_empty() {
+            return Err(Error::forbidden(format!(
+                "No usable key of {server} signs {}",
+                incoming.event_id
+            )));
+        }
+        keys.insert(server.to_string(), found);
+    }
+    match incoming::verify(&incoming.object, &keys, rules) {
+        Ok(Checked::Intact) => Ok(incoming),
+        Ok(Checked::Redact) => {
+            tracing::info!(event_id = %incoming.event_id, "content hash mismatch: keeping the event redacted");
+            incoming.object = myelin_federation::pdu::redact_pdu(&incoming.object, rules)
+                .map_err(super::pdu_error)?;
+            incoming.pdu = Pdu::from_canonical(
+                incoming.event_id.clone(),
+                incoming.room_id.clone(),
+                &incoming.object,
+            )
+            .map_err(super::pdu_error)?;
+            Ok(incoming)
+        }
+        Err(reason) => Err(Error::forbidden(format!(
+            "Bad signature on {}: {reason}",
+            incoming.event_id
+        ))),
+    }
+}
+
+/// Steps 3-5 and the commit, in the room's writer (serialised with local sends). Returns the
+/// event's ID once it is stored (at once if it was stored before).
+pub async fn receive(state: &AppState, incoming: Incoming) -> Result<OwnedEventId, Error> {
+    let room_id = incoming.room_id.clone();
+    let slot = state.room_locks.get(&room_id);
+    let (reply, answer) = oneshot::channel();
+    slot.push_remote(RemoteJob { incoming, reply });
+    super::run_writer(state, &room_id, slot).await;
+    answer
+        .await
+        .map_err(|_| Error::internal("the room writer stopped"))?
+}
+
+/// The full auth chain of the events in `ids` (their auth events, recursively), with every
+/// event read (the events themselves included) parsed into `events`.
+async fn auth_chain(
+    state: &AppState,
+    ids: impl Iterator<Item = String>,
+    events: &mut HashMap<OwnedEventId, Pdu>,
+) -> Result<HashSet<OwnedEventId>, Error> {
+    let mut chain: HashSet<OwnedEventId> = HashSet::new();
+    let mut frontier: Vec<OwnedEventId> = ids
+        .filter_map(|id| OwnedEventId::try_from(id).ok())
+        .collect();
+    while !frontier.is_empty() {
+        let wanted: Vec<String> = frontier
+            .iter()
+            .filter(|id| !events.contains_key(*id))
+            .map(|id| id.to_string())
+            .collect();
+        for row in state.storage.get_events(&wanted).await? {
+            let pdu = parse_row(&row)?;
+            events.insert(pdu.event_id.clone(), pdu);
+        }
+        let mut next = Vec::new();
+        for id in &frontier {
+            if let Some(pdu) = events.get(id) {
+                for parent in &pdu.auth_events {
+                    if chain.insert(parent.clone()) {
+                        next.push(parent.clone());
+                    }
+                }
+            }
+        }
+        frontier = next;
+    }
+    Ok(chain)
+}
+
+/// Resolves `states` (the states after the tips being merged) with the room's algorithm.
+async fn resolve(
+    state: &AppState,
+    rules: &RoomVersionRules,
+    states: &[&myelin_storage::StateMap],
+) -> Result<myelin_storage::StateMap, Error> {
+    if let Some(first) = states.first() {
+        if states.iter().all(|s| s == first) {
+            return Ok((*first).clone());
+        }
+    }
+    let mut events = HashMap::new();
+    let mut chains = Vec::with_capacity(states.len());
+    for s in states {
+        chains.push(auth_chain(state, s.values().cloned(), &mut events).await?);
+    }
+    // Every event of the states must be loaded too, not only their ancestors.
+    let missing: Vec<String> = states
+        .iter()
+        .flat_map(|s| s.values())
+        .filter(|id| {
+            OwnedEventId::try_from(id.as_str())
+                .map(|id| !events.contains_key(&id))
+                .unwrap_or(false)
+        })
+        .cloned()
+        .collect();
+    for row in state.storage.get_events(&missing).await? {
+        let pdu = parse_row(&row)?;
+        events.insert(pdu.event_id.clone(), pdu);
+    }
+    state_resolution::resolve(rules, states, chains, &events).map_err(|e| {
+        tracing::warn!(error = %e, "state resolution failed");
+        Error::forbidden(format!("State resolution failed: {e}"))
+    })
+}
+
+/// The parsed events of `ids` the authorization rules may read from a state: every auth type
+/// but members, plus the members the event is about.
+async fn auth_state_pdus(
+    state: &AppState,
+    map: &myelin_storage::StateMap,
+    pdu: &Pdu,
+) -> Result<HashMap<String, Pdu>, Error> {
+    let mut wanted: Vec<String> = Vec::new();
+    let mut users = vec![pdu.sender.to_string()];
+    if let Some(key) = &pdu.state_key {
+        users.push(key.clone());
+    }
+    if let Some(via) = pdu.content_json()["join_authorised_via_users_server"].as_str() {
+        users.push(via.to_owned());
+    }
+    for ((t, k), id) in map {
+        let wanted_member = t == "m.room.member" && users.contains(k);
+        if wanted_member || (super::AUTH_TYPES.contains(&t.as_str()) && t != "m.room.member") {
+            wanted.push(id.clone());
+        }
+    }
+    let mut out = HashMap::new();
+    for row in state.storage.get_events(&wanted).await? {
+        out.insert(row.event_id.clone(), parse_row(&row)?);
+    }
+    Ok(out)
+}
+
+fn check_state(
+    rules: &RoomVersionRules,
+    pdu: &Pdu,
+    map: &myelin_storage::StateMap,
+    pdus: &HashMap<String, Pdu>,
+) -> Result<(), String> {
+    auth::check_state(&rules.authorization, pdu, |t: &StateEventType, k: &str| {
+        map.get(&(t.to_string(), k.to_owned()))
+            .and_then(|id| pdus.get(id))
+    })
+}
+
+/// Writes one received event (steps 3-5 and the commit) on the room's head.
+pub(super) async fn write_remote(
+    state: &AppState,
+    room_id: &RoomId,
+    head: &mut RoomHead,
+    job: &RemoteJob,
+) -> Result<(OwnedEventId, i64, Vec<String>), Error> {
+    let incoming = &job.incoming;
+    let pdu = &incoming.pdu;
+    let rules = head.rules.clone();
+    if state
+        .storage
+        .get_event(incoming.event_id.as_str())
+        .await?
+        .is_some()
+    {
+        return Ok((incoming.event_id.clone(), 0, Vec::new()));
+    }
+    // Its parents, each with the state after it.
+    let prev_ids: Vec<String> = pdu.prev_events.iter().map(|e| e.to_string()).collect();
+    let prevs = state.storage.get_events(&prev_ids).await?;
+    if prevs.len() != prev_ids.len() || prevs.iter().any(|p| p.stream_ordering.is_none()) {
+        return Err(Error::forbidden(format!(
+            "{}: prev_events this server does not hold",
+            incoming.event_id
+        )));
+    }
+    // 3. Against its own auth events.
+    let auth_ids: Vec<String> = pdu.auth_events.iter().map(|e| e.to_string()).collect();
+    let auth_rows = state.storage.get_events(&auth_ids).await?;
+    if auth_rows.len() != auth_ids.len() || auth_rows.iter().any(|r| r.rejected) {
+        return Err(Error::forbidden(format!(
+            "{}: auth_events this server does not hold",
+            incoming.event_id
+        )));
+    }
+    let mut auth_pdus: HashMap<OwnedEventId, Pdu> = HashMap::new();
+    for row in &auth_rows {
+        let p = parse_row(row)?;
+        auth_pdus.insert(p.event_id.clone(), p);
+    }
+    // The create event is needed even where (v12) it is not cited.
+    if let Some(create) = head
+        .current
+        .get(&("m.room.create".to_owned(), String::new()))
+        .cloned()
+    {
+        if let Ok(id) = OwnedEventId::try_from(create.as_str()) {
+            if let std::collections::hash_map::Entry::Vacant(slot) = auth_pdus.entry(id) {
+                if let Some(row) = state.storage.get_event(&create).await? {
+                    slot.insert(parse_row(&row)?);
+                }
+            }
+        }
+    }
+    auth::check_auth_events(&rules.authorization, pdu, |id| auth_pdus.get(id)).map_err(
+        |reason| {
+            Error::forbidden(format!(
+                "{} fails its auth events: {reason}",
+                incoming.event_id
+            ))
+        },
+    )?;
+
+    // 4. The state before it.
+    let head_ids: HashSet<String> = head
+        .extremities
+        .iter()
+        .map(|(id, _)| id.to_string())
+        .collect();
+    let prev_set: HashSet<String> = prev_ids.iter().cloned().collect();
+    let (base, before): (Option<i64>, myelin_storage::StateMap) = if prev_set == head_ids {
+        (head.state_after, head.current.clone())
+    } else {
+        let mut maps = Vec::with_capacity(prevs.len());
+        for p in &prevs {
+            let snapshot = p
+                .state_after
+                .ok_or_else(|| Error::internal("a timeline event without a snapshot"))?;
+            maps.push((snapshot, state.snapshot(snapshot).await?));
+        }
+        let refs: Vec<&myelin_storage::StateMap> = maps.iter().map(|(_, m)| m.as_ref()).collect();
+        let resolved = resolve(state, &rules, &refs).await?;
+        (Some(maps[0].0), resolved)
+    };
+    // The snapshot the event's state is written on top of (without the head's pending
+    // resolution: that is part of the delta).
+    let base_map: myelin_storage::StateMap = match base {
+        Some(id) => (*state.snapshot(id).await?).clone(),
+        None => Default::default(),
+    };
+    let before_pdus = auth_state_pdus(state, &before, pdu).await?;
+    check_state(&rules, pdu, &before, &before_pdus).map_err(|reason| {
+        Error::forbidden(format!(
+            "{} is not allowed by the state before it: {reason}",
+            incoming.event_id
+        ))
+    })?;
+    // 5. Soft failure: also allowed by the room's current state.
+    if prev_set != head_ids {
+        let current_pdus = auth_state_pdus(state, &head.current, pdu).await?;
+        check_state(&rules, pdu, &head.current, &current_pdus).map_err(|reason| {
+            Error::forbidden(format!(
+                "{} is not allowed by the current state (soft failure): {reason}",
+                incoming.event_id
+            ))
+        })?;
+    }
+
+    // The state after it, the new tips and the room's new current state.
+    let mut after = before.clone();
+    if let Some(key) = &pdu.state_key {
+        after.insert(
+            (pdu.kind.to_string(), key.clone()),
+            incoming.event_id.to_string(),
+        );
+    }
+    let mut tips: Vec<(OwnedEventId, i64)> = head
+        .extremities
+        .iter()
+        .filter(|(id, _)| !prev_set.contains(id.as_str()))
+        .cloned()
+        .collect();
+    let mut current = after.clone();
+    if !tips.is_empty() {
+        let rows = state
+            .storage
+            .get_events(
+                &tips
+                    .iter()
+                    .map(|(id, _)| id.to_string())
+                    .collect::<Vec<_>>(),
+            )
+            .await?;
+        let mut maps = vec![after.clone()];
+        for row in &rows {
+            if let Some(snapshot) = row.state_after {
+                maps.push((*state.snapshot(snapshot).await?).clone());
+            }
+        }
+        let refs: Vec<&myelin_storage::StateMap> = maps.iter().collect();
+        current = resolve(state, &rules, &refs).await?;
+    }
+    tips.push((incoming.event_id.clone(), pdu.depth as i64));
+    tips.truncate(20);
+
+    // What the state before the event adds to its base snapshot, and how current changes.
+    // A snapshot only adds to the one it is built on: if the resolution dropped a key the
+    // base has, the state is written whole on a new line instead.
+    let (base, delta): (Option<i64>, Vec<(String, String, String)>) =
+        if base_map.keys().all(|k| before.contains_key(k)) {
+            (
+                base,
+                before
+                    .iter()
+                    .filter(|(k, v)| base_map.get(*k) != Some(*v))
+                    .map(|((t, k), v)| (t.clone(), k.clone(), v.clone()))
+                    .collect(),
+            )
+        } else {
+            (
+                None,
+                before
+                    .iter()
+                    .map(|((t, k), v)| (t.clone(), k.clone(), v.clone()))
+                    .collect(),
+            )
+        };
+    let mut expected = head.current.clone();
+    if let Some(key) = &pdu.state_key {
+        expected.insert(
+            (pdu.kind.to_string(), key.clone()),
+            incoming.event_id.to_string(),
+        );
+    }
+    // What changes in the current state: set entries, and (`None`) keys the resolution
+    // dropped.
+    let mut current_changes: Vec<(String, String, Option<String>)> = current
+        .iter()
+        .filter(|(k, v)| head.current.get(*k) != Some(*v))
+        .map(|((t, k), v)| (t.clone(), k.clone(), Some(v.clone())))
+        .collect();
+    current_changes.extend(
+        head.current
+            .keys()
+            .filter(|k| !current.contains_key(*k))
+            .map(|(t, k)| (t.clone(), k.clone(), None)),
+    );
+    let usual = expected == current;
+
+    let built = myelin_federation::pdu::BuiltEvent {
+        event_id: incoming.event_id.clone(),
+        room_id: incoming.room_id.clone(),
+        pdu: incoming.object.clone(),
+    };
+    let mut prepared = Prepared::new(&built, pdu, &pdu.prev_events, None)?;
+    if let Some(key) = &pdu.state_key {
+        prepared.replaces_state = Some(
+            before
+                .get(&(pdu.kind.to_string(), key.clone()))
+                .cloned()
+                .unwrap_or_default(),
+        );
+    }
+    if pdu.kind == TimelineEventType::RoomRedaction {
+        // Redactions from peers are applied by the next issue; stored as events meanwhile.
+        prepared.redacts = None;
+    }
+    prepared.push_actions = super::push_actions::evaluate(state, room_id, head, &prepared).await?;
+
+    // Memberships of the changed member entries, for the current-state rows.
+    let changed_members: Vec<String> = current_changes
+        .iter()
+        .filter(|(t, _, _)| t == "m.room.member")
+        .filter_map(|(_, _, id)| id.clone())
+        .collect();
+    let mut memberships: HashMap<String, String> = HashMap::new();
+    for row in state.storage.get_events(&changed_members).await? {
+        let content: serde_json::Value = serde_json::from_str::<serde_json::Value>(&row.pdu)
+            .ok()
+            .map(|p| p["content"].clone())
+            .unwrap_or_default();
+        if let Some(m) = content["membership"].as_str() {
+            memberships.insert(row.event_id.clone(), m.to_owned());
+        }
+    }
+    if let Some(m) = &prepared.membership {
+        memberships.insert(incoming.event_id.to_string(), m.clone());
+    }
+    let delta_refs: Vec<(&str, &str, &str)> = delta
+        .iter()
+        .map(|(t, k, v)| (t.as_str(), k.as_str(), v.as_str()))
+        .collect();
+    let change_refs: Vec<myelin_storage::CurrentChange<'_>> = current_changes
+        .iter()
+        .map(|(t, k, v)| myelin_storage::CurrentChange {
+            event_type: t,
+            state_key: k,
+            event_id: v.as_deref(),
+            membership: v
+                .as_ref()
+                .and_then(|v| memberships.get(v))
+                .map(String::as_str),
+        })
+        .collect();
+    let mut row = prepared.row(room_id.as_str(), base);
+    row.state_delta = &delta_refs;
+    if !usual {
+        row.current_delta = Some(&change_refs);
+    }
+    let persisted = state
+        .storage
+        .persist_events(std::slice::from_ref(&row), now_ms())
+        .await;
+    let persisted = persisted?
+        .pop()
+        .ok_or_else(|| Error::internal("persisting an event returned nothing"))?;
+
+    // Move the head.
+    // The head's state: the snapshot after the event plus what the resolution of the tips
+    // changed (or, if it dropped a key, the whole current state on no snapshot).
+    head.extremities = tips;
+    if after.keys().all(|k| current.contains_key(k)) {
+        head.state_after = Some(persisted.state_after);
+        head.pending = current
+            .iter()
+            .filter(|(k, v)| after.get(*k) != Some(*v))
+            .map(|((t, k), v)| (t.clone(), k.clone(), v.clone()))
+            .collect();
+    } else {
+        head.state_after = None;
+        head.pending = current
+            .iter()
+            .map(|((t, k), v)| (t.clone(), k.clone(), v.clone()))
+            .collect();
+    }
+    let mut targets = Vec::new();
+    for (t, k, v) in &current_changes {
+        if t == "m.room.member" {
+            match v.as_ref().and_then(|v| memberships.get(v)) {
+                Some(m) => head.members.insert(k.clone(), m.clone()),
+                None => head.members.remove(k),
+            };
+            targets.push(k.clone());
+        }
+    }
+    if let Some(key) = &pdu.state_key {
+        if pdu.kind == TimelineEventType::RoomMember && usual {
+            head.members
+                .insert(key.clone(), prepared.membership.clone().unwrap_or_default());
+            targets.push(key.clone());
+        }
+    }
+    head.current = current;
+    head.remote_servers = None;
+    head.pdus.clear();
+    head.push_power = None;
+    head.display_names.clear();
+    let notified = super::notified_users(std::iter::once(&prepared));
+    crate::push::sender::wake_when_safe(state, persisted.stream_ordering, notified);
+    Ok((
+        incoming.event_id.clone(),
+        persisted.stream_ordering,
+        targets,
+    ))
+}
+
+/// Stores a room joined through another server (`federation/join.rs`): the state and auth
+/// chain it sent as outliers, then, in one transaction, the room (if new here), its state
+/// (`room_state`, the state before our join) and our `join` on it. The room's cached head
+/// is dropped and reloaded on next use.
+pub async fn write_joined_room(
+    state: &AppState,
+    version: &ruma::RoomVersionId,
+    events: &[&Incoming],
+    room_state: &HashMap<(String, String), String>,
+    join: Incoming,
+) -> Result<(), Error> {
+    let room_id = join.room_id.clone();
+    let texts: Vec<String> = events
+        .iter()
+        .map(|e| serde_json::to_string(&e.object).map_err(Error::internal))
+        .collect::<Result<_, _>>()?;
+    let kinds: Vec<String> = events.iter().map(|e| e.pdu.kind.to_string()).collect();
+    let senders: Vec<String> = events.iter().map(|e| e.pdu.sender.to_string()).collect();
+    let outliers: Vec<myelin_storage::Outlier<'_>> = events
+        .iter()
+        .enumerate()
+        .map(|(i, e)| myelin_storage::Outlier {
+            event_id: e.event_id.as_str(),
+            depth: e.pdu.depth as i64,
+            event_type: &kinds[i],
+            state_key: e.pdu.state_key.as_deref(),
+            sender: &senders[i],
+            origin_server_ts: i64::from(e.pdu.origin_server_ts.get()),
+            pdu: &texts[i],
+        })
+        .collect();
+    state
+        .storage
+        .store_outliers(room_id.as_str(), &outliers)
+        .await?;
+
+    let slot = state.room_locks.get(&room_id);
+    let mut guard = slot.lock().await;
+    let exists = state.storage.get_room(room_id.as_str()).await?.is_some();
+    let by_id: HashMap<&str, &Incoming> =
+        events.iter().map(|e| (e.event_id.as_str(), *e)).collect();
+    let creator = room_state
+        .get(&("m.room.create".to_owned(), String::new()))
+        .and_then(|id| by_id.get(id.as_str()))
+        .map(|e| e.pdu.sender.to_string())
+        .ok_or_else(|| Error::internal("joined state without a create event"))?;
+    let membership_of = |id: &str| -> Option<String> {
+        by_id.get(id).and_then(|e| {
+            e.pdu.content_json()["membership"]
+                .as_str()
+                .map(str::to_owned)
+        })
+    };
+    let memberships: HashMap<String, String> = room_state
+        .iter()
+        .filter(|((t, _), _)| t == "m.room.member")
+        .filter_map(|(_, id)| Some((id.clone(), membership_of(id)?)))
+        .collect();
+
+    let built = myelin_federation::pdu::BuiltEvent {
+        event_id: join.event_id.clone(),
+        room_id: room_id.clone(),
+        pdu: join.object.clone(),
+    };
+    let user = join.pdu.sender.to_string();
+    let mut prepared = Prepared::new(&built, &join.pdu, &join.pdu.prev_events, None)?;
+    prepared.replaces_state = Some(
+        room_state
+            .get(&("m.room.member".to_owned(), user.clone()))
+            .cloned()
+            .unwrap_or_default(),
+    );
+    let delta: Vec<(&str, &str, &str)> = room_state
+        .iter()
+        .map(|((t, k), id)| (t.as_str(), k.as_str(), id.as_str()))
+        .collect();
+    let join_id = join.event_id.to_string();
+    let mut changes: Vec<myelin_storage::CurrentChange<'_>> = room_state
+        .iter()
+        .filter(|((t, k), _)| !(t == "m.room.member" && *k == user))
+        .map(|((t, k), id)| myelin_storage::CurrentChange {
+            event_type: t,
+            state_key: k,
+            event_id: Some(id),
+            membership: memberships.get(id).map(String::as_str),
+        })
+        .collect();
+    changes.push(myelin_storage::CurrentChange {
+        event_type: "m.room.member",
+        state_key: &user,
+        event_id: Some(&join_id),
+        membership: Some("join"),
+    });
+    let new_room = myelin_storage::NewRoom {
+        version: version.as_str(),
+        creator: &creator,
+        alias: None,
+        public: false,
+        replaces: None,
+    };
+    let mut row = prepared.row(room_id.as_str(), None);
+    row.state_delta = &delta;
+    row.current_delta = Some(&changes);
+    if !exists {
+        row.new_room = Some(new_room);
+    }
+    let persisted = state
+        .storage
+        .persist_events(std::slice::from_ref(&row), now_ms())
+        .await;
+    let persisted = persisted?
+        .pop()
+        .ok_or_else(|| Error::internal("persisting the join returned nothing"))?;
+    *guard = None;
+    drop(guard);
+    state.notify_when_safe(persisted.stream_ordering, std::iter::once(user.as_str()));
+    // Every server in the room is sent our join and what follows.
+    let ours = state.server_name.as_str();
+    let mut servers: Vec<String> = memberships
+        .iter()
+        .filter(|(_, m)| m.as_str() == "join")
+        .filter_map(|(id, _)| by_id.get(id.as_str()))
+        .filter_map(|e| {
+            e.pdu
+                .state_key
+                .as_deref()?
+                .split_once(':')
+                .map(|(_, s)| s.to_owned())
+        })
+        .filter(|s| s != ours)
+        .collect();
+    servers.sort_unstable();
+    servers.dedup();
+    crate::federation::sender::wake(state, &servers, persisted.stream_ordering - 1).await;
+    Ok(())
+}
+
+/// The state before `event_id` and the auth chain of that state and the event, as full PDUs
+/// (what `send_join` answers).
+pub async fn state_and_auth_chain(
+    state: &AppState,
+    event_id: &str,
+) -> Result<(Vec<serde_json::Value>, Vec<serde_json::Value>), Error> {
+    let row = state
+        .storage
+        .get_event(event_id)
+        .await?
+        .ok_or_else(|| Error::not_found("Event not found"))?;
+    let before = match row.state_before {
+        Some(snapshot) => state.snapshot(snapshot).await?,
+        None => Default::default(),
+    };
+    let ids: Vec<String> = before.values().cloned().collect();
+    let mut events = HashMap::new();
+    let chain = auth_chain(
+        state,
+        ids.iter()
+            .cloned()
+            .chain(std::iter::once(event_id.to_owned())),
+        &mut events,
+    )
+    .await?;
+    let mut state_pdus = Vec::with_capacity(ids.len());
+    for row in state.storage.get_events(&ids).await? {
+        state_pdus.push(
+            row.parse_pdu::<serde_json::Value>()
+                .map_err(Error::internal)?,
+        );
+    }
+    let chain_ids: Vec<String> = chain.iter().map(|id| id.to_string()).collect();
+    let mut chain_pdus = Vec::with_capacity(chain_ids.len());
+    for row in state.storage.get_events(&chain_ids).await? {
+        chain_pdus.push(
+            row.parse_pdu::<serde_json::Value>()
+                .map_err(Error::internal)?,
+        );
+    }
+    Ok((state_pdus, chain_pdus))
+}

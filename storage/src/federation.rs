@@ -1,0 +1,227 @@
+//! Rooms shared with other servers (migration 0023): events held without a place in the
+//! timeline (outliers: the state and auth chain a join brought), how far each destination has
+//! been sent, and the transactions received (for idempotency). What to send and whether a
+//! peer's event is allowed are the homeserver's.
+
+use sqlx::{AssertSqlSafe, Row};
+
+use crate::{
+    pdu_form,
+    rooms::{event_from_row, placeholders_from, EventRow, EVENT_COLUMNS},
+    Result, Storage,
+};
+
+/// An event stored as an outlier: held for authorization and state, never in a timeline.
+#[derive(Debug, Clone, Copy)]
+pub struct Outlier<'a> {
+    pub event_id: &'a str,
+    pub depth: i64,
+    pub event_type: &'a str,
+    pub state_key: Option<&'a str>,
+    pub sender: &'a str,
+    pub origin_server_ts: i64,
+    pub pdu: &'a str,
+}
+
+/// A destination and how far it has been sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Destination {
+    pub destination: String,
+    pub stream_position: i64,
+    pub failures: i64,
+    pub retry_at: Option<i64>,
+}
+
+impl Storage {
+    /// Stores events of `room_id` as outliers: no stream position (that is what makes an
+    /// outlier, migration 0007), so no sync, `/messages` or timeline ever reads them. An event already held is left as it is.
+    pub async fn store_outliers(&self, room_id: &str, events: &[Outlier<'_>]) -> Result<()> {
+        let mut tx = self.begin_write().await?;
+        for event in events {
+            let stored = pdu_form::strip(
+                event.pdu,
+                pdu_form::Columns {
+                    room_id,
+                    sender: event.sender,
+                    event_type: event.event_type,
+                    origin_server_ts: event.origin_server_ts,
+                    depth: event.depth,
+                },
+            )?;
+            sqlx::query(
+                "INSERT INTO events (event_id, room_id, depth, event_type, state_key, sender,
+                                     origin_server_ts, pdu)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+                 ON CONFLICT (event_id) DO NOTHING",
+            )
+            .bind(event.event_id)
+            .bind(room_id)
+            .bind(event.depth)
+            .bind(event.event_type)
+            .bind(event.state_key)
+            .bind(event.sender)
+            .bind(event.origin_server_ts)
+            .bind(stored)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Every destination with its position.
+    pub async fn destinations(&self) -> Result<Vec<Destination>> {
+        let rows = sqlx::query(
+            "SELECT destination, stream_position, failures, retry_at FROM federation_destinations",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(Destination {
+                    destination: row.try_get(0)?,
+                    stream_position: row.try_get(1)?,
+                    failures: row.try_get(2)?,
+                    retry_at: row.try_get(3)?,
+                })
+            })
+            .collect()
+    }
+
+    /// Makes `destination` known, to be sent what comes after `position`; a destination
+    /// already known keeps its position.
+    pub async fn add_destination(&self, destination: &str, position: i64) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO federation_destinations (destination, stream_position) VALUES ($1, $2)
+             ON CONFLICT (destination) DO NOTHING",
+        )
+        .bind(destination)
+        .bind(position)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Records that `destination` accepted everything up to `position` (only ever forward),
+    /// and that it is healthy.
+    pub async fn destination_sent(&self, destination: &str, position: i64) -> Result<()> {
+        sqlx::query(
+            "UPDATE federation_destinations
+             SET stream_position = CASE WHEN stream_position < $2 THEN $2 ELSE stream_position END,
+                 failures = 0, retry_at = NULL
+             WHERE destination = $1",
+        )
+        .bind(destination)
+        .bind(position)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Records a failed attempt and when to try again.
+    pub async fn destination_failed(
+        &self,
+        destination: &str,
+        failures: i64,
+        retry_at: i64,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE federation_destinations SET failures = $2, retry_at = $3 WHERE destination = $1",
+        )
+        .bind(destination)
+        .bind(failures)
+        .bind(retry_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The rooms where a user of `server` is joined.
+    pub async fn rooms_with_server(&self, server: &str) -> Result<Vec<String>> {
+        let suffix = format!(":{server}");
+        // LIKE narrows; the exact suffix is compared here (`_` and `%` may be in names).
+        let rows = sqlx::query(
+            "SELECT DISTINCT room_id, user_id FROM room_memberships
+             WHERE membership = 'join' AND user_id LIKE $1",
+        )
+        .bind(format!("%{suffix}"))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut rooms: Vec<String> = Vec::new();
+        for row in rows {
+            let (room, user): (String, String) = (row.try_get(0)?, row.try_get(1)?);
+            if user.ends_with(&suffix)
+                && user[1..user.len() - suffix.len()].chars().all(|c| c != ':')
+                && !rooms.contains(&room)
+            {
+                rooms.push(room);
+            }
+        }
+        Ok(rooms)
+    }
+
+    /// Up to `limit` timeline events of `rooms` with stream positions in `(after, upto]`, in
+    /// stream order.
+    pub async fn room_events_between(
+        &self,
+        rooms: &[String],
+        after: i64,
+        upto: i64,
+        limit: i64,
+    ) -> Result<Vec<EventRow>> {
+        if rooms.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sql = format!(
+            "SELECT {EVENT_COLUMNS} FROM events
+             WHERE room_id IN ({}) AND stream_ordering > $1 AND stream_ordering <= $2
+             ORDER BY stream_ordering LIMIT $3",
+            placeholders_from(4, rooms.len())
+        );
+        let mut query = sqlx::query(AssertSqlSafe(sql.as_str()))
+            .bind(after)
+            .bind(upto)
+            .bind(limit);
+        for room in rooms {
+            query = query.bind(room.as_str());
+        }
+        query
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(event_from_row)
+            .collect()
+    }
+
+    /// The answer given to a transaction received before, if any.
+    pub async fn received_txn(&self, origin: &str, txn_id: &str) -> Result<Option<String>> {
+        Ok(sqlx::query_scalar(
+            "SELECT response FROM federation_received_txns WHERE origin = $1 AND txn_id = $2",
+        )
+        .bind(origin)
+        .bind(txn_id)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    /// Records the answer to a received transaction (the first answer stays).
+    pub async fn record_received_txn(
+        &self,
+        origin: &str,
+        txn_id: &str,
+        response: &str,
+        now: i64,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO federation_received_txns (origin, txn_id, response, received_ts)
+             VALUES ($1, $2, $3, $4) ON CONFLICT (origin, txn_id) DO NOTHING",
+        )
+        .bind(origin)
+        .bind(txn_id)
+        .bind(response)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+}
