@@ -536,9 +536,48 @@ async fn a47_remote_user_joins_public_room_by_alias(backend: Backend) {
     wait_for_membership(&alice, &room_id, bob.user_id(), "leave").await;
 }
 
+/// Scenario 48: a user on hs2 joins by room ID through the given `via` servers; the first
+/// (hs3) is not in the room and refuses, so the join fails over to the next (hs1). A join
+/// with no server that can help is 404.
+async fn a48_join_by_room_id_fails_over_via_servers(backend: Backend) {
+    let Some(hs1) = TestServer::start(backend, ServerOptions::default().federating()).await else {
+        return;
+    };
+    let Some(hs2) = TestServer::start(backend, ServerOptions::default().federating()).await else {
+        return;
+    };
+    let Some(hs3) = TestServer::start(backend, ServerOptions::default().federating()).await else {
+        return;
+    };
+    let alice = hs1.register_user("alice").await;
+    let bob = hs2.register_user("bob").await;
+    let room_id = alice
+        .create_room(&serde_json::json!({ "preset": "public_chat" }))
+        .await;
+    // No via and a room ID that names no server (room version 12): nothing to ask.
+    assert_error(
+        &bob.join(&room_id).await,
+        404,
+        "M_NOT_FOUND",
+        "no server to join through",
+    );
+    let path = format!(
+        "/_matrix/client/v3/join/{}?via={}&via={}",
+        encode(&room_id),
+        encode(hs3.server_name()),
+        encode(hs1.server_name())
+    );
+    let (status, body) = bob.post(&path, &serde_json::json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    wait_for_membership(&alice, &room_id, bob.user_id(), "join").await;
+    bob.send_text(&room_id, "made it").await;
+    wait_for_body(&alice, &room_id, "made it").await;
+}
+
 backend_tests!(
     remote_profile_over_federation,
-    a47_remote_user_joins_public_room_by_alias
+    a47_remote_user_joins_public_room_by_alias,
+    a48_join_by_room_id_fails_over_via_servers
 );
 
 /// Rooms between Myelin and Synapse (scenario 47 against the reference implementation): a
