@@ -69,6 +69,132 @@ impl Storage {
         Ok(())
     }
 
+    /// Records a membership of local `user_id` in a room held elsewhere that this server is
+    /// not in (an invite received over federation, or its rejection): the member event as an
+    /// outlier, the membership row at a new stream position (so sync reports it), and for an
+    /// invite the room's stripped state the inviting server sent (`None` forgets it).
+    pub async fn record_remote_membership(
+        &self,
+        room_id: &str,
+        user_id: &str,
+        event: Outlier<'_>,
+        membership: &str,
+        invite_state: Option<&str>,
+    ) -> Result<i64> {
+        let stored = pdu_form::strip(
+            event.pdu,
+            pdu_form::Columns {
+                room_id,
+                sender: event.sender,
+                event_type: event.event_type,
+                origin_server_ts: event.origin_server_ts,
+                depth: event.depth,
+            },
+        )?;
+        let mut tx = self.begin_write().await?;
+        let in_flight = self.next_stream_position(&mut tx).await?;
+        let position = in_flight.position();
+        sqlx::query(
+            "INSERT INTO events (event_id, room_id, depth, event_type, state_key, sender,
+                                 origin_server_ts, pdu)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+             ON CONFLICT (event_id) DO NOTHING",
+        )
+        .bind(event.event_id)
+        .bind(room_id)
+        .bind(event.depth)
+        .bind(event.event_type)
+        .bind(event.state_key)
+        .bind(event.sender)
+        .bind(event.origin_server_ts)
+        .bind(stored)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO room_memberships (room_id, user_id, membership, event_id, stream_ordering, forgotten)
+             VALUES ($1, $2, $3, $4, $5, 0)
+             ON CONFLICT (room_id, user_id) DO UPDATE SET membership = excluded.membership,
+                event_id = excluded.event_id, stream_ordering = excluded.stream_ordering, forgotten = 0",
+        )
+        .bind(room_id)
+        .bind(user_id)
+        .bind(membership)
+        .bind(event.event_id)
+        .bind(position)
+        .execute(&mut *tx)
+        .await?;
+        match invite_state {
+            Some(invite_state) => {
+                sqlx::query(
+                    "INSERT INTO remote_invites (room_id, user_id, event_id, invite_state)
+                     VALUES ($1, $2, $3, $4)
+                     ON CONFLICT (room_id, user_id) DO UPDATE SET event_id = excluded.event_id,
+                        invite_state = excluded.invite_state",
+                )
+                .bind(room_id)
+                .bind(user_id)
+                .bind(event.event_id)
+                .bind(invite_state)
+                .execute(&mut *tx)
+                .await?;
+            }
+            None => {
+                sqlx::query("DELETE FROM remote_invites WHERE room_id = $1 AND user_id = $2")
+                    .bind(room_id)
+                    .bind(user_id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+        tx.commit().await?;
+        // Committed, position still in flight: tell the caches (see `recent.rs`).
+        self.recent.memberships_changed(user_id);
+        self.recent.room_members_changed(room_id);
+        self.recent.membership_changed_at(position);
+        drop(in_flight);
+        Ok(position)
+    }
+
+    /// The stripped state another server sent with `user_id`'s invite to `room_id`, if any.
+    pub async fn remote_invite_state(
+        &self,
+        room_id: &str,
+        user_id: &str,
+    ) -> Result<Option<String>> {
+        Ok(sqlx::query_scalar(
+            "SELECT invite_state FROM remote_invites WHERE room_id = $1 AND user_id = $2",
+        )
+        .bind(room_id)
+        .bind(user_id)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    /// The stripped state of the remote invite that is `event_id`, if it is one.
+    pub async fn remote_invite_by_event(
+        &self,
+        room_id: &str,
+        event_id: &str,
+    ) -> Result<Option<String>> {
+        Ok(sqlx::query_scalar(
+            "SELECT invite_state FROM remote_invites WHERE room_id = $1 AND event_id = $2",
+        )
+        .bind(room_id)
+        .bind(event_id)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    /// Forgets a remote invite's stripped state (the user joined).
+    pub async fn delete_remote_invite(&self, room_id: &str, user_id: &str) -> Result<()> {
+        sqlx::query("DELETE FROM remote_invites WHERE room_id = $1 AND user_id = $2")
+            .bind(room_id)
+            .bind(user_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     /// Every destination with its position.
     pub async fn destinations(&self) -> Result<Vec<Destination>> {
         let rows = sqlx::query(

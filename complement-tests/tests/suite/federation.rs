@@ -574,7 +574,88 @@ async fn a48_join_by_room_id_fails_over_via_servers(backend: Backend) {
     wait_for_body(&alice, &room_id, "made it").await;
 }
 
+/// Waits (up to 15 s) until `client`'s initial sync lists `room_id` among its invites, and
+/// returns the invite's stripped state.
+async fn wait_for_invite(client: &complement_tests::Client, room_id: &str) -> Vec<Value> {
+    for _ in 0..150 {
+        let (_, sync) = client.get("/_matrix/client/v3/sync?timeout=0").await;
+        if let Some(events) = sync["rooms"]["invite"][room_id]["invite_state"]["events"].as_array()
+        {
+            return events.clone();
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("{} never saw the invite to {room_id}", client.user_id());
+}
+
+/// Scenarios 49 and 50: hs1 invites users of hs2 into a private room (federation `invite`
+/// v2, signed by both servers). The invitee's sync shows the invite with the room's name;
+/// one invitee accepts (joining through the inviting server) and chats, another rejects
+/// (`make_leave` / `send_leave`) and the inviter sees the leave; the inviter rescinds a third
+/// invite.
+async fn a49_remote_invites_are_accepted_and_rejected(backend: Backend) {
+    let Some(hs1) = TestServer::start(backend, ServerOptions::default().federating()).await else {
+        return;
+    };
+    let Some(hs2) = TestServer::start(backend, ServerOptions::default().federating()).await else {
+        return;
+    };
+    let alice = hs1.register_user("alice").await;
+    let bob = hs2.register_user("bob").await;
+    let carol = hs2.register_user("carol").await;
+    let dave = hs2.register_user("dave").await;
+    let room_id = alice
+        .create_room(&serde_json::json!({ "preset": "private_chat", "name": "Secret" }))
+        .await;
+    // Someone hs2 does not have cannot be invited.
+    let (status, _) = alice.invite(&room_id, &hs2.user_id("nobody")).await;
+    assert_eq!(status, 404);
+
+    let (status, body) = alice.invite(&room_id, bob.user_id()).await;
+    assert_eq!(status, 200, "{body}");
+    wait_for_membership(&alice, &room_id, bob.user_id(), "invite").await;
+    let stripped = wait_for_invite(&bob, &room_id).await;
+    assert!(
+        stripped
+            .iter()
+            .any(|e| e["type"] == "m.room.name" && e["content"]["name"] == "Secret"),
+        "{stripped:?}"
+    );
+    assert!(
+        stripped.iter().any(|e| e["type"] == "m.room.member"
+            && e["state_key"] == bob.user_id()
+            && e["content"]["membership"] == "invite"),
+        "{stripped:?}"
+    );
+    let (status, body) = bob.join(&room_id).await;
+    assert_eq!(status, 200, "accept: {body}");
+    wait_for_membership(&alice, &room_id, bob.user_id(), "join").await;
+    bob.send_text(&room_id, "thanks for the invite").await;
+    wait_for_body(&alice, &room_id, "thanks for the invite").await;
+    alice.send_text(&room_id, "welcome").await;
+    wait_for_body(&bob, &room_id, "welcome").await;
+
+    // Carol rejects.
+    assert_eq!(alice.invite(&room_id, carol.user_id()).await.0, 200);
+    wait_for_invite(&carol, &room_id).await;
+    let (status, body) = carol.leave(&room_id).await;
+    assert_eq!(status, 200, "reject: {body}");
+    wait_for_membership(&alice, &room_id, carol.user_id(), "leave").await;
+    let (_, sync) = carol.get("/_matrix/client/v3/sync?timeout=0").await;
+    assert!(sync["rooms"]["invite"][&room_id].is_null(), "{sync}");
+
+    // Alice rescinds dave's invite; bob (not a moderator) cannot.
+    assert_eq!(alice.invite(&room_id, dave.user_id()).await.0, 200);
+    wait_for_membership(&bob, &room_id, dave.user_id(), "invite").await;
+    let kick = serde_json::json!({ "user_id": dave.user_id() });
+    let path = complement_tests::Client::room_path(&room_id, "/kick");
+    assert_eq!(bob.post(&path, &kick).await.0, 403);
+    assert_eq!(alice.post(&path, &kick).await.0, 200);
+    wait_for_membership(&bob, &room_id, dave.user_id(), "leave").await;
+}
+
 backend_tests!(
+    a49_remote_invites_are_accepted_and_rejected,
     remote_profile_over_federation,
     a47_remote_user_joins_public_room_by_alias,
     a48_join_by_room_id_fails_over_via_servers

@@ -37,6 +37,18 @@ pub fn router(state: AppState) -> Router {
             put(send_join),
         )
         .route(
+            "/_matrix/federation/v1/make_leave/{room_id}/{user_id}",
+            get(make_leave),
+        )
+        .route(
+            "/_matrix/federation/v2/send_leave/{room_id}/{event_id}",
+            put(send_leave),
+        )
+        .route(
+            "/_matrix/federation/v2/invite/{room_id}/{event_id}",
+            put(invite),
+        )
+        .route(
             "/_matrix/federation/v1/send/{txn_id}",
             put(send_transaction),
         );
@@ -127,25 +139,51 @@ async fn make_join(
     axum::extract::Path((room_id, user_id)): axum::extract::Path<(String, String)>,
     request: ServerRequest,
 ) -> Result<Json<Value>, Error> {
+    make_membership(&state, &room_id, &user_id, &request, "join").await
+}
+
+/// GET /_matrix/federation/v1/make_leave/{roomId}/{userId}
+///
+/// A leave template (to reject an invite, or leave) for a user of the asking server.
+///
+/// <https://spec.matrix.org/latest/server-server-api/#get_matrixfederationv1make_leaveroomiduserid>
+async fn make_leave(
+    State(state): State<AppState>,
+    axum::extract::Path((room_id, user_id)): axum::extract::Path<(String, String)>,
+    request: ServerRequest,
+) -> Result<Json<Value>, Error> {
+    make_membership(&state, &room_id, &user_id, &request, "leave").await
+}
+
+/// A `membership` template for `user_id` (of the asking server) in `room_id`.
+async fn make_membership(
+    state: &AppState,
+    room_id: &str,
+    user_id: &str,
+    request: &ServerRequest,
+    membership: &str,
+) -> Result<Json<Value>, Error> {
+    let state = state.clone();
     let user = ruma::OwnedUserId::try_from(user_id)
         .map_err(|_| Error::invalid_param("Invalid user ID"))?;
     if user.server_name() != request.origin {
         return Err(Error::forbidden("The user is not of the asking server"));
     }
-    let room_id = resident_room(&state, &room_id).await?;
+    let room_id = resident_room(&state, room_id).await?;
     let (version, _) = crate::rooms::room_rules(&state, &room_id).await?;
     let offered: Vec<String> = url_pairs(&request.parts.uri)
         .into_iter()
         .filter(|(k, _)| k == "ver")
         .map(|(_, v)| v)
         .collect();
-    // A server that names no version supports only version 1.
+    // A server that names no version supports only version 1 (make_leave names none: the
+    // asking server knows the version from the invite).
     let supported = if offered.is_empty() {
         vec!["1".to_owned()]
     } else {
         offered
     };
-    if !supported.iter().any(|v| v == version.as_str()) {
+    if membership == "join" && !supported.iter().any(|v| v == version.as_str()) {
         let mut body = serde_json::Map::new();
         body.insert("errcode".into(), "M_INCOMPATIBLE_ROOM_VERSION".into());
         body.insert(
@@ -158,7 +196,7 @@ async fn make_join(
     let content = crate::rooms::Send::state(
         "m.room.member",
         user.as_str(),
-        match ruma::CanonicalJsonValue::try_from(json!({ "membership": "join" })) {
+        match ruma::CanonicalJsonValue::try_from(json!({ "membership": membership })) {
             Ok(ruma::CanonicalJsonValue::Object(o)) => o,
             _ => ruma::CanonicalJsonObject::new(),
         },
@@ -178,29 +216,7 @@ async fn send_join(
     axum::extract::Path((room_id, event_id)): axum::extract::Path<(String, String)>,
     request: ServerRequest,
 ) -> Result<Json<Value>, Error> {
-    let room_id = resident_room(&state, &room_id).await?;
-    let (_, rules) = crate::rooms::room_rules(&state, &room_id).await?;
-    let object: ruma::CanonicalJsonObject = serde_json::from_slice(&request.body)
-        .map_err(|e| Error::bad_json(format!("Invalid event: {e}")))?;
-    let incoming = crate::rooms::remote::verify(&state, &rules, object).await?;
-    let pdu = &incoming.pdu;
-    if incoming.event_id.as_str() != event_id || incoming.room_id != room_id {
-        return Err(Error::invalid_param("The event does not match the path"));
-    }
-    let membership = pdu.content_json()["membership"].as_str().map(str::to_owned);
-    if pdu.kind.to_string() != "m.room.member"
-        || membership.as_deref() != Some("join")
-        || pdu.state_key.as_deref() != Some(pdu.sender.as_str())
-    {
-        return Err(Error::bad_json("send_join takes only a join of its sender"));
-    }
-    if pdu.sender.server_name() != request.origin {
-        return Err(Error::forbidden(
-            "The joining user is not of the asking server",
-        ));
-    }
-    let event = serde_json::to_value(&incoming.object).map_err(Error::internal)?;
-    let event_id = crate::rooms::remote::receive(&state, incoming).await?;
+    let (event, event_id) = send_membership(&state, &room_id, &event_id, &request, "join").await?;
     let (state_events, auth_chain) =
         crate::rooms::remote::state_and_auth_chain(&state, event_id.as_str()).await?;
     Ok(Json(json!({
@@ -210,6 +226,152 @@ async fn send_join(
         "auth_chain": auth_chain,
         "members_omitted": false,
     })))
+}
+
+/// PUT /_matrix/federation/v2/send_leave/{roomId}/{eventId}
+///
+/// <https://spec.matrix.org/latest/server-server-api/#put_matrixfederationv2send_leaveroomideventid>
+async fn send_leave(
+    State(state): State<AppState>,
+    axum::extract::Path((room_id, event_id)): axum::extract::Path<(String, String)>,
+    request: ServerRequest,
+) -> Result<Json<Value>, Error> {
+    send_membership(&state, &room_id, &event_id, &request, "leave").await?;
+    Ok(Json(json!({})))
+}
+
+/// Checks and writes a `membership` event of a user of the asking server made from our
+/// template: only that membership, only of its own sender, only from the sender's server.
+async fn send_membership(
+    state: &AppState,
+    room_id: &str,
+    event_id: &str,
+    request: &ServerRequest,
+    membership: &str,
+) -> Result<(Value, ruma::OwnedEventId), Error> {
+    let room_id = resident_room(state, room_id).await?;
+    let (_, rules) = crate::rooms::room_rules(state, &room_id).await?;
+    let object: ruma::CanonicalJsonObject = serde_json::from_slice(&request.body)
+        .map_err(|e| Error::bad_json(format!("Invalid event: {e}")))?;
+    let incoming = crate::rooms::remote::verify(state, &rules, object).await?;
+    let pdu = &incoming.pdu;
+    if incoming.event_id.as_str() != event_id || incoming.room_id != room_id {
+        return Err(Error::invalid_param("The event does not match the path"));
+    }
+    let given = pdu.content_json()["membership"].as_str().map(str::to_owned);
+    if pdu.kind.to_string() != "m.room.member"
+        || given.as_deref() != Some(membership)
+        || pdu.state_key.as_deref() != Some(pdu.sender.as_str())
+    {
+        return Err(Error::bad_json(format!(
+            "This endpoint takes only a {membership} of its sender"
+        )));
+    }
+    if pdu.sender.server_name() != request.origin {
+        return Err(Error::forbidden("The user is not of the asking server"));
+    }
+    let event = serde_json::to_value(&incoming.object).map_err(Error::internal)?;
+    let event_id = crate::rooms::remote::receive(state, incoming).await?;
+    Ok((event, event_id))
+}
+
+/// PUT /_matrix/federation/v2/invite/{roomId}/{eventId}
+///
+/// Another server invites one of our users: the invite is checked (signed by the inviting
+/// server, an invite of a local user), signed by us and returned. For a room we are not in,
+/// the invite and the room's stripped state are kept so the user's sync shows it.
+///
+/// <https://spec.matrix.org/latest/server-server-api/#put_matrixfederationv2inviteroomideventid>
+async fn invite(
+    State(state): State<AppState>,
+    axum::extract::Path((room_id, event_id)): axum::extract::Path<(String, String)>,
+    request: ServerRequest,
+) -> Result<Json<Value>, Error> {
+    let body: Value = serde_json::from_slice(&request.body)
+        .map_err(|e| Error::bad_json(format!("Invalid body: {e}")))?;
+    let version = body["room_version"].as_str().unwrap_or("1");
+    let version = ruma::RoomVersionId::try_from(version)
+        .map_err(|_| Error::bad_json("Invalid room_version"))?;
+    let rules = match myelin_federation::pdu::rules_for(&version) {
+        Ok(rules) if crate::federation::join::VERSIONS.contains(&version.as_str()) => rules,
+        _ => {
+            let mut error = serde_json::Map::new();
+            error.insert("errcode".into(), "M_INCOMPATIBLE_ROOM_VERSION".into());
+            error.insert("error".into(), "Unsupported room version".into());
+            error.insert("room_version".into(), version.as_str().into());
+            return Err(Error::with_body(http::StatusCode::BAD_REQUEST, error));
+        }
+    };
+    let object: ruma::CanonicalJsonObject = serde_json::from_value(body["event"].clone())
+        .map_err(|_| Error::bad_json("Invalid event"))?;
+    let incoming = crate::rooms::remote::verify(&state, &rules, object).await?;
+    let pdu = &incoming.pdu;
+    let target = pdu
+        .state_key
+        .as_deref()
+        .and_then(|k| ruma::OwnedUserId::try_from(k).ok())
+        .ok_or_else(|| Error::bad_json("An invite names its invitee in state_key"))?;
+    if incoming.event_id.as_str() != event_id
+        || incoming.room_id.as_str() != room_id
+        || pdu.kind.to_string() != "m.room.member"
+        || pdu.content_json()["membership"] != "invite"
+    {
+        return Err(Error::bad_json("Not an invite for this path"));
+    }
+    if pdu.sender.server_name() != request.origin {
+        return Err(Error::forbidden("The inviter is not of the asking server"));
+    }
+    if target.server_name() != state.server_name
+        || state.storage.get_profile(target.as_str()).await?.is_none()
+    {
+        return Err(Error::not_found("No such user here"));
+    }
+    // Our signature, over the event as the room version redacts it for signing.
+    let mut signed = incoming.object.clone();
+    ruma::signatures::hash_and_sign_event(
+        state.server_name.as_str(),
+        state.signing_key.key_pair(),
+        &mut signed,
+        &rules.redaction,
+    )
+    .map_err(Error::internal)?;
+    let resident = state.storage.get_room(&room_id).await?.is_some()
+        && state
+            .storage
+            .room_members(&room_id)
+            .await?
+            .iter()
+            .any(|(u, m, _)| {
+                m == "join"
+                    && u.split_once(':')
+                        .is_some_and(|(_, s)| s == state.server_name.as_str())
+            });
+    if !resident {
+        let stripped = crate::federation::join::stripped_invite_state(&body["invite_room_state"]);
+        let text = serde_json::to_string(&signed).map_err(Error::internal)?;
+        let kind = pdu.kind.to_string();
+        let sender = pdu.sender.to_string();
+        let position = state
+            .storage
+            .record_remote_membership(
+                incoming.room_id.as_str(),
+                target.as_str(),
+                myelin_storage::Outlier {
+                    event_id: incoming.event_id.as_str(),
+                    depth: pdu.depth as i64,
+                    event_type: &kind,
+                    state_key: pdu.state_key.as_deref(),
+                    sender: &sender,
+                    origin_server_ts: i64::from(pdu.origin_server_ts.get()),
+                    pdu: &text,
+                },
+                "invite",
+                Some(&stripped),
+            )
+            .await?;
+        state.notify_when_safe(position, std::iter::once(target.as_str()));
+    }
+    Ok(Json(json!({ "event": signed })))
 }
 
 /// Most PDUs and EDUs in one received transaction (the spec's limits).

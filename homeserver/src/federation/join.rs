@@ -26,7 +26,7 @@ use super::client::query_value;
 use crate::{auth::now_ms, error::Error, rooms, AppState};
 
 /// The room versions we offer in `make_join` (those whose event IDs are reference hashes).
-const VERSIONS: [&str; 10] = ["3", "4", "5", "6", "7", "8", "9", "10", "11", "12"];
+pub const VERSIONS: [&str; 10] = ["3", "4", "5", "6", "7", "8", "9", "10", "11", "12"];
 
 /// Most events a `send_join` answer may carry (state plus auth chain).
 const MAX_JOIN_EVENTS: usize = 200_000;
@@ -309,4 +309,265 @@ pub async fn resolve_remote_alias(
         servers.insert(0, alias.server_name().to_owned());
     }
     Ok((room_id, servers))
+}
+
+/// The stripped state another server sent with an invite, kept for the invitee's sync: at
+/// most 50 events, each only its `type`, `state_key`, `content` and `sender`.
+pub fn stripped_invite_state(value: &Value) -> String {
+    let events: Vec<Value> = value
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["type"].is_string() && e["state_key"].is_string() && e["content"].is_object())
+        .take(50)
+        .map(|e| {
+            serde_json::json!({
+                "type": e["type"],
+                "state_key": e["state_key"],
+                "content": e["content"],
+                "sender": e["sender"],
+            })
+        })
+        .collect();
+    Value::Array(events).to_string()
+}
+
+/// Invites `target` (a user of another server) into `room_id`: the invite is placed on the
+/// room's head, signed, sent to the invitee's server (`invite` v2, with the room's stripped
+/// state) and, once it came back signed by that server, written through the pipeline.
+pub async fn invite_remote(
+    state: &AppState,
+    room_id: &RoomId,
+    sender: &UserId,
+    target: &UserId,
+    content: Value,
+) -> Result<(), Error> {
+    let content = match ruma::CanonicalJsonValue::try_from(content) {
+        Ok(ruma::CanonicalJsonValue::Object(o)) => o,
+        _ => return Err(Error::bad_json("Invalid invite content")),
+    };
+    let (version, template) = rooms::template(
+        state,
+        room_id,
+        sender,
+        rooms::Send::state("m.room.member", target.as_str(), content),
+    )
+    .await?;
+    let rules = myelin_federation::pdu::rules_for(&version).map_err(Error::internal)?;
+    let ts = MilliSecondsSinceUnixEpoch(UInt::new(now_ms() as u64).unwrap_or_default());
+    let built = build_from_template(
+        &template,
+        &rules,
+        ts,
+        state.server_name.as_str(),
+        &state.signing_key,
+    )
+    .map_err(|e| Error::bad_json(format!("Invite: {e}")))?;
+    let invite_room_state = rooms::remote::stripped_room_state(state, room_id, sender).await?;
+    let path = format!(
+        "/_matrix/federation/v2/invite/{}/{}",
+        query_value(room_id.as_str()),
+        query_value(built.event_id.as_str())
+    );
+    let body = serde_json::json!({
+        "event": built.pdu,
+        "room_version": version,
+        "invite_room_state": invite_room_state,
+    });
+    let answer = state
+        .federation
+        .put_json(target.server_name(), &path, &body)
+        .await
+        .map_err(remote_error)?;
+    let signed: CanonicalJsonObject =
+        serde_json::from_value(answer["event"].clone()).map_err(|_| bad("invite answer"))?;
+    let incoming = rooms::remote::verify(state, &rules, signed).await?;
+    if incoming.event_id != built.event_id {
+        return Err(bad("invite answer"));
+    }
+    // The invitee's server must have signed it too.
+    let signed_by_invitee = matches!(
+        incoming.object.get("signatures"),
+        Some(ruma::CanonicalJsonValue::Object(s)) if s.contains_key(target.server_name().as_str())
+    );
+    if !signed_by_invitee {
+        return Err(bad("invite answer without the invitee's signature"));
+    }
+    rooms::remote::receive(state, incoming).await?;
+    Ok(())
+}
+
+/// Leaves (or rejects an invite to) a room this server is not in, through one of `servers`
+/// (`make_leave` / `send_leave` v2). When none answers, the leave is still recorded here
+/// (an event of our own after the invite, which no other server holds), as the spec allows
+/// for an invite from a server that went away.
+pub async fn leave_remote(
+    state: &AppState,
+    room_id: &RoomId,
+    user: &UserId,
+    servers: &[OwnedServerName],
+    content: Value,
+) -> Result<(), Error> {
+    for server in servers.iter().filter(|s| **s != state.server_name) {
+        match leave_through(state, room_id, user, server, content.clone()).await {
+            Ok(()) => return Ok(()),
+            Err(e) => {
+                tracing::info!(%room_id, %server, error = ?e, "leaving through a server failed")
+            }
+        }
+    }
+    // Nobody answered: record the leave locally, after the invite.
+    let (_, event_id) = state
+        .storage
+        .membership(room_id.as_str(), user.as_str())
+        .await?
+        .ok_or_else(|| Error::forbidden("You are not in this room"))?;
+    let invite = state
+        .storage
+        .get_event(&event_id)
+        .await?
+        .ok_or_else(|| Error::internal("the membership event is missing"))?;
+    let version = invite_version(state, room_id, user).await;
+    let rules = myelin_federation::pdu::rules_for(&version).map_err(Error::internal)?;
+    let content = match ruma::CanonicalJsonValue::try_from(content) {
+        Ok(ruma::CanonicalJsonValue::Object(o)) => o,
+        _ => CanonicalJsonObject::new(),
+    };
+    let invite_id = OwnedEventId::try_from(invite.event_id.as_str()).map_err(Error::internal)?;
+    let built = myelin_federation::pdu::build_event(
+        myelin_federation::pdu::NewEvent {
+            event_type: "m.room.member".to_owned(),
+            state_key: Some(user.to_string()),
+            content,
+            redacts: None,
+        },
+        myelin_federation::pdu::Placement {
+            rules: &rules,
+            room_id: Some(room_id),
+            sender: user,
+            prev_events: vec![invite_id.clone()],
+            auth_events: vec![invite_id],
+            depth: (invite.depth + 1) as u64,
+            origin_server_ts: MilliSecondsSinceUnixEpoch(
+                UInt::new(now_ms() as u64).unwrap_or_default(),
+            ),
+        },
+        state.server_name.as_str(),
+        &state.signing_key,
+    )
+    .map_err(|e| Error::internal(format!("out-of-band leave: {e}")))?;
+    record_leave(state, room_id, user, &built.event_id, &built.pdu).await
+}
+
+async fn leave_through(
+    state: &AppState,
+    room_id: &RoomId,
+    user: &UserId,
+    server: &OwnedServerName,
+    content: Value,
+) -> Result<(), Error> {
+    let path = format!(
+        "/_matrix/federation/v1/make_leave/{}/{}",
+        query_value(room_id.as_str()),
+        query_value(user.as_str())
+    );
+    let answer = state
+        .federation
+        .get_json(server, &path)
+        .await
+        .map_err(remote_error)?;
+    let version = answer["room_version"]
+        .as_str()
+        .and_then(|v| RoomVersionId::try_from(v).ok())
+        .ok_or_else(|| bad("room_version"))?;
+    let rules = myelin_federation::pdu::rules_for(&version).map_err(|_| bad("room_version"))?;
+    let mut template: CanonicalJsonObject =
+        serde_json::from_value(answer["event"].clone()).map_err(|_| bad("event"))?;
+    let expect = |field: &str, value: &str| matches!(template.get(field), Some(ruma::CanonicalJsonValue::String(s)) if s == value);
+    if !expect("room_id", room_id.as_str())
+        || !expect("sender", user.as_str())
+        || !expect("state_key", user.as_str())
+        || !expect("type", "m.room.member")
+    {
+        return Err(bad("event"));
+    }
+    if let Ok(ruma::CanonicalJsonValue::Object(ours)) = ruma::CanonicalJsonValue::try_from(content)
+    {
+        template.insert("content".into(), ruma::CanonicalJsonValue::Object(ours));
+    }
+    let ts = MilliSecondsSinceUnixEpoch(UInt::new(now_ms() as u64).unwrap_or_default());
+    let built = build_from_template(
+        &template,
+        &rules,
+        ts,
+        state.server_name.as_str(),
+        &state.signing_key,
+    )
+    .map_err(|e| Error::bad_json(format!("Leave template: {e}")))?;
+    let path = format!(
+        "/_matrix/federation/v2/send_leave/{}/{}",
+        query_value(room_id.as_str()),
+        query_value(built.event_id.as_str())
+    );
+    let body = serde_json::to_value(&built.pdu).map_err(Error::internal)?;
+    state
+        .federation
+        .put_json(server, &path, &body)
+        .await
+        .map_err(remote_error)?;
+    record_leave(state, room_id, user, &built.event_id, &built.pdu).await
+}
+
+/// The room version an invite named (from the stripped create event), else 12.
+async fn invite_version(state: &AppState, room_id: &RoomId, user: &UserId) -> RoomVersionId {
+    let stripped = state
+        .storage
+        .remote_invite_state(room_id.as_str(), user.as_str())
+        .await
+        .ok()
+        .flatten()
+        .and_then(|s| serde_json::from_str::<Value>(&s).ok())
+        .unwrap_or_default();
+    stripped
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|e| e["type"] == "m.room.create")
+        .and_then(|e| e["content"]["room_version"].as_str())
+        .and_then(|v| RoomVersionId::try_from(v).ok())
+        .unwrap_or(RoomVersionId::V12)
+}
+
+async fn record_leave(
+    state: &AppState,
+    room_id: &RoomId,
+    user: &UserId,
+    event_id: &OwnedEventId,
+    pdu: &CanonicalJsonObject,
+) -> Result<(), Error> {
+    let text = serde_json::to_string(pdu).map_err(Error::internal)?;
+    let depth = match pdu.get("depth") {
+        Some(ruma::CanonicalJsonValue::Integer(d)) => i64::from(*d),
+        _ => 0,
+    };
+    let position = state
+        .storage
+        .record_remote_membership(
+            room_id.as_str(),
+            user.as_str(),
+            myelin_storage::Outlier {
+                event_id: event_id.as_str(),
+                depth,
+                event_type: "m.room.member",
+                state_key: Some(user.as_str()),
+                sender: user.as_str(),
+                origin_server_ts: now_ms(),
+                pdu: &text,
+            },
+            "leave",
+            None,
+        )
+        .await?;
+    state.notify_when_safe(position, std::iter::once(user.as_str()));
+    Ok(())
 }

@@ -475,6 +475,23 @@ async fn write_received(
                     position,
                     head.interested().chain(targets.iter().map(String::as_str)),
                 );
+                // Our own events that took this path (an invite the invitee's server signed)
+                // go to the other servers like any.
+                let ours = state.server_name.as_str();
+                if job.incoming.pdu.sender.server_name() == ours {
+                    let mut servers = head.remote_servers(ours).to_vec();
+                    for target in &targets {
+                        if let Some((_, server)) = target.split_once(':') {
+                            if server != ours && !servers.iter().any(|s| s == server) {
+                                servers.push(server.to_owned());
+                            }
+                        }
+                    }
+                    let state = state.clone();
+                    tokio::spawn(async move {
+                        crate::federation::sender::wake(&state, &servers, position - 1).await;
+                    });
+                }
             }
             let _ = job.reply.send(Ok(event_id));
         }

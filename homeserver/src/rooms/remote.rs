@@ -640,6 +640,10 @@ pub async fn write_joined_room(
         .ok_or_else(|| Error::internal("persisting the join returned nothing"))?;
     *guard = None;
     drop(guard);
+    state
+        .storage
+        .delete_remote_invite(room_id.as_str(), &user)
+        .await?;
     state.notify_when_safe(persisted.stream_ordering, std::iter::once(user.as_str()));
     // Every server in the room is sent our join and what follows.
     let ours = state.server_name.as_str();
@@ -703,4 +707,39 @@ pub async fn state_and_auth_chain(
         );
     }
     Ok((state_pdus, chain_pdus))
+}
+
+/// The stripped state sent with an invite to another server: the room's name, avatar, join
+/// rules, create event, canonical alias, encryption and topic, and the inviter's member event.
+pub async fn stripped_room_state(
+    state: &AppState,
+    room_id: &RoomId,
+    inviter: &ruma::UserId,
+) -> Result<Vec<serde_json::Value>, Error> {
+    let current = state.storage.current_state(room_id.as_str()).await?;
+    let mut ids: Vec<String> = [
+        ("m.room.create", ""),
+        ("m.room.name", ""),
+        ("m.room.avatar", ""),
+        ("m.room.join_rules", ""),
+        ("m.room.canonical_alias", ""),
+        ("m.room.encryption", ""),
+        ("m.room.topic", ""),
+        ("m.room.member", inviter.as_str()),
+    ]
+    .iter()
+    .filter_map(|(t, k)| current.get(&(t.to_string(), k.to_string())).cloned())
+    .collect();
+    ids.dedup();
+    let mut out = Vec::new();
+    for row in state.storage.get_events(&ids).await? {
+        let pdu: serde_json::Value = row.parse_pdu().map_err(Error::internal)?;
+        out.push(serde_json::json!({
+            "type": row.event_type,
+            "state_key": row.state_key,
+            "content": pdu["content"],
+            "sender": row.sender,
+        }));
+    }
+    Ok(out)
 }

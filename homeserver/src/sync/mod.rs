@@ -792,6 +792,26 @@ pub(crate) async fn stripped_state(
     state: &AppState,
     m: &MembershipRow,
 ) -> Result<Vec<Value>, Error> {
+    // An invite into a room held elsewhere: what the inviting server sent.
+    if let Some(stripped) = state
+        .storage
+        .remote_invite_by_event(&m.room_id, &m.event_id)
+        .await?
+    {
+        let mut events: Vec<Value> = serde_json::from_str(&stripped).unwrap_or_default();
+        if let Some(row) = state.storage.get_event(&m.event_id).await? {
+            let pdu: Value = row.parse_pdu().map_err(Error::internal)?;
+            events.push(json!({
+                "type": row.event_type,
+                "state_key": row.state_key,
+                "content": pdu["content"],
+                "sender": row.sender,
+                "event_id": row.event_id,
+                "origin_server_ts": row.origin_server_ts,
+            }));
+        }
+        return Ok(events);
+    }
     let current = state.storage.current_state(&m.room_id).await?;
     let mut ids: Vec<String> = [
         "m.room.create",

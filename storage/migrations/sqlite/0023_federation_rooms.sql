@@ -25,3 +25,15 @@ CREATE TABLE federation_received_txns (
     received_ts BIGINT NOT NULL,
     PRIMARY KEY (origin, txn_id)
 );
+
+-- Invites of our users into rooms held elsewhere (federation v2 invite): what the inviting
+-- server sent about the room (its stripped state, JSON array), shown with the invite until
+-- the user joins, rejects or the invite is withdrawn. The invite event itself is an outlier
+-- in events, and the membership a row of room_memberships like any other.
+CREATE TABLE remote_invites (
+    room_id       TEXT NOT NULL,
+    user_id       TEXT NOT NULL,
+    event_id      TEXT NOT NULL,
+    invite_state  TEXT NOT NULL,
+    PRIMARY KEY (room_id, user_id)
+);

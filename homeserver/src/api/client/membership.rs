@@ -121,6 +121,8 @@ async fn join(
     }
     if !is_resident(state, room_id).await? {
         let mut servers = servers.to_vec();
+        // Invited: the inviting server is in the room.
+        servers.extend(inviting_server(state, room_id, user).await?);
         if let Some(server) = room_id.server_name() {
             if !servers.iter().any(|s| s == server) {
                 servers.push(server.to_owned());
@@ -139,6 +141,30 @@ async fn join(
     }
     add_profile(state, user, &mut content).await?;
     set_membership(state, room_id, user, user, content).await
+}
+
+/// The server of whoever invited `user` into `room_id`, if the user's membership is an invite.
+async fn inviting_server(
+    state: &AppState,
+    room_id: &RoomId,
+    user: &UserId,
+) -> Result<Option<ruma::OwnedServerName>> {
+    let Some((membership, event_id)) = state
+        .storage
+        .membership(room_id.as_str(), user.as_str())
+        .await?
+    else {
+        return Ok(None);
+    };
+    if membership != "invite" {
+        return Ok(None);
+    }
+    Ok(state
+        .storage
+        .get_event(&event_id)
+        .await?
+        .and_then(|row| UserId::parse(row.sender).ok())
+        .map(|sender| sender.server_name().to_owned()))
 }
 
 /// Whether this server is in `room_id`: it knows the room and one of its users is joined.
@@ -322,9 +348,23 @@ pub async fn invite_user(
             return Err(Error::not_found("No such user"));
         }
     } else {
-        return Err(Error::forbidden(
-            "Inviting users on other servers is not supported yet",
-        ));
+        // The invitee's server must sign the invite before it is written (federation v2).
+        if membership_of(&state, &req.body.room_id, &recipient.user_id)
+            .await?
+            .as_deref()
+            == Some("join")
+        {
+            return Err(Error::forbidden("The user is already in the room"));
+        }
+        crate::federation::join::invite_remote(
+            &state,
+            &req.body.room_id,
+            sender,
+            &recipient.user_id,
+            content,
+        )
+        .await?;
+        return Ok(invite_user::v3::Response::new());
     }
     set_membership(
         &state,
@@ -351,6 +391,24 @@ pub async fn leave_room(
         .is_none()
     {
         return Err(Error::forbidden("You are not in this room"));
+    }
+    if !is_resident(&state, &req.body.room_id).await? {
+        // Rejecting an invite to a room held elsewhere.
+        let mut servers: Vec<ruma::OwnedServerName> =
+            inviting_server(&state, &req.body.room_id, user)
+                .await?
+                .into_iter()
+                .collect();
+        servers.extend(req.body.room_id.server_name().map(ToOwned::to_owned));
+        crate::federation::join::leave_remote(
+            &state,
+            &req.body.room_id,
+            user,
+            &servers,
+            member_content("leave", req.body.reason.as_deref()),
+        )
+        .await?;
+        return Ok(leave_room::v3::Response::new());
     }
     set_membership(
         &state,
