@@ -654,7 +654,55 @@ async fn a49_remote_invites_are_accepted_and_rejected(backend: Backend) {
     wait_for_membership(&bob, &room_id, dave.user_id(), "leave").await;
 }
 
+/// Nothing queued for a server that is down is lost, when the sending server restarts in
+/// the meantime too: hs2 stops, hs1's users write three messages, hs1 restarts, hs2 comes
+/// back; once hs2 talks to hs1 again (bob writes), hs1 stops backing off and hs2 gets the
+/// three messages, each once, in order.
+async fn queued_events_survive_restarts_of_both_sides(backend: Backend) {
+    let Some(mut hs1) = TestServer::start(backend, ServerOptions::default().federating()).await
+    else {
+        return;
+    };
+    let Some(mut hs2) = TestServer::start(backend, ServerOptions::default().federating()).await
+    else {
+        return;
+    };
+    let alice = hs1.register_user("alice").await;
+    let bob = hs2.register_user("bob").await;
+    let room_id = alice
+        .create_room(&serde_json::json!({ "preset": "public_chat", "room_alias_name": "r" }))
+        .await;
+    let (status, body) = bob.join(&format!("#r:{}", hs1.server_name())).await;
+    assert_eq!(status, 200, "{body}");
+    alice.send_text(&room_id, "before").await;
+    wait_for_body(&bob, &room_id, "before").await;
+
+    hs2.stop().await;
+    for i in 1..=3 {
+        alice.send_text(&room_id, &format!("while down {i}")).await;
+    }
+    // Let hs1 fail at least once, then restart it with the messages unsent.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    hs1.restart().await;
+    hs2.restart().await;
+    bob.send_text(&room_id, "back").await;
+    wait_for_body(&alice, &room_id, "back").await;
+    wait_for_body(&bob, &room_id, "while down 3").await;
+    let seen = bodies(&bob, &room_id).await;
+    let expected: Vec<String> = ["before", "while down 1", "while down 2", "while down 3"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let got: Vec<String> = seen
+        .iter()
+        .filter(|b| expected.contains(b))
+        .cloned()
+        .collect();
+    assert_eq!(got, expected, "{seen:?}");
+}
+
 backend_tests!(
+    queued_events_survive_restarts_of_both_sides,
     a49_remote_invites_are_accepted_and_rejected,
     remote_profile_over_federation,
     a47_remote_user_joins_public_room_by_alias,

@@ -36,8 +36,17 @@ const IDLE_CHECK: Duration = Duration::from_secs(60);
 /// The running destination tasks.
 #[derive(Default)]
 pub struct Destinations {
-    /// Destination → its task's wake-up. A std mutex: held only to look up or insert.
-    tasks: Mutex<HashMap<String, Arc<Notify>>>,
+    /// Destination → its task's wake-ups. A std mutex: held only to look up or insert.
+    tasks: Mutex<HashMap<String, Arc<Wakes>>>,
+}
+
+/// What wakes a destination's task.
+#[derive(Default)]
+struct Wakes {
+    /// New events to send (does not cut a back-off short).
+    events: Notify,
+    /// The destination talked to us: it is up, so a back-off ends now.
+    peer_back: Notify,
 }
 
 impl Destinations {
@@ -62,7 +71,7 @@ pub async fn wake(state: &AppState, servers: &[String], since: i64) {
             .get(server)
             .cloned();
         match existing {
-            Some(notify) => notify.notify_one(),
+            Some(wakes) => wakes.events.notify_one(),
             None => {
                 if let Err(e) = state.storage.add_destination(server, since).await {
                     tracing::warn!(destination = %server, error = %e, "could not record a destination");
@@ -94,12 +103,12 @@ fn start(state: &AppState, server: &str) {
             .lock()
             .unwrap_or_else(|e| e.into_inner());
         if let Some(existing) = tasks.get(server) {
-            existing.notify_one();
+            existing.events.notify_one();
             return;
         }
-        let notify = Arc::new(Notify::new());
-        tasks.insert(server.to_owned(), notify.clone());
-        notify
+        let wakes = Arc::new(Wakes::default());
+        tasks.insert(server.to_owned(), wakes.clone());
+        wakes
     };
     let Ok(destination) = ruma::OwnedServerName::try_from(server) else {
         return;
@@ -111,7 +120,7 @@ fn start(state: &AppState, server: &str) {
 }
 
 /// Whether this task's entry is still the registered one (stop_all clears them).
-fn still_running(state: &AppState, server: &ServerName, notify: &Arc<Notify>) -> bool {
+fn still_running(state: &AppState, server: &ServerName, notify: &Arc<Wakes>) -> bool {
     state
         .destinations
         .tasks
@@ -121,7 +130,7 @@ fn still_running(state: &AppState, server: &ServerName, notify: &Arc<Notify>) ->
         .is_some_and(|n| Arc::ptr_eq(n, notify))
 }
 
-async fn run(state: &AppState, destination: &ServerName, notify: &Arc<Notify>) {
+async fn run(state: &AppState, destination: &ServerName, notify: &Arc<Wakes>) {
     let mut failures: u32 = 0;
     loop {
         if !still_running(state, destination, notify) {
@@ -134,7 +143,7 @@ async fn run(state: &AppState, destination: &ServerName, notify: &Arc<Notify>) {
             }
             Ok(false) => {
                 failures = 0;
-                let _ = tokio::time::timeout(IDLE_CHECK, notify.notified()).await;
+                let _ = tokio::time::timeout(IDLE_CHECK, notify.events.notified()).await;
             }
             Err(e) => {
                 failures = failures.saturating_add(1);
@@ -148,7 +157,7 @@ async fn run(state: &AppState, destination: &ServerName, notify: &Arc<Notify>) {
                     .await;
                 // A wake-up (new events) does not cut the back-off short; the peer talking to
                 // us does (`reset`).
-                tokio::time::sleep(wait).await;
+                let _ = tokio::time::timeout(wait, notify.peer_back.notified()).await;
             }
         }
     }
@@ -163,7 +172,7 @@ pub fn reset(state: &AppState, server: &str) {
         .unwrap_or_else(|e| e.into_inner())
         .get(server)
     {
-        notify.notify_one();
+        notify.peer_back.notify_one();
     }
 }
 
