@@ -701,7 +701,95 @@ async fn queued_events_survive_restarts_of_both_sides(backend: Backend) {
     assert_eq!(got, expected, "{seen:?}");
 }
 
+/// Waits (up to 15 s) until `client`'s sync shows an ephemeral event of `room_id` for which
+/// `found` holds.
+async fn wait_for_ephemeral(
+    client: &complement_tests::Client,
+    room_id: &str,
+    what: &str,
+    found: impl Fn(&Value) -> bool,
+) {
+    for _ in 0..150 {
+        let (_, sync) = client.get("/_matrix/client/v3/sync?timeout=0").await;
+        let events = sync["rooms"]["join"][room_id]["ephemeral"]["events"].clone();
+        if events.as_array().into_iter().flatten().any(&found) {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("{} never saw {what} in {room_id}", client.user_id());
+}
+
+/// Scenario 59 (typing and receipts; presence is not sent yet): alice on hs1 types and bob on
+/// hs2 sees it, then stops and bob sees that; bob reads alice's message and alice sees bob's
+/// read receipt on it.
+async fn a59_typing_and_receipts_cross_servers(backend: Backend) {
+    let Some(hs1) = TestServer::start(backend, ServerOptions::default().federating()).await else {
+        return;
+    };
+    let Some(hs2) = TestServer::start(backend, ServerOptions::default().federating()).await else {
+        return;
+    };
+    let alice = hs1.register_user("alice").await;
+    let bob = hs2.register_user("bob").await;
+    let room_id = alice
+        .create_room(&serde_json::json!({ "preset": "public_chat", "room_alias_name": "t" }))
+        .await;
+    let (status, body) = bob.join(&format!("#t:{}", hs1.server_name())).await;
+    assert_eq!(status, 200, "{body}");
+    wait_for_membership(&alice, &room_id, bob.user_id(), "join").await;
+
+    let typing_path = complement_tests::Client::room_path(
+        &room_id,
+        &format!("/typing/{}", encode(alice.user_id())),
+    );
+    let start = serde_json::json!({ "typing": true, "timeout": 20000 });
+    assert_eq!(alice.put(&typing_path, &start).await.0, 200);
+    let alice_id = alice.user_id().to_owned();
+    wait_for_ephemeral(&bob, &room_id, "alice typing", |e| {
+        e["type"] == "m.typing"
+            && e["content"]["user_ids"]
+                .as_array()
+                .is_some_and(|ids| ids.iter().any(|u| *u == alice_id.as_str()))
+    })
+    .await;
+    let stop = serde_json::json!({ "typing": false });
+    assert_eq!(alice.put(&typing_path, &stop).await.0, 200);
+    // An initial sync shows typing only while someone types.
+    let mut stopped = false;
+    for _ in 0..150 {
+        let (_, sync) = bob.get("/_matrix/client/v3/sync?timeout=0").await;
+        let events = sync["rooms"]["join"][&room_id]["ephemeral"]["events"].clone();
+        let typing = events.as_array().into_iter().flatten().any(|e| {
+            e["type"] == "m.typing"
+                && e["content"]["user_ids"]
+                    .as_array()
+                    .is_some_and(|ids| ids.iter().any(|u| *u == alice_id.as_str()))
+        });
+        if !typing {
+            stopped = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(stopped, "bob still sees alice typing");
+
+    let event_id = alice.send_text(&room_id, "read me").await;
+    wait_for_body(&bob, &room_id, "read me").await;
+    let receipt = complement_tests::Client::room_path(
+        &room_id,
+        &format!("/receipt/m.read/{}", encode(&event_id)),
+    );
+    assert_eq!(bob.post(&receipt, &serde_json::json!({})).await.0, 200);
+    let bob_id = bob.user_id().to_owned();
+    wait_for_ephemeral(&alice, &room_id, "bob's receipt", |e| {
+        e["type"] == "m.receipt" && !e["content"][&event_id]["m.read"][&bob_id].is_null()
+    })
+    .await;
+}
+
 backend_tests!(
+    a59_typing_and_receipts_cross_servers,
     queued_events_survive_restarts_of_both_sides,
     a49_remote_invites_are_accepted_and_rejected,
     remote_profile_over_federation,

@@ -419,12 +419,124 @@ async fn send_transaction(
             results.insert(event_id, entry);
         }
     }
+    // EDUs after the PDUs, so a receipt can name an event of the same transaction.
+    for edu in body["edus"].as_array().into_iter().flatten() {
+        if let Err(e) = receive_edu(&state, &request.origin, edu).await {
+            tracing::info!(%origin, error = %e, "ignored an EDU");
+        }
+    }
     let answer = json!({ "pdus": results });
     state
         .storage
         .record_received_txn(&origin, &txn_id, &answer.to_string(), crate::auth::now_ms())
         .await?;
     Ok(Json(answer))
+}
+
+/// Whether `user` (of `origin`) is joined to `room_id` here.
+async fn joined_from(
+    state: &AppState,
+    origin: &ruma::ServerName,
+    room_id: &str,
+    user: &str,
+) -> Result<bool, Error> {
+    let of_origin = user
+        .split_once(':')
+        .is_some_and(|(_, s)| s == origin.as_str());
+    Ok(of_origin
+        && state
+            .storage
+            .membership(room_id, user)
+            .await?
+            .is_some_and(|(m, _)| m == "join"))
+}
+
+/// Most receipts one `m.receipt` EDU may move.
+const MAX_RECEIPTS_PER_EDU: usize = 100;
+
+/// One EDU of a received transaction: typing and read receipts of the origin's users in
+/// rooms they are joined to. Anything else (or anything about another server's users) is
+/// ignored.
+async fn receive_edu(
+    state: &AppState,
+    origin: &ruma::ServerName,
+    edu: &Value,
+) -> Result<(), Error> {
+    let content = &edu["content"];
+    match edu["edu_type"].as_str() {
+        Some("m.typing") => {
+            let (Some(room_id), Some(user)) =
+                (content["room_id"].as_str(), content["user_id"].as_str())
+            else {
+                return Ok(());
+            };
+            if !joined_from(state, origin, room_id, user).await? {
+                return Ok(());
+            }
+            let typing = content["typing"].as_bool().unwrap_or(false);
+            if state.typing.set(
+                room_id,
+                user,
+                typing,
+                crate::typing::DEFAULT_TIMEOUT,
+                std::time::Instant::now(),
+            ) {
+                state.wake_room(room_id).await?;
+            }
+        }
+        Some("m.receipt") => {
+            let mut budget = MAX_RECEIPTS_PER_EDU;
+            for (room_id, by_type) in content.as_object().into_iter().flatten() {
+                let Some(users) = by_type["m.read"].as_object() else {
+                    continue;
+                };
+                let mut moved = false;
+                for (user, receipt) in users {
+                    if budget == 0 {
+                        break;
+                    }
+                    budget -= 1;
+                    let Some(event_id) = receipt["event_ids"]
+                        .as_array()
+                        .and_then(|ids| ids.first())
+                        .and_then(|id| id.as_str())
+                    else {
+                        continue;
+                    };
+                    if !joined_from(state, origin, room_id, user).await? {
+                        continue;
+                    }
+                    let in_room = state.storage.get_event(event_id).await?.is_some_and(|row| {
+                        row.room_id == *room_id && row.stream_ordering.is_some()
+                    });
+                    if !in_room {
+                        continue;
+                    }
+                    let ts = receipt["data"]["ts"]
+                        .as_i64()
+                        .unwrap_or_else(crate::auth::now_ms);
+                    let thread_id = receipt["data"]["thread_id"].as_str().map(str::to_owned);
+                    moved |= state
+                        .storage
+                        .set_receipt(&myelin_storage::ReceiptRow {
+                            room_id: room_id.clone(),
+                            user_id: user.clone(),
+                            receipt_type: "m.read".to_owned(),
+                            thread_id,
+                            event_id: event_id.to_owned(),
+                            ts,
+                        })
+                        .await?
+                        .is_some();
+                }
+                if moved {
+                    state.wake_room(room_id).await?;
+                }
+            }
+        }
+        _ => {}
+    }
+    Ok(())
 }
 
 /// One PDU of a received transaction: its event ID (when it can be computed) and whether it

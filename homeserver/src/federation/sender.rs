@@ -38,7 +38,19 @@ const IDLE_CHECK: Duration = Duration::from_secs(60);
 pub struct Destinations {
     /// Destination → its task's wake-ups. A std mutex: held only to look up or insert.
     tasks: Mutex<HashMap<String, Arc<Wakes>>>,
+    /// EDUs (typing, receipts) waiting for each destination's next transaction. Ephemeral by
+    /// nature, so kept in memory only (a restart drops them), at most [`MAX_QUEUED_EDUS`] per
+    /// destination (the oldest go first).
+    edus: Mutex<HashMap<String, Vec<serde_json::Value>>>,
+    /// Makes transaction IDs unique within the process (with the start time, across
+    /// restarts).
+    txn_seq: std::sync::atomic::AtomicU64,
 }
+
+/// The spec's limit of EDUs in one transaction.
+pub const MAX_EDUS_PER_TXN: usize = 100;
+/// Most EDUs kept for one destination.
+const MAX_QUEUED_EDUS: usize = 1000;
 
 /// What wakes a destination's task.
 #[derive(Default)]
@@ -53,6 +65,63 @@ impl Destinations {
     pub fn stop_all(&self) {
         self.tasks.lock().unwrap_or_else(|e| e.into_inner()).clear();
     }
+
+    fn push_edus(&self, destination: &str, edus: Vec<serde_json::Value>, front: bool) {
+        let mut queues = self.edus.lock().unwrap_or_else(|e| e.into_inner());
+        let queue = queues.entry(destination.to_owned()).or_default();
+        if front {
+            let mut merged = edus;
+            merged.append(queue);
+            *queue = merged;
+        } else {
+            queue.extend(edus);
+        }
+        if queue.len() > MAX_QUEUED_EDUS {
+            let excess = queue.len() - MAX_QUEUED_EDUS;
+            queue.drain(..excess);
+        }
+    }
+
+    fn take_edus(&self, destination: &str) -> Vec<serde_json::Value> {
+        let mut queues = self.edus.lock().unwrap_or_else(|e| e.into_inner());
+        match queues.get_mut(destination) {
+            Some(queue) => {
+                let n = queue.len().min(MAX_EDUS_PER_TXN);
+                queue.drain(..n).collect()
+            }
+            None => Vec::new(),
+        }
+    }
+}
+
+/// Sends `edu` (`{"edu_type": …, "content": …}`) to every other server with a joined member
+/// in `room_id`, with each one's next transaction.
+pub async fn send_edu(state: &AppState, room_id: &str, edu: serde_json::Value) {
+    let ours = state.server_name.as_str();
+    let members = match state.storage.room_members(room_id).await {
+        Ok(members) => members,
+        Err(e) => {
+            tracing::warn!(%room_id, error = %e, "could not read the room's members for an EDU");
+            return;
+        }
+    };
+    let mut servers: Vec<String> = members
+        .iter()
+        .filter(|(_, m, _)| m == "join")
+        .filter_map(|(user, _, _)| user.split_once(':').map(|(_, s)| s.to_owned()))
+        .filter(|s| s != ours)
+        .collect();
+    servers.sort_unstable();
+    servers.dedup();
+    if servers.is_empty() {
+        return;
+    }
+    for server in &servers {
+        state
+            .destinations
+            .push_edus(server, vec![edu.clone()], false);
+    }
+    wake(state, &servers, state.storage.safe_stream_position()).await;
 }
 
 /// Wakes (starting if needed) the task of every server in `servers` after events up to
@@ -188,9 +257,28 @@ async fn send_pending(state: &AppState, destination: &ServerName) -> Result<bool
         .find(|d| d.destination == destination.as_str())
         .ok_or("the destination is not recorded")?;
     let upto = state.storage.safe_stream_position();
-    if row.stream_position >= upto {
+    let edus = state.destinations.take_edus(destination.as_str());
+    if row.stream_position >= upto && edus.is_empty() {
         return Ok(false);
     }
+    let result = send_one(state, destination, &row, upto, &edus).await;
+    if result.is_err() && !edus.is_empty() {
+        state
+            .destinations
+            .push_edus(destination.as_str(), edus, true);
+    }
+    result
+}
+
+/// One transaction: what `destination` has not accepted of the stream up to `upto`, and
+/// `edus`.
+async fn send_one(
+    state: &AppState,
+    destination: &ServerName,
+    row: &myelin_storage::Destination,
+    upto: i64,
+    edus: &[serde_json::Value],
+) -> Result<bool, String> {
     let rooms = state
         .storage
         .rooms_with_server(destination.as_str())
@@ -238,19 +326,28 @@ async fn send_pending(state: &AppState, destination: &ServerName) -> Result<bool
         // The scan reached `upto`: nothing else lies before it.
         last = upto;
     }
-    if pdus.is_empty() {
-        state
-            .storage
-            .destination_sent(destination.as_str(), last)
-            .await
-            .map_err(|e| e.to_string())?;
+    if pdus.is_empty() && edus.is_empty() {
+        if last > row.stream_position {
+            state
+                .storage
+                .destination_sent(destination.as_str(), last)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
         return Ok(last < upto);
     }
-    let txn_id = format!("{}-{last}", row.stream_position);
+    // Unique per transaction (a retry is a new transaction; the PDUs it repeats are known to
+    // the peer by their event IDs).
+    let seq = state
+        .destinations
+        .txn_seq
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let txn_id = format!("{}-{last}-{}-{seq}", row.stream_position, now_ms());
     let body = json!({
         "origin": server,
         "origin_server_ts": now_ms(),
         "pdus": pdus,
+        "edus": edus,
     });
     let path = format!("/_matrix/federation/v1/send/{txn_id}");
     let answer = state
@@ -265,10 +362,12 @@ async fn send_pending(state: &AppState, destination: &ServerName) -> Result<bool
             }
         }
     }
-    state
-        .storage
-        .destination_sent(destination.as_str(), last)
-        .await
-        .map_err(|e| e.to_string())?;
+    if last > row.stream_position {
+        state
+            .storage
+            .destination_sent(destination.as_str(), last)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
     Ok(true)
 }

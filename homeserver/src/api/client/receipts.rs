@@ -54,6 +54,11 @@ pub async fn create_typing_event(
         Instant::now(),
     ) {
         state.wake_room(req.body.room_id.as_str()).await?;
+        let edu = serde_json::json!({
+            "edu_type": "m.typing",
+            "content": { "room_id": req.body.room_id, "user_id": user, "typing": typing },
+        });
+        crate::federation::sender::send_edu(&state, req.body.room_id.as_str(), edu).await;
     }
     if typing {
         crate::presence_active(&state, user.as_str()).await;
@@ -70,6 +75,7 @@ async fn store_receipt(
     thread_id: Option<String>,
     event_id: &EventId,
 ) -> Result<()> {
+    let edu_thread = thread_id.clone();
     let row = state
         .storage
         .get_event(event_id.as_str())
@@ -101,6 +107,21 @@ async fn store_receipt(
         state.notifier.notify([user.as_str()]);
     } else {
         state.wake_room(room_id.as_str()).await?;
+    }
+    if receipt_type == "m.read" {
+        // Public receipts go to the other servers in the room.
+        let mut data = serde_json::json!({ "ts": now_ms() });
+        if let Some(thread) = &edu_thread {
+            data["thread_id"] = thread.clone().into();
+        }
+        let edu = serde_json::json!({
+            "edu_type": "m.receipt",
+            "content": { room_id.as_str(): { "m.read": { user.as_str(): {
+                "event_ids": [event_id],
+                "data": data,
+            } } } },
+        });
+        crate::federation::sender::send_edu(state, room_id.as_str(), edu).await;
     }
     if matches!(receipt_type, "m.read" | "m.read.private") {
         // The user's other devices get the new badge.
