@@ -41,8 +41,12 @@ mod element_x;
 mod ephemeral;
 #[path = "suite/errors.rs"]
 mod errors;
+#[path = "suite/fake_peer.rs"]
+mod fake_peer;
 #[path = "suite/federation.rs"]
 mod federation;
+#[path = "suite/federation_peer.rs"]
+mod federation_peer;
 #[path = "suite/filters.rs"]
 mod filters;
 #[path = "suite/login.rs"]

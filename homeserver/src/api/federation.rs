@@ -51,6 +51,19 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/_matrix/federation/v1/send/{txn_id}",
             put(send_transaction),
+        )
+        .route("/_matrix/federation/v1/event/{event_id}", get(get_event))
+        .route(
+            "/_matrix/federation/v1/state/{room_id}",
+            get(get_room_state),
+        )
+        .route(
+            "/_matrix/federation/v1/state_ids/{room_id}",
+            get(get_room_state_ids),
+        )
+        .route(
+            "/_matrix/federation/v1/event_auth/{room_id}/{event_id}",
+            get(get_event_authorization),
         );
     key::routes(router)
         .fallback(unknown_endpoint)
@@ -632,4 +645,110 @@ fn url_pairs(uri: &http::Uri) -> Vec<(String, String)> {
     axum::extract::Query::<Vec<(String, String)>>::try_from_uri(uri)
         .map(|q| q.0)
         .unwrap_or_default()
+}
+
+/// An event of a room we hold that the asking server may see (history visibility for
+/// servers); 404 otherwise, so nothing tells it the event exists.
+async fn visible_event(
+    state: &AppState,
+    origin: &ruma::ServerName,
+    event_id: &str,
+    room_id: Option<&str>,
+) -> Result<myelin_storage::EventRow, Error> {
+    let row = state
+        .storage
+        .get_event(event_id)
+        .await?
+        .filter(|row| room_id.is_none_or(|r| r == row.room_id))
+        .filter(|row| row.stream_ordering.is_some() || row.state_before.is_some())
+        .ok_or_else(|| Error::not_found("Event not found"))?;
+    if !crate::rooms::remote::server_may_see(state, origin, &row).await? {
+        return Err(Error::not_found("Event not found"));
+    }
+    Ok(row)
+}
+
+/// GET /_matrix/federation/v1/event/{eventId}
+///
+/// <https://spec.matrix.org/latest/server-server-api/#get_matrixfederationv1eventeventid>
+async fn get_event(
+    State(state): State<AppState>,
+    axum::extract::Path(event_id): axum::extract::Path<String>,
+    request: ServerRequest,
+) -> Result<Json<Value>, Error> {
+    let row = visible_event(&state, &request.origin, &event_id, None).await?;
+    let pdu: Value = row.parse_pdu().map_err(Error::internal)?;
+    Ok(Json(json!({
+        "origin": state.server_name,
+        "origin_server_ts": crate::auth::now_ms(),
+        "pdus": [pdu],
+    })))
+}
+
+/// The `event_id` query parameter of `/state` and `/state_ids`.
+fn event_id_param(request: &ServerRequest) -> Result<String, Error> {
+    url_pairs(&request.parts.uri)
+        .into_iter()
+        .find(|(k, _)| k == "event_id")
+        .map(|(_, v)| v)
+        .ok_or_else(|| Error::missing_param("event_id is required"))
+}
+
+/// GET /_matrix/federation/v1/state_ids/{roomId}
+///
+/// The state at an event (before it) and its auth chain, as event IDs.
+///
+/// <https://spec.matrix.org/latest/server-server-api/#get_matrixfederationv1state_idsroomid>
+async fn get_room_state_ids(
+    State(state): State<AppState>,
+    axum::extract::Path(room_id): axum::extract::Path<String>,
+    request: ServerRequest,
+) -> Result<Json<Value>, Error> {
+    let event_id = event_id_param(&request)?;
+    visible_event(&state, &request.origin, &event_id, Some(&room_id)).await?;
+    let (pdu_ids, auth_chain_ids) =
+        crate::rooms::remote::state_ids_and_auth_chain(&state, &event_id).await?;
+    Ok(Json(
+        json!({ "pdu_ids": pdu_ids, "auth_chain_ids": auth_chain_ids }),
+    ))
+}
+
+/// GET /_matrix/federation/v1/state/{roomId}
+///
+/// The state at an event (before it) and its auth chain, as full PDUs.
+///
+/// <https://spec.matrix.org/latest/server-server-api/#get_matrixfederationv1stateroomid>
+async fn get_room_state(
+    State(state): State<AppState>,
+    axum::extract::Path(room_id): axum::extract::Path<String>,
+    request: ServerRequest,
+) -> Result<Json<Value>, Error> {
+    let event_id = event_id_param(&request)?;
+    visible_event(&state, &request.origin, &event_id, Some(&room_id)).await?;
+    let (pdu_ids, auth_chain_ids) =
+        crate::rooms::remote::state_ids_and_auth_chain(&state, &event_id).await?;
+    let mut pdus = Vec::with_capacity(pdu_ids.len());
+    for row in state.storage.get_events(&pdu_ids).await? {
+        pdus.push(row.parse_pdu::<Value>().map_err(Error::internal)?);
+    }
+    let mut auth_chain = Vec::with_capacity(auth_chain_ids.len());
+    for row in state.storage.get_events(&auth_chain_ids).await? {
+        auth_chain.push(row.parse_pdu::<Value>().map_err(Error::internal)?);
+    }
+    Ok(Json(json!({ "pdus": pdus, "auth_chain": auth_chain })))
+}
+
+/// GET /_matrix/federation/v1/event_auth/{roomId}/{eventId}
+///
+/// The full auth chain of an event.
+///
+/// <https://spec.matrix.org/latest/server-server-api/#get_matrixfederationv1event_authroomideventid>
+async fn get_event_authorization(
+    State(state): State<AppState>,
+    axum::extract::Path((room_id, event_id)): axum::extract::Path<(String, String)>,
+    request: ServerRequest,
+) -> Result<Json<Value>, Error> {
+    visible_event(&state, &request.origin, &event_id, Some(&room_id)).await?;
+    let auth_chain = crate::rooms::remote::event_auth_chain(&state, &event_id).await?;
+    Ok(Json(json!({ "auth_chain": auth_chain })))
 }

@@ -743,3 +743,104 @@ pub async fn stripped_room_state(
     }
     Ok(out)
 }
+
+/// Whether `server` may read `row` (an event of a room we hold), as the spec's history
+/// visibility rules apply to servers
+/// (<https://spec.matrix.org/latest/server-server-api/#retrieving-events>): `world_readable`
+/// always; otherwise a server with a user joined at the event (for `invited`, also invited;
+/// for `shared`, also one joined now).
+pub async fn server_may_see(
+    state: &AppState,
+    server: &ruma::ServerName,
+    row: &myelin_storage::EventRow,
+) -> Result<bool, Error> {
+    let Some(snapshot) = row.state_after.or(row.state_before) else {
+        return Ok(false);
+    };
+    let at = state.snapshot(snapshot).await?;
+    let visibility_id = at.get(&("m.room.history_visibility".to_owned(), String::new()));
+    let visibility = match visibility_id {
+        Some(id) => state
+            .storage
+            .get_event(id)
+            .await?
+            .and_then(|r| r.parse_pdu::<serde_json::Value>().ok())
+            .and_then(|p| {
+                p["content"]["history_visibility"]
+                    .as_str()
+                    .map(str::to_owned)
+            })
+            .unwrap_or_else(|| "shared".to_owned()),
+        None => "shared".to_owned(),
+    };
+    if visibility == "world_readable" {
+        return Ok(true);
+    }
+    let suffix = format!(":{server}");
+    let members: Vec<String> = at
+        .iter()
+        .filter(|((t, k), _)| t == "m.room.member" && k.ends_with(&suffix))
+        .map(|(_, id)| id.clone())
+        .collect();
+    let mut joined = false;
+    let mut invited = false;
+    for member in state.storage.get_events(&members).await? {
+        let content: serde_json::Value = member
+            .parse_pdu::<serde_json::Value>()
+            .map(|p| p["content"].clone())
+            .unwrap_or_default();
+        match content["membership"].as_str() {
+            Some("join") => joined = true,
+            Some("invite") => invited = true,
+            _ => {}
+        }
+    }
+    if joined || (invited && visibility != "joined") {
+        return Ok(true);
+    }
+    if visibility == "shared" {
+        let now = state.storage.room_members(&row.room_id).await?;
+        return Ok(now
+            .iter()
+            .any(|(u, m, _)| m == "join" && u.ends_with(&suffix)));
+    }
+    Ok(false)
+}
+
+/// The state before `event_id` and its auth chain, as event IDs.
+pub async fn state_ids_and_auth_chain(
+    state: &AppState,
+    event_id: &str,
+) -> Result<(Vec<String>, Vec<String>), Error> {
+    let row = state
+        .storage
+        .get_event(event_id)
+        .await?
+        .ok_or_else(|| Error::not_found("Event not found"))?;
+    let before = match row.state_before {
+        Some(snapshot) => state.snapshot(snapshot).await?,
+        None => Default::default(),
+    };
+    let ids: Vec<String> = before.values().cloned().collect();
+    let mut events = HashMap::new();
+    let chain = auth_chain(state, ids.iter().cloned(), &mut events).await?;
+    Ok((ids, chain.iter().map(|id| id.to_string()).collect()))
+}
+
+/// The auth chain of one event, as full PDUs.
+pub async fn event_auth_chain(
+    state: &AppState,
+    event_id: &str,
+) -> Result<Vec<serde_json::Value>, Error> {
+    let mut events = HashMap::new();
+    let chain = auth_chain(state, std::iter::once(event_id.to_owned()), &mut events).await?;
+    let ids: Vec<String> = chain.iter().map(|id| id.to_string()).collect();
+    let mut out = Vec::with_capacity(ids.len());
+    for row in state.storage.get_events(&ids).await? {
+        out.push(
+            row.parse_pdu::<serde_json::Value>()
+                .map_err(Error::internal)?,
+        );
+    }
+    Ok(out)
+}

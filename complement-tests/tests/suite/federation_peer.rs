@@ -1,0 +1,353 @@
+//! Federation with a scripted peer (`fake_peer.rs`): what it sends is checked, what it asks
+//! is answered only as far as it may see, and what Myelin sends it is signed.
+
+use complement_tests::{backend_tests, encode, Backend, ServerOptions, TestServer};
+use reqwest::Method;
+use ruma::RoomVersionId;
+use serde_json::{json, Value};
+
+use crate::fake_peer::{now_ms, FakePeer};
+
+/// Waits (up to 15 s) until `found` holds for alice's view of the room's messages.
+async fn wait_messages(
+    client: &complement_tests::Client,
+    room_id: &str,
+    what: &str,
+    found: impl Fn(&[Value]) -> bool,
+) -> Vec<Value> {
+    let path = complement_tests::Client::room_path(room_id, "/messages?dir=b&limit=100");
+    for _ in 0..150 {
+        let (_, page) = client.get(&path).await;
+        let chunk = page["chunk"].as_array().cloned().unwrap_or_default();
+        if found(&chunk) {
+            return chunk;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("never saw {what}");
+}
+
+/// Scenarios 54, 55, 57 and 58 (in part) with a scripted peer F: F joins alice's room
+/// (`make_join`, `send_join`; a join sent to `send_leave` is refused); alice's message reaches
+/// F in a transaction, signed by hs1 and hashed; F's message appears in alice's timeline and
+/// a replayed transaction adds nothing; an event whose content was changed after signing is
+/// kept redacted, a forged or unsigned one is refused and never shown; F reads events, state
+/// IDs and auth chains, and a server with nobody in the room reads nothing.
+async fn a55_scripted_peer_is_checked(backend: Backend) {
+    let Some(hs1) = TestServer::start(backend, ServerOptions::default().federating()).await else {
+        return;
+    };
+    let base = hs1
+        .federation_tls_url()
+        .expect("federation listener")
+        .to_owned();
+    let dest = hs1.server_name().to_owned();
+    let alice = hs1.register_user("alice").await;
+    let room_id = alice.create_room(&json!({ "preset": "public_chat" })).await;
+    let peer = FakePeer::start().await;
+    let fred = peer.user_id("fred");
+    let version = RoomVersionId::V12;
+
+    // Join.
+    let (status, template) = peer
+        .request(
+            &base,
+            &dest,
+            Method::GET,
+            &format!(
+                "/_matrix/federation/v1/make_join/{}/{}?ver=11&ver=12",
+                encode(&room_id),
+                encode(&fred)
+            ),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{template}");
+    assert_eq!(template["room_version"], "12");
+    let (join_id, join) = peer.sign_event(template["event"].clone(), &version);
+    let send_join = |kind: &str| {
+        format!(
+            "/_matrix/federation/v2/{kind}/{}/{}",
+            encode(&room_id),
+            encode(&join_id)
+        )
+    };
+    let (status, body) = peer
+        .request(
+            &base,
+            &dest,
+            Method::PUT,
+            &send_join("send_leave"),
+            Some(&join),
+        )
+        .await;
+    assert_eq!(status, 400, "a join sent to send_leave: {body}");
+    let (status, answer) = peer
+        .request(
+            &base,
+            &dest,
+            Method::PUT,
+            &send_join("send_join"),
+            Some(&join),
+        )
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    assert!(
+        answer["state"].as_array().is_some_and(|s| s.len() >= 4),
+        "{answer}"
+    );
+    assert!(answer["auth_chain"]
+        .as_array()
+        .is_some_and(|s| !s.is_empty()));
+
+    // Scenario 54: alice's message reaches F, signed by hs1 with a matching hash.
+    let alice_msg = alice.send_text(&room_id, "to the peer").await;
+    let mut delivered = None;
+    for _ in 0..150 {
+        delivered = peer
+            .received
+            .lock()
+            .unwrap()
+            .iter()
+            .flat_map(|t| t["pdus"].as_array().cloned().unwrap_or_default())
+            .find(|p| p["content"]["body"] == "to the peer");
+        if delivered.is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let delivered = delivered.expect("hs1 never sent alice's message to the peer");
+    let (_, keys) = reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .build()
+        .unwrap()
+        .get(format!("{base}/_matrix/key/v2/server"))
+        .send()
+        .await
+        .map(|r| (0, r))
+        .unwrap();
+    let keys: Value = keys.json().await.unwrap();
+    let mut key_set = ruma::signatures::PublicKeySet::new();
+    for (id, key) in keys["verify_keys"].as_object().unwrap() {
+        key_set.insert(
+            id.clone(),
+            ruma::serde::Base64::parse(key["key"].as_str().unwrap()).unwrap(),
+        );
+    }
+    let mut key_map = ruma::signatures::PublicKeyMap::new();
+    key_map.insert(dest.clone(), key_set);
+    let object: ruma::CanonicalJsonObject = serde_json::from_value(delivered.clone()).unwrap();
+    assert_eq!(
+        ruma::signatures::verify_event(&key_map, &object, &version.rules().unwrap()).unwrap(),
+        ruma::signatures::Verified::All
+    );
+
+    // The room's power levels, to cite as auth events.
+    let (_, state) = alice
+        .get(&complement_tests::Client::room_path(&room_id, "/state"))
+        .await;
+    let power_levels = state
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["type"] == "m.room.power_levels")
+        .unwrap()["event_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let message = |body: &str| {
+        json!({
+            "type": "m.room.message",
+            "room_id": room_id,
+            "sender": fred,
+            "origin_server_ts": now_ms(),
+            "content": { "msgtype": "m.text", "body": body },
+            "depth": delivered["depth"].as_u64().unwrap() + 1,
+            "prev_events": [alice_msg],
+            "auth_events": [power_levels, join_id],
+        })
+    };
+    let send = |txn: &str, pdus: Vec<Value>| {
+        let body =
+            json!({ "origin": peer.server_name, "origin_server_ts": now_ms(), "pdus": pdus });
+        (format!("/_matrix/federation/v1/send/{txn}"), body)
+    };
+
+    // Scenario 55: F's message shows; a replayed transaction adds nothing.
+    let (msg_id, msg) = peer.sign_event(message("from the peer"), &version);
+    let (path, body) = send("t1", vec![msg.clone()]);
+    let (status, first) = peer
+        .request(&base, &dest, Method::PUT, &path, Some(&body))
+        .await;
+    assert_eq!(status, 200, "{first}");
+    assert_eq!(first["pdus"][&msg_id], json!({}), "{first}");
+    let (status, again) = peer
+        .request(&base, &dest, Method::PUT, &path, Some(&body))
+        .await;
+    assert_eq!((status, &again), (200, &first));
+    let chunk = wait_messages(&alice, &room_id, "F's message", |c| {
+        c.iter().any(|e| e["event_id"] == msg_id.as_str())
+    })
+    .await;
+    assert_eq!(
+        chunk
+            .iter()
+            .filter(|e| e["content"]["body"] == "from the peer")
+            .count(),
+        1
+    );
+
+    // Content changed after signing: kept, redacted.
+    let (tampered_id, mut tampered) = peer.sign_event(message("original"), &version);
+    tampered["content"]["body"] = "changed on the way".into();
+    // Forged: a signed field changed (the ID changes with it); unsigned: no signatures.
+    let (_, mut forged) = peer.sign_event(message("forged"), &version);
+    forged["origin_server_ts"] = (now_ms() + 1).into();
+    let (_, mut unsigned) = peer.sign_event(message("unsigned"), &version);
+    unsigned.as_object_mut().unwrap().remove("signatures");
+    let (path, body) = send("t2", vec![tampered, forged, unsigned]);
+    let (status, answer) = peer
+        .request(&base, &dest, Method::PUT, &path, Some(&body))
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    let results = answer["pdus"].as_object().unwrap();
+    assert_eq!(results[&tampered_id], json!({}), "{answer}");
+    assert_eq!(
+        results
+            .values()
+            .filter(|r| r.get("error").is_some())
+            .count(),
+        2,
+        "{answer}"
+    );
+    let chunk = wait_messages(&alice, &room_id, "the tampered event", |c| {
+        c.iter().any(|e| e["event_id"] == tampered_id.as_str())
+    })
+    .await;
+    let shown = chunk
+        .iter()
+        .find(|e| e["event_id"] == tampered_id.as_str())
+        .unwrap();
+    assert!(shown["content"].get("body").is_none(), "{shown}");
+    for hidden in ["changed on the way", "forged", "unsigned"] {
+        assert!(
+            !chunk.iter().any(|e| e["content"]["body"] == hidden),
+            "{hidden} was shown"
+        );
+    }
+
+    // Scenario 57: F reads what it may.
+    let (status, event) = peer
+        .request(
+            &base,
+            &dest,
+            Method::GET,
+            &format!("/_matrix/federation/v1/event/{}", encode(&alice_msg)),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{event}");
+    assert_eq!(event["pdus"][0]["content"]["body"], "to the peer");
+    let (status, ids) = peer
+        .request(
+            &base,
+            &dest,
+            Method::GET,
+            &format!(
+                "/_matrix/federation/v1/state_ids/{}?event_id={}",
+                encode(&room_id),
+                encode(&alice_msg)
+            ),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{ids}");
+    assert!(
+        ids["pdu_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|i| *i == join_id.as_str()),
+        "{ids}"
+    );
+    assert!(
+        ids["auth_chain_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|i| *i == power_levels.as_str()),
+        "{ids}"
+    );
+    let (status, auth) = peer
+        .request(
+            &base,
+            &dest,
+            Method::GET,
+            &format!(
+                "/_matrix/federation/v1/event_auth/{}/{}",
+                encode(&room_id),
+                encode(&msg_id)
+            ),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{auth}");
+    let chain: Vec<&str> = auth["auth_chain"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["type"].as_str())
+        .collect();
+    assert!(
+        chain.contains(&"m.room.power_levels") && chain.contains(&"m.room.member"),
+        "{chain:?}"
+    );
+    // A server with nobody in the room reads nothing.
+    let stranger = FakePeer::start().await;
+    let (status, _) = stranger
+        .request(
+            &base,
+            &dest,
+            Method::GET,
+            &format!("/_matrix/federation/v1/event/{}", encode(&alice_msg)),
+            None,
+        )
+        .await;
+    assert_eq!(status, 404);
+    // Nor may it send into the room.
+    let (_, stray) = stranger.sign_event(
+        json!({
+            "type": "m.room.message",
+            "room_id": room_id,
+            "sender": stranger.user_id("eve"),
+            "origin_server_ts": now_ms(),
+            "content": { "msgtype": "m.text", "body": "intruder" },
+            "depth": 100,
+            "prev_events": [alice_msg],
+            "auth_events": [power_levels],
+        }),
+        &version,
+    );
+    let body =
+        json!({ "origin": stranger.server_name, "origin_server_ts": now_ms(), "pdus": [stray] });
+    let (status, answer) = stranger
+        .request(
+            &base,
+            &dest,
+            Method::PUT,
+            "/_matrix/federation/v1/send/x1",
+            Some(&body),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert!(
+        answer["pdus"]
+            .as_object()
+            .unwrap()
+            .values()
+            .all(|r| r.get("error").is_some()),
+        "{answer}"
+    );
+}
+
+backend_tests!(a55_scripted_peer_is_checked);
