@@ -28,6 +28,8 @@ pub struct FakePeer {
     http: reqwest::Client,
     /// Bodies of the transactions (`PUT /send/{txnId}`) the peer was sent.
     pub received: Arc<Mutex<Vec<Value>>>,
+    /// Events the peer serves at `/_matrix/federation/v1/event/{eventId}`, by ID.
+    pub events: Arc<Mutex<std::collections::HashMap<String, Value>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -69,6 +71,7 @@ impl FakePeer {
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
         let received = Arc::new(Mutex::new(Vec::new()));
+        let events: Arc<Mutex<std::collections::HashMap<String, Value>>> = Arc::default();
         let key_document = {
             let mut doc = canonical(json!({
                 "server_name": server_name,
@@ -81,6 +84,7 @@ impl FakePeer {
         };
         let task = {
             let received = received.clone();
+            let events = events.clone();
             tokio::spawn(async move {
                 loop {
                     let Ok((stream, _)) = listener.accept().await else {
@@ -88,6 +92,7 @@ impl FakePeer {
                     };
                     let acceptor = acceptor.clone();
                     let received = received.clone();
+                    let events = events.clone();
                     let key_document = key_document.clone();
                     tokio::spawn(async move {
                         let Ok(tls) = acceptor.accept(stream).await else {
@@ -95,12 +100,26 @@ impl FakePeer {
                         };
                         let service = hyper::service::service_fn(move |req: Request<Incoming>| {
                             let received = received.clone();
+                            let events = events.clone();
                             let key_document = key_document.clone();
                             async move {
                                 let path = req.uri().path().to_owned();
                                 let body = req.into_body().collect().await?.to_bytes();
                                 let (status, answer) = if path == "/_matrix/key/v2/server" {
                                     (200, key_document)
+                                } else if let Some(id) =
+                                    path.strip_prefix("/_matrix/federation/v1/event/")
+                                {
+                                    let id = id.replace("%24", "$");
+                                    match events.lock().unwrap().get(&id) {
+                                        Some(pdu) => (
+                                            200,
+                                            json!({ "origin": "", "origin_server_ts": 0, "pdus": [pdu] })
+                                                .to_string()
+                                                .into_bytes(),
+                                        ),
+                                        None => (404, br#"{"errcode":"M_NOT_FOUND"}"#.to_vec()),
+                                    }
                                 } else if path.starts_with("/_matrix/federation/v1/send/") {
                                     if let Ok(v) = serde_json::from_slice::<Value>(&body) {
                                         received.lock().unwrap().push(v);
@@ -134,6 +153,7 @@ impl FakePeer {
                 .build()
                 .expect("client"),
             received,
+            events,
             task,
         }
     }

@@ -236,6 +236,27 @@ async fn a55_scripted_peer_is_checked(backend: Backend) {
         );
     }
 
+    // A PDU whose parent hs1 lacks: hs1 fetches the parent from F (`/event`) first.
+    let mut first = message("gap 1");
+    first["prev_events"] = json!([msg_id]);
+    let (first_id, first) = peer.sign_event(first, &version);
+    let mut second = message("gap 2");
+    second["prev_events"] = json!([first_id]);
+    second["depth"] = (first["depth"].as_u64().unwrap() + 1).into();
+    let (second_id, second) = peer.sign_event(second, &version);
+    peer.events.lock().unwrap().insert(first_id.clone(), first);
+    let (path, body) = send("t3", vec![second]);
+    let (status, answer) = peer
+        .request(&base, &dest, Method::PUT, &path, Some(&body))
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["pdus"][&second_id], json!({}), "{answer}");
+    wait_messages(&alice, &room_id, "both events of the gap", |c| {
+        c.iter().any(|e| e["content"]["body"] == "gap 1")
+            && c.iter().any(|e| e["content"]["body"] == "gap 2")
+    })
+    .await;
+
     // Scenario 57: F reads what it may.
     let (status, event) = peer
         .request(

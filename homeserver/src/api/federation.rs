@@ -591,6 +591,9 @@ async fn receive_pdu(
             return Err(Error::forbidden("The sending server is not in the room"));
         }
         let incoming = crate::rooms::remote::verify(state, &rules, object).await?;
+        let mut budget = crate::rooms::remote::MAX_FETCHED_PREVS;
+        crate::rooms::remote::fetch_missing_prevs(state, origin, &rules, &incoming, &mut budget)
+            .await?;
         crate::rooms::remote::receive(state, incoming).await?;
         Ok::<(), Error>(())
     }

@@ -844,3 +844,64 @@ pub async fn event_auth_chain(
     }
     Ok(out)
 }
+
+/// Most parents one received PDU may make us fetch (all its missing ancestors together).
+pub const MAX_FETCHED_PREVS: usize = 20;
+
+/// Fetches the parents of `incoming` we do not hold from `origin` (`/event`), oldest first,
+/// checks and writes each like any received event, so the event itself can then be placed.
+/// At most `budget` events are fetched in all; beyond it (a longer gap, which the next
+/// issue's `/get_missing_events` handles) the event is refused.
+pub async fn fetch_missing_prevs(
+    state: &AppState,
+    origin: &ruma::ServerName,
+    rules: &RoomVersionRules,
+    incoming: &Incoming,
+    budget: &mut usize,
+) -> Result<(), Error> {
+    let ids: Vec<String> = incoming
+        .pdu
+        .prev_events
+        .iter()
+        .map(|e| e.to_string())
+        .collect();
+    let held: HashSet<String> = state
+        .storage
+        .get_events(&ids)
+        .await?
+        .into_iter()
+        .filter(|r| r.stream_ordering.is_some())
+        .map(|r| r.event_id)
+        .collect();
+    for id in ids.iter().filter(|id| !held.contains(*id)) {
+        if *budget == 0 {
+            return Err(Error::forbidden(format!(
+                "{}: too many missing prev_events to fetch",
+                incoming.event_id
+            )));
+        }
+        *budget -= 1;
+        let path = format!(
+            "/_matrix/federation/v1/event/{}",
+            crate::federation::client::query_value(id)
+        );
+        let answer = state
+            .federation
+            .get_json(origin, &path)
+            .await
+            .map_err(|e| {
+                Error::forbidden(format!("cannot fetch the missing prev event {id}: {e}"))
+            })?;
+        let object: CanonicalJsonObject = serde_json::from_value(answer["pdus"][0].clone())
+            .map_err(|_| Error::forbidden(format!("{origin} sent no event for {id}")))?;
+        let parent = verify(state, rules, object).await?;
+        if parent.event_id.as_str() != id || parent.room_id != incoming.room_id {
+            return Err(Error::forbidden(format!(
+                "{origin} sent another event for {id}"
+            )));
+        }
+        Box::pin(fetch_missing_prevs(state, origin, rules, &parent, budget)).await?;
+        receive(state, parent).await?;
+    }
+    Ok(())
+}
