@@ -126,6 +126,20 @@ pub async fn create_room(client: &Client, name: &str) -> String {
     body["room_id"].as_str().expect("room_id").to_owned()
 }
 
+/// Sends a text message with transaction ID `txn`; panics on failure.
+pub async fn send_text(client: &Client, room: &str, txn: &str, body: &str) {
+    let (status, answer) = client
+        .put(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/send/m.room.message/{txn}",
+                encode(room)
+            ),
+            &json!({ "msgtype": "m.text", "body": body }),
+        )
+        .await;
+    assert_eq!(status, 200, "send: {answer}");
+}
+
 /// Joins `room_id`; panics on failure.
 pub async fn join(client: &Client, room_id: &str) {
     let (status, body) = client

@@ -33,7 +33,10 @@ use std::{
 };
 
 use complement_tests::{
-    bench::{build_release_server, create_room, env_num, in_parallel, join, ms, percentile},
+    bench::{
+        build_release_server, create_room, env_num, in_parallel, join, ms, percentile,
+        send_text as send,
+    },
     encode, Backend, Client, ServerOptions,
 };
 use serde_json::{json, Value};
@@ -105,19 +108,6 @@ fn message(rng: &mut Rng, words: &[String], cumulative: &[f64]) -> String {
         .map(|_| words[rng.zipf(cumulative)].as_str())
         .collect::<Vec<_>>()
         .join(" ")
-}
-
-async fn send(client: &Client, room: &str, txn: &str, body: &str) {
-    let (status, answer) = client
-        .put(
-            &format!(
-                "/_matrix/client/v3/rooms/{}/send/m.room.message/{txn}",
-                encode(room)
-            ),
-            &json!({ "msgtype": "m.text", "body": body }),
-        )
-        .await;
-    assert_eq!(status, 200, "send: {answer}");
 }
 
 /// One round of part 1: returns messages per second.

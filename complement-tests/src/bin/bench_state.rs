@@ -32,16 +32,7 @@ use serde_json::json;
 
 async fn send_message(client: &Client, room: &str, txn: &str, body: &str) -> Duration {
     let start = Instant::now();
-    let (status, resp) = client
-        .put(
-            &format!(
-                "/_matrix/client/v3/rooms/{}/send/m.room.message/{txn}",
-                encode(room)
-            ),
-            &json!({ "msgtype": "m.text", "body": body }),
-        )
-        .await;
-    assert_eq!(status, 200, "send: {resp}");
+    complement_tests::bench::send_text(client, room, txn, body).await;
     start.elapsed()
 }
 
