@@ -37,7 +37,7 @@ use complement_tests::{
         build_release_server, create_room, env_num, in_parallel, join, ms, percentile,
         send_text as send,
     },
-    encode, Backend, Client, ServerOptions,
+    Backend, Client, ServerOptions,
 };
 use serde_json::{json, Value};
 
