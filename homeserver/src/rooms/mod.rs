@@ -17,7 +17,8 @@
 //!    is any send of the batch answered;
 //! 6. notify waiters.
 //!
-//! Federation will feed received events into the same steps 4-6.
+//! Events received from other servers are queued on the same writer and go through steps
+//! 4-6 too, after the checks of receipt (`remote.rs`).
 
 pub mod create;
 pub mod format;
@@ -174,6 +175,18 @@ impl RoomHead {
             .map(|(u, _)| u.as_str())
     }
 }
+
+/// The state (with an empty state key) shown with an invite or knock: the spec's
+/// recommended stripped state.
+pub const STRIPPED_STATE_TYPES: [&str; 7] = [
+    "m.room.create",
+    "m.room.name",
+    "m.room.avatar",
+    "m.room.join_rules",
+    "m.room.canonical_alias",
+    "m.room.encryption",
+    "m.room.topic",
+];
 
 /// The state event types the authorization rules read (and so the only ones a head keeps
 /// parsed).

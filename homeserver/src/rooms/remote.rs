@@ -717,20 +717,15 @@ pub async fn stripped_room_state(
     inviter: &ruma::UserId,
 ) -> Result<Vec<serde_json::Value>, Error> {
     let current = state.storage.current_state(room_id.as_str()).await?;
-    let mut ids: Vec<String> = [
-        ("m.room.create", ""),
-        ("m.room.name", ""),
-        ("m.room.avatar", ""),
-        ("m.room.join_rules", ""),
-        ("m.room.canonical_alias", ""),
-        ("m.room.encryption", ""),
-        ("m.room.topic", ""),
-        ("m.room.member", inviter.as_str()),
-    ]
-    .iter()
-    .filter_map(|(t, k)| current.get(&(t.to_string(), k.to_string())).cloned())
-    .collect();
-    ids.dedup();
+    let mut ids: Vec<String> = super::STRIPPED_STATE_TYPES
+        .iter()
+        .filter_map(|t| current.get(&(t.to_string(), String::new())).cloned())
+        .collect();
+    ids.extend(
+        current
+            .get(&("m.room.member".to_owned(), inviter.to_string()))
+            .cloned(),
+    );
     let mut out = Vec::new();
     for row in state.storage.get_events(&ids).await? {
         let pdu: serde_json::Value = row.parse_pdu().map_err(Error::internal)?;

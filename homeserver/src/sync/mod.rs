@@ -813,18 +813,10 @@ pub(crate) async fn stripped_state(
         return Ok(events);
     }
     let current = state.storage.current_state(&m.room_id).await?;
-    let mut ids: Vec<String> = [
-        "m.room.create",
-        "m.room.name",
-        "m.room.avatar",
-        "m.room.join_rules",
-        "m.room.canonical_alias",
-        "m.room.encryption",
-        "m.room.topic",
-    ]
-    .iter()
-    .filter_map(|t| current.get(&(t.to_string(), String::new())).cloned())
-    .collect();
+    let mut ids: Vec<String> = crate::rooms::STRIPPED_STATE_TYPES
+        .iter()
+        .filter_map(|t| current.get(&(t.to_string(), String::new())).cloned())
+        .collect();
     ids.push(m.event_id.clone());
     let rows = state.storage.get_events(&ids).await?;
     let mut out = Vec::new();
