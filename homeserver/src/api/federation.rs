@@ -421,9 +421,29 @@ async fn send_transaction(
         let answer: Value = serde_json::from_str(&answer).map_err(Error::internal)?;
         return Ok(Json(answer));
     }
-    let mut results = serde_json::Map::new();
+    // Each room's PDUs in the order sent, different rooms at once: rooms do not depend on
+    // each other, and their commits then share the database's flushes.
+    let mut by_room: Vec<(Option<String>, Vec<Value>)> = Vec::new();
     for pdu in pdus {
-        let (event_id, result) = receive_pdu(&state, &request.origin, pdu).await;
+        let room = pdu["room_id"].as_str().map(str::to_owned);
+        match by_room.iter_mut().find(|(r, _)| *r == room) {
+            Some((_, list)) => list.push(pdu),
+            None => by_room.push((room, vec![pdu])),
+        }
+    }
+    let origin_name = &request.origin;
+    let state_ref = &state;
+    let outcomes =
+        futures_util::future::join_all(by_room.into_iter().map(|(_, list)| async move {
+            let mut out = Vec::with_capacity(list.len());
+            for pdu in list {
+                out.push(receive_pdu(state_ref, origin_name, pdu).await);
+            }
+            out
+        }))
+        .await;
+    let mut results = serde_json::Map::new();
+    for (event_id, result) in outcomes.into_iter().flatten() {
         if let Some(event_id) = event_id {
             let entry = match result {
                 Ok(()) => json!({}),
