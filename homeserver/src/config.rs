@@ -120,6 +120,8 @@ pub struct PresenceConfig {
     pub offline_after_seconds: u64,
     pub unavailable_after_seconds: u64,
     pub online_debounce_ms: u64,
+    pub send_to_federation: bool,
+    pub receive_from_federation: bool,
 }
 
 /// Request rate limits (token buckets). `per_second` is the refill rate, `burst` the bucket size.
@@ -239,6 +241,10 @@ const KEYS: &[Key] = &[
           doc: "An online user with no activity (sending, typing, receipts, setting presence) for this long is shown unavailable (idle)." },
     Key { path: "presence.online_debounce_ms", kind: Kind::Int, default: Some("2000"),
           doc: "Coming online by opening a sync or WebSocket is announced only after this long, if the user is still connected, so that brief reconnections do not flap." },
+    Key { path: "presence.send_to_federation", kind: Kind::Bool, default: Some("true"),
+          doc: "Send local users' presence to the other servers they share rooms with." },
+    Key { path: "presence.receive_from_federation", kind: Kind::Bool, default: Some("true"),
+          doc: "Accept presence of other servers' users from those servers." },
     Key { path: "media.max_upload_size", kind: Kind::Int, default: Some("52428800"),
           doc: "Largest media upload accepted, in bytes (clients see it as m.upload.size); larger ones get 413 M_TOO_LARGE." },
     Key { path: "media.pregenerate_thumbnails", kind: Kind::Bool, default: Some("true"),

@@ -394,13 +394,43 @@ async fn presence_announcer(state: AppState) {
             .drain()
             .collect();
         let mut watchers = std::collections::HashSet::new();
+        // Local users' changes go to the other servers they share rooms with, one EDU per
+        // server for the whole batch.
+        let mut remote: std::collections::BTreeMap<String, Vec<serde_json::Value>> =
+            Default::default();
+        let ours = state.server_name.as_str();
+        let send_out = state.config.presence.send_to_federation;
         for user in &changed {
             match co_members(&state, user).await {
-                Ok(users) => watchers.extend(users),
+                Ok(users) => {
+                    let local = user.split_once(':').is_some_and(|(_, s)| s == ours);
+                    if local && send_out {
+                        let mut content = state.presence.get(user, auth::now_ms());
+                        content["user_id"] = user.clone().into();
+                        let mut servers: Vec<&str> = users
+                            .iter()
+                            .filter_map(|u| u.split_once(':').map(|(_, s)| s))
+                            .filter(|s| *s != ours)
+                            .collect();
+                        servers.sort_unstable();
+                        servers.dedup();
+                        for server in servers {
+                            remote
+                                .entry(server.to_owned())
+                                .or_default()
+                                .push(content.clone());
+                        }
+                    }
+                    watchers.extend(users);
+                }
                 Err(e) => tracing::warn!(error = %e, "could not announce a presence change"),
             }
         }
         state.notifier.notify(watchers.iter().map(String::as_str));
+        for (server, push) in remote {
+            let edu = serde_json::json!({ "edu_type": "m.presence", "content": { "push": push } });
+            federation::sender::send_edu_to(&state, &[server], edu).await;
+        }
     }
 }
 

@@ -40,7 +40,15 @@ struct UserPresence {
     /// Since when a connection is waiting out the debounce to bring the user online.
     pending_online: Option<i64>,
     version: u64,
+    /// For a user of another server: until when its server's last report holds (its server
+    /// sends the changes; without news for [`REMOTE_TIMEOUT_MS`] the user goes offline here).
+    /// 0 for local users.
+    remote_until: i64,
 }
+
+/// How long another server's report of its user's presence holds without a new one (as in
+/// Synapse).
+pub const REMOTE_TIMEOUT_MS: i64 = 30 * 60 * 1000;
 
 impl UserPresence {
     fn offline(now: i64) -> Self {
@@ -52,6 +60,7 @@ impl UserPresence {
             last_seen: now,
             pending_online: None,
             version: 0,
+            remote_until: 0,
         }
     }
 }
@@ -105,6 +114,24 @@ impl Presence {
         entry.last_seen = now;
         if changed {
             entry.version = self.next();
+        }
+        changed
+    }
+
+    /// A user of another server, as their server reports them: presence, status message and
+    /// when they were last active. Returns whether anything others can see changed.
+    pub fn set_remote(
+        &self,
+        user: &str,
+        presence: &str,
+        status_msg: Option<String>,
+        last_active: i64,
+        now: i64,
+    ) -> bool {
+        let changed = self.set(user, presence, Some(status_msg), now);
+        if let Some(entry) = self.lock().get_mut(user) {
+            entry.last_active = last_active;
+            entry.remote_until = now + REMOTE_TIMEOUT_MS;
         }
         changed
     }
@@ -199,7 +226,13 @@ impl Presence {
         let mut users = self.lock();
         let mut changed = Vec::new();
         for (user, entry) in users.iter_mut() {
-            let next = if entry.presence != "offline"
+            let next = if entry.remote_until > 0 {
+                // Another server's user: its server reports the changes.
+                if entry.presence == "offline" || now < entry.remote_until {
+                    continue;
+                }
+                "offline"
+            } else if entry.presence != "offline"
                 && entry.open == 0
                 && now - entry.last_seen > offline_ms
             {

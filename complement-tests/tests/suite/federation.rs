@@ -720,9 +720,9 @@ async fn wait_for_ephemeral(
     panic!("{} never saw {what} in {room_id}", client.user_id());
 }
 
-/// Scenario 59 (typing and receipts; presence is not sent yet): alice on hs1 types and bob on
-/// hs2 sees it, then stops and bob sees that; bob reads alice's message and alice sees bob's
-/// read receipt on it.
+/// Scenario 59: alice on hs1 types and bob on hs2 sees it, then stops and bob sees that; bob
+/// reads alice's message and alice sees bob's read receipt on it; bob's presence and status
+/// message reach alice.
 async fn a59_typing_and_receipts_cross_servers(backend: Backend) {
     let Some(hs1) = TestServer::start(backend, ServerOptions::default().federating()).await else {
         return;
@@ -786,6 +786,20 @@ async fn a59_typing_and_receipts_cross_servers(backend: Backend) {
         e["type"] == "m.receipt" && !e["content"][&event_id]["m.read"][&bob_id].is_null()
     })
     .await;
+
+    let status_path = format!("/_matrix/client/v3/presence/{}/status", encode(&bob_id));
+    let set = serde_json::json!({ "presence": "online", "status_msg": "on hs2" });
+    assert_eq!(bob.put(&status_path, &set).await.0, 200);
+    let mut last = Value::Null;
+    for _ in 0..150 {
+        let (status, seen) = alice.get(&status_path).await;
+        if status == 200 && seen["presence"] == "online" && seen["status_msg"] == "on hs2" {
+            return;
+        }
+        last = seen;
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("alice never saw bob's presence: {last}");
 }
 
 backend_tests!(

@@ -517,6 +517,43 @@ async fn receive_edu(
                 state.wake_room(room_id).await?;
             }
         }
+        Some("m.presence") if state.config.presence.receive_from_federation => {
+            for update in content["push"].as_array().into_iter().flatten().take(100) {
+                let (Some(user), Some(presence)) =
+                    (update["user_id"].as_str(), update["presence"].as_str())
+                else {
+                    continue;
+                };
+                let of_origin = user
+                    .split_once(':')
+                    .is_some_and(|(_, s)| s == origin.as_str());
+                if !of_origin || !matches!(presence, "online" | "unavailable" | "offline") {
+                    continue;
+                }
+                // Only users who share a room with us.
+                let shares = state
+                    .storage
+                    .memberships_for_user(user)
+                    .await?
+                    .iter()
+                    .any(|m| m.membership == "join");
+                if !shares {
+                    continue;
+                }
+                let status = update["status_msg"].as_str().map(str::to_owned);
+                let now = crate::auth::now_ms();
+                let ago = update["last_active_ago"]
+                    .as_i64()
+                    .unwrap_or(0)
+                    .clamp(0, now);
+                if state
+                    .presence
+                    .set_remote(user, presence, status, now - ago, now)
+                {
+                    crate::announce_presence(state, user).await;
+                }
+            }
+        }
         Some("m.receipt") => {
             let mut budget = MAX_RECEIPTS_PER_EDU;
             for (room_id, by_type) in content.as_object().into_iter().flatten() {

@@ -113,15 +113,20 @@ pub async fn send_edu(state: &AppState, room_id: &str, edu: serde_json::Value) {
         .collect();
     servers.sort_unstable();
     servers.dedup();
+    send_edu_to(state, &servers, edu).await;
+}
+
+/// Sends `edu` to each of `servers` with its next transaction.
+pub async fn send_edu_to(state: &AppState, servers: &[String], edu: serde_json::Value) {
     if servers.is_empty() {
         return;
     }
-    for server in &servers {
+    for server in servers {
         state
             .destinations
             .push_edus(server, vec![edu.clone()], false);
     }
-    wake(state, &servers, state.storage.safe_stream_position()).await;
+    wake(state, servers, state.storage.safe_stream_position()).await;
 }
 
 /// Wakes (starting if needed) the task of every server in `servers` after events up to

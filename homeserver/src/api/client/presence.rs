@@ -29,8 +29,9 @@ pub async fn get_presence(
     }
     let requester = &req.sender().user_id;
     let target = &req.body.user_id;
-    if target.server_name() != state.server_name
-        || state.storage.get_user(target.as_str()).await?.is_none()
+    // A local user must exist; another server's user is known by sharing a room (below).
+    if target.server_name() == state.server_name
+        && state.storage.get_user(target.as_str()).await?.is_none()
     {
         return Err(Error::not_found("No such user"));
     }
