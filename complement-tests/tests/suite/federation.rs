@@ -572,6 +572,36 @@ async fn a48_join_by_room_id_fails_over_via_servers(backend: Backend) {
     wait_for_membership(&alice, &room_id, bob.user_id(), "join").await;
     bob.send_text(&room_id, "made it").await;
     wait_for_body(&alice, &room_id, "made it").await;
+
+    // hs1's public room directory, read from hs2 (federation `publicRooms`, GET and POST).
+    let listed = alice
+        .create_room(&serde_json::json!({ "visibility": "public", "name": "Listed room" }))
+        .await;
+    let (status, page) = bob
+        .get(&format!(
+            "/_matrix/client/v3/publicRooms?server={}",
+            encode(hs1.server_name())
+        ))
+        .await;
+    assert_eq!(status, 200, "{page}");
+    assert!(
+        page["chunk"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["room_id"] == listed.as_str() && r["name"] == "Listed room"),
+        "{page}"
+    );
+    let search = |term: &str| serde_json::json!({ "filter": { "generic_search_term": term } });
+    let path = format!(
+        "/_matrix/client/v3/publicRooms?server={}",
+        encode(hs1.server_name())
+    );
+    let (status, found) = bob.post(&path, &search("listed")).await;
+    assert_eq!(status, 200, "{found}");
+    assert_eq!(found["chunk"].as_array().unwrap().len(), 1, "{found}");
+    let (_, none) = bob.post(&path, &search("nothing like it")).await;
+    assert_eq!(none["chunk"].as_array().unwrap().len(), 0, "{none}");
 }
 
 /// Waits (up to 15 s) until `client`'s initial sync lists `room_id` among its invites, and

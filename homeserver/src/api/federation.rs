@@ -52,6 +52,10 @@ pub fn router(state: AppState) -> Router {
             "/_matrix/federation/v1/send/{txn_id}",
             put(send_transaction),
         )
+        .route(
+            "/_matrix/federation/v1/publicRooms",
+            get(public_rooms).post(public_rooms),
+        )
         .route("/_matrix/federation/v1/event/{event_id}", get(get_event))
         .route(
             "/_matrix/federation/v1/state/{room_id}",
@@ -811,4 +815,55 @@ async fn get_event_authorization(
     visible_event(&state, &request.origin, &event_id, Some(&room_id)).await?;
     let auth_chain = crate::rooms::remote::event_auth_chain(&state, &event_id).await?;
     Ok(Json(json!({ "auth_chain": auth_chain })))
+}
+
+/// GET and POST /_matrix/federation/v1/publicRooms
+///
+/// This server's public room directory for another server (the POST form filters by a
+/// search term), in the client API's page format.
+///
+/// <https://spec.matrix.org/latest/server-server-api/#get_matrixfederationv1publicrooms>
+async fn public_rooms(
+    State(state): State<AppState>,
+    request: ServerRequest,
+) -> Result<Json<Value>, Error> {
+    let (limit, since, search) = if request.parts.method == http::Method::POST {
+        let body: Value = if request.body.is_empty() {
+            json!({})
+        } else {
+            serde_json::from_slice(&request.body)
+                .map_err(|e| Error::bad_json(format!("Invalid body: {e}")))?
+        };
+        (
+            body["limit"].as_u64(),
+            body["since"].as_str().map(str::to_owned),
+            body["filter"]["generic_search_term"]
+                .as_str()
+                .map(str::to_owned),
+        )
+    } else {
+        let pairs = url_pairs(&request.parts.uri);
+        let get = |key: &str| pairs.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone());
+        (
+            get("limit").and_then(|l| l.parse().ok()),
+            get("since"),
+            None,
+        )
+    };
+    let limit = limit.and_then(ruma::UInt::new);
+    let (chunk, next, prev, total) = crate::api::client::directory::directory_page(
+        &state,
+        limit,
+        since.as_deref(),
+        search.as_deref(),
+    )
+    .await?;
+    let mut answer = json!({ "chunk": chunk, "total_room_count_estimate": total });
+    if let Some(next) = next {
+        answer["next_batch"] = next.into();
+    }
+    if let Some(prev) = prev {
+        answer["prev_batch"] = prev.into();
+    }
+    Ok(Json(answer))
 }

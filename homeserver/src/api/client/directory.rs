@@ -202,7 +202,7 @@ pub async fn set_room_visibility(
 }
 
 /// One page of the directory: rooms matching `search`, biggest first, from offset `since`.
-async fn directory_page(
+pub(crate) async fn directory_page(
     state: &AppState,
     limit: Option<UInt>,
     since: Option<&str>,
@@ -254,6 +254,53 @@ async fn directory_page(
     Ok((page, next, prev, total))
 }
 
+/// A page of another server's public room directory (federation `publicRooms`).
+async fn remote_directory(
+    state: &AppState,
+    server: &ruma::ServerName,
+    limit: Option<UInt>,
+    since: Option<&str>,
+    search: Option<&str>,
+) -> Result<(
+    Vec<PublicRoomsChunk>,
+    Option<String>,
+    Option<String>,
+    Option<UInt>,
+)> {
+    let mut body = serde_json::json!({});
+    if let Some(limit) = limit {
+        body["limit"] = u64::from(limit).into();
+    }
+    if let Some(since) = since {
+        body["since"] = since.into();
+    }
+    if let Some(term) = search {
+        body["filter"] = serde_json::json!({ "generic_search_term": term });
+    }
+    let answer = state
+        .federation
+        .post_json(server, "/_matrix/federation/v1/publicRooms", &body)
+        .await
+        .map_err(|e| {
+            tracing::info!(%server, error = %e, "could not read another server's directory");
+            Error::not_found("That server's room directory is not available")
+        })?;
+    let bad = || {
+        Error::new(
+            axum::http::StatusCode::BAD_GATEWAY,
+            "M_UNKNOWN",
+            "The server sent an invalid directory",
+        )
+    };
+    let chunk: Vec<PublicRoomsChunk> =
+        serde_json::from_value(answer["chunk"].clone()).map_err(|_| bad())?;
+    let text = |key: &str| answer[key].as_str().map(str::to_owned);
+    let total = answer["total_room_count_estimate"]
+        .as_u64()
+        .and_then(UInt::new);
+    Ok((chunk, text("next_batch"), text("prev_batch"), total))
+}
+
 /// GET /_matrix/client/v3/publicRooms
 ///
 /// <https://spec.matrix.org/latest/client-server-api/#get_matrixclientv3publicrooms>
@@ -261,15 +308,25 @@ pub async fn get_public_rooms(
     State(state): State<AppState>,
     req: Ruma<get_public_rooms::v3::Request>,
 ) -> Result<get_public_rooms::v3::Response> {
-    if req
+    if let Some(server) = req
         .body
         .server
         .as_ref()
-        .is_some_and(|s| *s != state.server_name)
+        .filter(|s| **s != state.server_name)
     {
-        return Err(Error::not_found(
-            "Other servers' directories are not available yet",
-        ));
+        let (chunk, next, prev, total) = remote_directory(
+            &state,
+            server,
+            req.body.limit,
+            req.body.since.as_deref(),
+            None,
+        )
+        .await?;
+        let mut response = get_public_rooms::v3::Response::new(chunk);
+        response.next_batch = next;
+        response.prev_batch = prev;
+        response.total_room_count_estimate = total;
+        return Ok(response);
     }
     let (chunk, next, prev, total) =
         directory_page(&state, req.body.limit, req.body.since.as_deref(), None).await?;
@@ -287,17 +344,28 @@ pub async fn get_public_rooms_filtered(
     State(state): State<AppState>,
     req: Ruma<get_public_rooms_filtered::v3::Request>,
 ) -> Result<get_public_rooms_filtered::v3::Response> {
-    if req
+    let search = req.body.filter.generic_search_term.as_deref();
+    if let Some(server) = req
         .body
         .server
         .as_ref()
-        .is_some_and(|s| *s != state.server_name)
+        .filter(|s| **s != state.server_name)
     {
-        return Err(Error::not_found(
-            "Other servers' directories are not available yet",
-        ));
+        let (chunk, next, prev, total) = remote_directory(
+            &state,
+            server,
+            req.body.limit,
+            req.body.since.as_deref(),
+            search,
+        )
+        .await?;
+        let mut response = get_public_rooms_filtered::v3::Response::new();
+        response.chunk = chunk;
+        response.next_batch = next;
+        response.prev_batch = prev;
+        response.total_room_count_estimate = total;
+        return Ok(response);
     }
-    let search = req.body.filter.generic_search_term.as_deref();
     let (chunk, next, prev, total) =
         directory_page(&state, req.body.limit, req.body.since.as_deref(), search).await?;
     let mut response = get_public_rooms_filtered::v3::Response::new();

@@ -6,7 +6,7 @@ mod account;
 mod account_data;
 mod backup;
 mod device;
-mod directory;
+pub(crate) mod directory;
 pub(crate) mod discovery;
 mod initial_sync;
 mod keys;
