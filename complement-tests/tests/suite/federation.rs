@@ -531,6 +531,32 @@ async fn a47_remote_user_joins_public_room_by_alias(backend: Backend) {
     bob.send_text(&room_id, "still here").await;
     wait_for_body(&alice, &room_id, "still here").await;
 
+    // Redactions cross servers: each redacts their own message, the other server applies it.
+    let from_alice = alice.send_text(&room_id, "alice regrets this").await;
+    let from_bob = bob.send_text(&room_id, "bob regrets this").await;
+    wait_for_body(&bob, &room_id, "alice regrets this").await;
+    wait_for_body(&alice, &room_id, "bob regrets this").await;
+    assert_eq!(alice.redact(&room_id, &from_alice, "oops").await.0, 200);
+    assert_eq!(bob.redact(&room_id, &from_bob, "oops").await.0, 200);
+    for (client, event_id) in [(&bob, &from_alice), (&alice, &from_bob)] {
+        let path =
+            complement_tests::Client::room_path(&room_id, &format!("/event/{}", encode(event_id)));
+        let mut redacted = false;
+        for _ in 0..150 {
+            let (status, event) = client.get(&path).await;
+            if status == 200 && event["content"].get("body").is_none() {
+                redacted = true;
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        assert!(
+            redacted,
+            "{} still sees {event_id} unredacted",
+            client.user_id()
+        );
+    }
+
     // Scenario 52: bob leaves; both sides see the leave.
     assert_eq!(bob.leave(&room_id).await.0, 200);
     wait_for_membership(&alice, &room_id, bob.user_id(), "leave").await;

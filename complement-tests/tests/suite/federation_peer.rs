@@ -257,6 +257,38 @@ async fn a55_scripted_peer_is_checked(backend: Backend) {
     })
     .await;
 
+    // F may redact its own event but not alice's (another server's user, and F has no
+    // power): both redactions are stored, only the first applies.
+    let redaction = |target: &str| {
+        let mut event = message("unused");
+        event["type"] = "m.room.redaction".into();
+        event["content"] = json!({ "redacts": target });
+        event["redacts"] = target.into();
+        event["prev_events"] = json!([second_id]);
+        event
+    };
+    let (_, own) = peer.sign_event(redaction(&msg_id), &version);
+    let (_, others) = peer.sign_event(redaction(&alice_msg), &version);
+    let (path, body) = send("t4", vec![own, others]);
+    let (status, answer) = peer
+        .request(&base, &dest, Method::PUT, &path, Some(&body))
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    let event_path =
+        |id: &str| complement_tests::Client::room_path(&room_id, &format!("/event/{}", encode(id)));
+    let mut applied = false;
+    for _ in 0..150 {
+        let (_, event) = alice.get(&event_path(&msg_id)).await;
+        if event["content"].get("body").is_none() {
+            applied = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(applied, "F's redaction of its own event was not applied");
+    let (_, kept) = alice.get(&event_path(&alice_msg)).await;
+    assert_eq!(kept["content"]["body"], "to the peer", "{kept}");
+
     // Scenario 57: F reads what it may.
     let (status, event) = peer
         .request(

@@ -218,6 +218,57 @@ fn check_state(
     })
 }
 
+/// What a received redaction rewrites, if it may: its target must be an event of the room
+/// we hold, and the redaction's server must be the target sender's server or its sender
+/// must have the `redact` power level (the check the authorization rules leave to servers,
+/// <https://spec.matrix.org/latest/rooms/v11/#handling-redactions>). A redaction that may not
+/// apply (or whose target we do not hold) is still stored, as an event that redacts nothing.
+async fn remote_redaction(
+    state: &AppState,
+    room_id: &RoomId,
+    head: &mut RoomHead,
+    pdu: &Pdu,
+) -> Result<Option<(String, String)>, Error> {
+    let Some(target) = pdu.redacts.as_deref() else {
+        return Ok(None);
+    };
+    let Some(row) = state
+        .storage
+        .get_event(target.as_str())
+        .await?
+        .filter(|row| row.room_id == room_id.as_str())
+    else {
+        return Ok(None);
+    };
+    if row.redacted_by.is_some() {
+        return Ok(None);
+    }
+    let same_server = ruma::UserId::parse(&row.sender)
+        .is_ok_and(|target_sender| target_sender.server_name() == pdu.sender.server_name());
+    if !same_server {
+        // The power check reads the room's create and power levels events from the head.
+        let wanted: Vec<String> = ["m.room.create", "m.room.power_levels"]
+            .iter()
+            .filter_map(|t| head.current.get(&(t.to_string(), String::new())).cloned())
+            .filter(|id| !head.pdus.contains_key(id))
+            .collect();
+        for event in state.storage.get_events(&wanted).await? {
+            head.pdus.insert(event.event_id.clone(), parse_row(&event)?);
+        }
+        if super::redaction(state, room_id, head, &pdu.sender, Some(target))
+            .await
+            .is_err()
+        {
+            return Ok(None);
+        }
+    }
+    let original: CanonicalJsonObject = row.parse_pdu().map_err(Error::internal)?;
+    let redacted =
+        myelin_federation::pdu::redact_pdu(&original, &head.rules).map_err(Error::internal)?;
+    let text = serde_json::to_string(&redacted).map_err(Error::internal)?;
+    Ok(Some((row.event_id, text)))
+}
+
 /// Writes one received event (steps 3-5 and the commit) on the room's head.
 pub(super) async fn write_remote(
     state: &AppState,
@@ -423,8 +474,7 @@ pub(super) async fn write_remote(
         );
     }
     if pdu.kind == TimelineEventType::RoomRedaction {
-        // Redactions from peers are applied by the next issue; stored as events meanwhile.
-        prepared.redacts = None;
+        prepared.redacts = remote_redaction(state, room_id, head, pdu).await?;
     }
     prepared.push_actions = super::push_actions::evaluate(state, room_id, head, &prepared).await?;
 
@@ -475,6 +525,11 @@ pub(super) async fn write_remote(
     let persisted = persisted?
         .pop()
         .ok_or_else(|| Error::internal("persisting an event returned nothing"))?;
+    if let Some((target, _)) = &prepared.redacts {
+        // Events formatted for sync with the original (or as its `prev_content`) are
+        // formatted again.
+        super::format::forget_replaced(state, target);
+    }
 
     // Move the head.
     // The head's state: the snapshot after the event plus what the resolution of the tips
