@@ -708,6 +708,25 @@ async fn a49_remote_invites_are_accepted_and_rejected(backend: Backend) {
     assert_eq!(bob.post(&path, &kick).await.0, 403);
     assert_eq!(alice.post(&path, &kick).await.0, 200);
     wait_for_membership(&bob, &room_id, dave.user_id(), "leave").await;
+
+    // A direct chat as Element starts one: createRoom inviting a user of another server.
+    let dm = alice
+        .create_room(&serde_json::json!({
+            "preset": "trusted_private_chat",
+            "is_direct": true,
+            "invite": [dave.user_id()],
+        }))
+        .await;
+    let stripped = wait_for_invite(&dave, &dm).await;
+    assert!(
+        stripped.iter().any(|e| e["type"] == "m.room.member"
+            && e["state_key"] == dave.user_id()
+            && e["content"]["is_direct"] == true),
+        "{stripped:?}"
+    );
+    assert_eq!(dave.join(&dm).await.0, 200);
+    dave.send_text(&dm, "hi alice").await;
+    wait_for_body(&alice, &dm, "hi alice").await;
 }
 
 /// Nothing queued for a server that is down is lost, when the sending server restarts in

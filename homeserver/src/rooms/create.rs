@@ -320,13 +320,26 @@ async fn create_room_once(
         sends.push(Send::state("m.room.topic", "", obj(content)));
     }
 
-    // 8. Invites.
-    for invitee in &create.invite {
+    // 8. Invites: of our users, with the room; of other servers' users, once the room exists
+    //    (their server must sign the invite, `federation::join::invite_remote`).
+    let invite_content = || {
         let mut content = serde_json::json!({ "membership": "invite" });
         if create.is_direct {
             content["is_direct"] = true.into();
         }
-        sends.push(Send::state("m.room.member", invitee.as_str(), obj(content)));
+        content
+    };
+    let mut remote_invitees = Vec::new();
+    for invitee in &create.invite {
+        if invitee.server_name() != state.server_name {
+            remote_invitees.push(invitee.clone());
+            continue;
+        }
+        sends.push(Send::state(
+            "m.room.member",
+            invitee.as_str(),
+            obj(invite_content()),
+        ));
     }
     if sends.len() > MAX_CREATION_EVENTS {
         return Err(Error::new(
@@ -361,5 +374,19 @@ async fn create_room_once(
         return Err(e);
     }
     tracing::info!(%room_id, %creator, version = %create.version, "created room");
+    for invitee in remote_invitees {
+        // As in Synapse, the room stays created when another server refuses an invite.
+        if let Err(e) = crate::federation::join::invite_remote(
+            state,
+            &room_id,
+            creator,
+            &invitee,
+            invite_content(),
+        )
+        .await
+        {
+            tracing::info!(%room_id, %invitee, error = ?e, "inviting a user of another server failed");
+        }
+    }
     Ok(Some(room_id))
 }
