@@ -32,38 +32,48 @@ pub struct Destination {
     pub retry_at: Option<i64>,
 }
 
+/// Inserts `event` of `room_id` as an outlier (no stream position), unless it is held.
+async fn insert_outlier(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    room_id: &str,
+    event: &Outlier<'_>,
+) -> Result<()> {
+    let stored = pdu_form::strip(
+        event.pdu,
+        pdu_form::Columns {
+            room_id,
+            sender: event.sender,
+            event_type: event.event_type,
+            origin_server_ts: event.origin_server_ts,
+            depth: event.depth,
+        },
+    )?;
+    sqlx::query(
+        "INSERT INTO events (event_id, room_id, depth, event_type, state_key, sender,
+                             origin_server_ts, pdu)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+         ON CONFLICT (event_id) DO NOTHING",
+    )
+    .bind(event.event_id)
+    .bind(room_id)
+    .bind(event.depth)
+    .bind(event.event_type)
+    .bind(event.state_key)
+    .bind(event.sender)
+    .bind(event.origin_server_ts)
+    .bind(stored)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
 impl Storage {
     /// Stores events of `room_id` as outliers: no stream position (that is what makes an
     /// outlier, migration 0007), so no sync, `/messages` or timeline ever reads them. An event already held is left as it is.
     pub async fn store_outliers(&self, room_id: &str, events: &[Outlier<'_>]) -> Result<()> {
         let mut tx = self.begin_write().await?;
         for event in events {
-            let stored = pdu_form::strip(
-                event.pdu,
-                pdu_form::Columns {
-                    room_id,
-                    sender: event.sender,
-                    event_type: event.event_type,
-                    origin_server_ts: event.origin_server_ts,
-                    depth: event.depth,
-                },
-            )?;
-            sqlx::query(
-                "INSERT INTO events (event_id, room_id, depth, event_type, state_key, sender,
-                                     origin_server_ts, pdu)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-                 ON CONFLICT (event_id) DO NOTHING",
-            )
-            .bind(event.event_id)
-            .bind(room_id)
-            .bind(event.depth)
-            .bind(event.event_type)
-            .bind(event.state_key)
-            .bind(event.sender)
-            .bind(event.origin_server_ts)
-            .bind(stored)
-            .execute(&mut *tx)
-            .await?;
+            insert_outlier(&mut tx, room_id, event).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -81,35 +91,10 @@ impl Storage {
         membership: &str,
         invite_state: Option<&str>,
     ) -> Result<i64> {
-        let stored = pdu_form::strip(
-            event.pdu,
-            pdu_form::Columns {
-                room_id,
-                sender: event.sender,
-                event_type: event.event_type,
-                origin_server_ts: event.origin_server_ts,
-                depth: event.depth,
-            },
-        )?;
         let mut tx = self.begin_write().await?;
         let in_flight = self.next_stream_position(&mut tx).await?;
         let position = in_flight.position();
-        sqlx::query(
-            "INSERT INTO events (event_id, room_id, depth, event_type, state_key, sender,
-                                 origin_server_ts, pdu)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-             ON CONFLICT (event_id) DO NOTHING",
-        )
-        .bind(event.event_id)
-        .bind(room_id)
-        .bind(event.depth)
-        .bind(event.event_type)
-        .bind(event.state_key)
-        .bind(event.sender)
-        .bind(event.origin_server_ts)
-        .bind(stored)
-        .execute(&mut *tx)
-        .await?;
+        insert_outlier(&mut tx, room_id, &event).await?;
         sqlx::query(
             "INSERT INTO room_memberships (room_id, user_id, membership, event_id, stream_ordering, forgotten)
              VALUES ($1, $2, $3, $4, $5, 0)

@@ -771,7 +771,7 @@ async fn get_room_state_ids(
     let event_id = event_id_param(&request)?;
     visible_event(&state, &request.origin, &event_id, Some(&room_id)).await?;
     let (pdu_ids, auth_chain_ids) =
-        crate::rooms::remote::state_ids_and_auth_chain(&state, &event_id).await?;
+        crate::rooms::remote::state_ids_and_auth_chain(&state, &event_id, false).await?;
     Ok(Json(
         json!({ "pdu_ids": pdu_ids, "auth_chain_ids": auth_chain_ids }),
     ))
@@ -790,15 +790,9 @@ async fn get_room_state(
     let event_id = event_id_param(&request)?;
     visible_event(&state, &request.origin, &event_id, Some(&room_id)).await?;
     let (pdu_ids, auth_chain_ids) =
-        crate::rooms::remote::state_ids_and_auth_chain(&state, &event_id).await?;
-    let mut pdus = Vec::with_capacity(pdu_ids.len());
-    for row in state.storage.get_events(&pdu_ids).await? {
-        pdus.push(row.parse_pdu::<Value>().map_err(Error::internal)?);
-    }
-    let mut auth_chain = Vec::with_capacity(auth_chain_ids.len());
-    for row in state.storage.get_events(&auth_chain_ids).await? {
-        auth_chain.push(row.parse_pdu::<Value>().map_err(Error::internal)?);
-    }
+        crate::rooms::remote::state_ids_and_auth_chain(&state, &event_id, false).await?;
+    let pdus = crate::rooms::remote::pdus(&state, &pdu_ids).await?;
+    let auth_chain = crate::rooms::remote::pdus(&state, &auth_chain_ids).await?;
     Ok(Json(json!({ "pdus": pdus, "auth_chain": auth_chain })))
 }
 

@@ -57,29 +57,43 @@ pub async fn join_remote(
     Err(last_error)
 }
 
-async fn join_through(
+/// Asks `server` for a `membership` template for `user` in `room_id` (`make_join`, offering
+/// the room versions we implement, or `make_leave`), checks it is that membership event of
+/// that user in that room and of a version we implement, puts `content` in, signs it and sends
+/// it back (`send_join` / `send_leave` v2). Returns the room version, its rules, our event
+/// and the server's answer.
+async fn make_and_send(
     state: &AppState,
+    server: &OwnedServerName,
     room_id: &RoomId,
     user: &UserId,
-    server: &OwnedServerName,
+    membership: &str,
     content: Value,
-) -> Result<(), Error> {
-    // 1. The template.
-    let versions: String = VERSIONS
-        .iter()
-        .map(|v| format!("&ver={v}"))
-        .collect::<String>();
-    let path = format!(
-        "/_matrix/federation/v1/make_join/{}/{}?{}",
+) -> Result<
+    (
+        RoomVersionId,
+        ruma::room_version_rules::RoomVersionRules,
+        myelin_federation::pdu::BuiltEvent,
+        Value,
+    ),
+    Error,
+> {
+    let mut path = format!(
+        "/_matrix/federation/v1/make_{membership}/{}/{}",
         query_value(room_id.as_str()),
         query_value(user.as_str()),
-        &versions[1..]
     );
+    if membership == "join" {
+        let versions: Vec<String> = VERSIONS.iter().map(|v| format!("ver={v}")).collect();
+        path.push('?');
+        path.push_str(&versions.join("&"));
+    }
     let answer = state
         .federation
         .get_json(server, &path)
         .await
         .map_err(remote_error)?;
+    // A server that names no version means version 1.
     let version = answer["room_version"].as_str().unwrap_or("1");
     let version = RoomVersionId::try_from(version).map_err(|_| bad("room_version"))?;
     if !VERSIONS.contains(&version.as_str()) {
@@ -92,7 +106,7 @@ async fn join_through(
     let rules = myelin_federation::pdu::rules_for(&version).map_err(|_| bad("room_version"))?;
     let mut template: CanonicalJsonObject =
         serde_json::from_value(answer["event"].clone()).map_err(|_| bad("event"))?;
-    // The template must be for this join; our own content goes in.
+    // The template must be for this membership of this user; our own content goes in.
     let expect = |field: &str, value: &str| matches!(template.get(field), Some(ruma::CanonicalJsonValue::String(s)) if s == value);
     if !expect("room_id", room_id.as_str())
         || !expect("sender", user.as_str())
@@ -101,20 +115,15 @@ async fn join_through(
     {
         return Err(bad("event"));
     }
-    let mut join_content = match template.get("content") {
+    let mut merged = match template.get("content") {
         Some(ruma::CanonicalJsonValue::Object(c)) => c.clone(),
         _ => CanonicalJsonObject::new(),
     };
     if let Ok(ruma::CanonicalJsonValue::Object(ours)) = ruma::CanonicalJsonValue::try_from(content)
     {
-        join_content.extend(ours);
+        merged.extend(ours);
     }
-    template.insert(
-        "content".into(),
-        ruma::CanonicalJsonValue::Object(join_content),
-    );
-
-    // 2. Sign it and send it.
+    template.insert("content".into(), ruma::CanonicalJsonValue::Object(merged));
     let ts = MilliSecondsSinceUnixEpoch(UInt::new(now_ms() as u64).unwrap_or_default());
     let built = build_from_template(
         &template,
@@ -123,9 +132,9 @@ async fn join_through(
         state.server_name.as_str(),
         &state.signing_key,
     )
-    .map_err(|e| Error::bad_json(format!("Join template: {e}")))?;
+    .map_err(|e| Error::bad_json(format!("The {membership} template: {e}")))?;
     let path = format!(
-        "/_matrix/federation/v2/send_join/{}/{}",
+        "/_matrix/federation/v2/send_{membership}/{}/{}",
         query_value(room_id.as_str()),
         query_value(built.event_id.as_str())
     );
@@ -135,6 +144,19 @@ async fn join_through(
         .put_json(server, &path, &body)
         .await
         .map_err(remote_error)?;
+    Ok((version, rules, built, answer))
+}
+
+async fn join_through(
+    state: &AppState,
+    room_id: &RoomId,
+    user: &UserId,
+    server: &OwnedServerName,
+    content: Value,
+) -> Result<(), Error> {
+    // 1-2. The template, signed and sent.
+    let (version, rules, built, answer) =
+        make_and_send(state, server, room_id, user, "join", content).await?;
 
     // 3. Check the answer.
     let listed = |field: &str| -> Result<Vec<CanonicalJsonObject>, Error> {
@@ -466,55 +488,7 @@ async fn leave_through(
     server: &OwnedServerName,
     content: Value,
 ) -> Result<(), Error> {
-    let path = format!(
-        "/_matrix/federation/v1/make_leave/{}/{}",
-        query_value(room_id.as_str()),
-        query_value(user.as_str())
-    );
-    let answer = state
-        .federation
-        .get_json(server, &path)
-        .await
-        .map_err(remote_error)?;
-    let version = answer["room_version"]
-        .as_str()
-        .and_then(|v| RoomVersionId::try_from(v).ok())
-        .ok_or_else(|| bad("room_version"))?;
-    let rules = myelin_federation::pdu::rules_for(&version).map_err(|_| bad("room_version"))?;
-    let mut template: CanonicalJsonObject =
-        serde_json::from_value(answer["event"].clone()).map_err(|_| bad("event"))?;
-    let expect = |field: &str, value: &str| matches!(template.get(field), Some(ruma::CanonicalJsonValue::String(s)) if s == value);
-    if !expect("room_id", room_id.as_str())
-        || !expect("sender", user.as_str())
-        || !expect("state_key", user.as_str())
-        || !expect("type", "m.room.member")
-    {
-        return Err(bad("event"));
-    }
-    if let Ok(ruma::CanonicalJsonValue::Object(ours)) = ruma::CanonicalJsonValue::try_from(content)
-    {
-        template.insert("content".into(), ruma::CanonicalJsonValue::Object(ours));
-    }
-    let ts = MilliSecondsSinceUnixEpoch(UInt::new(now_ms() as u64).unwrap_or_default());
-    let built = build_from_template(
-        &template,
-        &rules,
-        ts,
-        state.server_name.as_str(),
-        &state.signing_key,
-    )
-    .map_err(|e| Error::bad_json(format!("Leave template: {e}")))?;
-    let path = format!(
-        "/_matrix/federation/v2/send_leave/{}/{}",
-        query_value(room_id.as_str()),
-        query_value(built.event_id.as_str())
-    );
-    let body = serde_json::to_value(&built.pdu).map_err(Error::internal)?;
-    state
-        .federation
-        .put_json(server, &path, &body)
-        .await
-        .map_err(remote_error)?;
+    let (_, _, built, _) = make_and_send(state, server, room_id, user, "leave", content).await?;
     record_leave(state, room_id, user, &built.event_id, &built.pdu).await
 }
 

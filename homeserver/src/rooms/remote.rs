@@ -727,41 +727,19 @@ pub async fn state_and_auth_chain(
     state: &AppState,
     event_id: &str,
 ) -> Result<(Vec<serde_json::Value>, Vec<serde_json::Value>), Error> {
-    let row = state
+    let (ids, chain) = state_ids_and_auth_chain(state, event_id, true).await?;
+    Ok((pdus(state, &ids).await?, pdus(state, &chain).await?))
+}
+
+/// The stored PDUs of `ids` (those we hold), as JSON.
+pub async fn pdus(state: &AppState, ids: &[String]) -> Result<Vec<serde_json::Value>, Error> {
+    state
         .storage
-        .get_event(event_id)
+        .get_events(ids)
         .await?
-        .ok_or_else(|| Error::not_found("Event not found"))?;
-    let before = match row.state_before {
-        Some(snapshot) => state.snapshot(snapshot).await?,
-        None => Default::default(),
-    };
-    let ids: Vec<String> = before.values().cloned().collect();
-    let mut events = HashMap::new();
-    let chain = auth_chain(
-        state,
-        ids.iter()
-            .cloned()
-            .chain(std::iter::once(event_id.to_owned())),
-        &mut events,
-    )
-    .await?;
-    let mut state_pdus = Vec::with_capacity(ids.len());
-    for row in state.storage.get_events(&ids).await? {
-        state_pdus.push(
-            row.parse_pdu::<serde_json::Value>()
-                .map_err(Error::internal)?,
-        );
-    }
-    let chain_ids: Vec<String> = chain.iter().map(|id| id.to_string()).collect();
-    let mut chain_pdus = Vec::with_capacity(chain_ids.len());
-    for row in state.storage.get_events(&chain_ids).await? {
-        chain_pdus.push(
-            row.parse_pdu::<serde_json::Value>()
-                .map_err(Error::internal)?,
-        );
-    }
-    Ok((state_pdus, chain_pdus))
+        .iter()
+        .map(|row| row.parse_pdu().map_err(Error::internal))
+        .collect()
 }
 
 /// The stripped state sent with an invite to another server: the room's name, avatar, join
@@ -857,10 +835,12 @@ pub async fn server_may_see(
     Ok(false)
 }
 
-/// The state before `event_id` and its auth chain, as event IDs.
+/// The state before `event_id` and its auth chain (of that state, and of the event itself
+/// when `with_event`), as event IDs.
 pub async fn state_ids_and_auth_chain(
     state: &AppState,
     event_id: &str,
+    with_event: bool,
 ) -> Result<(Vec<String>, Vec<String>), Error> {
     let row = state
         .storage
@@ -872,8 +852,9 @@ pub async fn state_ids_and_auth_chain(
         None => Default::default(),
     };
     let ids: Vec<String> = before.values().cloned().collect();
+    let event = with_event.then(|| event_id.to_owned());
     let mut events = HashMap::new();
-    let chain = auth_chain(state, ids.iter().cloned(), &mut events).await?;
+    let chain = auth_chain(state, ids.iter().cloned().chain(event), &mut events).await?;
     Ok((ids, chain.iter().map(|id| id.to_string()).collect()))
 }
 
@@ -885,14 +866,7 @@ pub async fn event_auth_chain(
     let mut events = HashMap::new();
     let chain = auth_chain(state, std::iter::once(event_id.to_owned()), &mut events).await?;
     let ids: Vec<String> = chain.iter().map(|id| id.to_string()).collect();
-    let mut out = Vec::with_capacity(ids.len());
-    for row in state.storage.get_events(&ids).await? {
-        out.push(
-            row.parse_pdu::<serde_json::Value>()
-                .map_err(Error::internal)?,
-        );
-    }
-    Ok(out)
+    pdus(state, &ids).await
 }
 
 /// Most parents one received PDU may make us fetch (all its missing ancestors together).
