@@ -946,3 +946,28 @@ async fn rooms_between_myelin_and_synapse() {
     alice.send_text(&on_synapse, "hello synapse").await;
     wait_for_body(&sam, &on_synapse, "hello synapse").await;
 }
+
+/// On a server whose name carries a port (as every federating test server's does), local
+/// users are still local to push rules: a message counts as a notification for the other
+/// member.
+#[tokio::test]
+async fn push_counts_on_a_server_name_with_a_port() {
+    let Some(hs) = TestServer::start(Backend::Sqlite, ServerOptions::default().federating()).await
+    else {
+        return;
+    };
+    assert!(hs.server_name().contains(':'));
+    let alice = hs.register_user("alice").await;
+    let bob = hs.register_user("bob").await;
+    let room_id = alice
+        .create_room(&serde_json::json!({ "preset": "public_chat" }))
+        .await;
+    assert_eq!(bob.join(&room_id).await.0, 200);
+    alice.send_text(&room_id, "count me").await;
+    let (_, sync) = bob.get("/_matrix/client/v3/sync?timeout=0").await;
+    assert_eq!(
+        sync["rooms"]["join"][&room_id]["unread_notifications"]["notification_count"], 1,
+        "{}",
+        sync["rooms"]["join"][&room_id]
+    );
+}
