@@ -45,6 +45,8 @@ mod errors;
 mod fake_peer;
 #[path = "suite/federation.rs"]
 mod federation;
+#[path = "suite/federation_e2ee.rs"]
+mod federation_e2ee;
 #[path = "suite/federation_peer.rs"]
 mod federation_peer;
 #[path = "suite/filters.rs"]

@@ -31,7 +31,7 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-fn random_string(len: usize) -> String {
+pub(crate) fn random_string(len: usize) -> String {
     rand::thread_rng()
         .sample_iter(&Alphanumeric)
         .take(len)

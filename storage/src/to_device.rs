@@ -8,7 +8,10 @@
 
 use sqlx::{AssertSqlSafe, Row};
 
-use crate::{Result, Storage};
+use crate::{
+    federation_edus::{insert_outbox, NewOutboxEdu},
+    Result, Storage,
+};
 
 /// A message for the devices of one user: `device_id` `None` means all of them (`*`).
 #[derive(Debug, Clone)]
@@ -29,9 +32,16 @@ pub struct ToDeviceRow {
 }
 
 impl Storage {
-    /// Puts messages of `event_type` from `sender` into their devices' inboxes, unless the
-    /// sending device already used `txn_id`. Messages for devices that do not exist are
-    /// dropped. Returns the stream position taken, or `None` for a repeated transaction.
+    /// Puts messages of `event_type` from `sender` into their devices' inboxes, and `remote`
+    /// (the `m.direct_to_device` EDUs for other servers' users) into the federation outbox,
+    /// unless the sending device already used `txn_id`: all of it or none. Messages for
+    /// devices that do not exist are dropped. Returns the stream position taken, or `None`
+    /// for a repeated transaction.
+    ///
+    /// Messages received over federation come here too, with an empty `sender_device` (no
+    /// device of ours has one) and the EDU's `message_id` as `txn_id`, so a peer resending an
+    /// EDU after a crash delivers nothing twice.
+    #[allow(clippy::too_many_arguments)]
     pub async fn send_to_device(
         &self,
         sender: &str,
@@ -39,6 +49,7 @@ impl Storage {
         txn_id: &str,
         event_type: &str,
         messages: &[OutgoingToDevice],
+        remote: &[NewOutboxEdu],
         now: i64,
     ) -> Result<Option<i64>> {
         let mut tx = self.begin_write().await?;
@@ -86,6 +97,9 @@ impl Storage {
             }
             query.execute(&mut *tx).await?;
             self.recent.to_device_sent(&message.user_id, position);
+        }
+        for edu in remote {
+            insert_outbox(&mut tx, edu, now).await?;
         }
         tx.commit().await?;
         Ok(Some(position))

@@ -18,7 +18,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 // ----- keys and signing, as a client does it ---------------------------------------
 
-fn new_key() -> SigningKey {
+pub(crate) fn new_key() -> SigningKey {
     SigningKey::from_bytes(&rand::random::<[u8; 32]>())
 }
 
@@ -66,7 +66,7 @@ fn sign(object: &mut Value, signer: &str, key_id: &str, key: &SigningKey) {
 }
 
 /// A device's identity keys, self-signed with `key`.
-fn device_keys(client: &Client, key: &SigningKey) -> Value {
+pub(crate) fn device_keys(client: &Client, key: &SigningKey) -> Value {
     let device = client.device_id();
     let mut keys = json!({
         "user_id": client.user_id(),
@@ -87,7 +87,7 @@ fn device_keys(client: &Client, key: &SigningKey) -> Value {
 }
 
 /// A signed curve25519 one-time (or fallback) key.
-fn one_time_key(client: &Client, key: &SigningKey, fallback: bool) -> Value {
+pub(crate) fn one_time_key(client: &Client, key: &SigningKey, fallback: bool) -> Value {
     let mut otk = json!({ "key": STANDARD_NO_PAD.encode(rand::random::<[u8; 32]>()) });
     if fallback {
         otk["fallback"] = json!(true);
@@ -145,7 +145,7 @@ async fn upload(client: &Client, body: &Value) -> (u16, Value) {
     client.post("/_matrix/client/v3/keys/upload", body).await
 }
 
-async fn query(client: &Client, users: &[&str]) -> Value {
+pub(crate) async fn query(client: &Client, users: &[&str]) -> Value {
     let mut wanted = json!({});
     for user in users {
         wanted[*user] = json!([]);
@@ -159,7 +159,7 @@ async fn query(client: &Client, users: &[&str]) -> Value {
     assert_ok(&response, "keys/query").clone()
 }
 
-async fn claim(client: &Client, user: &str, device: &str) -> Value {
+pub(crate) async fn claim(client: &Client, user: &str, device: &str) -> Value {
     let body = json!({ "one_time_keys": { user: { device: "signed_curve25519" } } });
     let response = client.post("/_matrix/client/v3/keys/claim", &body).await;
     assert_ok(&response, "keys/claim")["one_time_keys"][user][device].clone()
@@ -175,7 +175,7 @@ fn only_key(claimed: &Value) -> (String, Value) {
     (id.clone(), key.clone())
 }
 
-async fn initial_token(client: &Client) -> String {
+pub(crate) async fn initial_token(client: &Client) -> String {
     let response = client.sync(None, 0).await;
     assert_ok(&response, "initial sync")["next_batch"]
         .as_str()
@@ -183,20 +183,20 @@ async fn initial_token(client: &Client) -> String {
         .to_owned()
 }
 
-fn listed(response: &Value, section: &str, user: &str) -> bool {
+pub(crate) fn listed(response: &Value, section: &str, user: &str) -> bool {
     response["device_lists"][section]
         .as_array()
         .is_some_and(|users| users.iter().any(|u| u == user))
 }
 
-fn to_device_events(response: &Value) -> Vec<Value> {
+pub(crate) fn to_device_events(response: &Value) -> Vec<Value> {
     response["to_device"]["events"]
         .as_array()
         .cloned()
         .unwrap_or_default()
 }
 
-async fn send_to_device(client: &Client, txn: &str, messages: &Value) -> (u16, Value) {
+pub(crate) async fn send_to_device(client: &Client, txn: &str, messages: &Value) -> (u16, Value) {
     let path = format!(
         "/_matrix/client/v3/sendToDevice/{}/{}",
         encode("m.test.message"),
@@ -214,7 +214,7 @@ async fn room_pair(hs: &TestServer) -> (Client, Client, String) {
     (alice, bob, room)
 }
 
-const WAIT: Duration = Duration::from_secs(10);
+pub(crate) const WAIT: Duration = Duration::from_secs(10);
 
 // ----- scenarios ---------------------------------------------------------------------
 
@@ -638,7 +638,7 @@ async fn concurrent_claims_never_share_a_key(backend: Backend) {
 
 // ----- cross-signing -----------------------------------------------------------------
 
-struct CrossSigning {
+pub(crate) struct CrossSigning {
     master: SigningKey,
     self_signing: SigningKey,
     user_signing: SigningKey,
@@ -663,7 +663,7 @@ fn new_cross_signing() -> CrossSigning {
 const DEVICE_SIGNING: &str = "/_matrix/client/v3/keys/device_signing/upload";
 const SIGNATURES: &str = "/_matrix/client/v3/keys/signatures/upload";
 
-async fn set_up_cross_signing(client: &Client) -> CrossSigning {
+pub(crate) async fn set_up_cross_signing(client: &Client) -> CrossSigning {
     let keys = new_cross_signing();
     let response = client
         .post(DEVICE_SIGNING, &cross_signing_body(client.user_id(), &keys))

@@ -24,11 +24,123 @@ use crate::AppState;
 
 /// Wakes the syncs of everyone who must hear that `user`'s device list changed (a device
 /// added or removed, device or cross-signing keys changed): the users who share a room with
-/// them, and the user. Call after the change is committed.
-pub async fn announce_device_list_change(state: &AppState, user: &str) {
-    match crate::co_members(state, user).await {
-        Ok(users) => state.notifier.notify(users.iter().map(String::as_str)),
-        Err(e) => tracing::warn!(error = %e, "could not announce a device-list change"),
+/// them, and the user; and tells the other servers in those rooms with an
+/// `m.device_list_update` (`device`: the device that changed, when there is one). Call after
+/// the change is committed.
+pub async fn announce_device_list_change(state: &AppState, user: &str, device: Option<&str>) {
+    let users = match crate::co_members(state, user).await {
+        Ok(users) => users,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not announce a device-list change");
+            return;
+        }
+    };
+    state.notifier.notify(users.iter().map(String::as_str));
+    let servers = other_servers(state, &users);
+    if servers.is_empty() {
+        return;
+    }
+    if let Err(e) = tell_servers_of_devices(state, user, device, &servers).await {
+        tracing::warn!(error = %e, %user, "could not queue a device-list update for other servers");
+    }
+}
+
+/// The servers other than ours among `users`' servers.
+fn other_servers(state: &AppState, users: &[String]) -> Vec<String> {
+    let mut servers: Vec<String> = users
+        .iter()
+        .filter_map(|u| u.split_once(':').map(|(_, s)| s))
+        .filter(|s| *s != state.server_name.as_str())
+        .map(str::to_owned)
+        .collect();
+    servers.sort_unstable();
+    servers.dedup();
+    servers
+}
+
+/// Queues the `m.device_list_update` for `servers` (durably: it must arrive even if either
+/// side restarts, or the peer's users keep encrypting for a deleted device).
+///
+/// `prev_id` is left empty, which tells the peer it cannot apply this update as a delta to
+/// what it holds and must ask for the whole list again (`/user/devices`, which gives it the
+/// `stream_id` and the cross-signing keys too); the spec allows this and Synapse does the
+/// resync. Keeping a per-destination chain of stream IDs would save that request.
+async fn tell_servers_of_devices(
+    state: &AppState,
+    user: &str,
+    device: Option<&str>,
+    servers: &[String],
+) -> crate::error::Result<()> {
+    let stream_id = state.storage.device_list_position(user).await?;
+    let mut content = serde_json::json!({
+        "user_id": user,
+        "device_id": device.unwrap_or_default(),
+        "stream_id": stream_id,
+        "prev_id": [],
+    });
+    if let Some(device) = device {
+        match state.storage.get_device(user, device).await? {
+            None => content["deleted"] = serde_json::Value::Bool(true),
+            // Display names stay here (as Synapse's default): they often name the person's
+            // devices ("Alice's work laptop") and peers do not need them to encrypt.
+            Some(_) => {
+                let keys = state
+                    .storage
+                    .device_keys_for_users(&[user.to_owned()])
+                    .await?
+                    .into_iter()
+                    .find(|k| k.device_id == device);
+                if let Some(keys) = keys {
+                    if let Ok(keys) = serde_json::from_str::<serde_json::Value>(&keys.key_json) {
+                        content["keys"] = keys;
+                    }
+                }
+            }
+        }
+    }
+    crate::federation::sender::queue_durable_edus(
+        state,
+        servers,
+        &[("m.device_list_update", content)],
+    )
+    .await
+}
+
+/// Tells the other servers sharing a room with `user` that their public cross-signing keys
+/// changed (`m.signing_key_update`, with the keys as stored). Call after the change is
+/// committed (and after [`announce_device_list_change`], which wakes the local syncs).
+pub async fn announce_signing_keys_change(state: &AppState, user: &str) {
+    let result = async {
+        let users = crate::co_members(state, user).await?;
+        let servers = other_servers(state, &users);
+        if servers.is_empty() {
+            return Ok(());
+        }
+        let mut content = serde_json::json!({ "user_id": user });
+        for (_, key_type, json) in state
+            .storage
+            .cross_signing_keys_for_users(&[user.to_owned()])
+            .await?
+        {
+            let field = match key_type.as_str() {
+                "master" => "master_key",
+                "self_signing" => "self_signing_key",
+                _ => continue,
+            };
+            if let Ok(key) = serde_json::from_str::<serde_json::Value>(&json) {
+                content[field] = key;
+            }
+        }
+        crate::federation::sender::queue_durable_edus(
+            state,
+            &servers,
+            &[("m.signing_key_update", content)],
+        )
+        .await
+    }
+    .await;
+    if let Err(e) = result {
+        tracing::warn!(error = %e, %user, "could not queue a signing-key update for other servers");
     }
 }
 
@@ -47,7 +159,7 @@ pub fn key_counts_with_default(
 }
 
 /// Whether `user` is a user of this server (keys of other servers' users come over
-/// federation, which is not there yet).
+/// federation: `federation::e2ee`).
 pub fn is_local(state: &AppState, user: &UserId) -> bool {
     user.server_name() == state.server_name
 }

@@ -3,6 +3,7 @@
 //! the bytes (signatures, key documents, events) is the `myelin-federation` crate's.
 
 pub mod client;
+pub mod e2ee;
 pub mod inbound;
 pub mod join;
 pub mod keys;

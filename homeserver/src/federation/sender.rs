@@ -11,8 +11,11 @@
 //!
 //! Several processes: each destination is to be worked by one of them, claimed through the
 //! row's `claimed_by` / `claim_until` the way pushers are (not yet wired: one process today).
-//! Missing so far: EDUs (typing, receipts, presence, to-device, device lists), and sending
-//! only the latest events after a long outage (today the backlog is replayed in order).
+//! EDUs ride along: typing, receipts and presence from an in-memory queue (losing one costs
+//! nothing lasting), to-device messages and device-list / signing-key updates from the
+//! destination's durable outbox (migration 0024), deleted only once the peer accepted them.
+//! Missing so far: sending only the latest events after a long outage (today the backlog is
+//! replayed in order).
 
 use std::{
     collections::HashMap,
@@ -82,11 +85,11 @@ impl Destinations {
         }
     }
 
-    fn take_edus(&self, destination: &str) -> Vec<serde_json::Value> {
+    fn take_edus(&self, destination: &str, most: usize) -> Vec<serde_json::Value> {
         let mut queues = self.edus.lock().unwrap_or_else(|e| e.into_inner());
         match queues.get_mut(destination) {
             Some(queue) => {
-                let n = queue.len().min(MAX_EDUS_PER_TXN);
+                let n = queue.len().min(most);
                 queue.drain(..n).collect()
             }
             None => Vec::new(),
@@ -262,17 +265,74 @@ async fn send_pending(state: &AppState, destination: &ServerName) -> Result<bool
         .find(|d| d.destination == destination.as_str())
         .ok_or("the destination is not recorded")?;
     let upto = state.storage.safe_stream_position();
-    let edus = state.destinations.take_edus(destination.as_str());
-    if row.stream_position >= upto && edus.is_empty() {
+    // The durable EDUs first (oldest first), then the ephemeral ones in the room left.
+    let durable = state
+        .storage
+        .outbox(destination.as_str(), MAX_EDUS_PER_TXN)
+        .await
+        .map_err(|e| e.to_string())?;
+    let ephemeral = state
+        .destinations
+        .take_edus(destination.as_str(), MAX_EDUS_PER_TXN - durable.len());
+    if row.stream_position >= upto && durable.is_empty() && ephemeral.is_empty() {
         return Ok(false);
     }
-    let result = send_one(state, destination, &row, upto, &edus).await;
-    if result.is_err() && !edus.is_empty() {
-        state
-            .destinations
-            .push_edus(destination.as_str(), edus, true);
+    let mut edus: Vec<serde_json::Value> = Vec::with_capacity(durable.len() + ephemeral.len());
+    for edu in &durable {
+        // Written by us as JSON; a row that no longer parses is skipped (and deleted below).
+        if let Ok(content) = serde_json::from_str::<serde_json::Value>(&edu.content) {
+            edus.push(json!({ "edu_type": edu.edu_type, "content": content }));
+        }
     }
-    result
+    edus.extend(ephemeral.iter().cloned());
+    let result = send_one(state, destination, &row, upto, &edus).await;
+    match &result {
+        Ok(_) => {
+            if let Some(last) = durable.last() {
+                // Accepted: the peer has them (a crash before this delete resends them
+                // with the same message IDs, which the peer deduplicates).
+                state
+                    .storage
+                    .delete_outbox(destination.as_str(), last.id)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+        }
+        Err(_) if !ephemeral.is_empty() => {
+            state
+                .destinations
+                .push_edus(destination.as_str(), ephemeral, true);
+        }
+        Err(_) => {}
+    }
+    result.map(|more| more || durable.len() == MAX_EDUS_PER_TXN)
+}
+
+/// Puts `edus` (`(edu_type, content)`) for each of `servers` into their durable outboxes,
+/// and wakes their tasks: for what must arrive exactly once even across restarts.
+pub async fn queue_durable_edus(
+    state: &AppState,
+    servers: &[String],
+    edus: &[(&str, serde_json::Value)],
+) -> Result<(), crate::error::Error> {
+    let rows: Vec<myelin_storage::NewOutboxEdu> = servers
+        .iter()
+        .filter(|s| s.as_str() != state.server_name.as_str())
+        .flat_map(|server| {
+            edus.iter()
+                .map(|(edu_type, content)| myelin_storage::NewOutboxEdu {
+                    destination: server.clone(),
+                    edu_type: (*edu_type).to_owned(),
+                    content: content.to_string(),
+                })
+        })
+        .collect();
+    if rows.is_empty() {
+        return Ok(());
+    }
+    state.storage.queue_edus(&rows, now_ms()).await?;
+    wake(state, servers, state.storage.safe_stream_position()).await;
+    Ok(())
 }
 
 /// One transaction: what `destination` has not accepted of the stream up to `upto`, and

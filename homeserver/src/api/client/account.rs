@@ -62,7 +62,7 @@ pub async fn change_password(
             .delete_other_devices(sender.user_id.as_str(), Some(sender.device_id.as_str()))
             .await?
     {
-        crate::e2ee::announce_device_list_change(&state, sender.user_id.as_str()).await;
+        crate::e2ee::announce_device_list_change(&state, sender.user_id.as_str(), None).await;
     }
     if req.body.logout_devices {
         state
@@ -101,7 +101,7 @@ pub async fn deactivate(
         .await?;
     super::membership::leave_all_rooms(&state, &sender.user_id).await?;
     state.sliding.forget_user(sender.user_id.as_str(), None);
-    crate::e2ee::announce_device_list_change(&state, sender.user_id.as_str()).await;
+    crate::e2ee::announce_device_list_change(&state, sender.user_id.as_str(), None).await;
     tracing::info!(user_id = %sender.user_id, "deactivated account");
     Ok(deactivate::v3::Response::new(
         ThirdPartyIdRemovalStatus::NoSupport,

@@ -111,7 +111,12 @@ pub async fn delete_device(
         .delete_devices(sender.user_id.as_str(), &[req.body.device_id.to_string()])
         .await?
     {
-        announce_device_list_change(&state, sender.user_id.as_str()).await;
+        announce_device_list_change(
+            &state,
+            sender.user_id.as_str(),
+            Some(req.body.device_id.as_str()),
+        )
+        .await;
     }
     state
         .sliding
@@ -141,7 +146,12 @@ pub async fn delete_devices(
         .delete_devices(sender.user_id.as_str(), &ids)
         .await?
     {
-        announce_device_list_change(&state, sender.user_id.as_str()).await;
+        announce_device_list_change(
+            &state,
+            sender.user_id.as_str(),
+            ids.first().map(String::as_str),
+        )
+        .await;
     }
     for device in &ids {
         state.sliding.forget_device(sender.user_id.as_str(), device);

@@ -3,9 +3,8 @@
 //! <https://spec.matrix.org/latest/client-server-api/#key-management-api>
 //! <https://spec.matrix.org/latest/client-server-api/#cross-signing>
 //!
-//! Users of other servers are not reachable yet (no federation): `/keys/query` and
-//! `/keys/claim` answer for them with a `failures` entry for their server, and signatures of
-//! their keys fail with `M_NOT_FOUND`.
+//! Keys of other servers' users are asked for at their servers (`federation::e2ee`, which
+//! caches their device lists); signatures of their keys are not stored yet (`M_NOT_FOUND`).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -148,7 +147,12 @@ pub async fn upload_keys(
             device_list_changed,
         } => {
             if device_list_changed {
-                announce_device_list_change(&state, sender.user_id.as_str()).await;
+                announce_device_list_change(
+                    &state,
+                    sender.user_id.as_str(),
+                    Some(sender.device_id.as_str()),
+                )
+                .await;
             }
             Ok(upload_keys::v3::Response::new(counts_response(
                 one_time_key_counts,
@@ -192,11 +196,6 @@ fn raw<T>(value: &Value) -> Result<Raw<T>> {
     ))
 }
 
-/// The `failures` entry for a server we cannot ask yet.
-fn unreachable_server() -> Value {
-    json!({ "status": 503, "message": "Federation is not supported yet" })
-}
-
 /// The public key name of a stored cross-signing key (`<base64>` of `ed25519:<base64>`).
 fn public_key_name(json: &str) -> Option<String> {
     let object = canonical_object(json).ok()?;
@@ -208,44 +207,81 @@ fn public_key_name(json: &str) -> Option<String> {
 /// Device keys of the requested devices (all of a user's devices for an empty list), with
 /// the signatures made of them by their owner's cross-signing keys and the device's display
 /// name in `unsigned`; master and self-signing keys; the user-signing key only to its owner.
-/// Signatures of a master key are shown if made by its owner or by the requester.
+/// Signatures of a master key are shown if made by its owner or by the requester. Users of
+/// other servers are asked for at their servers, all at once and within `timeout` (10 s by
+/// default); a server that does not answer in time is named in `failures`.
 /// <https://spec.matrix.org/latest/client-server-api/#post_matrixclientv3keysquery>
 pub async fn get_keys(
     State(state): State<AppState>,
     req: Ruma<get_keys::v3::Request>,
 ) -> Result<get_keys::v3::Response> {
     let requester = req.sender().user_id.as_str();
-    let mut response = get_keys::v3::Response::new();
-    let mut local: Vec<String> = Vec::new();
-    for user in req.body.device_keys.keys() {
+    let mut local = BTreeMap::new();
+    let mut remote: BTreeMap<_, BTreeMap<_, _>> = BTreeMap::new();
+    for (user, devices) in &req.body.device_keys {
         if is_local(&state, user) {
-            local.push(user.to_string());
-            response.device_keys.insert(user.clone(), BTreeMap::new());
+            local.insert(user.clone(), devices.clone());
         } else {
-            response
-                .failures
-                .insert(user.server_name().to_string(), unreachable_server());
+            remote
+                .entry(user.server_name().to_owned())
+                .or_default()
+                .insert(user.clone(), devices.clone());
         }
     }
+    let timeout = crate::federation::e2ee::timeout(req.body.timeout);
+    let (response, from_others) = tokio::join!(
+        local_keys(&state, &local, Some(requester)),
+        crate::federation::e2ee::query_keys(&state, remote, timeout),
+    );
+    let mut response = response?;
+    response.device_keys.extend(from_others.device_keys);
+    response.master_keys.extend(from_others.master_keys);
+    response
+        .self_signing_keys
+        .extend(from_others.self_signing_keys);
+    response.failures.extend(from_others.failures);
+    Ok(response)
+}
+
+/// The keys of local users' devices (all of a user's devices for an empty list), as
+/// `/keys/query` shows them to `requester`, or to another server (`None`: no device display
+/// names, no user-signing keys, master-key signatures only by their owner).
+pub async fn local_keys(
+    state: &AppState,
+    wanted: &BTreeMap<OwnedUserId, Vec<OwnedDeviceId>>,
+    requester: Option<&str>,
+) -> Result<get_keys::v3::Response> {
+    let mut response = get_keys::v3::Response::new();
+    let local: Vec<String> = wanted
+        .keys()
+        .filter(|user| is_local(state, user))
+        .map(|user| {
+            response.device_keys.insert(user.clone(), BTreeMap::new());
+            user.to_string()
+        })
+        .collect();
     if local.is_empty() {
         return Ok(response);
     }
     let devices = state.storage.device_keys_for_users(&local).await?;
     let cross_signing = state.storage.cross_signing_keys_for_users(&local).await?;
-    let signatures = state.storage.key_signatures_for(&local, requester).await?;
+    let signatures = state
+        .storage
+        .key_signatures_for(&local, requester.unwrap_or_default())
+        .await?;
 
     for row in devices {
         let Ok(user) = OwnedUserId::try_from(row.user_id.as_str()) else {
             continue;
         };
-        let Some(wanted) = req.body.device_keys.get(&user) else {
+        let Some(devices) = wanted.get(&user) else {
             continue;
         };
-        if !wanted.is_empty() && !wanted.iter().any(|d| d.as_str() == row.device_id) {
+        if !devices.is_empty() && !devices.iter().any(|d| d.as_str() == row.device_id) {
             continue;
         }
         let mut value = with_signatures(&row.key_json, &row.user_id, &row.device_id, &signatures)?;
-        if let Some(name) = &row.display_name {
+        if let (Some(name), Some(_)) = (&row.display_name, requester) {
             value["unsigned"] = json!({ "device_display_name": name });
         }
         response
@@ -268,7 +304,7 @@ pub async fn get_keys(
                 let value: Value = serde_json::from_str(&json).map_err(Error::internal)?;
                 response.self_signing_keys.insert(user, raw(&value)?);
             }
-            "user_signing" if user_id == requester => {
+            "user_signing" if requester == Some(user_id.as_str()) => {
                 let value: Value = serde_json::from_str(&json).map_err(Error::internal)?;
                 response.user_signing_keys.insert(user, raw(&value)?);
             }
@@ -282,23 +318,56 @@ pub async fn get_keys(
 ///
 /// For each device, its oldest one-time key of the algorithm (each handed out once), or
 /// else its fallback key, which is then reported as used. Devices with neither are left out.
+/// Keys of other servers' users are claimed at their servers, all at once and within
+/// `timeout`; a server that does not answer in time is named in `failures`.
 /// <https://spec.matrix.org/latest/client-server-api/#post_matrixclientv3keysclaim>
 pub async fn claim_keys(
     State(state): State<AppState>,
     req: Ruma<claim_keys::v3::Request>,
 ) -> Result<claim_keys::v3::Response> {
-    let mut failures = BTreeMap::new();
-    let mut wanted = Vec::new();
+    let mut local = BTreeMap::new();
+    let mut remote: BTreeMap<_, BTreeMap<_, _>> = BTreeMap::new();
     for (user, devices) in &req.body.one_time_keys {
-        if !is_local(&state, user) {
-            failures.insert(user.server_name().to_string(), unreachable_server());
+        if is_local(&state, user) {
+            local.insert(user.clone(), devices.clone());
+        } else {
+            remote
+                .entry(user.server_name().to_owned())
+                .or_default()
+                .insert(user.clone(), devices.clone());
+        }
+    }
+    let timeout = crate::federation::e2ee::timeout(req.body.timeout);
+    let (claimed, from_others) = tokio::join!(
+        claim_local_keys(&state, &local),
+        crate::federation::e2ee::claim_keys(&state, remote, timeout),
+    );
+    let (others, failures) = from_others;
+    let mut one_time_keys = claimed?;
+    one_time_keys.extend(others);
+    let mut response = claim_keys::v3::Response::new(one_time_keys);
+    response.failures = failures;
+    Ok(response)
+}
+
+/// Claims one key of each wanted local device (see [`claim_keys`]).
+pub async fn claim_local_keys(
+    state: &AppState,
+    wanted: &BTreeMap<OwnedUserId, BTreeMap<OwnedDeviceId, OneTimeKeyAlgorithm>>,
+) -> Result<BTreeMap<OwnedUserId, claim_keys::v3::OneTimeKeys>> {
+    let mut triples = Vec::new();
+    for (user, devices) in wanted {
+        if !is_local(state, user) {
             continue;
         }
         for (device, algorithm) in devices {
-            wanted.push((user.to_string(), device.to_string(), algorithm.to_string()));
+            triples.push((user.to_string(), device.to_string(), algorithm.to_string()));
         }
     }
-    let claimed = state.storage.claim_keys(&wanted).await?;
+    if triples.is_empty() {
+        return Ok(BTreeMap::new());
+    }
+    let claimed = state.storage.claim_keys(&triples).await?;
     // The owners' waiting syncs report the lower counts at once (see `sync::sync`).
     let owners: BTreeSet<&str> = claimed.iter().map(|c| c.0.as_str()).collect();
     state.notifier.notify(owners);
@@ -319,9 +388,7 @@ pub async fn claim_keys(
             .or_default()
             .insert(key_id, Raw::from_json(value));
     }
-    let mut response = claim_keys::v3::Response::new(one_time_keys);
-    response.failures = failures;
-    Ok(response)
+    Ok(one_time_keys)
 }
 
 /// GET /_matrix/client/v3/keys/changes
@@ -456,7 +523,8 @@ pub async fn upload_signing_keys(
         .set_cross_signing_keys(user.as_str(), &rows, public)
         .await?;
     if public {
-        announce_device_list_change(&state, user.as_str()).await;
+        announce_device_list_change(&state, user.as_str(), None).await;
+        crate::e2ee::announce_signing_keys_change(&state, user.as_str()).await;
     } else {
         state.notifier.notify([user.as_str()]);
     }
@@ -707,7 +775,7 @@ pub async fn upload_signatures(
         .store_key_signatures(signer, &accepted)
         .await?;
     if accepted.iter().any(|s| s.target_user_id == signer) {
-        announce_device_list_change(&state, signer).await;
+        announce_device_list_change(&state, signer, None).await;
     } else if !accepted.is_empty() {
         state.notifier.notify([signer]);
     }

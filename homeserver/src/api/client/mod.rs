@@ -9,7 +9,7 @@ mod device;
 pub(crate) mod directory;
 pub(crate) mod discovery;
 mod initial_sync;
-mod keys;
+pub(crate) mod keys;
 mod media;
 pub(crate) mod membership;
 mod message;
@@ -30,7 +30,7 @@ mod space;
 pub(crate) mod sync;
 mod thirdparty;
 mod threads;
-mod to_device;
+pub(crate) mod to_device;
 pub(crate) mod user_directory;
 mod voip;
 

@@ -122,7 +122,7 @@ async fn finish_login(
     )
     .await?;
     if session.new_device {
-        announce_device_list_change(state, user_id.as_str()).await;
+        announce_device_list_change(state, user_id.as_str(), Some(device_id.as_str())).await;
     }
     tracing::info!(%user_id, %device_id, "logged in");
     let mut response = login::v3::Response::new(user_id, session.access_token, device_id);
@@ -269,7 +269,12 @@ pub async fn logout(
         .delete_devices(sender.user_id.as_str(), &[sender.device_id.to_string()])
         .await?
     {
-        announce_device_list_change(&state, sender.user_id.as_str()).await;
+        announce_device_list_change(
+            &state,
+            sender.user_id.as_str(),
+            Some(sender.device_id.as_str()),
+        )
+        .await;
     }
     state
         .sliding
@@ -287,7 +292,7 @@ pub async fn logout_all(
 ) -> Result<logout_all::v3::Response> {
     let user = req.sender().user_id.as_str();
     if state.storage.delete_other_devices(user, None).await? {
-        announce_device_list_change(&state, user).await;
+        announce_device_list_change(&state, user, None).await;
     }
     state.sliding.forget_user(user, None);
     Ok(logout_all::v3::Response::new())

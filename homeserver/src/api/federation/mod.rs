@@ -13,6 +13,8 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::{key, method_not_allowed, timed_to_completion, unknown_endpoint};
+
+mod e2ee;
 use crate::{error::Error, federation::inbound::ServerRequest, AppState};
 
 /// The routes of the federation listener.
@@ -69,7 +71,7 @@ pub fn router(state: AppState) -> Router {
             "/_matrix/federation/v1/event_auth/{room_id}/{event_id}",
             get(get_event_authorization),
         );
-    key::routes(router)
+    key::routes(e2ee::routes(router))
         .fallback(unknown_endpoint)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn(timed_to_completion))
@@ -607,6 +609,12 @@ async fn receive_edu(
                     state.wake_room(room_id).await?;
                 }
             }
+        }
+        Some("m.direct_to_device") => {
+            crate::federation::e2ee::receive_to_device(state, origin, content).await?;
+        }
+        Some("m.device_list_update" | "m.signing_key_update") => {
+            crate::federation::e2ee::receive_device_change(state, origin, content).await?;
         }
         _ => {}
     }
