@@ -49,9 +49,9 @@ struct SdkUser {
 impl SdkUser {
     /// Logs the harness user's account into matrix-sdk (a new device, with its own keys) and
     /// starts syncing.
-    async fn login(hs: &TestServer, account: &HsClient) -> SdkUser {
+    async fn login(homeserver_url: &str, account: &HsClient) -> SdkUser {
         let client = Client::builder()
-            .homeserver_url(hs.url())
+            .homeserver_url(homeserver_url)
             .build()
             .await
             .expect("building the matrix-sdk client");
@@ -254,10 +254,48 @@ async fn matrix_sdk_encrypted_room(backend: Backend) {
     let Some(hs) = TestServer::start(backend, ServerOptions::default()).await else {
         return;
     };
-    let alice_hs = hs.register_user("alice").await;
-    let bob_hs = hs.register_user("bob").await;
-    let alice = SdkUser::login(&hs, &alice_hs).await;
-    let bob = SdkUser::login(&hs, &bob_hs).await;
+    encrypted_room_between(&hs, &hs, true).await;
+}
+
+/// The same with alice and bob on two Myelins: room keys travel as to-device messages over
+/// federation, each sdk queries and claims the other's keys through its own server, and
+/// device lists follow over federation. (The picture needs media over federation: not yet.)
+async fn matrix_sdk_encrypted_room_across_servers(backend: Backend) {
+    let Some(hs1) = TestServer::start(backend, ServerOptions::default().federating()).await else {
+        return;
+    };
+    let Some(hs2) = TestServer::start(backend, ServerOptions::default().federating()).await else {
+        return;
+    };
+    encrypted_room_between(&hs1, &hs2, false).await;
+}
+
+/// Alice on `alice_server` and bob on `bob_server` in an encrypted DM (see
+/// [`matrix_sdk_encrypted_room`]); `with_picture`: also an encrypted attachment.
+async fn encrypted_room_between(
+    alice_server: &TestServer,
+    bob_server: &TestServer,
+    with_picture: bool,
+) {
+    let alice_hs = alice_server.register_user("alice").await;
+    let bob_hs = bob_server.register_user("bob").await;
+    encrypted_dm(
+        (alice_server.url(), &alice_hs),
+        (bob_server.url(), &bob_hs),
+        with_picture,
+    )
+    .await;
+}
+
+/// An encrypted DM between two harness accounts, each logged into matrix-sdk at its
+/// server's client URL.
+async fn encrypted_dm(
+    (alice_url, alice_hs): (&str, &HsClient),
+    (bob_url, bob_hs): (&str, &HsClient),
+    with_picture: bool,
+) {
+    let alice = SdkUser::login(alice_url, alice_hs).await;
+    let bob = SdkUser::login(bob_url, bob_hs).await;
 
     let room_id = create_encrypted_dm(&alice, &bob).await;
     let alice_room = alice.client.get_room(&room_id).expect("alice's room");
@@ -269,7 +307,7 @@ async fn matrix_sdk_encrypted_room(backend: Backend) {
     let received = bob.decrypted_event(&sent).await;
     assert_eq!(received.sender, alice.user_id);
     assert_text(&received, &hello);
-    assert_stored_encrypted(&bob_hs, room_id.as_str(), sent.as_str(), &hello).await;
+    assert_stored_encrypted(bob_hs, room_id.as_str(), sent.as_str(), &hello).await;
 
     // Bob -> Alice.
     let reply = format!("hi alice, secret back {}", rand::random::<u64>());
@@ -277,7 +315,12 @@ async fn matrix_sdk_encrypted_room(backend: Backend) {
     let received = alice.decrypted_event(&sent).await;
     assert_eq!(received.sender, bob.user_id);
     assert_text(&received, &reply);
-    assert_stored_encrypted(&alice_hs, room_id.as_str(), sent.as_str(), &reply).await;
+    assert_stored_encrypted(alice_hs, room_id.as_str(), sent.as_str(), &reply).await;
+    if !with_picture {
+        alice.stop();
+        bob.stop();
+        return;
+    }
 
     // A picture as an encrypted attachment: the sdk encrypts the file (AES-CTR), uploads the
     // ciphertext and sends the key inside the Megolm-encrypted `m.image` event.
@@ -300,7 +343,7 @@ async fn matrix_sdk_encrypted_room(backend: Backend) {
     let MediaSource::Encrypted(file) = &image.source else {
         panic!("the picture was not sent encrypted: {:?}", image.source);
     };
-    assert_stored_encrypted(&bob_hs, room_id.as_str(), sent.as_str(), "picture.png").await;
+    assert_stored_encrypted(bob_hs, room_id.as_str(), sent.as_str(), "picture.png").await;
 
     // What the server holds is ciphertext of the same length, not the picture.
     let (server_name, media_id) = file.url.parts().expect("an mxc:// URI");
@@ -409,7 +452,38 @@ async fn create_encrypted_dm(alice: &SdkUser, bob: &SdkUser) -> OwnedRoomId {
     room_id
 }
 
-backend_tests!(matrix_sdk_encrypted_room);
+/// The same between a user on Myelin and a user on Synapse (the reference implementation):
+/// Synapse's and Myelin's federation E2EE endpoints and EDUs must understand each other.
+#[tokio::test]
+async fn matrix_sdk_encrypted_room_between_myelin_and_synapse() {
+    if !complement_tests::synapse::available() {
+        assert!(
+            !complement_tests::in_ci(),
+            "CI=true but Synapse is not installed in {}",
+            complement_tests::synapse::venv().display()
+        );
+        eprintln!("skipping: Synapse is not installed");
+        return;
+    }
+    let Some(myelin) =
+        TestServer::start(Backend::Sqlite, ServerOptions::default().federating()).await
+    else {
+        return;
+    };
+    let synapse = complement_tests::synapse::Synapse::start_federating(Backend::Sqlite)
+        .await
+        .expect("Synapse starts");
+    let alice = myelin.register_user("alice").await;
+    let sam = synapse.register_user("sam").await;
+    // Alice (Myelin) creates the room and invites sam; then the other way round.
+    encrypted_dm((myelin.url(), &alice), (synapse.url(), &sam), false).await;
+    encrypted_dm((synapse.url(), &sam), (myelin.url(), &alice), false).await;
+}
+
+backend_tests!(
+    matrix_sdk_encrypted_room,
+    matrix_sdk_encrypted_room_across_servers
+);
 
 /// A `width`×`height` RGB PNG with a gradient and noise: stored (uncompressed) deflate blocks
 /// inside zlib, so it needs no encoder crate.
