@@ -72,24 +72,36 @@ fn media_from_row(row: &sqlx::any::AnyRow) -> Result<MediaRow> {
 impl Storage {
     /// Records uploaded media (or, with `sha256` unset, a pending ID).
     pub async fn insert_media(&self, media: &MediaRow) -> Result<()> {
-        sqlx::query(
+        self.insert_media_row(media, "").await
+    }
+
+    /// Records another server's media fetched into the store, unless a concurrent fetch
+    /// recorded it first (the same bytes then; the store is content-addressed).
+    pub async fn insert_remote_media(&self, media: &MediaRow) -> Result<()> {
+        self.insert_media_row(media, "ON CONFLICT (origin, media_id) DO NOTHING")
+            .await
+    }
+
+    async fn insert_media_row(&self, media: &MediaRow, on_conflict: &str) -> Result<()> {
+        let sql = format!(
             "INSERT INTO media (origin, media_id, uploader, content_type, filename, size, sha256,
                                 width, height, created_ts, unused_expires_ts)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-        )
-        .bind(&media.origin)
-        .bind(&media.media_id)
-        .bind(&media.uploader)
-        .bind(&media.content_type)
-        .bind(&media.filename)
-        .bind(media.size)
-        .bind(&media.sha256)
-        .bind(media.width)
-        .bind(media.height)
-        .bind(media.created_ts)
-        .bind(media.unused_expires_ts)
-        .execute(&self.pool)
-        .await?;
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) {on_conflict}"
+        );
+        sqlx::query(AssertSqlSafe(sql))
+            .bind(&media.origin)
+            .bind(&media.media_id)
+            .bind(&media.uploader)
+            .bind(&media.content_type)
+            .bind(&media.filename)
+            .bind(media.size)
+            .bind(&media.sha256)
+            .bind(media.width)
+            .bind(media.height)
+            .bind(media.created_ts)
+            .bind(media.unused_expires_ts)
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 

@@ -259,7 +259,7 @@ async fn matrix_sdk_encrypted_room(backend: Backend) {
 
 /// The same with alice and bob on two Myelins: room keys travel as to-device messages over
 /// federation, each sdk queries and claims the other's keys through its own server, and
-/// device lists follow over federation. (The picture needs media over federation: not yet.)
+/// device lists follow over federation; the picture is fetched over federation.
 async fn matrix_sdk_encrypted_room_across_servers(backend: Backend) {
     let Some(hs1) = TestServer::start(backend, ServerOptions::default().federating()).await else {
         return;
@@ -267,7 +267,7 @@ async fn matrix_sdk_encrypted_room_across_servers(backend: Backend) {
     let Some(hs2) = TestServer::start(backend, ServerOptions::default().federating()).await else {
         return;
     };
-    encrypted_room_between(&hs1, &hs2, false).await;
+    encrypted_room_between(&hs1, &hs2, true).await;
 }
 
 /// Alice on `alice_server` and bob on `bob_server` in an encrypted DM (see
@@ -476,8 +476,8 @@ async fn matrix_sdk_encrypted_room_between_myelin_and_synapse() {
     let alice = myelin.register_user("alice").await;
     let sam = synapse.register_user("sam").await;
     // Alice (Myelin) creates the room and invites sam; then the other way round.
-    encrypted_dm((myelin.url(), &alice), (synapse.url(), &sam), false).await;
-    encrypted_dm((synapse.url(), &sam), (myelin.url(), &alice), false).await;
+    encrypted_dm((myelin.url(), &alice), (synapse.url(), &sam), true).await;
+    encrypted_dm((synapse.url(), &sam), (myelin.url(), &alice), true).await;
 }
 
 backend_tests!(

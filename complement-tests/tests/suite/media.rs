@@ -900,7 +900,63 @@ async fn url_preview_of_allowed_loopback(backend: Backend) {
     assert_error(&other, 403, "M_FORBIDDEN", "127.0.0.2 is not allowed");
 }
 
+/// 62. A user on hs2 downloads media uploaded on hs1 (and a thumbnail of it) through
+///     authenticated media: the same bytes and content type, fetched once over federation
+///     and then served from hs2's store (also after hs1 is gone). Unknown remote media is
+///     404, and the deprecated unauthenticated endpoint serves only what is cached.
+async fn a62_remote_media_over_federation(backend: Backend) {
+    let Some(mut hs1) = TestServer::start(backend, ServerOptions::default().federating()).await
+    else {
+        return;
+    };
+    let Some(hs2) = TestServer::start(backend, ServerOptions::default().federating()).await else {
+        return;
+    };
+    let alice = hs1.register_user("alice").await;
+    let bob = hs2.register_user("bob").await;
+    let png = encoded(&test_image(false), ImageFormat::Png);
+    let (server, id) = upload(&alice, &png, "image/png", Some("cat.png")).await;
+    assert_eq!(server, hs1.server_name());
+
+    let legacy = get(&bob, &legacy_download(&server, &id)).await;
+    assert_eq!(legacy.status, 404, "not fetched through the old endpoint");
+
+    let got = get(&bob, &authed_download(&server, &id)).await;
+    assert_eq!(got.status, 200, "{}", got.json());
+    assert!(
+        got.body == png,
+        "the bytes differ ({} bytes)",
+        got.body.len()
+    );
+    assert_eq!(got.headers["content-type"], "image/png");
+    assert!(
+        got.headers["content-disposition"]
+            .to_str()
+            .unwrap()
+            .contains("cat.png"),
+        "{:?}",
+        got.headers
+    );
+
+    let thumb = get(&bob, &thumbnail_path(&server, &id, 96, 96, "crop")).await;
+    assert_eq!(thumb.status, 200, "{}", thumb.json());
+    let image = image::load_from_memory(&thumb.body).expect("a thumbnail image");
+    assert_eq!((image.width(), image.height()), (96, 96));
+
+    let missing = get(&bob, &authed_download(&server, "NoSuchMediaHere")).await;
+    assert_eq!(missing.status, 404, "{}", missing.json());
+
+    // Cached: served with hs1 stopped, through either endpoint.
+    hs1.stop().await;
+    let again = get(&bob, &authed_download(&server, &id)).await;
+    assert_eq!(again.status, 200, "{}", again.json());
+    assert!(again.body == png);
+    let legacy = get(&bob, &legacy_download(&server, &id)).await;
+    assert_eq!(legacy.status, 200, "cached media through the old endpoint");
+}
+
 backend_tests!(
+    a62_remote_media_over_federation,
     a38_upload_and_download,
     names_dispositions_and_headers,
     async_upload,

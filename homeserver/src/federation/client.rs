@@ -201,6 +201,46 @@ impl FederationClient {
         signed: bool,
     ) -> Result<serde_json::Value, FederationError> {
         let server = destination.to_string();
+        let response = self
+            .send(destination, method, path_and_query, body, signed, None)
+            .await?;
+        let bytes = read_limited(response, &server).await?;
+        serde_json::from_slice(&bytes).map_err(|e| FederationError::BadResponse {
+            server,
+            reason: e.to_string(),
+        })
+    }
+
+    /// A signed `GET` of `path_and_query` on `destination` whose 2xx answer is handed back
+    /// unread, for the caller to stream (media); `timeout` replaces the usual one.
+    pub async fn get_streamed(
+        &self,
+        destination: &ServerName,
+        path_and_query: &str,
+        timeout: Duration,
+    ) -> Result<reqwest::Response, FederationError> {
+        self.send(
+            destination,
+            http::Method::GET,
+            path_and_query,
+            None,
+            true,
+            Some(timeout),
+        )
+        .await
+    }
+
+    /// Sends a request; a non-2xx answer is an error (with the start of its body).
+    async fn send(
+        &self,
+        destination: &ServerName,
+        method: http::Method,
+        path_and_query: &str,
+        body: Option<&serde_json::Value>,
+        signed: bool,
+        timeout: Option<Duration>,
+    ) -> Result<reqwest::Response, FederationError> {
+        let server = destination.to_string();
         if !self.allows(destination) {
             return Err(FederationError::Blocked(server));
         }
@@ -241,6 +281,9 @@ impl FederationClient {
                 .header(http::header::CONTENT_TYPE, "application/json")
                 .body(body_bytes);
         }
+        if let Some(timeout) = timeout {
+            builder = builder.timeout(timeout);
+        }
         let response = builder.send().await.map_err(|e| match find_blocked(&e) {
             Some(address) => FederationError::Blocked(address),
             None => FederationError::Unreachable {
@@ -249,8 +292,8 @@ impl FederationClient {
             },
         })?;
         let status = response.status().as_u16();
-        let bytes = read_limited(response, &server).await?;
         if !(200..300).contains(&status) {
+            let bytes = read_limited(response, &server).await?;
             let body = String::from_utf8_lossy(&bytes[..bytes.len().min(512)]).into_owned();
             return Err(FederationError::Status {
                 server,
@@ -258,10 +301,7 @@ impl FederationClient {
                 body,
             });
         }
-        serde_json::from_slice(&bytes).map_err(|e| FederationError::BadResponse {
-            server,
-            reason: e.to_string(),
-        })
+        Ok(response)
     }
 
     /// Where `server` is reached: `(host:port for the URL, the Host header)` (see the

@@ -13,12 +13,12 @@
 //! (`api::client::media`) only translate requests and responses. Rows live in storage's
 //! `media` and `media_thumbnails` tables; the database never holds bytes.
 //!
-//! Remote media (other servers' `mxc://` URIs) comes with federation: the tables are ready for
-//! it (an `origin` column; cached remote files will be rows with that server as origin), and
-//! until then every remote media ID answers 404.
+//! - [`remote`]: other servers' media, fetched over federation into the store on first use
+//!   and then served like ours (rows whose `origin` is that server).
 
 pub mod headers;
 pub mod preview;
+pub mod remote;
 pub mod store;
 pub mod thumbnail;
 
@@ -105,7 +105,11 @@ impl Media {
     }
 
     fn generation_lock(&self, row: &MediaRow) -> Arc<tokio::sync::Mutex<()>> {
-        let key = format!("{}/{}", row.origin, row.media_id);
+        self.lock_for(format!("{}/{}", row.origin, row.media_id))
+    }
+
+    /// The lock under which `key` is worked on (thumbnails made, remote media fetched).
+    fn lock_for(&self, key: String) -> Arc<tokio::sync::Mutex<()>> {
         let mut map = self.generating.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(lock) = map.get(&key).and_then(Weak::upgrade) {
             return lock;
@@ -305,19 +309,48 @@ where
 
 /// The media a download or thumbnail request names, once its content is there: waits up to
 /// `timeout` (at most [`MAX_DOWNLOAD_WAIT`]) for a pending upload, then 504
-/// `M_NOT_YET_UPLOADED`.
+/// `M_NOT_YET_UPLOADED`. Another server's media is served from the store once fetched, and
+/// fetched from its server ([`remote::fetch`]) if `fetch_remote` (the authenticated
+/// endpoints; as in Synapse, the deprecated unauthenticated ones serve only what is cached).
 pub async fn find(
     state: &AppState,
     server_name: &ServerName,
     media_id: &str,
     timeout: Duration,
+    fetch_remote: bool,
 ) -> Result<MediaRow> {
-    if server_name != state.server_name {
-        // Remote media is fetched over federation, which does not exist yet.
-        return Err(Error::not_found("Remote media is not available yet"));
-    }
     if !is_valid_media_id(media_id) {
         return Err(not_found());
+    }
+    if server_name != state.server_name {
+        let cached = |row: Option<MediaRow>| row.filter(|r| r.sha256.is_some());
+        if let Some(row) = cached(
+            state
+                .storage
+                .get_media(server_name.as_str(), media_id)
+                .await?,
+        ) {
+            return Ok(row);
+        }
+        if !fetch_remote {
+            return Err(Error::not_found(
+                "Remote media is served through the authenticated media endpoints",
+            ));
+        }
+        // One fetch of a media at a time: the others wait and find it stored.
+        let lock = state
+            .media
+            .lock_for(format!("fetch:{server_name}/{media_id}"));
+        let _held = lock.lock().await;
+        if let Some(row) = cached(
+            state
+                .storage
+                .get_media(server_name.as_str(), media_id)
+                .await?,
+        ) {
+            return Ok(row);
+        }
+        return remote::fetch(state, server_name, media_id).await;
     }
     let deadline = tokio::time::Instant::now() + timeout.min(MAX_DOWNLOAD_WAIT);
     loop {

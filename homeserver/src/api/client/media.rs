@@ -168,12 +168,12 @@ fn content_response(content: Content) -> Response {
 
 async fn download(
     state: &AppState,
-    server_name: &ServerName,
-    media_id: &str,
+    (server_name, media_id): (&ServerName, &str),
     filename: Option<&str>,
     timeout: Duration,
+    fetch_remote: bool,
 ) -> Result<Response> {
-    let row = media::find(state, server_name, media_id, timeout).await?;
+    let row = media::find(state, server_name, media_id, timeout, fetch_remote).await?;
     Ok(content_response(
         media::open_content(state, &row, filename).await?,
     ))
@@ -188,10 +188,10 @@ pub async fn get_content_authenticated(
 ) -> Result<Response> {
     download(
         &state,
-        &req.server_name,
-        &req.media_id,
+        (&req.server_name, &req.media_id),
         None,
         req.timeout_ms,
+        true,
     )
     .await
 }
@@ -205,10 +205,10 @@ pub async fn get_content_as_filename_authenticated(
 ) -> Result<Response> {
     download(
         &state,
-        &req.server_name,
-        &req.media_id,
+        (&req.server_name, &req.media_id),
         Some(&req.filename),
         req.timeout_ms,
+        true,
     )
     .await
 }
@@ -227,10 +227,10 @@ pub async fn get_content(
 ) -> Result<Response> {
     download(
         &state,
-        &req.server_name,
-        &req.media_id,
+        (&req.server_name, &req.media_id),
         None,
         req.timeout_ms,
+        false,
     )
     .await
 }
@@ -246,10 +246,10 @@ pub async fn get_content_as_filename(
 ) -> Result<Response> {
     download(
         &state,
-        &req.server_name,
-        &req.media_id,
+        (&req.server_name, &req.media_id),
         Some(&req.filename),
         req.timeout_ms,
+        false,
     )
     .await
 }
@@ -261,6 +261,7 @@ async fn thumbnail(
     (width, height): (UInt, UInt),
     method: Option<&ruma::media::Method>,
     timeout: Duration,
+    fetch_remote: bool,
 ) -> Result<Response> {
     let method = match method {
         None | Some(ruma::media::Method::Scale) => Method::Scale,
@@ -273,7 +274,7 @@ async fn thumbnail(
         }
     };
     let size = |v: UInt| u32::try_from(u64::from(v)).unwrap_or(u32::MAX);
-    let row = media::find(state, server_name, media_id, timeout).await?;
+    let row = media::find(state, server_name, media_id, timeout, fetch_remote).await?;
     let content = media::thumbnail(state, &row, size(width), size(height), method).await?;
     Ok(content_response(content))
 }
@@ -294,6 +295,7 @@ pub async fn get_content_thumbnail_authenticated(
         (req.width, req.height),
         req.method.as_ref(),
         req.timeout_ms,
+        true,
     )
     .await
 }
@@ -314,6 +316,7 @@ pub async fn get_content_thumbnail(
         (req.width, req.height),
         req.method.as_ref(),
         req.timeout_ms,
+        false,
     )
     .await
 }

@@ -15,6 +15,7 @@ use serde_json::{json, Value};
 use super::{key, method_not_allowed, timed_to_completion, unknown_endpoint};
 
 mod e2ee;
+mod media;
 use crate::{error::Error, federation::inbound::ServerRequest, AppState};
 
 /// The routes of the federation listener.
@@ -71,7 +72,7 @@ pub fn router(state: AppState) -> Router {
             "/_matrix/federation/v1/event_auth/{room_id}/{event_id}",
             get(get_event_authorization),
         );
-    key::routes(e2ee::routes(router))
+    key::routes(media::routes(e2ee::routes(router)))
         .fallback(unknown_endpoint)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn(timed_to_completion))
