@@ -403,4 +403,213 @@ async fn a55_scripted_peer_is_checked(backend: Backend) {
     );
 }
 
-backend_tests!(a55_scripted_peer_is_checked);
+/// F joins `room_id` on the server at `base` as `user` (make_join, send_join).
+async fn peer_joins(peer: &FakePeer, base: &str, dest: &str, room_id: &str, user: &str) {
+    let (status, template) = peer
+        .request(
+            base,
+            dest,
+            Method::GET,
+            &format!(
+                "/_matrix/federation/v1/make_join/{}/{}?ver=12",
+                encode(room_id),
+                encode(user)
+            ),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{template}");
+    let (join_id, join) = peer.sign_event(template["event"].clone(), &RoomVersionId::V12);
+    let path = format!(
+        "/_matrix/federation/v2/send_join/{}/{}",
+        encode(room_id),
+        encode(&join_id)
+    );
+    let (status, answer) = peer
+        .request(base, dest, Method::PUT, &path, Some(&join))
+        .await;
+    assert_eq!(status, 200, "{answer}");
+}
+
+/// What a peer sends and asks about end-to-end encryption is checked: a to-device message
+/// claiming a sender of another server is dropped, one from the peer's own user arrives once
+/// even when the peer sends the same message ID again; a device-list update about another
+/// server's user changes nothing, one about the peer's joined user reaches alice's
+/// `device_lists`; key queries answer only for hs1's users and refuse bad bodies; unknown media
+/// is 404.
+async fn hostile_peer_e2ee_and_media(backend: Backend) {
+    let Some(hs1) = TestServer::start(backend, ServerOptions::default().federating()).await else {
+        return;
+    };
+    let base = hs1
+        .federation_tls_url()
+        .expect("federation listener")
+        .to_owned();
+    let dest = hs1.server_name().to_owned();
+    let alice = hs1.register_user("alice").await;
+    let key = crate::e2ee::new_key();
+    let (status, body) = alice
+        .post(
+            "/_matrix/client/v3/keys/upload",
+            &json!({ "device_keys": crate::e2ee::device_keys(&alice, &key) }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let room_id = alice.create_room(&json!({ "preset": "public_chat" })).await;
+    let peer = FakePeer::start().await;
+    let fred = peer.user_id("fred");
+    peer_joins(&peer, &base, &dest, &room_id, &fred).await;
+    let since = crate::e2ee::initial_token(&alice).await;
+
+    let to_device = |sender: &str, n: i64, message_id: &str| {
+        json!({ "edu_type": "m.direct_to_device", "content": {
+            "sender": sender, "type": "m.test.message", "message_id": message_id,
+            "messages": { alice.user_id(): { alice.device_id(): { "n": n } } },
+        }})
+    };
+    let device_update = |user: &str| {
+        json!({ "edu_type": "m.device_list_update", "content": {
+            "user_id": user, "device_id": "DEV", "stream_id": 1, "prev_id": [], "deleted": false,
+        }})
+    };
+    let spoofed = format!("@mallory:{dest}");
+    let txn = |id: &str, edus: Vec<Value>| {
+        let body = json!({ "origin": peer.server_name, "origin_server_ts": now_ms(), "pdus": [], "edus": edus });
+        (format!("/_matrix/federation/v1/send/{id}"), body)
+    };
+    let (path, body) = txn(
+        "e1",
+        vec![
+            to_device(&spoofed, 1, "m1"),
+            to_device(&fred, 2, "m2"),
+            device_update("@someone:elsewhere.example"),
+        ],
+    );
+    let (status, answer) = peer
+        .request(&base, &dest, Method::PUT, &path, Some(&body))
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    // The same message again, in a new transaction, then fred's device change.
+    let (path, body) = txn("e2", vec![to_device(&fred, 2, "m2"), device_update(&fred)]);
+    let (status, answer) = peer
+        .request(&base, &dest, Method::PUT, &path, Some(&body))
+        .await;
+    assert_eq!(status, 200, "{answer}");
+
+    let response = alice
+        .sync_until(Some(&since), crate::e2ee::WAIT, |r| {
+            crate::e2ee::listed(r, "changed", &fred)
+        })
+        .await;
+    assert!(
+        !crate::e2ee::listed(&response, "changed", "@someone:elsewhere.example"),
+        "{response}"
+    );
+    let mut seen = crate::e2ee::to_device_events(&response);
+    let next = response["next_batch"].as_str().unwrap().to_owned();
+    // Whatever else is on its way.
+    let (_, more) = alice.sync(Some(&next), 1000).await;
+    seen.extend(crate::e2ee::to_device_events(&more));
+    let numbers: Vec<i64> = seen
+        .iter()
+        .filter_map(|e| e["content"]["n"].as_i64())
+        .collect();
+    assert_eq!(numbers, [2], "only fred's message, once: {seen:?}");
+    assert_eq!(seen[0]["sender"], fred.as_str());
+
+    // Keys: hs1's users only.
+    let query = json!({ "device_keys": { alice.user_id(): [], "@x:elsewhere.example": [] } });
+    let (status, keys) = peer
+        .request(
+            &base,
+            &dest,
+            Method::POST,
+            "/_matrix/federation/v1/user/keys/query",
+            Some(&query),
+        )
+        .await;
+    assert_eq!(status, 200, "{keys}");
+    assert!(
+        keys["device_keys"][alice.user_id()][alice.device_id()].is_object(),
+        "{keys}"
+    );
+    assert!(
+        keys["device_keys"]["@x:elsewhere.example"].is_null(),
+        "{keys}"
+    );
+    let devices_path = format!(
+        "/_matrix/federation/v1/user/devices/{}",
+        encode(alice.user_id())
+    );
+    let (status, devices) = peer
+        .request(&base, &dest, Method::GET, &devices_path, None)
+        .await;
+    assert_eq!(status, 200, "{devices}");
+    assert_eq!(devices["user_id"], alice.user_id());
+    assert!(
+        devices["stream_id"].as_i64().is_some_and(|s| s > 0),
+        "{devices}"
+    );
+    assert_eq!(
+        devices["devices"][0]["device_id"],
+        alice.device_id(),
+        "{devices}"
+    );
+    let (status, body) = peer
+        .request(
+            &base,
+            &dest,
+            Method::GET,
+            &format!(
+                "/_matrix/federation/v1/user/devices/{}",
+                encode("@x:elsewhere.example")
+            ),
+            None,
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    for bad in [
+        json!({}),
+        json!({ "device_keys": "no" }),
+        json!({ "device_keys": { "not a user": [] } }),
+    ] {
+        let (status, body) = peer
+            .request(
+                &base,
+                &dest,
+                Method::POST,
+                "/_matrix/federation/v1/user/keys/query",
+                Some(&bad),
+            )
+            .await;
+        assert_eq!(status, 400, "{bad}: {body}");
+    }
+    let mut many = serde_json::Map::new();
+    for i in 0..1001 {
+        many.insert(format!("D{i}"), json!("signed_curve25519"));
+    }
+    let claim = json!({ "one_time_keys": { alice.user_id(): many } });
+    let (status, body) = peer
+        .request(
+            &base,
+            &dest,
+            Method::POST,
+            "/_matrix/federation/v1/user/keys/claim",
+            Some(&claim),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+
+    let (status, body) = peer
+        .request(
+            &base,
+            &dest,
+            Method::GET,
+            "/_matrix/federation/v1/media/download/NoSuchMedia",
+            None,
+        )
+        .await;
+    assert_eq!(status, 404, "{body}");
+}
+
+backend_tests!(a55_scripted_peer_is_checked, hostile_peer_e2ee_and_media);
