@@ -795,8 +795,9 @@ async fn wait_for_ephemeral(
     panic!("{} never saw {what} in {room_id}", client.user_id());
 }
 
-/// Scenario 59: alice on hs1 types and bob on hs2 sees it, then stops and bob sees that; bob
-/// reads alice's message and alice sees bob's read receipt on it; bob's presence and status
+/// Scenario 59: alice on hs1 types and bob on hs2 sees it, then stops and bob sees that;
+/// alice sees the delivered tick of her message once bob's device received it; bob reads
+/// alice's message and alice sees bob's read receipt on it; bob's presence and status
 /// message reach alice.
 async fn a59_typing_and_receipts_cross_servers(backend: Backend) {
     let Some(hs1) = TestServer::start(backend, ServerOptions::default().federating()).await else {
@@ -851,12 +852,20 @@ async fn a59_typing_and_receipts_cross_servers(backend: Backend) {
 
     let event_id = alice.send_text(&room_id, "read me").await;
     wait_for_body(&bob, &room_id, "read me").await;
+    // Bob's sync takes it: the delivered tick (Myelin's receipt type) reaches alice.
+    let (status, _) = bob.get("/_matrix/client/v3/sync?timeout=0").await;
+    assert_eq!(status, 200);
+    let bob_id = bob.user_id().to_owned();
+    wait_for_ephemeral(&alice, &room_id, "bob's delivered tick", |e| {
+        e["type"] == "m.receipt"
+            && !e["content"][&event_id]["io.myelin.delivered"][&bob_id].is_null()
+    })
+    .await;
     let receipt = complement_tests::Client::room_path(
         &room_id,
         &format!("/receipt/m.read/{}", encode(&event_id)),
     );
     assert_eq!(bob.post(&receipt, &serde_json::json!({})).await.0, 200);
-    let bob_id = bob.user_id().to_owned();
     wait_for_ephemeral(&alice, &room_id, "bob's receipt", |e| {
         e["type"] == "m.receipt" && !e["content"][&event_id]["m.read"][&bob_id].is_null()
     })

@@ -66,8 +66,9 @@ pub fn record(state: &AppState, user: &str, delivered: Vec<(String, String, Opti
 
 /// The recorder: collects deliveries for [`BATCH`], keeps those that move a watermark
 /// forward, writes them in one transaction and wakes each affected room once. The only
-/// writer of delivered receipts, so it keeps the watermarks it knows in memory (loaded per
-/// room on first use; bounded by clearing).
+/// writer of our users' delivered receipts (other servers' users' come in over federation,
+/// `api::federation`), so it keeps the watermarks it knows in memory (loaded per room on
+/// first use; bounded by clearing).
 pub async fn recorder(state: AppState) {
     let mut watermarks: HashMap<String, HashMap<String, i64>> = HashMap::new();
     loop {
@@ -147,8 +148,24 @@ async fn write_batch(
     let mut rooms: Vec<&str> = moved.iter().map(|(room, _, _)| room.as_str()).collect();
     rooms.sort_unstable();
     rooms.dedup();
-    for room_id in rooms {
+    for room_id in &rooms {
         state.wake_room(room_id).await?;
+    }
+    // The other servers in these rooms hear of them as receipts of this type, one EDU per
+    // room (servers that do not know the type ignore it, as clients do).
+    for room_id in rooms {
+        let mut users = serde_json::Map::new();
+        for row in rows.iter().filter(|r| r.room_id == room_id) {
+            users.insert(
+                row.user_id.clone(),
+                serde_json::json!({ "event_ids": [row.event_id], "data": { "ts": row.ts } }),
+            );
+        }
+        let edu = serde_json::json!({
+            "edu_type": "m.receipt",
+            "content": { room_id: { DELIVERED: users } },
+        });
+        crate::federation::sender::send_edu(state, room_id, edu).await;
     }
     Ok(())
 }

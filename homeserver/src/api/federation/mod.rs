@@ -564,47 +564,50 @@ async fn receive_edu(
         Some("m.receipt") => {
             let mut budget = MAX_RECEIPTS_PER_EDU;
             for (room_id, by_type) in content.as_object().into_iter().flatten() {
-                let Some(users) = by_type["m.read"].as_object() else {
-                    continue;
-                };
                 let mut moved = false;
-                for (user, receipt) in users {
-                    if budget == 0 {
-                        break;
+                // Public read receipts, and Myelin's delivered ticks (between Myelins).
+                for (receipt_type, users) in ["m.read", crate::sync::delivery::DELIVERED]
+                    .into_iter()
+                    .filter_map(|t| Some((t, by_type[t].as_object()?)))
+                {
+                    for (user, receipt) in users {
+                        if budget == 0 {
+                            break;
+                        }
+                        budget -= 1;
+                        let Some(event_id) = receipt["event_ids"]
+                            .as_array()
+                            .and_then(|ids| ids.first())
+                            .and_then(|id| id.as_str())
+                        else {
+                            continue;
+                        };
+                        if !joined_from(state, origin, room_id, user).await? {
+                            continue;
+                        }
+                        let in_room = state.storage.get_event(event_id).await?.is_some_and(|row| {
+                            row.room_id == *room_id && row.stream_ordering.is_some()
+                        });
+                        if !in_room {
+                            continue;
+                        }
+                        let ts = receipt["data"]["ts"]
+                            .as_i64()
+                            .unwrap_or_else(crate::auth::now_ms);
+                        let thread_id = receipt["data"]["thread_id"].as_str().map(str::to_owned);
+                        moved |= state
+                            .storage
+                            .set_receipt(&myelin_storage::ReceiptRow {
+                                room_id: room_id.clone(),
+                                user_id: user.clone(),
+                                receipt_type: receipt_type.to_owned(),
+                                thread_id,
+                                event_id: event_id.to_owned(),
+                                ts,
+                            })
+                            .await?
+                            .is_some();
                     }
-                    budget -= 1;
-                    let Some(event_id) = receipt["event_ids"]
-                        .as_array()
-                        .and_then(|ids| ids.first())
-                        .and_then(|id| id.as_str())
-                    else {
-                        continue;
-                    };
-                    if !joined_from(state, origin, room_id, user).await? {
-                        continue;
-                    }
-                    let in_room = state.storage.get_event(event_id).await?.is_some_and(|row| {
-                        row.room_id == *room_id && row.stream_ordering.is_some()
-                    });
-                    if !in_room {
-                        continue;
-                    }
-                    let ts = receipt["data"]["ts"]
-                        .as_i64()
-                        .unwrap_or_else(crate::auth::now_ms);
-                    let thread_id = receipt["data"]["thread_id"].as_str().map(str::to_owned);
-                    moved |= state
-                        .storage
-                        .set_receipt(&myelin_storage::ReceiptRow {
-                            room_id: room_id.clone(),
-                            user_id: user.clone(),
-                            receipt_type: "m.read".to_owned(),
-                            thread_id,
-                            event_id: event_id.to_owned(),
-                            ts,
-                        })
-                        .await?
-                        .is_some();
                 }
                 if moved {
                     state.wake_room(room_id).await?;
