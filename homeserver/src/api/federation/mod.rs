@@ -1,6 +1,7 @@
 //! The server-server (federation) API, served on its own TLS listener
-//! (`federation_listen`): for now the server's version, its signing keys and the OpenID
-//! lookup integrations use. The rest of federation (issue 14) lands here.
+//! (`federation_listen`): version, keys, OpenID lookup, queries, joins, leaves, invites,
+//! transactions (PDUs and EDUs), event and state reads, the public room directory; the
+//! encryption endpoints are in `e2ee`, media in `media`.
 //!
 //! <https://spec.matrix.org/latest/server-server-api/>
 
