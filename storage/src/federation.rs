@@ -247,27 +247,59 @@ impl Storage {
         Ok(())
     }
 
-    /// The rooms where a user of `server` is joined.
-    pub async fn rooms_with_server(&self, server: &str) -> Result<Vec<String>> {
+    /// The rooms `server` is to be sent events of after stream position `since`: where a
+    /// user of it is joined (`None`), and where none is but the membership of one of its
+    /// users changed after `since` (a kick, a ban, a leave), with the position of the latest
+    /// such change (the sender then sends that server the change itself, the kick or ban it
+    /// must hear of, and nothing else of the room).
+    pub async fn rooms_with_server(
+        &self,
+        server: &str,
+        since: i64,
+    ) -> Result<Vec<(String, Option<i64>)>> {
         let suffix = format!(":{server}");
         // LIKE narrows; the exact suffix is compared here (`_` and `%` may be in names).
         let rows = sqlx::query(
-            "SELECT DISTINCT room_id, user_id FROM room_memberships
-             WHERE membership = 'join' AND user_id LIKE $1",
+            "SELECT room_id, user_id, membership, stream_ordering FROM room_memberships
+             WHERE (membership = 'join' OR stream_ordering > $2) AND user_id LIKE $1",
         )
         .bind(format!("%{suffix}"))
+        .bind(since)
         .fetch_all(&self.pool)
         .await?;
-        let mut rooms: Vec<String> = Vec::new();
+        let mut joined: Vec<String> = Vec::new();
+        let mut departed: Vec<(String, i64)> = Vec::new();
         for row in rows {
-            let (room, user): (String, String) = (row.try_get(0)?, row.try_get(1)?);
-            if user.ends_with(&suffix)
-                && user[1..user.len() - suffix.len()].chars().all(|c| c != ':')
-                && !rooms.contains(&room)
+            let (room, user, membership, position): (String, String, String, i64) = (
+                row.try_get(0)?,
+                row.try_get(1)?,
+                row.try_get(2)?,
+                row.try_get(3)?,
+            );
+            if !(user.ends_with(&suffix)
+                && user[1..user.len() - suffix.len()].chars().all(|c| c != ':'))
             {
-                rooms.push(room);
+                continue;
+            }
+            if membership == "join" {
+                if !joined.contains(&room) {
+                    joined.push(room);
+                }
+            } else {
+                match departed.iter_mut().find(|(r, _)| *r == room) {
+                    Some((_, cutoff)) => *cutoff = (*cutoff).max(position),
+                    None => departed.push((room, position)),
+                }
             }
         }
+        let mut rooms: Vec<(String, Option<i64>)> =
+            joined.iter().map(|r| (r.clone(), None)).collect();
+        rooms.extend(
+            departed
+                .into_iter()
+                .filter(|(r, _)| !joined.contains(r))
+                .map(|(r, cutoff)| (r, Some(cutoff))),
+        );
         Ok(rooms)
     }
 

@@ -886,7 +886,72 @@ async fn a59_typing_and_receipts_cross_servers(backend: Backend) {
     panic!("alice never saw bob's presence: {last}");
 }
 
+/// Scenario 51: alice (hs1) bans bob (hs2): bob's server hears of the ban although it then has
+/// nobody in the room (bob's sync shows the room as left), and nothing alice writes after it
+/// reaches hs2; bob cannot come back by joining through hs1; once alice unbans and invites
+/// him, he joins again and they chat.
+async fn a51_banned_remote_user_cannot_rejoin(backend: Backend) {
+    let Some(hs1) = TestServer::start(backend, ServerOptions::default().federating()).await else {
+        return;
+    };
+    let Some(hs2) = TestServer::start(backend, ServerOptions::default().federating()).await else {
+        return;
+    };
+    let alice = hs1.register_user("alice").await;
+    let bob = hs2.register_user("bob").await;
+    let room_id = alice
+        .create_room(&serde_json::json!({ "preset": "public_chat", "room_alias_name": "b" }))
+        .await;
+    let alias = format!("#b:{}", hs1.server_name());
+    let (status, body) = bob.join(&alias).await;
+    assert_eq!(status, 200, "{body}");
+    wait_for_membership(&alice, &room_id, bob.user_id(), "join").await;
+    let since = bob.sync(None, 0).await.1["next_batch"]
+        .as_str()
+        .expect("next_batch")
+        .to_owned();
+
+    let ban = serde_json::json!({ "user_id": bob.user_id(), "reason": "spam" });
+    let path = complement_tests::Client::room_path(&room_id, "/ban");
+    assert_eq!(alice.post(&path, &ban).await.0, 200);
+    alice.send_text(&room_id, "after the ban").await;
+    let response = bob
+        .sync_until(Some(&since), std::time::Duration::from_secs(15), |r| {
+            r["rooms"]["leave"][&room_id].is_object()
+        })
+        .await;
+    let events = response["rooms"]["leave"][&room_id]["timeline"]["events"].to_string();
+    assert!(events.contains("\"ban\""), "{response}");
+    assert!(!events.contains("after the ban"), "{response}");
+
+    let (status, body) = bob.join(&alias).await;
+    assert_eq!(status, 403, "a banned user joins again: {body}");
+
+    let unban = serde_json::json!({ "user_id": bob.user_id() });
+    let path = complement_tests::Client::room_path(&room_id, "/unban");
+    assert_eq!(alice.post(&path, &unban).await.0, 200);
+    let invite = serde_json::json!({ "user_id": bob.user_id() });
+    let path = complement_tests::Client::room_path(&room_id, "/invite");
+    let (status, body) = alice.post(&path, &invite).await;
+    assert_eq!(status, 200, "{body}");
+    wait_for_invite(&bob, &room_id).await;
+    let (status, body) = bob.join(&room_id).await;
+    assert_eq!(status, 200, "{body}");
+    wait_for_membership(&alice, &room_id, bob.user_id(), "join").await;
+    bob.send_text(&room_id, "back again").await;
+    wait_for_body(&alice, &room_id, "back again").await;
+    alice.send_text(&room_id, "welcome back").await;
+    wait_for_body(&bob, &room_id, "welcome back").await;
+    assert!(
+        !bodies(&bob, &room_id)
+            .await
+            .contains(&"after the ban".to_owned()),
+        "hs2 got what was written while bob was banned"
+    );
+}
+
 backend_tests!(
+    a51_banned_remote_user_cannot_rejoin,
     a59_typing_and_receipts_cross_servers,
     queued_events_survive_restarts_of_both_sides,
     a49_remote_invites_are_accepted_and_rejected,

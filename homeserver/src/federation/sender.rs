@@ -346,13 +346,19 @@ async fn send_one(
 ) -> Result<bool, String> {
     let rooms = state
         .storage
-        .rooms_with_server(destination.as_str())
+        .rooms_with_server(destination.as_str(), row.stream_position)
         .await
         .map_err(|e| e.to_string())?;
+    // Rooms the destination has left (or was kicked or banned from) since: up to that change.
+    let cutoffs: HashMap<&str, i64> = rooms
+        .iter()
+        .filter_map(|(room, cutoff)| Some((room.as_str(), (*cutoff)?)))
+        .collect();
+    let room_ids: Vec<String> = rooms.iter().map(|(room, _)| room.clone()).collect();
     let events = state
         .storage
         .room_events_between(
-            &rooms,
+            &room_ids,
             row.stream_position,
             upto,
             (4 * MAX_PDUS_PER_TXN) as i64,
@@ -374,7 +380,21 @@ async fn send_one(
             .sender
             .split_once(':')
             .is_some_and(|(_, s)| s == server);
-        if local && !event.rejected {
+        // In a room the destination no longer has anyone in, only the membership change of
+        // its users (the kick or ban it must hear of), never the room's other events.
+        let visible = match cutoffs.get(event.room_id.as_str()) {
+            None => true,
+            Some(cutoff) => {
+                position <= *cutoff
+                    && event.event_type == "m.room.member"
+                    && event
+                        .state_key
+                        .as_deref()
+                        .and_then(|k| k.split_once(':'))
+                        .is_some_and(|(_, s)| s == destination.as_str())
+            }
+        };
+        if local && !event.rejected && visible {
             if pdus.len() == MAX_PDUS_PER_TXN {
                 cut = true;
                 break;
