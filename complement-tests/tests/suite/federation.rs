@@ -950,7 +950,83 @@ async fn a51_banned_remote_user_cannot_rejoin(backend: Backend) {
     );
 }
 
+/// Knocking across servers (`make_knock` / `send_knock`): bob (hs2) knocks on alice's (hs1)
+/// knock-only room by alias; alice sees the knock, bob's sync shows the room under `knock`
+/// with its stripped state; alice lets him in with an invite and he joins. Carol (hs2) knocks
+/// and withdraws, and alice sees her leave. A knock on a public room is refused.
+async fn knocks_across_servers(backend: Backend) {
+    let Some(hs1) = TestServer::start(backend, ServerOptions::default().federating()).await else {
+        return;
+    };
+    let Some(hs2) = TestServer::start(backend, ServerOptions::default().federating()).await else {
+        return;
+    };
+    let alice = hs1.register_user("alice").await;
+    let bob = hs2.register_user("bob").await;
+    let carol = hs2.register_user("carol").await;
+    let room_id = alice
+        .create_room(&serde_json::json!({
+            "preset": "private_chat",
+            "room_alias_name": "k",
+            "name": "Knock here",
+            "initial_state": [{ "type": "m.room.join_rules", "state_key": "",
+                                "content": { "join_rule": "knock" } }],
+        }))
+        .await;
+    let alias = format!("#k:{}", hs1.server_name());
+    let knock =
+        |alias: String| async move { format!("/_matrix/client/v3/knock/{}", encode(&alias)) };
+
+    let (status, body) = bob
+        .post(
+            &knock(alias.clone()).await,
+            &serde_json::json!({ "reason": "let me in" }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["room_id"], room_id.as_str());
+    wait_for_membership(&alice, &room_id, bob.user_id(), "knock").await;
+    let response = bob
+        .sync_until(None, std::time::Duration::from_secs(15), |r| {
+            r["rooms"]["knock"][&room_id].is_object()
+        })
+        .await;
+    let knock_state = response["rooms"]["knock"][&room_id]["knock_state"]["events"].to_string();
+    assert!(knock_state.contains("Knock here"), "{response}");
+    assert!(knock_state.contains("\"knock\""), "{response}");
+
+    let invite = serde_json::json!({ "user_id": bob.user_id() });
+    let path = complement_tests::Client::room_path(&room_id, "/invite");
+    let (status, body) = alice.post(&path, &invite).await;
+    assert_eq!(status, 200, "{body}");
+    wait_for_invite(&bob, &room_id).await;
+    let (status, body) = bob.join(&room_id).await;
+    assert_eq!(status, 200, "{body}");
+    wait_for_membership(&alice, &room_id, bob.user_id(), "join").await;
+
+    let (status, body) = carol
+        .post(&knock(alias.clone()).await, &serde_json::json!({}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    wait_for_membership(&alice, &room_id, carol.user_id(), "knock").await;
+    let (status, body) = carol.leave(&room_id).await;
+    assert_eq!(status, 200, "{body}");
+    wait_for_membership(&alice, &room_id, carol.user_id(), "leave").await;
+
+    alice
+        .create_room(&serde_json::json!({ "preset": "public_chat", "room_alias_name": "p" }))
+        .await;
+    let (status, body) = carol
+        .post(
+            &knock(format!("#p:{}", hs1.server_name())).await,
+            &serde_json::json!({}),
+        )
+        .await;
+    assert_eq!(status, 403, "a knock on a public room: {body}");
+}
+
 backend_tests!(
+    knocks_across_servers,
     a51_banned_remote_user_cannot_rejoin,
     a59_typing_and_receipts_cross_servers,
     queued_events_survive_restarts_of_both_sides,

@@ -168,17 +168,21 @@ async fn a38_upload_and_download(backend: Backend) {
     assert_eq!(legacy.header("content-type"), "text/plain");
     assert_eq!(legacy.header("content-length"), content.len().to_string());
 
-    // Unknown media: 404 on both, also for malformed IDs and other servers' media.
+    // Unknown media: 404 on both, also for malformed IDs and other servers' media through
+    // the deprecated endpoint (which never fetches).
     for path in [
         authed_download(&server, "unknownMediaId0000000000"),
         legacy_download(&server, "unknownMediaId0000000000"),
         authed_download(&server, "bad.id"),
-        authed_download("other.example", &id),
+        legacy_download("other.example", &id),
         format!("/_matrix/client/v1/media/thumbnail/{server}/nothing?width=32&height=32"),
     ] {
         let resp = get(&bob, &path).await;
         assert_error(&resp.error(), 404, "M_NOT_FOUND", &path);
     }
+    // Another server's media that cannot be fetched (no such server): 502, as Synapse answers.
+    let path = authed_download("other.example", &id);
+    assert_error(&get(&bob, &path).await.error(), 502, "M_UNKNOWN", &path);
 
     // No content type: application/octet-stream.
     let (_, bare) = upload(&alice, b"\x00\x01", "", None).await;

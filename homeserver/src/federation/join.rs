@@ -83,7 +83,7 @@ async fn make_and_send(
         query_value(room_id.as_str()),
         query_value(user.as_str()),
     );
-    if membership == "join" {
+    if membership != "leave" {
         let versions: Vec<String> = VERSIONS.iter().map(|v| format!("ver={v}")).collect();
         path.push('?');
         path.push_str(&versions.join("&"));
@@ -133,8 +133,10 @@ async fn make_and_send(
         &state.signing_key,
     )
     .map_err(|e| Error::bad_json(format!("The {membership} template: {e}")))?;
+    // send_knock has only a v1.
+    let api = if membership == "knock" { "v1" } else { "v2" };
     let path = format!(
-        "/_matrix/federation/v2/send_{membership}/{}/{}",
+        "/_matrix/federation/{api}/send_{membership}/{}/{}",
         query_value(room_id.as_str()),
         query_value(built.event_id.as_str())
     );
@@ -481,6 +483,40 @@ pub async fn leave_remote(
     record_leave(state, room_id, user, &built.event_id, &built.pdu).await
 }
 
+/// Knocks on a room this server is not in, through the first of `servers` that accepts
+/// (`make_knock` / `send_knock`): the knock is then recorded here with the room's stripped
+/// state the server answered, for the knocker's sync.
+pub async fn knock_remote(
+    state: &AppState,
+    room_id: &RoomId,
+    user: &UserId,
+    servers: &[OwnedServerName],
+    content: Value,
+) -> Result<(), Error> {
+    let mut last_error = Error::not_found("No server in the room could be reached to knock");
+    for server in servers.iter().filter(|s| **s != state.server_name) {
+        match make_and_send(state, server, room_id, user, "knock", content.clone()).await {
+            Ok((_, _, built, answer)) => {
+                let stripped = stripped_invite_state(&answer["knock_room_state"]);
+                return record_membership(
+                    state,
+                    room_id,
+                    user,
+                    (&built.event_id, &built.pdu),
+                    "knock",
+                    Some(&stripped),
+                )
+                .await;
+            }
+            Err(e) => {
+                tracing::info!(%room_id, %server, error = ?e, "knocking through a server failed");
+                last_error = e;
+            }
+        }
+    }
+    Err(last_error)
+}
+
 async fn leave_through(
     state: &AppState,
     room_id: &RoomId,
@@ -490,6 +526,36 @@ async fn leave_through(
 ) -> Result<(), Error> {
     let (_, _, built, _) = make_and_send(state, server, room_id, user, "leave", content).await?;
     record_leave(state, room_id, user, &built.event_id, &built.pdu).await
+}
+
+/// The servers of the senders of the stripped state kept for `user`'s invite or knock in
+/// `room_id` (the create event's, the join rules' …): servers that are, or were, in the room.
+pub async fn servers_from_stripped_state(
+    state: &AppState,
+    room_id: &RoomId,
+    user: &UserId,
+) -> Vec<OwnedServerName> {
+    let stripped = state
+        .storage
+        .remote_invite_state(room_id.as_str(), user.as_str())
+        .await
+        .ok()
+        .flatten()
+        .and_then(|s| serde_json::from_str::<Value>(&s).ok())
+        .unwrap_or_default();
+    let mut servers: Vec<OwnedServerName> = Vec::new();
+    for event in stripped.as_array().into_iter().flatten() {
+        let server = event["sender"]
+            .as_str()
+            .and_then(|s| UserId::parse(s).ok())
+            .map(|u| u.server_name().to_owned());
+        if let Some(server) = server {
+            if server != state.server_name && !servers.contains(&server) {
+                servers.push(server);
+            }
+        }
+    }
+    servers
 }
 
 /// The room version an invite named (from the stripped create event), else 12.
@@ -519,10 +585,28 @@ async fn record_leave(
     event_id: &OwnedEventId,
     pdu: &CanonicalJsonObject,
 ) -> Result<(), Error> {
+    record_membership(state, room_id, user, (event_id, pdu), "leave", None).await
+}
+
+/// Records `user`'s own `membership` event in a room this server is not in (an outlier and
+/// the membership row; `stripped` state kept for a knock's sync).
+async fn record_membership(
+    state: &AppState,
+    room_id: &RoomId,
+    user: &UserId,
+    (event_id, pdu): (&OwnedEventId, &CanonicalJsonObject),
+    membership: &str,
+    stripped: Option<&str>,
+) -> Result<(), Error> {
     let text = serde_json::to_string(pdu).map_err(Error::internal)?;
     let depth = match pdu.get("depth") {
         Some(ruma::CanonicalJsonValue::Integer(d)) => i64::from(*d),
         _ => 0,
+    };
+    // The event's own time (the column must match the PDU's).
+    let origin_server_ts = match pdu.get("origin_server_ts") {
+        Some(ruma::CanonicalJsonValue::Integer(t)) => i64::from(*t),
+        _ => now_ms(),
     };
     let position = state
         .storage
@@ -535,11 +619,11 @@ async fn record_leave(
                 event_type: "m.room.member",
                 state_key: Some(user.as_str()),
                 sender: user.as_str(),
-                origin_server_ts: now_ms(),
+                origin_server_ts,
                 pdu: &text,
             },
-            "leave",
-            None,
+            membership,
+            stripped,
         )
         .await?;
     state.notify_when_safe(position, std::iter::once(user.as_str()));

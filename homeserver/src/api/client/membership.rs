@@ -249,7 +249,17 @@ pub async fn knock_room(
     State(state): State<AppState>,
     req: Ruma<knock_room::v3::Request>,
 ) -> Result<knock_room::v3::Response> {
-    let room_id = resolve_room(&state, &req.body.room_id_or_alias).await?;
+    let mut servers = req.body.via.clone();
+    let room_id = match <&RoomId>::try_from(&*req.body.room_id_or_alias) {
+        Ok(room_id) => room_id.to_owned(),
+        Err(alias) if alias.server_name() != state.server_name => {
+            let (room_id, via) =
+                crate::federation::join::resolve_remote_alias(&state, alias).await?;
+            servers.extend(via);
+            room_id
+        }
+        Err(_) => resolve_room(&state, &req.body.room_id_or_alias).await?,
+    };
     let user = &req.sender().user_id;
     match membership_of(&state, &room_id, user).await?.as_deref() {
         Some("join") => return Err(Error::forbidden("You are already in this room")),
@@ -258,6 +268,19 @@ pub async fn knock_room(
     }
     let mut content = member_content("knock", req.body.reason.as_deref());
     add_profile(&state, user, &mut content).await?;
+    if !is_resident(&state, &room_id).await? {
+        // A room held elsewhere: knock through the servers named, then its own.
+        if let Some(server) = room_id.server_name() {
+            if !servers.iter().any(|s| s == server) {
+                servers.push(server.to_owned());
+            }
+        }
+        if servers.iter().all(|s| *s == state.server_name) {
+            return Err(Error::not_found("Room not found"));
+        }
+        crate::federation::join::knock_remote(&state, &room_id, user, &servers, content).await?;
+        return Ok(knock_room::v3::Response::new(room_id));
+    }
     set_membership(&state, &room_id, user, user, content).await?;
     Ok(knock_room::v3::Response::new(room_id))
 }
@@ -393,13 +416,22 @@ pub async fn leave_room(
         return Err(Error::forbidden("You are not in this room"));
     }
     if !is_resident(&state, &req.body.room_id).await? {
-        // Rejecting an invite to a room held elsewhere.
+        // Rejecting an invite to a room held elsewhere, or withdrawing a knock on one.
         let mut servers: Vec<ruma::OwnedServerName> =
             inviting_server(&state, &req.body.room_id, user)
                 .await?
                 .into_iter()
                 .collect();
         servers.extend(req.body.room_id.server_name().map(ToOwned::to_owned));
+        // A knock (or an invite) also names servers in the room through its stripped state.
+        for server in
+            crate::federation::join::servers_from_stripped_state(&state, &req.body.room_id, user)
+                .await
+        {
+            if !servers.contains(&server) {
+                servers.push(server);
+            }
+        }
         crate::federation::join::leave_remote(
             &state,
             &req.body.room_id,

@@ -53,6 +53,14 @@ pub fn router(state: AppState) -> Router {
             put(invite),
         )
         .route(
+            "/_matrix/federation/v1/make_knock/{room_id}/{user_id}",
+            get(make_knock),
+        )
+        .route(
+            "/_matrix/federation/v1/send_knock/{room_id}/{event_id}",
+            put(send_knock),
+        )
+        .route(
             "/_matrix/federation/v1/send/{txn_id}",
             put(send_transaction),
         )
@@ -204,7 +212,15 @@ async fn make_membership(
     } else {
         offered
     };
-    if membership == "join" && !supported.iter().any(|v| v == version.as_str()) {
+    let knocking_version = membership == "knock"
+        && !crate::rooms::room_rules(&state, &room_id)
+            .await?
+            .1
+            .authorization
+            .knocking;
+    if (membership != "leave" && !supported.iter().any(|v| v == version.as_str()))
+        || knocking_version
+    {
         let mut body = serde_json::Map::new();
         body.insert("errcode".into(), "M_INCOMPATIBLE_ROOM_VERSION".into());
         body.insert(
@@ -247,6 +263,42 @@ async fn send_join(
         "auth_chain": auth_chain,
         "members_omitted": false,
     })))
+}
+
+/// GET /_matrix/federation/v1/make_knock/{roomId}/{userId}
+///
+/// A knock template for a user of the asking server, if the room's version has knocking and
+/// the asking server supports it.
+///
+/// <https://spec.matrix.org/latest/server-server-api/#get_matrixfederationv1make_knockroomiduserid>
+async fn make_knock(
+    State(state): State<AppState>,
+    axum::extract::Path((room_id, user_id)): axum::extract::Path<(String, String)>,
+    request: ServerRequest,
+) -> Result<Json<Value>, Error> {
+    make_membership(&state, &room_id, &user_id, &request, "knock").await
+}
+
+/// PUT /_matrix/federation/v1/send_knock/{roomId}/{eventId}
+///
+/// Accepts a knock made from our template (only a knock of its sender, from its server; the
+/// room's join rules decide through the authorization rules) and answers with the room's
+/// stripped state for the knocker's client.
+///
+/// <https://spec.matrix.org/latest/server-server-api/#put_matrixfederationv1send_knockroomideventid>
+async fn send_knock(
+    State(state): State<AppState>,
+    axum::extract::Path((room_id, event_id)): axum::extract::Path<(String, String)>,
+    request: ServerRequest,
+) -> Result<Json<Value>, Error> {
+    let (event, _) = send_membership(&state, &room_id, &event_id, &request, "knock").await?;
+    let room_id = ruma::OwnedRoomId::try_from(room_id.as_str()).map_err(Error::internal)?;
+    let knocker = event["sender"]
+        .as_str()
+        .and_then(|s| ruma::OwnedUserId::try_from(s).ok())
+        .ok_or_else(|| Error::internal("a knock without its sender"))?;
+    let stripped = crate::rooms::remote::stripped_room_state(&state, &room_id, &knocker).await?;
+    Ok(Json(json!({ "knock_room_state": stripped })))
 }
 
 /// PUT /_matrix/federation/v2/send_leave/{roomId}/{eventId}
