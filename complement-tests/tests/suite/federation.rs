@@ -1025,7 +1025,64 @@ async fn knocks_across_servers(backend: Backend) {
     assert_eq!(status, 403, "a knock on a public room: {body}");
 }
 
+/// Restricted joins through the room's server: bob (hs2) may join alice's (hs1) room that
+/// admits members of her space only once he is in the space; hs1 names a member of its own who
+/// may invite (`join_authorised_via_users_server`) in the template and signs the join.
+async fn restricted_join_through_a_resident_server(backend: Backend) {
+    let Some(hs1) = TestServer::start(backend, ServerOptions::default().federating()).await else {
+        return;
+    };
+    let Some(hs2) = TestServer::start(backend, ServerOptions::default().federating()).await else {
+        return;
+    };
+    let alice = hs1.register_user("alice").await;
+    let bob = hs2.register_user("bob").await;
+    let space = alice
+        .create_room(&serde_json::json!({
+            "preset": "public_chat",
+            "room_alias_name": "space",
+            "creation_content": { "type": "m.space" },
+        }))
+        .await;
+    let room_id = alice
+        .create_room(&serde_json::json!({
+            "preset": "private_chat",
+            "initial_state": [{ "type": "m.room.join_rules", "state_key": "", "content": {
+                "join_rule": "restricted",
+                "allow": [{ "type": "m.room_membership", "room_id": space }],
+            }}],
+        }))
+        .await;
+    let join_via = format!(
+        "/_matrix/client/v3/join/{}?server_name={}",
+        encode(&room_id),
+        encode(hs1.server_name())
+    );
+    let (status, body) = bob.post(&join_via, &serde_json::json!({})).await;
+    assert_eq!(status, 403, "not in the space yet: {body}");
+
+    let (status, body) = bob.join(&format!("#space:{}", hs1.server_name())).await;
+    assert_eq!(status, 200, "{body}");
+    wait_for_membership(&alice, &space, bob.user_id(), "join").await;
+    let (status, body) = bob.post(&join_via, &serde_json::json!({})).await;
+    assert_eq!(status, 200, "a member of the space joins: {body}");
+    wait_for_membership(&alice, &room_id, bob.user_id(), "join").await;
+    let path = complement_tests::Client::room_path(
+        &room_id,
+        &format!("/state/m.room.member/{}", encode(bob.user_id())),
+    );
+    let (_, member) = alice.get(&path).await;
+    assert_eq!(
+        member["join_authorised_via_users_server"],
+        alice.user_id(),
+        "{member}"
+    );
+    bob.send_text(&room_id, "in through the space").await;
+    wait_for_body(&alice, &room_id, "in through the space").await;
+}
+
 backend_tests!(
+    restricted_join_through_a_resident_server,
     knocks_across_servers,
     a51_banned_remote_user_cannot_rejoin,
     a59_typing_and_receipts_cross_servers,

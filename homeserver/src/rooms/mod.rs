@@ -1040,10 +1040,24 @@ pub async fn template(
     // Would the rules allow it on the current state? (Checked again when it comes back.)
     let placeholder = OwnedEventId::try_from("$template").map_err(Error::internal)?;
     let pdu = Pdu::from_canonical(placeholder, room_id.to_owned(), &object).map_err(pdu_error)?;
+    // The member events the rules read: the sender's, the target's, and for a restricted
+    // join the authorising member's.
+    let authoriser = object
+        .get("content")
+        .and_then(|c| match c {
+            ruma::CanonicalJsonValue::Object(c) => c.get("join_authorised_via_users_server"),
+            _ => None,
+        })
+        .and_then(|a| match a {
+            ruma::CanonicalJsonValue::String(a) => Some(a.clone()),
+            _ => None,
+        });
     let mut wanted: Vec<String> = Vec::new();
     for ((t, k), id) in &head.current {
-        let member =
-            t == "m.room.member" && (k == sender.as_str() || Some(k) == send.state_key.as_ref());
+        let member = t == "m.room.member"
+            && (k == sender.as_str()
+                || Some(k) == send.state_key.as_ref()
+                || Some(k) == authoriser.as_ref());
         if member || (AUTH_TYPES.contains(&t.as_str()) && t != "m.room.member") {
             wanted.push(id.clone());
         }

@@ -187,7 +187,7 @@ async fn is_resident(state: &AppState, room_id: &RoomId) -> Result<bool> {
 /// not in an allowed room (the authorization rules then refuse the join).
 ///
 /// <https://spec.matrix.org/latest/client-server-api/#restricted-rooms>
-async fn restricted_join_authoriser(
+pub(crate) async fn restricted_join_authoriser(
     state: &AppState,
     room_id: &RoomId,
     user: &UserId,

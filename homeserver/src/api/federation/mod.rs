@@ -230,10 +230,22 @@ async fn make_membership(
         body.insert("room_version".into(), version.as_str().into());
         return Err(Error::with_body(http::StatusCode::BAD_REQUEST, body));
     }
+    let mut content = json!({ "membership": membership });
+    if membership == "join" {
+        // A restricted room: one of our members who may invite vouches for the user (who must
+        // be in one of the rooms the join rule allows, as far as we know); we sign the join
+        // in send_join.
+        if let Some(authoriser) =
+            crate::api::client::membership::restricted_join_authoriser(&state, &room_id, &user)
+                .await?
+        {
+            content["join_authorised_via_users_server"] = authoriser.into();
+        }
+    }
     let content = crate::rooms::Send::state(
         "m.room.member",
         user.as_str(),
-        match ruma::CanonicalJsonValue::try_from(json!({ "membership": membership })) {
+        match ruma::CanonicalJsonValue::try_from(content) {
             Ok(ruma::CanonicalJsonValue::Object(o)) => o,
             _ => ruma::CanonicalJsonObject::new(),
         },
@@ -313,6 +325,66 @@ async fn send_leave(
     Ok(Json(json!({})))
 }
 
+/// A join naming one of our users in `join_authorised_via_users_server` (a restricted room)
+/// gets our signature, if we still vouch for it: the joining user is in one of the rooms the
+/// join rule allows. Other joins are left as they are.
+async fn authorise_restricted_join(
+    state: &AppState,
+    room_id: &ruma::RoomId,
+    object: &mut ruma::CanonicalJsonObject,
+) -> Result<(), Error> {
+    let field = |object: &ruma::CanonicalJsonObject, name: &str| match object.get(name) {
+        Some(ruma::CanonicalJsonValue::String(s)) => Some(s.clone()),
+        _ => None,
+    };
+    let authoriser = match object.get("content") {
+        Some(ruma::CanonicalJsonValue::Object(content)) => {
+            field(content, "join_authorised_via_users_server")
+        }
+        _ => None,
+    };
+    let Some(authoriser) = authoriser else {
+        return Ok(());
+    };
+    let Ok(authoriser) = ruma::UserId::parse(authoriser) else {
+        return Err(Error::bad_json("Invalid join_authorised_via_users_server"));
+    };
+    if authoriser.server_name() != state.server_name {
+        return Ok(());
+    }
+    let joiner = field(object, "state_key")
+        .and_then(|s| ruma::UserId::parse(s).ok())
+        .ok_or_else(|| Error::bad_json("A join without a valid state_key"))?;
+    if crate::api::client::membership::restricted_join_authoriser(state, room_id, &joiner)
+        .await?
+        .is_none()
+    {
+        return Err(Error::forbidden(
+            "This server cannot vouch for this join: the user is in none of the allowed rooms",
+        ));
+    }
+    // Our signature over the event as the room version redacts it for signing. The content
+    // hash is computed again on the way: if it differs from the one sent, the joiner's server
+    // signed other content than we would vouch for.
+    let (_, rules) = crate::rooms::room_rules(state, room_id).await?;
+    let sent_hashes = object.get("hashes").cloned();
+    let mut signed = object.clone();
+    ruma::signatures::hash_and_sign_event(
+        state.server_name.as_str(),
+        state.signing_key.key_pair(),
+        &mut signed,
+        &rules.redaction,
+    )
+    .map_err(Error::internal)?;
+    if signed.get("hashes") != sent_hashes.as_ref() {
+        return Err(Error::bad_json(
+            "The join's content hash does not match its content",
+        ));
+    }
+    *object = signed;
+    Ok(())
+}
+
 /// Checks and writes a `membership` event of a user of the asking server made from our
 /// template: only that membership, only of its own sender, only from the sender's server.
 async fn send_membership(
@@ -324,8 +396,11 @@ async fn send_membership(
 ) -> Result<(Value, ruma::OwnedEventId), Error> {
     let room_id = resident_room(state, room_id).await?;
     let (_, rules) = crate::rooms::room_rules(state, &room_id).await?;
-    let object: ruma::CanonicalJsonObject = serde_json::from_slice(&request.body)
+    let mut object: ruma::CanonicalJsonObject = serde_json::from_slice(&request.body)
         .map_err(|e| Error::bad_json(format!("Invalid event: {e}")))?;
+    if membership == "join" {
+        authorise_restricted_join(state, &room_id, &mut object).await?;
+    }
     let incoming = crate::rooms::remote::verify(state, &rules, object).await?;
     let pdu = &incoming.pdu;
     if incoming.event_id.as_str() != event_id || incoming.room_id != room_id {
