@@ -41,9 +41,30 @@ impl Storage {
         .transpose()
     }
 
-    /// Stores freshly fetched keys of one server, replacing what was cached of them.
-    pub async fn store_remote_keys(&self, keys: &[RemoteKey], fetched_ts: i64) -> Result<()> {
+    /// Stores freshly fetched keys of one server, replacing what was cached of them, and the
+    /// document they came in (`(server, JSON text, valid_until_ts)`) for notary answers.
+    pub async fn store_remote_keys(
+        &self,
+        keys: &[RemoteKey],
+        document: Option<(&str, &str, i64)>,
+        fetched_ts: i64,
+    ) -> Result<()> {
         let mut tx = self.begin_write().await?;
+        if let Some((server_name, text, valid_until_ts)) = document {
+            sqlx::query(
+                "INSERT INTO remote_server_key_documents
+                     (server_name, document, valid_until_ts, fetched_ts)
+                 VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (server_name) DO UPDATE SET document = excluded.document,
+                     valid_until_ts = excluded.valid_until_ts, fetched_ts = excluded.fetched_ts",
+            )
+            .bind(server_name)
+            .bind(text)
+            .bind(valid_until_ts)
+            .bind(fetched_ts)
+            .execute(&mut *tx)
+            .await?;
+        }
         for key in keys {
             sqlx::query(
                 "INSERT INTO remote_server_keys
@@ -64,5 +85,18 @@ impl Storage {
         }
         tx.commit().await?;
         Ok(())
+    }
+
+    /// The latest key document `server_name` served us, with its `valid_until_ts`.
+    pub async fn remote_key_document(&self, server_name: &str) -> Result<Option<(String, i64)>> {
+        let row = sqlx::query(
+            "SELECT document, valid_until_ts FROM remote_server_key_documents
+             WHERE server_name = $1",
+        )
+        .bind(server_name)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+            .transpose()
     }
 }

@@ -1081,7 +1081,109 @@ async fn restricted_join_through_a_resident_server(backend: Backend) {
     wait_for_body(&alice, &room_id, "in through the space").await;
 }
 
+/// The verify keys of a key document, as ruma's key set.
+fn key_set(document: &Value) -> ruma::signatures::PublicKeySet {
+    let mut set = ruma::signatures::PublicKeySet::new();
+    for (id, key) in document["verify_keys"].as_object().expect("verify_keys") {
+        set.insert(
+            id.clone(),
+            ruma::serde::Base64::parse(key["key"].as_str().expect("key")).expect("base64"),
+        );
+    }
+    set
+}
+
+/// hs1 answers notary queries: once it has hs2's keys (from hs2's requests), `GET` and `POST
+/// /_matrix/key/v2/query` give hs2's document as hs2 signed it, countersigned by hs1 (both
+/// signatures check with ruma); its own document is its own; a server it cannot reach gives
+/// an empty list; a bad body is 400.
+async fn notary_answers_for_other_servers(backend: Backend) {
+    let Some(hs1) = TestServer::start(backend, ServerOptions::default().federating()).await else {
+        return;
+    };
+    let Some(hs2) = TestServer::start(backend, ServerOptions::default().federating()).await else {
+        return;
+    };
+    let alice = hs1.register_user("alice").await;
+    let bob = hs2.register_user("bob").await;
+    alice
+        .create_room(&serde_json::json!({ "preset": "public_chat", "room_alias_name": "n" }))
+        .await;
+    let (status, body) = bob.join(&format!("#n:{}", hs1.server_name())).await;
+    assert_eq!(status, 200, "{body}");
+
+    let client = tls_client();
+    let base1 = hs1.federation_tls_url().expect("listener").to_owned();
+    let base2 = hs2.federation_tls_url().expect("listener").to_owned();
+    let (_, own1) = get_json(&client, &format!("{base1}/_matrix/key/v2/server")).await;
+    let (_, own2) = get_json(&client, &format!("{base2}/_matrix/key/v2/server")).await;
+    let mut keys = ruma::signatures::PublicKeyMap::new();
+    keys.insert(hs1.server_name().to_owned(), key_set(&own1));
+    keys.insert(hs2.server_name().to_owned(), key_set(&own2));
+
+    let check = |answer: &Value, what: &str| {
+        let docs = answer["server_keys"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{what}: {answer}"));
+        assert_eq!(docs.len(), 1, "{what}: {answer}");
+        let doc = &docs[0];
+        assert_eq!(doc["server_name"], hs2.server_name(), "{what}: {answer}");
+        assert_eq!(doc["verify_keys"], own2["verify_keys"], "{what}: {answer}");
+        let object: ruma::CanonicalJsonObject =
+            serde_json::from_value(doc.clone()).expect("canonical JSON");
+        ruma::signatures::verify_json(&keys, &object)
+            .unwrap_or_else(|e| panic!("{what}: signatures do not check: {e}: {answer}"));
+        assert!(
+            doc["signatures"][hs1.server_name()].is_object(),
+            "{what}: {answer}"
+        );
+        assert!(
+            doc["signatures"][hs2.server_name()].is_object(),
+            "{what}: {answer}"
+        );
+    };
+    let (status, answer) = get_json(
+        &client,
+        &format!("{base1}/_matrix/key/v2/query/{}", encode(hs2.server_name())),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    check(&answer, "GET");
+    let body = serde_json::json!({ "server_keys": {
+        hs2.server_name(): {},
+        "127.0.0.1:9": {},
+    } });
+    let response = client
+        .post(format!("{base1}/_matrix/key/v2/query"))
+        .json(&body)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), 200);
+    let answer: Value = response.json().await.expect("json");
+    check(&answer, "POST (the unreachable server left out)");
+
+    let (status, answer) = get_json(
+        &client,
+        &format!("{base1}/_matrix/key/v2/query/{}", encode(hs1.server_name())),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        answer["server_keys"][0]["verify_keys"], own1["verify_keys"],
+        "{answer}"
+    );
+    let response = client
+        .post(format!("{base1}/_matrix/key/v2/query"))
+        .body("{\"server_keys\": 5}")
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), 400);
+}
+
 backend_tests!(
+    notary_answers_for_other_servers,
     restricted_join_through_a_resident_server,
     knocks_across_servers,
     a51_banned_remote_user_cannot_rejoin,

@@ -1,7 +1,7 @@
 //! Other servers' signing keys: from storage while valid, else fetched from the server
 //! itself (`GET /_matrix/key/v2/server`), checked by the federation crate and stored.
-//! Missing so far: asking notaries (`/_matrix/key/v2/query`) when the server cannot be
-//! reached, and answering notary queries for others.
+//! The documents fetched are kept as served, so that we answer notary queries for others
+//! (`api::key`). Missing so far: asking notaries ourselves when a server cannot be reached.
 
 use myelin_federation::server_keys::check_server_keys;
 use myelin_storage::RemoteKey;
@@ -93,6 +93,37 @@ async fn fetch(state: &AppState, server: &ServerName) -> Result<Vec<RemoteKey>, 
                 expired_ts: Some(i64::try_from(expired).unwrap_or(i64::MAX)),
             }),
     );
-    state.storage.store_remote_keys(&keys, now).await?;
+    let document = serde_json::to_string(&body).map_err(Error::internal)?;
+    state
+        .storage
+        .store_remote_keys(&keys, Some((server.as_str(), &document, valid_until)), now)
+        .await?;
     Ok(keys)
+}
+
+/// `server`'s key document as it served it, valid at least until `minimum_valid_until`
+/// (ms): the stored one, else fetched now (at most once a minute per server, so notary
+/// queries cannot make us hammer anyone). `None` when there is none to give.
+pub async fn notary_document(
+    state: &AppState,
+    server: &ServerName,
+    minimum_valid_until: i64,
+) -> Result<Option<ruma::CanonicalJsonObject>, Error> {
+    let fresh = |stored: Option<(String, i64)>| {
+        stored
+            .filter(|(_, valid_until)| *valid_until >= minimum_valid_until)
+            .and_then(|(text, _)| serde_json::from_str(&text).ok())
+    };
+    if let Some(document) = fresh(state.storage.remote_key_document(server.as_str()).await?) {
+        return Ok(Some(document));
+    }
+    if !state.federation.allows(server) || !state.federation.may_fetch_keys(server) {
+        return Ok(None);
+    }
+    if fetch(state, server).await.is_err() {
+        return Ok(None);
+    }
+    Ok(fresh(
+        state.storage.remote_key_document(server.as_str()).await?,
+    ))
 }

@@ -1,4 +1,4 @@
--- End-to-end encryption across servers.
+-- End-to-end encryption across servers, and the key documents a notary hands out.
 
 -- EDUs that must reach another server exactly once, even across restarts of either side:
 -- to-device messages (written in the same transaction as the client's send and its
@@ -23,4 +23,14 @@ CREATE TABLE remote_device_lists (
     user_id    TEXT PRIMARY KEY,
     answer     TEXT NOT NULL,
     cached_ts  BIGINT NOT NULL
+);
+
+-- Other servers' key documents as they served them (their own signatures intact, checked
+-- when fetched), the latest per server: a notary query (/_matrix/key/v2/query) for another
+-- server is answered with this document countersigned by us.
+CREATE TABLE remote_server_key_documents (
+    server_name    TEXT PRIMARY KEY,
+    document       TEXT NOT NULL,
+    valid_until_ts BIGINT NOT NULL,
+    fetched_ts     BIGINT NOT NULL
 );
