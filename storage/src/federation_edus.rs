@@ -91,6 +91,26 @@ impl Storage {
         Ok(())
     }
 
+    /// Keeps only the newest `keep` EDUs waiting for `destination` (the bound for a server
+    /// that stays away); returns how many older ones were dropped.
+    pub async fn trim_outbox(&self, destination: &str, keep: usize) -> Result<u64> {
+        let mut tx = self.begin_write().await?;
+        // The id of the newest row beyond `keep` (none when there are fewer): it and all
+        // older rows go.
+        let dropped = sqlx::query(
+            "DELETE FROM federation_outbox WHERE destination = $1 AND id <= (
+                 SELECT id FROM federation_outbox WHERE destination = $1
+                 ORDER BY id DESC LIMIT 1 OFFSET $2)",
+        )
+        .bind(destination)
+        .bind(keep as i64)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        tx.commit().await?;
+        Ok(dropped)
+    }
+
     /// The cached device list of another server's user (their server's answer, JSON).
     pub async fn remote_device_list(&self, user_id: &str) -> Result<Option<String>> {
         let row = sqlx::query("SELECT answer FROM remote_device_lists WHERE user_id = $1")
@@ -149,5 +169,65 @@ impl Storage {
             .map(|r| r.try_get::<i64, _>("stream_ordering"))
             .transpose()?
             .unwrap_or(0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::NewOutboxEdu;
+    use crate::Storage;
+
+    fn edu(destination: &str, n: usize) -> NewOutboxEdu {
+        NewOutboxEdu {
+            destination: destination.to_owned(),
+            edu_type: "m.direct_to_device".to_owned(),
+            content: format!("{{\"n\":{n}}}"),
+        }
+    }
+
+    /// The outbox hands EDUs out oldest first, deletes up to what was accepted, and a trim
+    /// keeps the newest of one destination without touching another's.
+    #[tokio::test]
+    async fn outbox_order_delete_and_trim() {
+        let dir = std::env::temp_dir().join(format!("myelin-outbox-{}", rand_suffix()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.join("db.sqlite").display());
+        let storage = Storage::connect(&url).await.unwrap();
+        let mut rows: Vec<NewOutboxEdu> = (0..10).map(|n| edu("a.example", n)).collect();
+        rows.extend((0..3).map(|n| edu("b.example", n)));
+        storage.queue_edus(&rows, 0).await.unwrap();
+
+        let first = storage.outbox("a.example", 4).await.unwrap();
+        let ns: Vec<&str> = first.iter().map(|e| e.content.as_str()).collect();
+        assert_eq!(ns, ["{\"n\":0}", "{\"n\":1}", "{\"n\":2}", "{\"n\":3}"]);
+        storage
+            .delete_outbox("a.example", first[1].id)
+            .await
+            .unwrap();
+        assert_eq!(storage.outbox("a.example", 100).await.unwrap().len(), 8);
+
+        assert_eq!(storage.trim_outbox("a.example", 5).await.unwrap(), 3);
+        let left = storage.outbox("a.example", 100).await.unwrap();
+        let ns: Vec<&str> = left.iter().map(|e| e.content.as_str()).collect();
+        assert_eq!(
+            ns,
+            [
+                "{\"n\":5}",
+                "{\"n\":6}",
+                "{\"n\":7}",
+                "{\"n\":8}",
+                "{\"n\":9}"
+            ]
+        );
+        assert_eq!(storage.trim_outbox("a.example", 5).await.unwrap(), 0);
+        assert_eq!(storage.outbox("b.example", 100).await.unwrap().len(), 3);
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    fn rand_suffix() -> u128 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
     }
 }

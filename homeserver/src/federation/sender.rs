@@ -54,6 +54,9 @@ pub struct Destinations {
 pub const MAX_EDUS_PER_TXN: usize = 100;
 /// Most EDUs kept for one destination.
 const MAX_QUEUED_EDUS: usize = 1000;
+/// Most durable EDUs (to-device messages, device-list updates) kept for a destination that
+/// cannot be reached; beyond this the oldest are dropped.
+const MAX_OUTBOX: usize = 10_000;
 
 /// What wakes a destination's task.
 #[derive(Default)]
@@ -227,6 +230,19 @@ async fn run(state: &AppState, destination: &ServerName, notify: &Arc<Wakes>) {
                 let wait =
                     Duration::from_secs(2u64.saturating_pow(failures.min(12))).min(MAX_BACKOFF);
                 tracing::info!(%destination, error = %e, ?wait, "sending to a server failed");
+                // A server that stays away does not make its outbox grow without bound:
+                // the oldest durable EDUs beyond the newest MAX_OUTBOX go.
+                match state
+                    .storage
+                    .trim_outbox(destination.as_str(), MAX_OUTBOX)
+                    .await
+                {
+                    Ok(0) => {}
+                    Ok(dropped) => {
+                        tracing::warn!(%destination, dropped, "dropped the oldest EDUs queued for an unreachable server")
+                    }
+                    Err(e) => tracing::warn!(%destination, error = %e, "could not trim an outbox"),
+                }
                 let retry_at = now_ms() + wait.as_millis() as i64;
                 let _ = state
                     .storage

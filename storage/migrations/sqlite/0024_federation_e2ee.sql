@@ -3,7 +3,8 @@
 -- EDUs that must reach another server exactly once, even across restarts of either side:
 -- to-device messages (written in the same transaction as the client's send and its
 -- transaction ID) and device-list / signing-key updates. The destination's sender task reads
--- them in id order with its next transaction and deletes them once the peer answered 2xx; a
+-- them in id order with its next transaction and deletes them once the peer answered 2xx (or,
+-- for a server that stays away, beyond the newest 10,000: see federation/sender.rs); a
 -- resend after a crash carries the same message_id, which the peer deduplicates. Typing,
 -- receipts and presence stay in memory: losing one of those costs nothing lasting.
 CREATE TABLE federation_outbox (
