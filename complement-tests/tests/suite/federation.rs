@@ -1182,7 +1182,73 @@ async fn notary_answers_for_other_servers(backend: Backend) {
     assert_eq!(response.status(), 400);
 }
 
+/// A space across servers: bob (hs2) joins alice's (hs1) space; his `/hierarchy` of it lists
+/// the public child room hs2 does not hold (asked of hs1 through the child's `via`), with its
+/// name, and leaves out the invite-only child (hs1 does not show it to hs2).
+async fn space_hierarchy_across_servers(backend: Backend) {
+    let Some(hs1) = TestServer::start(backend, ServerOptions::default().federating()).await else {
+        return;
+    };
+    let Some(hs2) = TestServer::start(backend, ServerOptions::default().federating()).await else {
+        return;
+    };
+    let alice = hs1.register_user("alice").await;
+    let bob = hs2.register_user("bob").await;
+    let space = alice
+        .create_room(&serde_json::json!({
+            "preset": "public_chat",
+            "room_alias_name": "sp",
+            "creation_content": { "type": "m.space" },
+        }))
+        .await;
+    let public = alice
+        .create_room(&serde_json::json!({ "preset": "public_chat", "name": "Open room" }))
+        .await;
+    let private = alice
+        .create_room(&serde_json::json!({ "preset": "private_chat", "name": "Secret room" }))
+        .await;
+    for child in [&public, &private] {
+        let path = complement_tests::Client::room_path(
+            &space,
+            &format!("/state/m.space.child/{}", encode(child)),
+        );
+        let content = serde_json::json!({ "via": [hs1.server_name()] });
+        assert_eq!(alice.put(&path, &content).await.0, 200);
+    }
+    let (status, body) = bob.join(&format!("#sp:{}", hs1.server_name())).await;
+    assert_eq!(status, 200, "{body}");
+    let path = format!("/_matrix/client/v1/rooms/{}/hierarchy", encode(&space));
+    let mut last = Value::Null;
+    for _ in 0..100 {
+        let (status, answer) = bob.get(&path).await;
+        assert_eq!(status, 200, "{answer}");
+        let ids: Vec<&str> = answer["rooms"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|r| r["room_id"].as_str())
+            .collect();
+        if ids.contains(&public.as_str()) {
+            assert_eq!(ids[0], space.as_str(), "{answer}");
+            assert!(!ids.contains(&private.as_str()), "{answer}");
+            let room = answer["rooms"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|r| r["room_id"] == public.as_str())
+                .unwrap();
+            assert_eq!(room["name"], "Open room", "{answer}");
+            assert_eq!(room["join_rule"], "public", "{answer}");
+            return;
+        }
+        last = answer;
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("bob never saw the remote child: {last}");
+}
+
 backend_tests!(
+    space_hierarchy_across_servers,
     notary_answers_for_other_servers,
     restricted_join_through_a_resident_server,
     knocks_across_servers,

@@ -26,7 +26,7 @@ mod room;
 mod rtc;
 pub(crate) mod search;
 mod session;
-mod space;
+pub(crate) mod space;
 pub(crate) mod sync;
 mod thirdparty;
 mod threads;

@@ -3,8 +3,9 @@
 //! <https://spec.matrix.org/latest/client-server-api/#spaces>
 //! <https://spec.matrix.org/latest/client-server-api/#get_matrixclientv1room_summaryroomidoralias>
 //!
-//! Only rooms this server holds are walked (the hierarchy of remote rooms comes with
-//! federation). A room is shown to a user who is joined to or invited into it, or who could
+//! Rooms this server holds are walked here; a child it does not hold is asked of the servers
+//! its `m.space.child` event names (`/_matrix/federation/v1/hierarchy`, answered for others
+//! by [`federation_hierarchy`]). A room is shown to a user who is joined to or invited into it, or who could
 //! see or join it without an invite: world-readable history, or a `public`, `knock` or
 //! `knock_restricted` join rule, or `restricted` with the user joined to one of the allowed
 //! rooms.
@@ -236,11 +237,47 @@ pub async fn get_hierarchy(
     let mut stack = vec![(root.clone(), 0usize)];
     let mut position = 0usize;
     let mut more = false;
+    // The `via` servers of each child seen, for children held elsewhere.
+    let mut vias: std::collections::HashMap<ruma::OwnedRoomId, Vec<String>> =
+        std::collections::HashMap::new();
+    let mut remote_fetches = 0usize;
     while let Some((room_id, depth)) = stack.pop() {
         if !seen.insert(room_id.clone()) || seen.len() > MAX_ROOMS {
             continue;
         }
         if state.storage.get_room(room_id.as_str()).await?.is_none() {
+            // Another server's room: its summary and children from a server in it.
+            if remote_fetches == MAX_REMOTE_FETCHES {
+                continue;
+            }
+            remote_fetches += 1;
+            let Some((entry, children)) = remote_room(
+                &state,
+                &room_id,
+                vias.get(&room_id),
+                req.body.suggested_only,
+                user,
+            )
+            .await
+            else {
+                continue;
+            };
+            if position >= skip {
+                if rooms.len() == limit {
+                    more = true;
+                    break;
+                }
+                rooms.push(entry);
+            }
+            position += 1;
+            if depth < max_depth {
+                for (child, via) in children.into_iter().rev() {
+                    if let Ok(child) = RoomId::parse(&child) {
+                        vias.entry(child.clone()).or_insert(via);
+                        stack.push((child, depth + 1));
+                    }
+                }
+            }
             continue;
         }
         let facts = facts(&state, room_id.as_str()).await?;
@@ -270,6 +307,7 @@ pub async fn get_hierarchy(
                     continue;
                 }
                 if let Ok(child) = RoomId::parse(child) {
+                    vias.entry(child.clone()).or_insert_with(|| via_of(event));
                     stack.push((child, depth + 1));
                 }
             }
@@ -280,6 +318,216 @@ pub async fn get_hierarchy(
         response["next_batch"] = format!("h{}", skip + limit).into();
     }
     Ok(Json(response))
+}
+
+/// Most rooms held elsewhere one hierarchy request asks other servers about.
+const MAX_REMOTE_FETCHES: usize = 20;
+/// How long a server may take to answer for one room.
+const REMOTE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The `via` servers of an `m.space.child` event.
+fn via_of(event: &Value) -> Vec<String> {
+    event["content"]["via"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v.as_str().map(str::to_owned))
+        .take(10)
+        .collect()
+}
+
+/// A room held elsewhere, as the first of `via` that answers describes it: its entry for the
+/// hierarchy (with its `children_state`) and its children with their `via`, if `user` may see
+/// it (the other server already left out what our server may not see; here the user's own
+/// view: joined or invited, world-readable, a public or knock rule, or restricted to a room
+/// the user is in).
+async fn remote_room(
+    state: &AppState,
+    room_id: &RoomId,
+    via: Option<&Vec<String>>,
+    suggested_only: bool,
+    user: &UserId,
+) -> Option<(Value, Vec<(String, Vec<String>)>)> {
+    let path = format!(
+        "/_matrix/federation/v1/hierarchy/{}?suggested_only={suggested_only}",
+        crate::federation::client::query_value(room_id.as_str())
+    );
+    for server in via.into_iter().flatten() {
+        let Ok(server) = ruma::ServerName::parse(server) else {
+            continue;
+        };
+        if server == state.server_name {
+            continue;
+        }
+        let Ok(Ok(answer)) =
+            tokio::time::timeout(REMOTE_TIMEOUT, state.federation.get_json(&server, &path)).await
+        else {
+            continue;
+        };
+        let room = &answer["room"];
+        if room["room_id"] != room_id.as_str() {
+            continue;
+        }
+        let membership = membership_of(state, room_id.as_str(), Some(user))
+            .await
+            .ok()?;
+        let visible = matches!(membership.as_deref(), Some("join" | "invite"))
+            || room["world_readable"] == true
+            || matches!(
+                room["join_rule"].as_str(),
+                Some("public" | "knock" | "knock_restricted")
+            )
+            || (room["join_rule"] == "restricted" && {
+                let mut member = false;
+                for allowed in room["allowed_room_ids"].as_array().into_iter().flatten() {
+                    if let Some(allowed) = allowed.as_str() {
+                        if membership_of(state, allowed, Some(user))
+                            .await
+                            .ok()?
+                            .as_deref()
+                            == Some("join")
+                        {
+                            member = true;
+                            break;
+                        }
+                    }
+                }
+                member
+            });
+        if !visible {
+            return None;
+        }
+        let mut children = Vec::new();
+        for event in room["children_state"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .take(200)
+        {
+            if suggested_only && event["content"]["suggested"] != true {
+                continue;
+            }
+            if let Some(child) = event["state_key"].as_str() {
+                let via = via_of(event);
+                if !via.is_empty() {
+                    children.push((child.to_owned(), via));
+                }
+            }
+        }
+        return Some((room.clone(), children));
+    }
+    None
+}
+
+/// Whether a server may see the summary of a room we hold: a user of it is joined or
+/// invited, or anyone may (world-readable, a public or knock rule), or the rule is restricted
+/// and a user of it is joined to one of the allowed rooms.
+async fn accessible_to_server(
+    state: &AppState,
+    room_id: &str,
+    facts: &RoomFacts,
+    server: &ruma::ServerName,
+) -> Result<bool> {
+    let of_server = |user: &str| {
+        UserId::parse(user)
+            .map(|u| u.server_name() == server)
+            .unwrap_or(false)
+    };
+    let has_member = |room: String| async move {
+        Ok::<bool, Error>(
+            state
+                .storage
+                .room_members(&room)
+                .await?
+                .iter()
+                .any(|(u, m, _)| matches!(m.as_str(), "join" | "invite") && of_server(u)),
+        )
+    };
+    if has_member(room_id.to_owned()).await? {
+        return Ok(true);
+    }
+    if content_str(facts, "m.room.history_visibility", "history_visibility")
+        == Some("world_readable")
+    {
+        return Ok(true);
+    }
+    match content_str(facts, "m.room.join_rules", "join_rule") {
+        Some("public" | "knock" | "knock_restricted") => Ok(true),
+        Some("restricted") => {
+            for room in allowed_rooms(facts) {
+                if state.storage.get_room(&room).await?.is_some() && has_member(room).await? {
+                    return Ok(true);
+                }
+            }
+            Ok(false)
+        }
+        _ => Ok(false),
+    }
+}
+
+/// The answer to another server's `GET /_matrix/federation/v1/hierarchy/{roomId}`: the room
+/// (with its `children_state`) and its children we hold, each if the server may see it
+/// ([`accessible_to_server`]); children it may not see are listed as inaccessible. 404 for a
+/// room we do not hold or it may not see.
+///
+/// <https://spec.matrix.org/latest/server-server-api/#get_matrixfederationv1hierarchyroomid>
+pub async fn federation_hierarchy(
+    state: &AppState,
+    room_id: &RoomId,
+    server: &ruma::ServerName,
+    suggested_only: bool,
+) -> Result<Value> {
+    let not_found = || Error::not_found("Room not found or not visible");
+    if state.storage.get_room(room_id.as_str()).await?.is_none() {
+        return Err(not_found());
+    }
+    let root = facts(state, room_id.as_str()).await?;
+    if !accessible_to_server(state, room_id.as_str(), &root, server).await? {
+        return Err(not_found());
+    }
+    let children_state: Vec<Value> = root
+        .children
+        .iter()
+        .filter(|(_, e)| !suggested_only || e["content"]["suggested"] == true)
+        .map(|(_, e)| e.clone())
+        .collect();
+    let mut room = summary(state, room_id, &root).await?;
+    room.insert("children_state".into(), Value::Array(children_state));
+    let mut children = Vec::new();
+    let mut inaccessible = Vec::new();
+    for (child, event) in root.children.iter().take(MAX_LIMIT) {
+        if suggested_only && event["content"]["suggested"] != true {
+            continue;
+        }
+        let Ok(child_id) = RoomId::parse(child) else {
+            continue;
+        };
+        if state.storage.get_room(child).await?.is_none() {
+            continue;
+        }
+        let child_facts = facts(state, child).await?;
+        if !accessible_to_server(state, child, &child_facts, server).await? {
+            inaccessible.push(Value::String(child.clone()));
+            continue;
+        }
+        let mut entry = summary(state, &child_id, &child_facts).await?;
+        entry.insert(
+            "children_state".into(),
+            Value::Array(
+                child_facts
+                    .children
+                    .iter()
+                    .map(|(_, e)| e.clone())
+                    .collect(),
+            ),
+        );
+        children.push(Value::Object(entry));
+    }
+    Ok(json!({
+        "room": room,
+        "children": children,
+        "inaccessible_children": inaccessible,
+    }))
 }
 
 /// GET /_matrix/client/v1/room_summary/{roomIdOrAlias}

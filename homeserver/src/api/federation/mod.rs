@@ -53,6 +53,10 @@ pub fn router(state: AppState) -> Router {
             put(invite),
         )
         .route(
+            "/_matrix/federation/v1/hierarchy/{room_id}",
+            get(get_hierarchy),
+        )
+        .route(
             "/_matrix/federation/v1/make_knock/{room_id}/{user_id}",
             get(make_knock),
         )
@@ -275,6 +279,32 @@ async fn send_join(
         "auth_chain": auth_chain,
         "members_omitted": false,
     })))
+}
+
+/// GET /_matrix/federation/v1/hierarchy/{roomId}
+///
+/// A space (or room) we hold and its children, as far as the asking server may see them.
+///
+/// <https://spec.matrix.org/latest/server-server-api/#get_matrixfederationv1hierarchyroomid>
+async fn get_hierarchy(
+    State(state): State<AppState>,
+    axum::extract::Path(room_id): axum::extract::Path<String>,
+    request: ServerRequest,
+) -> Result<Json<Value>, Error> {
+    let room_id = ruma::OwnedRoomId::try_from(room_id.as_str())
+        .map_err(|_| Error::not_found("Room not found or not visible"))?;
+    let suggested_only = url_pairs(&request.parts.uri)
+        .iter()
+        .any(|(k, v)| k == "suggested_only" && v == "true");
+    Ok(Json(
+        crate::api::client::space::federation_hierarchy(
+            &state,
+            &room_id,
+            &request.origin,
+            suggested_only,
+        )
+        .await?,
+    ))
 }
 
 /// GET /_matrix/federation/v1/make_knock/{roomId}/{userId}
