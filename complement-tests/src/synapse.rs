@@ -39,6 +39,21 @@ pub fn available() -> bool {
         .is_ok_and(|s| s.success())
 }
 
+/// Whether a Synapse test can run: true when Synapse is installed; otherwise says it is
+/// skipped and returns false, except in CI (`CI=true`), where a missing Synapse fails the test.
+pub fn available_or_skip() -> bool {
+    if available() {
+        return true;
+    }
+    assert!(
+        !crate::in_ci(),
+        "CI=true but Synapse is not installed in {}",
+        venv().display()
+    );
+    eprintln!("skipping: Synapse is not installed");
+    false
+}
+
 /// A running Synapse.
 pub struct Synapse {
     child: Option<Child>,

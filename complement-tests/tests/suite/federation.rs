@@ -267,14 +267,8 @@ async fn denied_servers_are_refused_both_ways() {
 /// Synapse (`.ci/run`); elsewhere the test is skipped when it is missing.
 #[tokio::test]
 async fn profiles_between_myelin_and_synapse() {
-    if !complement_tests::synapse::available() {
-        // CI installs Synapse (.ci/run); elsewhere it is optional.
-        assert!(
-            !complement_tests::in_ci(),
-            "CI=true but Synapse is not installed in {}",
-            complement_tests::synapse::venv().display()
-        );
-        eprintln!("skipping: Synapse is not installed");
+    // CI installs Synapse (.ci/run); elsewhere it is optional.
+    if !complement_tests::synapse::available_or_skip() {
         return;
     }
     let Some(myelin) =
@@ -1269,13 +1263,7 @@ backend_tests!(
 /// Myelin accepts Synapse's.
 #[tokio::test]
 async fn rooms_between_myelin_and_synapse() {
-    if !complement_tests::synapse::available() {
-        assert!(
-            !complement_tests::in_ci(),
-            "CI=true but Synapse is not installed in {}",
-            complement_tests::synapse::venv().display()
-        );
-        eprintln!("skipping: Synapse is not installed");
+    if !complement_tests::synapse::available_or_skip() {
         return;
     }
     let Some(myelin) =

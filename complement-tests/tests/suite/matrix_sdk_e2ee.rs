@@ -456,13 +456,7 @@ async fn create_encrypted_dm(alice: &SdkUser, bob: &SdkUser) -> OwnedRoomId {
 /// Synapse's and Myelin's federation E2EE endpoints and EDUs must understand each other.
 #[tokio::test]
 async fn matrix_sdk_encrypted_room_between_myelin_and_synapse() {
-    if !complement_tests::synapse::available() {
-        assert!(
-            !complement_tests::in_ci(),
-            "CI=true but Synapse is not installed in {}",
-            complement_tests::synapse::venv().display()
-        );
-        eprintln!("skipping: Synapse is not installed");
+    if !complement_tests::synapse::available_or_skip() {
         return;
     }
     let Some(myelin) =

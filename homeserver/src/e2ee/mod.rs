@@ -36,26 +36,16 @@ pub async fn announce_device_list_change(state: &AppState, user: &str, device: O
         }
     };
     state.notifier.notify(users.iter().map(String::as_str));
-    let servers = other_servers(state, &users);
+    let servers = crate::federation::sender::other_servers(
+        state.server_name.as_str(),
+        users.iter().map(String::as_str),
+    );
     if servers.is_empty() {
         return;
     }
     if let Err(e) = tell_servers_of_devices(state, user, device, &servers).await {
         tracing::warn!(error = %e, %user, "could not queue a device-list update for other servers");
     }
-}
-
-/// The servers other than ours among `users`' servers.
-fn other_servers(state: &AppState, users: &[String]) -> Vec<String> {
-    let mut servers: Vec<String> = users
-        .iter()
-        .filter_map(|u| u.split_once(':').map(|(_, s)| s))
-        .filter(|s| *s != state.server_name.as_str())
-        .map(str::to_owned)
-        .collect();
-    servers.sort_unstable();
-    servers.dedup();
-    servers
 }
 
 /// Queues the `m.device_list_update` for `servers` (durably: it must arrive even if either
@@ -112,7 +102,10 @@ async fn tell_servers_of_devices(
 pub async fn announce_signing_keys_change(state: &AppState, user: &str) {
     let result = async {
         let users = crate::co_members(state, user).await?;
-        let servers = other_servers(state, &users);
+        let servers = crate::federation::sender::other_servers(
+            state.server_name.as_str(),
+            users.iter().map(String::as_str),
+        );
         if servers.is_empty() {
             return Ok(());
         }

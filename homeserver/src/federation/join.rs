@@ -40,16 +40,32 @@ pub async fn join_remote(
     servers: &[OwnedServerName],
     content: Value,
 ) -> Result<(), Error> {
-    let mut last_error = Error::not_found("No server in the room could be reached to join it");
-    let candidates: Vec<&OwnedServerName> = servers
-        .iter()
-        .filter(|s| **s != state.server_name)
-        .collect();
-    for server in candidates {
-        match join_through(state, room_id, user, server, content.clone()).await {
+    through_first(state, room_id, servers, "join", |server| {
+        join_through(state, room_id, user, server, content.clone())
+    })
+    .await
+}
+
+/// Tries `attempt` through each of `servers` but ours, in order, until one succeeds (the
+/// failover of joins, knocks and leaves through other servers); the last error otherwise.
+async fn through_first<'a, F, Fut>(
+    state: &AppState,
+    room_id: &RoomId,
+    servers: &'a [OwnedServerName],
+    what: &str,
+    mut attempt: F,
+) -> Result<(), Error>
+where
+    F: FnMut(&'a OwnedServerName) -> Fut,
+    Fut: std::future::Future<Output = Result<(), Error>>,
+{
+    let mut last_error =
+        Error::not_found(format!("No server in the room could be reached to {what}"));
+    for server in servers.iter().filter(|s| **s != state.server_name) {
+        match attempt(server).await {
             Ok(()) => return Ok(()),
             Err(e) => {
-                tracing::info!(%room_id, %server, error = ?e, "joining through a server failed");
+                tracing::info!(%room_id, %server, error = ?e, "{what} through a server failed");
                 last_error = e;
             }
         }
@@ -432,13 +448,12 @@ pub async fn leave_remote(
     servers: &[OwnedServerName],
     content: Value,
 ) -> Result<(), Error> {
-    for server in servers.iter().filter(|s| **s != state.server_name) {
-        match leave_through(state, room_id, user, server, content.clone()).await {
-            Ok(()) => return Ok(()),
-            Err(e) => {
-                tracing::info!(%room_id, %server, error = ?e, "leaving through a server failed")
-            }
-        }
+    let through = through_first(state, room_id, servers, "leave", |server| {
+        leave_through(state, room_id, user, server, content.clone())
+    })
+    .await;
+    if through.is_ok() {
+        return Ok(());
     }
     // Nobody answered: record the leave locally, after the invite.
     let (_, event_id) = state
@@ -493,28 +508,31 @@ pub async fn knock_remote(
     servers: &[OwnedServerName],
     content: Value,
 ) -> Result<(), Error> {
-    let mut last_error = Error::not_found("No server in the room could be reached to knock");
-    for server in servers.iter().filter(|s| **s != state.server_name) {
-        match make_and_send(state, server, room_id, user, "knock", content.clone()).await {
-            Ok((_, _, built, answer)) => {
-                let stripped = stripped_invite_state(&answer["knock_room_state"]);
-                return record_membership(
-                    state,
-                    room_id,
-                    user,
-                    (&built.event_id, &built.pdu),
-                    "knock",
-                    Some(&stripped),
-                )
-                .await;
-            }
-            Err(e) => {
-                tracing::info!(%room_id, %server, error = ?e, "knocking through a server failed");
-                last_error = e;
-            }
-        }
-    }
-    Err(last_error)
+    through_first(state, room_id, servers, "knock", |server| {
+        knock_through(state, room_id, user, server, content.clone())
+    })
+    .await
+}
+
+async fn knock_through(
+    state: &AppState,
+    room_id: &RoomId,
+    user: &UserId,
+    server: &OwnedServerName,
+    content: Value,
+) -> Result<(), Error> {
+    let (_, _, built, answer) =
+        make_and_send(state, server, room_id, user, "knock", content).await?;
+    let stripped = stripped_invite_state(&answer["knock_room_state"]);
+    record_membership(
+        state,
+        room_id,
+        user,
+        (&built.event_id, &built.pdu),
+        "knock",
+        Some(&stripped),
+    )
+    .await
 }
 
 async fn leave_through(

@@ -111,15 +111,26 @@ pub async fn send_edu(state: &AppState, room_id: &str, edu: serde_json::Value) {
             return;
         }
     };
-    let mut servers: Vec<String> = members
-        .iter()
-        .filter(|(_, m, _)| m == "join")
-        .filter_map(|(user, _, _)| user.split_once(':').map(|(_, s)| s.to_owned()))
-        .filter(|s| s != ours)
+    let servers = other_servers(
+        ours,
+        members
+            .iter()
+            .filter(|(_, m, _)| m == "join")
+            .map(|(user, _, _)| user.as_str()),
+    );
+    send_edu_to(state, &servers, edu).await;
+}
+
+/// The servers of `users` other than `ours`, each once, sorted.
+pub fn other_servers<'a>(ours: &str, users: impl Iterator<Item = &'a str>) -> Vec<String> {
+    let mut servers: Vec<String> = users
+        .filter_map(|u| u.split_once(':').map(|(_, s)| s))
+        .filter(|s| *s != ours)
+        .map(str::to_owned)
         .collect();
     servers.sort_unstable();
     servers.dedup();
-    send_edu_to(state, &servers, edu).await;
+    servers
 }
 
 /// Sends `edu` to each of `servers` with its next transaction.

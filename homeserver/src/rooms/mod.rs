@@ -137,16 +137,13 @@ impl RoomHead {
     fn remote_servers(&mut self, ours: &str) -> &[String] {
         let members = &self.members;
         self.remote_servers.get_or_insert_with(|| {
-            let mut servers: Vec<String> = members
-                .iter()
-                .filter(|(_, m)| m.as_str() == "join")
-                .filter_map(|(user, _)| user.split_once(':').map(|(_, s)| s))
-                .filter(|s| *s != ours)
-                .map(str::to_owned)
-                .collect();
-            servers.sort_unstable();
-            servers.dedup();
-            servers
+            crate::federation::sender::other_servers(
+                ours,
+                members
+                    .iter()
+                    .filter(|(_, m)| m.as_str() == "join")
+                    .map(|(user, _)| user.as_str()),
+            )
         })
     }
 

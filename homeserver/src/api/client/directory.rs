@@ -254,6 +254,32 @@ pub(crate) async fn directory_page(
     Ok((page, next, prev, total))
 }
 
+/// A page of a room directory: the rooms, the next and previous tokens, the total estimate.
+type DirectoryPage = (
+    Vec<PublicRoomsChunk>,
+    Option<String>,
+    Option<String>,
+    Option<UInt>,
+);
+
+/// A page of the directory of `server` (another server's through federation `publicRooms`;
+/// ours when `None` or our name), as both `/publicRooms` endpoints answer it.
+async fn directory_page_of(
+    state: &AppState,
+    server: Option<&ruma::ServerName>,
+    limit: Option<UInt>,
+    since: Option<&str>,
+    search: Option<&str>,
+) -> Result<DirectoryPage> {
+    match server.filter(|s| *s != state.server_name) {
+        Some(server) => remote_directory(state, server, limit, since, search).await,
+        None => {
+            let (chunk, next, prev, total) = directory_page(state, limit, since, search).await?;
+            Ok((chunk, next, prev, UInt::new(total as u64)))
+        }
+    }
+}
+
 /// A page of another server's public room directory (federation `publicRooms`).
 async fn remote_directory(
     state: &AppState,
@@ -261,12 +287,7 @@ async fn remote_directory(
     limit: Option<UInt>,
     since: Option<&str>,
     search: Option<&str>,
-) -> Result<(
-    Vec<PublicRoomsChunk>,
-    Option<String>,
-    Option<String>,
-    Option<UInt>,
-)> {
+) -> Result<DirectoryPage> {
     let mut body = serde_json::json!({});
     if let Some(limit) = limit {
         body["limit"] = u64::from(limit).into();
@@ -308,32 +329,18 @@ pub async fn get_public_rooms(
     State(state): State<AppState>,
     req: Ruma<get_public_rooms::v3::Request>,
 ) -> Result<get_public_rooms::v3::Response> {
-    if let Some(server) = req
-        .body
-        .server
-        .as_ref()
-        .filter(|s| **s != state.server_name)
-    {
-        let (chunk, next, prev, total) = remote_directory(
-            &state,
-            server,
-            req.body.limit,
-            req.body.since.as_deref(),
-            None,
-        )
-        .await?;
-        let mut response = get_public_rooms::v3::Response::new(chunk);
-        response.next_batch = next;
-        response.prev_batch = prev;
-        response.total_room_count_estimate = total;
-        return Ok(response);
-    }
-    let (chunk, next, prev, total) =
-        directory_page(&state, req.body.limit, req.body.since.as_deref(), None).await?;
+    let (chunk, next, prev, total) = directory_page_of(
+        &state,
+        req.body.server.as_deref(),
+        req.body.limit,
+        req.body.since.as_deref(),
+        None,
+    )
+    .await?;
     let mut response = get_public_rooms::v3::Response::new(chunk);
     response.next_batch = next;
     response.prev_batch = prev;
-    response.total_room_count_estimate = UInt::new(total as u64);
+    response.total_room_count_estimate = total;
     Ok(response)
 }
 
@@ -345,33 +352,18 @@ pub async fn get_public_rooms_filtered(
     req: Ruma<get_public_rooms_filtered::v3::Request>,
 ) -> Result<get_public_rooms_filtered::v3::Response> {
     let search = req.body.filter.generic_search_term.as_deref();
-    if let Some(server) = req
-        .body
-        .server
-        .as_ref()
-        .filter(|s| **s != state.server_name)
-    {
-        let (chunk, next, prev, total) = remote_directory(
-            &state,
-            server,
-            req.body.limit,
-            req.body.since.as_deref(),
-            search,
-        )
-        .await?;
-        let mut response = get_public_rooms_filtered::v3::Response::new();
-        response.chunk = chunk;
-        response.next_batch = next;
-        response.prev_batch = prev;
-        response.total_room_count_estimate = total;
-        return Ok(response);
-    }
-    let (chunk, next, prev, total) =
-        directory_page(&state, req.body.limit, req.body.since.as_deref(), search).await?;
+    let (chunk, next, prev, total) = directory_page_of(
+        &state,
+        req.body.server.as_deref(),
+        req.body.limit,
+        req.body.since.as_deref(),
+        search,
+    )
+    .await?;
     let mut response = get_public_rooms_filtered::v3::Response::new();
     response.chunk = chunk;
     response.next_batch = next;
     response.prev_batch = prev;
-    response.total_room_count_estimate = UInt::new(total as u64);
+    response.total_room_count_estimate = total;
     Ok(response)
 }

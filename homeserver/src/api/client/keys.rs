@@ -202,6 +202,31 @@ fn public_key_name(json: &str) -> Option<String> {
     cross_signing_public_key(&object).map(|(id, _)| id["ed25519:".len()..].to_owned())
 }
 
+/// What a request asks per user, split into this server's users and, per server, the
+/// others'.
+#[allow(clippy::type_complexity)]
+fn split_by_server<V: Clone>(
+    state: &AppState,
+    wanted: &BTreeMap<OwnedUserId, V>,
+) -> (
+    BTreeMap<OwnedUserId, V>,
+    BTreeMap<ruma::OwnedServerName, BTreeMap<OwnedUserId, V>>,
+) {
+    let mut local = BTreeMap::new();
+    let mut remote: BTreeMap<_, BTreeMap<_, _>> = BTreeMap::new();
+    for (user, value) in wanted {
+        if is_local(state, user) {
+            local.insert(user.clone(), value.clone());
+        } else {
+            remote
+                .entry(user.server_name().to_owned())
+                .or_default()
+                .insert(user.clone(), value.clone());
+        }
+    }
+    (local, remote)
+}
+
 /// POST /_matrix/client/v3/keys/query
 ///
 /// Device keys of the requested devices (all of a user's devices for an empty list), with
@@ -216,18 +241,7 @@ pub async fn get_keys(
     req: Ruma<get_keys::v3::Request>,
 ) -> Result<get_keys::v3::Response> {
     let requester = req.sender().user_id.as_str();
-    let mut local = BTreeMap::new();
-    let mut remote: BTreeMap<_, BTreeMap<_, _>> = BTreeMap::new();
-    for (user, devices) in &req.body.device_keys {
-        if is_local(&state, user) {
-            local.insert(user.clone(), devices.clone());
-        } else {
-            remote
-                .entry(user.server_name().to_owned())
-                .or_default()
-                .insert(user.clone(), devices.clone());
-        }
-    }
+    let (local, remote) = split_by_server(&state, &req.body.device_keys);
     let timeout = crate::federation::e2ee::timeout(req.body.timeout);
     let (response, from_others) = tokio::join!(
         local_keys(&state, &local, Some(requester)),
@@ -325,18 +339,7 @@ pub async fn claim_keys(
     State(state): State<AppState>,
     req: Ruma<claim_keys::v3::Request>,
 ) -> Result<claim_keys::v3::Response> {
-    let mut local = BTreeMap::new();
-    let mut remote: BTreeMap<_, BTreeMap<_, _>> = BTreeMap::new();
-    for (user, devices) in &req.body.one_time_keys {
-        if is_local(&state, user) {
-            local.insert(user.clone(), devices.clone());
-        } else {
-            remote
-                .entry(user.server_name().to_owned())
-                .or_default()
-                .insert(user.clone(), devices.clone());
-        }
-    }
+    let (local, remote) = split_by_server(&state, &req.body.one_time_keys);
     let timeout = crate::federation::e2ee::timeout(req.body.timeout);
     let (claimed, from_others) = tokio::join!(
         claim_local_keys(&state, &local),
