@@ -12,7 +12,14 @@
 //!    (default 10); the rate at which hs2's member receives them (from the first send to the
 //!    last arrival), and that every message arrives exactly once.
 //!
-//! Not measured yet: joining a big room held elsewhere, catching up after an outage.
+//! 3. joining a big room held by the other server: a public room on hs1 with
+//!    `BENCH_JOIN_MEMBERS` (default 1,000) members and `BENCH_JOIN_EVENTS` (default 10,000)
+//!    messages; a user of hs2 joins it through its alias; the time from the join request to
+//!    its 200;
+//! 4. an outage: hs2 stopped for `BENCH_OUTAGE_SECONDS` (default 60) while hs1's user sends
+//!    10 messages a second into a room shared with hs2; hs2 restarted and its member syncing
+//!    (as a client does when its server is back); the time from hs2 answering until the
+//!    member has every message, each once.
 
 use std::{
     collections::HashMap,
@@ -24,7 +31,7 @@ use std::{
 };
 
 use complement_tests::{
-    bench::{build_release_server, env_num, ms, percentile},
+    bench::{build_release_server, env_num, in_parallel, ms, percentile},
     encode, Backend, Client, ServerOptions,
 };
 use serde_json::json;
@@ -194,6 +201,95 @@ async fn main() {
         duplicated,
         elapsed.as_secs_f64(),
         received.len() as f64 / elapsed.as_secs_f64().max(0.001)
+    );
+
+    // 3. Joining a big room held by hs1.
+    let members = env_num("BENCH_JOIN_MEMBERS", 1000).max(2) as usize;
+    let events = env_num("BENCH_JOIN_EVENTS", 10_000) as usize;
+    let big = shared_room(&alice, &bob, hs1.server_name(), "big").await;
+    let mut locals = Vec::new();
+    for i in 0..members.saturating_sub(2) {
+        locals.push(hs1.register_user(&format!("member{i}")).await);
+    }
+    {
+        let big = big.clone();
+        in_parallel(locals.clone(), 8, move |user| {
+            let big = big.clone();
+            async move { complement_tests::bench::join(&user, &big).await }
+        })
+        .await;
+    }
+    let sends: Vec<(Client, usize)> = (0..events)
+        .map(|n| (locals[n % locals.len().max(1)].clone(), n))
+        .collect();
+    {
+        let big = big.clone();
+        in_parallel(sends, 16, move |(user, n)| {
+            let big = big.clone();
+            async move { alice_send(&user, &big, &format!("history {n}")).await }
+        })
+        .await;
+    }
+    let carol = hs2.register_user("carol").await;
+    let start = Instant::now();
+    let (status, body) = carol
+        .post(
+            &format!(
+                "/_matrix/client/v3/join/{}",
+                encode(&format!("#big:{}", hs1.server_name()))
+            ),
+            &json!({}),
+        )
+        .await;
+    let took = start.elapsed();
+    assert_eq!(status, 200, "join: {body}");
+    let (status, joined) = carol.get(&Client::room_path(&big, "/joined_members")).await;
+    assert_eq!(status, 200, "{joined}");
+    let count = joined["joined"].as_object().map_or(0, |m| m.len());
+    println!(
+        "join of a room with {count} members and {events} messages held by the other server: {:.0} ms",
+        ms(took)
+    );
+
+    // 4. hs2 away for a while, then back.
+    let outage = env_num("BENCH_OUTAGE_SECONDS", 60);
+    let room = shared_room(&alice, &bob, hs1.server_name(), "outage").await;
+    let since = initial_since(&bob).await;
+    let mut hs2 = hs2;
+    hs2.stop().await;
+    let until = Instant::now() + Duration::from_secs(outage);
+    let mut queued = 0usize;
+    while Instant::now() < until {
+        alice_send(&alice, &room, &format!("o{queued}")).await;
+        queued += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    hs2.restart().await;
+    let back = Instant::now();
+    let received: Arc<Mutex<HashMap<String, u32>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let follower = {
+        let (received, stop) = (received.clone(), stop.clone());
+        let bob = bob.clone();
+        tokio::spawn(follow(bob, since, stop, move |body| {
+            if body.starts_with('o') {
+                *received.lock().unwrap().entry(body.to_owned()).or_default() += 1;
+            }
+        }))
+    };
+    let deadline = back + Duration::from_secs(120);
+    while received.lock().unwrap().len() < queued && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let caught_up = back.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    let _ = follower.await;
+    let received = received.lock().unwrap().clone();
+    println!(
+        "outage: {queued} messages sent while hs2 was down {outage} s; hs2's member had {} of them ({} duplicated) {:.1} s after hs2 answered again",
+        received.len(),
+        received.values().filter(|n| **n > 1).count(),
+        caught_up.as_secs_f64()
     );
     drop(hs1);
     drop(hs2);

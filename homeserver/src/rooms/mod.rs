@@ -32,7 +32,7 @@ pub mod upgrade;
 pub mod visibility;
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     sync::{Arc, Mutex},
 };
 
@@ -452,11 +452,100 @@ pub(super) async fn run_writer(state: &AppState, room_id: &RoomId, slot: Arc<Roo
             if !jobs.is_empty() {
                 write_batch(&state, &room_id, &mut guard, jobs).await;
             }
-            for job in received {
-                write_received(&state, &room_id, &mut guard, job).await;
+            if !received.is_empty() {
+                write_received_batch(&state, &room_id, &mut guard, received).await;
             }
         }
     });
+}
+
+/// Writes the events received for the room (see `remote.rs`), in order, and answers each.
+/// A run of events that extend the head one after another without changing state (the
+/// messages of a busy room) is checked against the head and committed together, as local
+/// sends are; any other event is written alone.
+async fn write_received_batch(
+    state: &AppState,
+    room_id: &RoomId,
+    guard: &mut Option<RoomHead>,
+    jobs: Vec<remote::RemoteJob>,
+) {
+    // Which are stored already: one read for the whole batch.
+    let ids: Vec<String> = jobs
+        .iter()
+        .map(|j| j.incoming.event_id.to_string())
+        .collect();
+    let known: HashSet<String> = match state.storage.get_events(&ids).await {
+        Ok(rows) => rows.into_iter().map(|r| r.event_id).collect(),
+        Err(e) => {
+            let e = Error::from(e);
+            for job in jobs {
+                let _ = job.reply.send(Err(e.clone()));
+            }
+            return;
+        }
+    };
+    let mut run: Vec<(Prepared, remote::RemoteJob)> = Vec::new();
+    for job in jobs {
+        if known.contains(job.incoming.event_id.as_str()) {
+            let _ = job.reply.send(Ok(job.incoming.event_id.clone()));
+            continue;
+        }
+        if guard.is_none() {
+            match RoomHead::load(state, room_id).await {
+                Ok(head) => *guard = Some(head),
+                Err(e) => {
+                    let _ = job.reply.send(Err(e));
+                    continue;
+                }
+            }
+        }
+        let Some(head) = guard.as_mut() else {
+            continue;
+        };
+        let repeated = run.iter().any(|(p, _)| p.event_id == job.incoming.event_id);
+        if !repeated && remote::extends_head(head, &job.incoming, state.server_name.as_str()) {
+            match remote::place_received(state, room_id, head, &job.incoming).await {
+                Ok(prepared) => {
+                    run.push((prepared, job));
+                    if run.len() == MAX_BATCH {
+                        commit_received(state, room_id, guard, std::mem::take(&mut run)).await;
+                    }
+                }
+                Err(e) => {
+                    let _ = job.reply.send(Err(e));
+                }
+            }
+            continue;
+        }
+        commit_received(state, room_id, guard, std::mem::take(&mut run)).await;
+        write_received(state, room_id, guard, job).await;
+    }
+    commit_received(state, room_id, guard, run).await;
+}
+
+/// Commits a run of received events placed by [`remote::place_received`] and answers them.
+async fn commit_received(
+    state: &AppState,
+    room_id: &RoomId,
+    guard: &mut Option<RoomHead>,
+    run: Vec<(Prepared, remote::RemoteJob)>,
+) {
+    if run.is_empty() {
+        return;
+    }
+    let Some(head) = guard.as_mut() else {
+        return;
+    };
+    let events: Vec<&Prepared> = run.iter().map(|(p, _)| p).collect();
+    let result = commit(state, room_id, head, &events, &[], false).await;
+    drop(events);
+    if result.is_err() {
+        // The head was moved along the run in memory; reload it.
+        *guard = None;
+    }
+    for (p, job) in run {
+        let _ = job.reply.send(result.clone().map(|()| p.event_id));
+    }
 }
 
 /// Writes one received event (see `remote.rs`) and answers it.
@@ -701,7 +790,6 @@ async fn write_batch(
     let Some(head) = guard.as_mut() else {
         return;
     };
-    let state_before = head.state_after;
     let mut prepared: Vec<(Prepared, oneshot::Sender<Result<OwnedEventId, Error>>)> = Vec::new();
     // Retries of a transaction that is in this very batch: answered with its event.
     let mut followers: Vec<(usize, oneshot::Sender<Result<OwnedEventId, Error>>)> = Vec::new();
@@ -766,67 +854,11 @@ async fn write_batch(
     if prepared.is_empty() {
         return;
     }
-    let pending: Vec<(&str, &str, &str)> = head
-        .pending
-        .iter()
-        .map(|(t, k, e)| (t.as_str(), k.as_str(), e.as_str()))
-        .collect();
-    let rows: Vec<myelin_storage::NewEvent<'_>> = prepared
-        .iter()
-        .enumerate()
-        .map(|(i, (p, _))| {
-            let mut row = p.row(room_id.as_str(), if i == 0 { state_before } else { None });
-            if i == 0 {
-                row.state_delta = &pending;
-            }
-            row
-        })
-        .collect();
-    let result = state.storage.persist_events(&rows, now_ms()).await;
-    drop(rows);
-    drop(pending);
+    let events: Vec<&Prepared> = prepared.iter().map(|(p, _)| p).collect();
+    let result = commit(state, room_id, head, &events, &targets, true).await;
+    drop(events);
     match result {
-        Ok(persisted) => {
-            head.pending.clear();
-            head.state_after = persisted.last().map(|p| p.state_after).or(head.state_after);
-            // A redacted state event is re-read (redacted) when the rules next need it; an
-            // auth check later in this batch may have cached the original meanwhile.
-            for (p, _) in &prepared {
-                if let Some((target, _)) = &p.redacts {
-                    head.pdus.remove(target);
-                    // Events formatted for sync that carry the original as `prev_content`
-                    // are formatted again.
-                    format::forget_replaced(state, target);
-                }
-            }
-            let position = persisted.last().map_or(0, |p| p.stream_ordering);
-            state.notify_when_safe(
-                position,
-                head.interested().chain(targets.iter().map(String::as_str)),
-            );
-            // Other servers in the room (and any whose user a membership event targets,
-            // e.g. a kick) get the batch.
-            let mut servers = head.remote_servers(state.server_name.as_str()).to_vec();
-            for target in &targets {
-                if let Some((_, server)) = target.split_once(':') {
-                    if server != state.server_name.as_str() && !servers.iter().any(|s| s == server)
-                    {
-                        servers.push(server.to_owned());
-                    }
-                }
-            }
-            if !servers.is_empty() {
-                let since = persisted.first().map_or(0, |p| p.stream_ordering) - 1;
-                let state = state.clone();
-                tokio::spawn(async move {
-                    crate::federation::sender::wake(&state, &servers, since).await;
-                });
-            }
-            crate::push::sender::wake_when_safe(
-                state,
-                position,
-                notified_users(prepared.iter().map(|(p, _)| p)),
-            );
+        Ok(()) => {
             let ids: Vec<OwnedEventId> = prepared.iter().map(|(p, _)| p.event_id.clone()).collect();
             for (p, reply) in prepared {
                 let _ = reply.send(Ok(p.event_id));
@@ -838,7 +870,6 @@ async fn write_batch(
         Err(e) => {
             // The head was moved along the batch in memory; reload it on the next send.
             *guard = None;
-            let e = Error::from(e);
             for (_, reply) in prepared {
                 let _ = reply.send(Err(e.clone()));
             }
@@ -847,6 +878,82 @@ async fn write_batch(
             }
         }
     }
+}
+
+/// Commits `events`, placed one after another on the head (in memory) since its last
+/// commit, in one transaction (one flush), then catches the head's snapshot up and tells
+/// who needs to know: sync waiters (the room's members and `targets`), pushers and, when
+/// `forward` (our users' events), the other servers in the room. On an error nothing is
+/// stored and the caller must drop the head, which is ahead of storage.
+async fn commit(
+    state: &AppState,
+    room_id: &RoomId,
+    head: &mut RoomHead,
+    events: &[&Prepared],
+    targets: &[String],
+    forward: bool,
+) -> Result<(), Error> {
+    let pending: Vec<(&str, &str, &str)> = head
+        .pending
+        .iter()
+        .map(|(t, k, e)| (t.as_str(), k.as_str(), e.as_str()))
+        .collect();
+    let rows: Vec<myelin_storage::NewEvent<'_>> = events
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let mut row = p.row(
+                room_id.as_str(),
+                if i == 0 { head.state_after } else { None },
+            );
+            if i == 0 {
+                row.state_delta = &pending;
+            }
+            row
+        })
+        .collect();
+    let result = state.storage.persist_events(&rows, now_ms()).await;
+    drop(rows);
+    drop(pending);
+    let persisted = result?;
+    head.pending.clear();
+    head.state_after = persisted.last().map(|p| p.state_after).or(head.state_after);
+    // A redacted state event is re-read (redacted) when the rules next need it; an auth
+    // check later in this batch may have cached the original meanwhile.
+    for p in events {
+        if let Some((target, _)) = &p.redacts {
+            head.pdus.remove(target);
+            // Events formatted for sync that carry the original as `prev_content` are
+            // formatted again.
+            format::forget_replaced(state, target);
+        }
+    }
+    let position = persisted.last().map_or(0, |p| p.stream_ordering);
+    state.notify_when_safe(
+        position,
+        head.interested().chain(targets.iter().map(String::as_str)),
+    );
+    if forward {
+        // Other servers in the room (and any whose user a membership event targets, e.g. a
+        // kick) get the batch.
+        let mut servers = head.remote_servers(state.server_name.as_str()).to_vec();
+        for target in targets {
+            if let Some((_, server)) = target.split_once(':') {
+                if server != state.server_name.as_str() && !servers.iter().any(|s| s == server) {
+                    servers.push(server.to_owned());
+                }
+            }
+        }
+        if !servers.is_empty() {
+            let since = persisted.first().map_or(0, |p| p.stream_ordering) - 1;
+            let state = state.clone();
+            tokio::spawn(async move {
+                crate::federation::sender::wake(&state, &servers, since).await;
+            });
+        }
+    }
+    crate::push::sender::wake_when_safe(state, position, notified_users(events.iter().copied()));
+    Ok(())
 }
 
 /// Steps 2-4 for one send: places the event on the head, builds, signs and authorises it,

@@ -105,6 +105,42 @@ pub async fn receive(state: &AppState, incoming: Incoming) -> Result<OwnedEventI
         .map_err(|_| Error::internal("the room writer stopped"))?
 }
 
+/// [`receive`] for several events of one room, handed to its writer together (in order) so
+/// that it can commit a run of them at once. Returns each one's outcome, in order.
+pub async fn receive_many(
+    state: &AppState,
+    events: Vec<Incoming>,
+) -> Vec<Result<OwnedEventId, Error>> {
+    let Some(room_id) = events.first().map(|e| e.room_id.clone()) else {
+        return Vec::new();
+    };
+    let slot = state.room_locks.get(&room_id);
+    let mut answers = Vec::with_capacity(events.len());
+    for incoming in events {
+        if incoming.room_id != room_id {
+            answers.push(None);
+            continue;
+        }
+        let (reply, answer) = oneshot::channel();
+        slot.push_remote(RemoteJob { incoming, reply });
+        answers.push(Some(answer));
+    }
+    super::run_writer(state, &room_id, slot).await;
+    let mut out = Vec::with_capacity(answers.len());
+    for answer in answers {
+        out.push(match answer {
+            Some(answer) => answer
+                .await
+                .map_err(|_| Error::internal("the room writer stopped"))
+                .and_then(|r| r),
+            None => Err(Error::internal(
+                "a batch of received events spans several rooms",
+            )),
+        });
+    }
+    out
+}
+
 /// The full auth chain of the events in `ids` (their auth events, recursively), with every
 /// event read (the events themselves included) parsed into `events`.
 async fn auth_chain(
@@ -267,6 +303,121 @@ async fn remote_redaction(
         myelin_federation::pdu::redact_pdu(&original, &head.rules).map_err(Error::internal)?;
     let text = serde_json::to_string(&redacted).map_err(Error::internal)?;
     Ok(Some((row.event_id, text)))
+}
+
+/// Whether a received event can take the fast path of [`place_received`]: it changes no
+/// state, redacts nothing, was sent by another server's user, and its parents are exactly
+/// the head's tips (the usual case: the next message of a room both servers are in).
+pub(super) fn extends_head(head: &RoomHead, incoming: &Incoming, ours: &str) -> bool {
+    let pdu = &incoming.pdu;
+    if pdu.state_key.is_some()
+        || pdu.kind == TimelineEventType::RoomRedaction
+        || pdu.sender.server_name() == ours
+        || head.extremities.is_empty()
+    {
+        return false;
+    }
+    let prevs: HashSet<&str> = pdu.prev_events.iter().map(|e| e.as_str()).collect();
+    prevs.len() == head.extremities.len()
+        && head
+            .extremities
+            .iter()
+            .all(|(id, _)| prevs.contains(id.as_str()))
+}
+
+/// Steps 3 and 4 for an event that [`extends_head`]: the state before it is the room's
+/// current state, so both checks read the head's parsed events (loaded as needed), and
+/// there is no soft failure to check. Moves the head past the event in memory; the writer
+/// commits a run of such events together (`write_received_batch`).
+pub(super) async fn place_received(
+    state: &AppState,
+    room_id: &RoomId,
+    head: &mut RoomHead,
+    incoming: &Incoming,
+) -> Result<Prepared, Error> {
+    let pdu = &incoming.pdu;
+    let rules = head.rules.clone();
+    // The current events the rules read (every auth type but members, and the sender's
+    // member event), and the event's own auth events.
+    let sender = pdu.sender.as_str();
+    let mut needed: Vec<String> = head
+        .current
+        .iter()
+        .filter(|((t, k), _)| {
+            if t == "m.room.member" {
+                k == sender
+            } else {
+                super::AUTH_TYPES.contains(&t.as_str())
+            }
+        })
+        .map(|(_, id)| id.clone())
+        .collect();
+    needed.extend(pdu.auth_events.iter().map(|e| e.to_string()));
+    needed.sort_unstable();
+    needed.dedup();
+    let mut missing: Vec<String> = needed
+        .iter()
+        .filter(|id| !head.pdus.contains_key(id.as_str()))
+        .cloned()
+        .collect();
+    // Cited auth events that are no longer current are kept aside: the head keeps only
+    // current ones.
+    let mut others: HashMap<String, Pdu> = HashMap::new();
+    if !missing.is_empty() {
+        if head.pdus.len() + missing.len() > super::MAX_HEAD_PDUS {
+            head.pdus.clear();
+            missing = needed.clone();
+        }
+        let current: HashSet<&String> = head.current.values().collect();
+        let mut load = Vec::new();
+        for row in state.storage.get_events(&missing).await? {
+            if row.rejected {
+                return Err(Error::forbidden(format!(
+                    "{}: auth_events this server does not hold",
+                    incoming.event_id
+                )));
+            }
+            let parsed = parse_row(&row)?;
+            if current.contains(&row.event_id) {
+                load.push((row.event_id, parsed));
+            } else {
+                others.insert(row.event_id, parsed);
+            }
+        }
+        head.pdus.extend(load);
+    }
+    let find = |id: &str| head.pdus.get(id).or_else(|| others.get(id));
+    if pdu.auth_events.iter().any(|id| find(id.as_str()).is_none()) {
+        return Err(Error::forbidden(format!(
+            "{}: auth_events this server does not hold",
+            incoming.event_id
+        )));
+    }
+    // 3. Against its own auth events.
+    auth::check_auth_events(&rules.authorization, pdu, |id| find(id.as_str())).map_err(
+        |reason| {
+            Error::forbidden(format!(
+                "{} fails its auth events: {reason}",
+                incoming.event_id
+            ))
+        },
+    )?;
+    // 4. Against the state before it, the current state.
+    check_state(&rules, pdu, &head.current, &head.pdus).map_err(|reason| {
+        Error::forbidden(format!(
+            "{} is not allowed by the state before it: {reason}",
+            incoming.event_id
+        ))
+    })?;
+    let built = myelin_federation::pdu::BuiltEvent {
+        event_id: incoming.event_id.clone(),
+        room_id: incoming.room_id.clone(),
+        pdu: incoming.object.clone(),
+    };
+    let mut prepared = Prepared::new(&built, pdu, &pdu.prev_events, None)?;
+    prepared.push_actions = super::push_actions::evaluate(state, room_id, head, &prepared).await?;
+    head.extremities = vec![(incoming.event_id.clone(), pdu.depth as i64)];
+    Ok(prepared)
 }
 
 /// Writes one received event (steps 3-5 and the commit) on the room's head.

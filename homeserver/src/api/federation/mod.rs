@@ -12,6 +12,10 @@ use axum::{
 };
 use serde::Deserialize;
 use serde_json::{json, Value};
+use std::collections::HashSet;
+
+use myelin_federation::incoming::Incoming;
+use ruma::room_version_rules::RoomVersionRules;
 
 use super::{key, method_not_allowed, timed_to_completion, unknown_endpoint};
 
@@ -598,15 +602,12 @@ async fn send_transaction(
     }
     let origin_name = &request.origin;
     let state_ref = &state;
-    let outcomes =
-        futures_util::future::join_all(by_room.into_iter().map(|(_, list)| async move {
-            let mut out = Vec::with_capacity(list.len());
-            for pdu in list {
-                out.push(receive_pdu(state_ref, origin_name, pdu).await);
-            }
-            out
-        }))
-        .await;
+    let outcomes = futures_util::future::join_all(
+        by_room
+            .into_iter()
+            .map(|(_, list)| receive_room_pdus(state_ref, origin_name, list)),
+    )
+    .await;
     let mut results = serde_json::Map::new();
     for (event_id, result) in outcomes.into_iter().flatten() {
         if let Some(event_id) = event_id {
@@ -783,24 +784,101 @@ async fn receive_edu(
     Ok(())
 }
 
-/// One PDU of a received transaction: its event ID (when it can be computed) and whether it
-/// was accepted.
-async fn receive_pdu(
+/// The PDUs of one room in a received transaction, in the order sent: each is checked
+/// ([`check_pdu`]) and those that pass go to the room's writer together, so that a run of
+/// messages is committed at once. Before a PDU whose parents are neither stored nor earlier
+/// in the transaction, what is queued is written and the missing parents are fetched from
+/// the origin. Returns each PDU's event ID (when it can be computed) and whether it was
+/// accepted.
+async fn receive_room_pdus(
+    state: &AppState,
+    origin: &ruma::ServerName,
+    pdus: Vec<Value>,
+) -> Vec<(Option<String>, Result<(), String>)> {
+    let mut out: Vec<(Option<String>, Result<(), String>)> = Vec::with_capacity(pdus.len());
+    let mut queued: Vec<(usize, Incoming)> = Vec::new();
+    let mut in_batch: HashSet<String> = HashSet::new();
+    for pdu in pdus {
+        let (event_id, checked) = check_pdu(state, origin, pdu).await;
+        let incoming = match checked {
+            Ok((incoming, rules)) => {
+                let parents_here = incoming
+                    .pdu
+                    .prev_events
+                    .iter()
+                    .all(|p| in_batch.contains(p.as_str()));
+                if parents_here {
+                    Ok(incoming)
+                } else {
+                    write_queued(state, &mut queued, &mut out).await;
+                    let mut budget = crate::rooms::remote::MAX_FETCHED_PREVS;
+                    crate::rooms::remote::fetch_missing_prevs(
+                        state,
+                        origin,
+                        &rules,
+                        &incoming,
+                        &mut budget,
+                    )
+                    .await
+                    .map(|()| incoming)
+                }
+            }
+            Err(e) => Err(e),
+        };
+        match incoming {
+            Ok(incoming) => {
+                in_batch.insert(incoming.event_id.to_string());
+                queued.push((out.len(), incoming));
+                out.push((event_id, Ok(())));
+            }
+            Err(e) => out.push((event_id, Err(e.to_string()))),
+        }
+    }
+    write_queued(state, &mut queued, &mut out).await;
+    for (event_id, result) in &out {
+        if let Err(reason) = result {
+            tracing::info!(%origin, event_id = ?event_id, %reason, "refused a PDU");
+        }
+    }
+    out
+}
+
+/// Hands `queued` (checked PDUs of one room, each with its place in `out`) to the room's
+/// writer and records the outcomes.
+async fn write_queued(
+    state: &AppState,
+    queued: &mut Vec<(usize, Incoming)>,
+    out: &mut [(Option<String>, Result<(), String>)],
+) {
+    let (places, incoming): (Vec<usize>, Vec<Incoming>) =
+        std::mem::take(queued).into_iter().unzip();
+    let results = crate::rooms::remote::receive_many(state, incoming).await;
+    for (place, result) in places.into_iter().zip(results) {
+        if let Err(e) = result {
+            out[place].1 = Err(e.to_string());
+        }
+    }
+}
+
+/// Steps 1 and 2 for one PDU of a received transaction (format, signatures, hashes), after
+/// checking that its origin has a member in the room. Returns its event ID (when it can be
+/// computed) and the checked event with its room's rules.
+async fn check_pdu(
     state: &AppState,
     origin: &ruma::ServerName,
     pdu: Value,
-) -> (Option<String>, Result<(), String>) {
+) -> (Option<String>, Result<(Incoming, RoomVersionRules), Error>) {
     let Ok(object) = serde_json::from_value::<ruma::CanonicalJsonObject>(pdu) else {
-        return (None, Err("not a JSON object".to_owned()));
+        return (None, Err(Error::bad_json("not a JSON object")));
     };
     let Some(room_id) = object.get("room_id").and_then(|r| match r {
         ruma::CanonicalJsonValue::String(s) => ruma::OwnedRoomId::try_from(s.as_str()).ok(),
         _ => None,
     }) else {
-        return (None, Err("no room_id".to_owned()));
+        return (None, Err(Error::bad_json("no room_id")));
     };
     let Ok((_, rules)) = crate::rooms::room_rules(state, &room_id).await else {
-        return (None, Err("unknown room".to_owned()));
+        return (None, Err(Error::not_found("unknown room")));
     };
     let event_id = myelin_federation::incoming::read(object.clone(), &rules)
         .ok()
@@ -822,17 +900,9 @@ async fn receive_pdu(
             return Err(Error::forbidden("The sending server is not in the room"));
         }
         let incoming = crate::rooms::remote::verify(state, &rules, object).await?;
-        let mut budget = crate::rooms::remote::MAX_FETCHED_PREVS;
-        crate::rooms::remote::fetch_missing_prevs(state, origin, &rules, &incoming, &mut budget)
-            .await?;
-        crate::rooms::remote::receive(state, incoming).await?;
-        Ok::<(), Error>(())
+        Ok((incoming, rules))
     }
-    .await
-    .map_err(|e| e.to_string());
-    if let Err(reason) = &result {
-        tracing::info!(%origin, event_id = ?event_id, %reason, "refused a PDU");
-    }
+    .await;
     (event_id, result)
 }
 
