@@ -37,13 +37,15 @@ use complement_tests::{
 use serde_json::json;
 
 /// Follows `client`'s sync from `since`, calling `seen` with every message body as it
-/// arrives, until `stop`.
+/// arrives, until `stop`. The timeline limit is high enough that no sync is `limited` (a
+/// limited timeline would hide messages that did arrive); if one is, it panics.
 async fn follow(client: Client, mut since: String, stop: Arc<AtomicBool>, seen: impl Fn(&str)) {
     while !stop.load(Ordering::Relaxed) {
         let (status, sync) = client
             .get(&format!(
-                "/_matrix/client/v3/sync?timeout=5000&since={}",
-                encode(&since)
+                "/_matrix/client/v3/sync?timeout=5000&since={}&filter={}",
+                encode(&since),
+                encode(r#"{"room":{"timeline":{"limit":1000}}}"#)
             ))
             .await;
         if status != 200 {
@@ -51,6 +53,10 @@ async fn follow(client: Client, mut since: String, stop: Arc<AtomicBool>, seen: 
             continue;
         }
         for room in sync["rooms"]["join"].as_object().into_iter().flatten() {
+            assert!(
+                room.1["timeline"]["limited"] != true,
+                "a limited timeline in the follower's sync"
+            );
             for event in room.1["timeline"]["events"]
                 .as_array()
                 .into_iter()
@@ -76,9 +82,10 @@ async fn main() {
     let messages = env_num("BENCH_MESSAGES", 300) as usize;
     let seconds = env_num("BENCH_SECONDS", 10);
     let options = || {
-        ServerOptions::default()
-            .federating()
-            .env("MYELIN_LOG", "error")
+        ServerOptions::default().federating().env(
+            "MYELIN_LOG",
+            &std::env::var("BENCH_LOG").unwrap_or_else(|_| "error".to_owned()),
+        )
     };
     let hs1 = complement_tests::bench::start_server(Backend::Postgres, options()).await;
     let hs2 = complement_tests::bench::start_server(Backend::Postgres, options()).await;
@@ -206,9 +213,16 @@ async fn main() {
     // 3. Joining a big room held by hs1.
     let members = env_num("BENCH_JOIN_MEMBERS", 1000).max(2) as usize;
     let events = env_num("BENCH_JOIN_EVENTS", 10_000) as usize;
-    let big = shared_room(&alice, &bob, hs1.server_name(), "big").await;
+    let (status, created) = alice
+        .post(
+            "/_matrix/client/v3/createRoom",
+            &json!({ "preset": "public_chat", "room_alias_name": "big" }),
+        )
+        .await;
+    assert_eq!(status, 200, "{created}");
+    let big = created["room_id"].as_str().unwrap().to_owned();
     let mut locals = Vec::new();
-    for i in 0..members.saturating_sub(2) {
+    for i in 0..members.saturating_sub(1) {
         locals.push(hs1.register_user(&format!("member{i}")).await);
     }
     {

@@ -588,6 +588,7 @@ async fn write_received(
                     }
                     let state = state.clone();
                     tokio::spawn(async move {
+                        state.storage.wait_safe(position).await;
                         crate::federation::sender::wake(&state, &servers, position - 1).await;
                     });
                 }
@@ -948,6 +949,10 @@ async fn commit(
             let since = persisted.first().map_or(0, |p| p.stream_ordering) - 1;
             let state = state.clone();
             tokio::spawn(async move {
+                // A destination's task reads up to the safe position: woken before the
+                // batch is safe to read (another room's commit still open below it), it
+                // would find nothing new and sleep past it.
+                state.storage.wait_safe(position).await;
                 crate::federation::sender::wake(&state, &servers, since).await;
             });
         }

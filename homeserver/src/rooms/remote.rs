@@ -868,6 +868,7 @@ pub async fn write_joined_room(
         .collect();
     servers.sort_unstable();
     servers.dedup();
+    state.storage.wait_safe(persisted.stream_ordering).await;
     crate::federation::sender::wake(state, &servers, persisted.stream_ordering - 1).await;
     Ok(())
 }
