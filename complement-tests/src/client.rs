@@ -62,6 +62,10 @@ impl Client {
             password: None,
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(60))
+                // Below the server's idle limit for keep-alive connections (its
+                // header_read_timeout_seconds, 30 s): a pooled connection the server is
+                // closing at that moment would fail the request.
+                .pool_idle_timeout(Duration::from_secs(20))
                 .build()
                 .expect("http client"),
         }

@@ -94,6 +94,15 @@ pub struct Services {
     pub destinations: federation::sender::Destinations,
     /// Requests to other servers (see [`federation::client`]).
     pub federation: federation::FederationClient,
+    /// Other servers' keys by `(server, key ID)`, as last read or fetched, so that checking
+    /// a signature does not read storage each time (see `federation::keys`). A key is used
+    /// from here only while usable by its own validity; fetching a server's keys drops its
+    /// entries. Another process's fetch does not, which only means this one keeps using a
+    /// key until the validity its server published ends, as the spec allows.
+    pub remote_keys: ClearingCache<(String, String), myelin_storage::RemoteKey>,
+    /// Each room's version: it never changes, so it is cached without invalidation (a purge
+    /// that forgets a room must drop its entry).
+    pub room_versions: ClearingCache<ruma::OwnedRoomId, ruma::RoomVersionId>,
 }
 
 /// How much memory [`Services::shared_events`] may hold (events are up to 64 KiB each).
@@ -101,6 +110,10 @@ const SHARED_EVENTS_BYTES: usize = 64 * 1024 * 1024;
 
 /// How much memory [`Services::shared_receipts`] may hold.
 const SHARED_RECEIPTS_BYTES: usize = 16 * 1024 * 1024;
+/// How much memory [`Services::remote_keys`] may hold (a key is about 150 bytes).
+const REMOTE_KEYS_BYTES: usize = 4 * 1024 * 1024;
+/// How much memory [`Services::room_versions`] may hold (about 120 bytes a room).
+const ROOM_VERSIONS_BYTES: usize = 8 * 1024 * 1024;
 
 /// How much memory the state snapshots [`AppState::snapshot`] keeps may hold.
 const SNAPSHOT_CACHE_BYTES: usize = 64 * 1024 * 1024;
@@ -111,6 +124,18 @@ fn weigh_snapshot(_: &i64, map: &Arc<myelin_storage::StateMap>) -> usize {
     map.iter()
         .map(|((t, k), id)| t.len() + k.len() + id.len() + 3 * 24 + 16)
         .sum()
+}
+
+fn weigh_remote_key(key: &(String, String), value: &myelin_storage::RemoteKey) -> usize {
+    key.0.len()
+        + key.1.len()
+        + value.server_name.len()
+        + value.key_id.len()
+        + value.public_key.len()
+}
+
+fn weigh_room_version(key: &ruma::OwnedRoomId, version: &ruma::RoomVersionId) -> usize {
+    key.as_str().len() + version.as_str().len()
 }
 
 fn weigh_receipts(key: &(String, i64, i64), json: &Option<Arc<str>>) -> usize {
@@ -284,6 +309,8 @@ impl AppState {
             pushers,
             destinations: Default::default(),
             federation,
+            remote_keys: ClearingCache::new(REMOTE_KEYS_BYTES, weigh_remote_key),
+            room_versions: ClearingCache::new(ROOM_VERSIONS_BYTES, weigh_room_version),
         })))
     }
 }

@@ -8,7 +8,7 @@ use sqlx::{AssertSqlSafe, Row};
 use crate::{
     pdu_form,
     rooms::{event_from_row, placeholders_from, EventRow, EVENT_COLUMNS},
-    Result, Storage,
+    Backend, Result, Storage,
 };
 
 /// An event stored as an outlier: held for authorization and state, never in a timeline.
@@ -215,17 +215,32 @@ impl Storage {
 
     /// Records that `destination` accepted everything up to `position` (only ever forward),
     /// and that it is healthy.
+    ///
+    /// On PostgreSQL the commit does not wait for the WAL to reach disk (as
+    /// [`Storage::advance_pusher`]): a position is written for every transaction sent, and
+    /// losing the last few in a crash *of PostgreSQL* only resends events the peer already
+    /// has, which it recognises by their event IDs.
     pub async fn destination_sent(&self, destination: &str, position: i64) -> Result<()> {
-        sqlx::query(
-            "UPDATE federation_destinations
-             SET stream_position = CASE WHEN stream_position < $2 THEN $2 ELSE stream_position END,
-                 failures = 0, retry_at = NULL
-             WHERE destination = $1",
-        )
-        .bind(destination)
-        .bind(position)
-        .execute(&self.pool)
-        .await?;
+        let sql = match self.backend {
+            Backend::Postgres => {
+                "UPDATE federation_destinations
+                 SET stream_position = CASE WHEN stream_position < $2 THEN $2 ELSE stream_position END,
+                     failures = 0, retry_at = NULL
+                 FROM (SELECT set_config('synchronous_commit', 'off', true)) AS no_wait
+                 WHERE destination = $1"
+            }
+            Backend::Sqlite => {
+                "UPDATE federation_destinations
+                 SET stream_position = CASE WHEN stream_position < $2 THEN $2 ELSE stream_position END,
+                     failures = 0, retry_at = NULL
+                 WHERE destination = $1"
+            }
+        };
+        sqlx::query(sql)
+            .bind(destination)
+            .bind(position)
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 
@@ -355,16 +370,28 @@ impl Storage {
         response: &str,
         now: i64,
     ) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO federation_received_txns (origin, txn_id, response, received_ts)
-             VALUES ($1, $2, $3, $4) ON CONFLICT (origin, txn_id) DO NOTHING",
-        )
-        .bind(origin)
-        .bind(txn_id)
-        .bind(response)
-        .bind(now)
-        .execute(&self.pool)
-        .await?;
+        // On PostgreSQL without waiting for the WAL to reach disk (as `destination_sent`):
+        // the record only spares a retried transaction being worked through again, which
+        // would change nothing (its PDUs are known by event ID, its to-device messages by
+        // message ID, receipts and typing are idempotent).
+        let sql = match self.backend {
+            Backend::Postgres => {
+                "INSERT INTO federation_received_txns (origin, txn_id, response, received_ts)
+                 SELECT $1, $2, $3, $4 FROM (SELECT set_config('synchronous_commit', 'off', true)) AS no_wait
+                 ON CONFLICT (origin, txn_id) DO NOTHING"
+            }
+            Backend::Sqlite => {
+                "INSERT INTO federation_received_txns (origin, txn_id, response, received_ts)
+                 VALUES ($1, $2, $3, $4) ON CONFLICT (origin, txn_id) DO NOTHING"
+            }
+        };
+        sqlx::query(sql)
+            .bind(origin)
+            .bind(txn_id)
+            .bind(response)
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 }

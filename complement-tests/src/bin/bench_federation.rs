@@ -31,7 +31,7 @@ use std::{
 };
 
 use complement_tests::{
-    bench::{build_release_server, env_num, in_parallel, ms, percentile},
+    bench::{build_release_server, cpu_time, env_num, in_parallel, ms, percentile},
     encode, Backend, Client, ServerOptions,
 };
 use serde_json::json;
@@ -171,6 +171,8 @@ async fn main() {
         }))
     };
     let sent = Arc::new(AtomicU64::new(0));
+    let pids = (hs1.pid().unwrap_or(0), hs2.pid().unwrap_or(0));
+    let cpu_before = (cpu_time(pids.0), cpu_time(pids.1));
     let start = Instant::now();
     let until = start + Duration::from_secs(seconds);
     let mut tasks = Vec::new();
@@ -189,12 +191,17 @@ async fn main() {
         let _ = t.await;
     }
     let total = sent.load(Ordering::Relaxed) as usize;
+    let during = received.lock().unwrap().len();
     let deadline = Instant::now() + Duration::from_secs(120);
     while received.lock().unwrap().len() < total && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     stop.store(true, Ordering::Relaxed);
     let _ = follower.await;
+    let cpu = (
+        cpu_time(pids.0) - cpu_before.0,
+        cpu_time(pids.1) - cpu_before.1,
+    );
     let received = received.lock().unwrap().clone();
     let duplicated = received.values().filter(|n| **n > 1).count();
     let elapsed = last_arrival
@@ -208,6 +215,11 @@ async fn main() {
         duplicated,
         elapsed.as_secs_f64(),
         received.len() as f64 / elapsed.as_secs_f64().max(0.001)
+    );
+    println!(
+        "  ({during} had arrived when the senders stopped; CPU time hs1 {:.1} s, hs2 {:.1} s)",
+        cpu.0.as_secs_f64(),
+        cpu.1.as_secs_f64()
     );
 
     // 3. Joining a big room held by hs1.

@@ -36,10 +36,18 @@ pub async fn verify_key_at(
         Some(expired) => expired > ts,
         None => key.valid_until_ts > ts,
     };
+    let cache_key = (server.to_string(), key_id.to_owned());
+    if let Some(key) = state.remote_keys.get(&cache_key) {
+        if usable(&key) {
+            return Ok(Some(key.public_key));
+        }
+    }
     let stored = state.storage.remote_key(server.as_str(), key_id).await?;
-    if let Some(key) = &stored {
-        if usable(key) {
-            return Ok(Some(key.public_key.clone()));
+    if let Some(key) = stored {
+        if usable(&key) {
+            let public_key = key.public_key.clone();
+            state.remote_keys.insert(cache_key, key);
+            return Ok(Some(public_key));
         }
     }
     if !state.federation.may_fetch_keys(server) {
@@ -98,6 +106,9 @@ async fn fetch(state: &AppState, server: &ServerName) -> Result<Vec<RemoteKey>, 
         .storage
         .store_remote_keys(&keys, Some((server.as_str(), &document, valid_until)), now)
         .await?;
+    state
+        .remote_keys
+        .remove_where(|key| key.server_name == server.as_str());
     Ok(keys)
 }
 

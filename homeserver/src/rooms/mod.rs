@@ -399,12 +399,22 @@ pub async fn room_rules(
     state: &AppState,
     room_id: &RoomId,
 ) -> Result<(RoomVersionId, RoomVersionRules), Error> {
-    let room = state
-        .storage
-        .get_room(room_id.as_str())
-        .await?
-        .ok_or_else(|| Error::not_found("Room not found"))?;
-    let version = RoomVersionId::try_from(room.room_version.as_str()).map_err(Error::internal)?;
+    let version = match state.room_versions.get(&room_id.to_owned()) {
+        Some(version) => version,
+        None => {
+            let room = state
+                .storage
+                .get_room(room_id.as_str())
+                .await?
+                .ok_or_else(|| Error::not_found("Room not found"))?;
+            let version =
+                RoomVersionId::try_from(room.room_version.as_str()).map_err(Error::internal)?;
+            state
+                .room_versions
+                .insert(room_id.to_owned(), version.clone());
+            version
+        }
+    };
     let rules = rules_for(&version).map_err(Error::internal)?;
     Ok((version, rules))
 }
