@@ -612,4 +612,66 @@ async fn hostile_peer_e2ee_and_media(backend: Backend) {
     assert_eq!(status, 404, "{body}");
 }
 
-backend_tests!(a55_scripted_peer_is_checked, hostile_peer_e2ee_and_media);
+backend_tests!(
+    a55_scripted_peer_is_checked,
+    hostile_peer_e2ee_and_media,
+    restarted_server_tells_peers_it_is_back
+);
+
+/// A server that restarts sends each server it federates with a transaction at once, even
+/// with nothing queued for it: a peer that backed off from it while it was away resets its
+/// back-off when it hears from it, and sends what it queued without waiting (the outage
+/// benchmark's "everything queued arrives within 5 s of it answering").
+async fn restarted_server_tells_peers_it_is_back(backend: Backend) {
+    let Some(mut hs1) = TestServer::start(backend, ServerOptions::default().federating()).await
+    else {
+        return;
+    };
+    let base = hs1
+        .federation_tls_url()
+        .expect("federation listener")
+        .to_owned();
+    let dest = hs1.server_name().to_owned();
+    let alice = hs1.register_user("alice").await;
+    let room_id = alice.create_room(&json!({ "preset": "public_chat" })).await;
+    let peer = FakePeer::start().await;
+    let fred = peer.user_id("fred");
+    peer_joins(&peer, &base, &dest, &room_id, &fred).await;
+    alice.send_text(&room_id, "before the restart").await;
+    let delivered = |body: &'static str| {
+        peer.received
+            .lock()
+            .unwrap()
+            .iter()
+            .flat_map(|t| t["pdus"].as_array().cloned().unwrap_or_default())
+            .any(|p| p["content"]["body"] == body)
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while !delivered("before the restart") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "hs1 never sent alice's message to the peer"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    // Everything was accepted: after the restart nothing is queued for the peer.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    peer.received.lock().unwrap().clear();
+    hs1.restart().await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let announced = loop {
+        if let Some(txn) = peer.received.lock().unwrap().first().cloned() {
+            break txn;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the restarted server sent the peer nothing within 5 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert_eq!(announced["origin"], dest, "{announced}");
+    assert!(
+        announced["pdus"].as_array().is_some_and(|p| p.is_empty()),
+        "nothing was queued, so nothing is resent: {announced}"
+    );
+}

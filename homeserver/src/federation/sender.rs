@@ -7,7 +7,9 @@
 //! destination has a joined user, and sends them in transactions of at most
 //! [`MAX_PDUS_PER_TXN`], one at a time. The position moves only after a 2xx, so a restart
 //! (of either side) resends from there and loses nothing; failures back off (2 s doubling to
-//! an hour), and a destination that comes back is caught up as soon as it answers.
+//! an hour), and a destination that comes back is caught up as soon as it talks to us. At
+//! start-up each known destination is sent one transaction even if there is nothing for it,
+//! so that peers that backed off from us while we were away send their backlog at once.
 //!
 //! Several processes: each destination is to be worked by one of them, claimed through the
 //! row's `claimed_by` / `claim_until` the way pushers are (not yet wired: one process today).
@@ -168,7 +170,7 @@ pub async fn wake(state: &AppState, servers: &[String], since: i64) {
                     tracing::warn!(destination = %server, error = %e, "could not record a destination");
                     continue;
                 }
-                start(state, server);
+                start(state, server, false);
             }
         }
     }
@@ -179,14 +181,17 @@ pub async fn start_all(state: AppState) {
     match state.storage.destinations().await {
         Ok(destinations) => {
             for d in destinations {
-                start(&state, &d.destination);
+                start(&state, &d.destination, true);
             }
         }
         Err(e) => tracing::warn!(error = %e, "could not read the federation destinations"),
     }
 }
 
-fn start(state: &AppState, server: &str) {
+/// Starts `server`'s task. With `announce`, its first transaction goes out even if empty: at
+/// start-up, so that a peer backing off from us while we were away hears that we are back
+/// (it resets its back-off when we talk to it, spec-wise) and sends what it queued at once.
+fn start(state: &AppState, server: &str, announce: bool) {
     let notify = {
         let mut tasks = state
             .destinations
@@ -206,7 +211,7 @@ fn start(state: &AppState, server: &str) {
     };
     let state = state.clone();
     tokio::spawn(async move {
-        run(&state, &destination, &notify).await;
+        run(&state, &destination, &notify, announce).await;
     });
 }
 
@@ -221,13 +226,18 @@ fn still_running(state: &AppState, server: &ServerName, notify: &Arc<Wakes>) -> 
         .is_some_and(|n| Arc::ptr_eq(n, notify))
 }
 
-async fn run(state: &AppState, destination: &ServerName, notify: &Arc<Wakes>) {
+async fn run(state: &AppState, destination: &ServerName, notify: &Arc<Wakes>, announce: bool) {
     let mut failures: u32 = 0;
+    let mut announce = announce;
     loop {
         if !still_running(state, destination, notify) {
             return;
         }
-        match send_pending(state, destination).await {
+        let sent = send_pending(state, destination, announce).await;
+        // Announced once, whatever came of it (a peer that is down hears of us when it is
+        // back and we next send, or when it talks to us).
+        announce = false;
+        match sent {
             Ok(true) => {
                 failures = 0;
                 continue;
@@ -280,9 +290,13 @@ pub fn reset(state: &AppState, server: &str) {
     }
 }
 
-/// Sends one transaction of what `destination` has not accepted yet. `Ok(true)` when there
-/// may be more.
-async fn send_pending(state: &AppState, destination: &ServerName) -> Result<bool, String> {
+/// Sends one transaction of what `destination` has not accepted yet (with `announce`, even
+/// an empty one). `Ok(true)` when there may be more.
+async fn send_pending(
+    state: &AppState,
+    destination: &ServerName,
+    announce: bool,
+) -> Result<bool, String> {
     let row = state
         .storage
         .destinations()
@@ -301,7 +315,7 @@ async fn send_pending(state: &AppState, destination: &ServerName) -> Result<bool
     let ephemeral = state
         .destinations
         .take_edus(destination.as_str(), MAX_EDUS_PER_TXN - durable.len());
-    if row.stream_position >= upto && durable.is_empty() && ephemeral.is_empty() {
+    if row.stream_position >= upto && durable.is_empty() && ephemeral.is_empty() && !announce {
         return Ok(false);
     }
     let mut edus: Vec<serde_json::Value> = Vec::with_capacity(durable.len() + ephemeral.len());
@@ -312,7 +326,7 @@ async fn send_pending(state: &AppState, destination: &ServerName) -> Result<bool
         }
     }
     edus.extend(ephemeral.iter().cloned());
-    let result = send_one(state, destination, &row, upto, &edus).await;
+    let result = send_one(state, destination, &row, upto, &edus, announce).await;
     match &result {
         Ok(_) => {
             if let Some(last) = durable.last() {
@@ -370,6 +384,7 @@ async fn send_one(
     row: &myelin_storage::Destination,
     upto: i64,
     edus: &[serde_json::Value],
+    announce: bool,
 ) -> Result<bool, String> {
     let rooms = state
         .storage
@@ -438,7 +453,7 @@ async fn send_one(
         // The scan reached `upto`: nothing else lies before it.
         last = upto;
     }
-    if pdus.is_empty() && edus.is_empty() {
+    if pdus.is_empty() && edus.is_empty() && !announce {
         if last > row.stream_position {
             state
                 .storage
