@@ -317,6 +317,11 @@ async fn main() {
         received.values().filter(|n| **n > 1).count(),
         caught_up.as_secs_f64()
     );
+    assert_eq!(
+        received.len(),
+        queued,
+        "messages queued during the outage were lost"
+    );
     drop(hs1);
     drop(hs2);
 }

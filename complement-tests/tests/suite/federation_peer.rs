@@ -244,6 +244,7 @@ async fn a55_scripted_peer_is_checked(backend: Backend) {
     second["prev_events"] = json!([first_id]);
     second["depth"] = (first["depth"].as_u64().unwrap() + 1).into();
     let (second_id, second) = peer.sign_event(second, &version);
+    let second_depth = second["depth"].as_u64().unwrap();
     peer.events.lock().unwrap().insert(first_id.clone(), first);
     let (path, body) = send("t3", vec![second]);
     let (status, answer) = peer
@@ -256,6 +257,47 @@ async fn a55_scripted_peer_is_checked(backend: Backend) {
             && c.iter().any(|e| e["content"]["body"] == "gap 2")
     })
     .await;
+
+    // A run of messages in one transaction, each on the one before (committed together):
+    // all before a forged one are accepted and read in order; the forged one is refused, and
+    // so are those built on it (their parent cannot be had), none of them shown.
+    let mut run = Vec::new();
+    let mut run_ids = Vec::new();
+    let mut prev = second_id.clone();
+    for n in 1..=6u64 {
+        let mut event = message(&format!("run {n}"));
+        event["prev_events"] = json!([prev]);
+        event["depth"] = (second_depth + n).into();
+        let (id, mut signed) = peer.sign_event(event, &version);
+        if n == 4 {
+            signed["origin_server_ts"] = (now_ms() + 1).into();
+        }
+        prev = id.clone();
+        run_ids.push(id);
+        run.push(signed);
+    }
+    let (path, body) = send("t3-run", run);
+    let (status, answer) = peer
+        .request(&base, &dest, Method::PUT, &path, Some(&body))
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    for id in &run_ids[..3] {
+        assert_eq!(answer["pdus"][id], json!({}), "{answer}");
+    }
+    for id in &run_ids[4..] {
+        assert!(answer["pdus"][id].get("error").is_some(), "{answer}");
+    }
+    let chunk = wait_messages(&alice, &room_id, "the accepted run", |c| {
+        c.iter().any(|e| e["content"]["body"] == "run 3")
+    })
+    .await;
+    let bodies: Vec<&str> = chunk
+        .iter()
+        .rev()
+        .filter_map(|e| e["content"]["body"].as_str())
+        .filter(|b| b.starts_with("run "))
+        .collect();
+    assert_eq!(bodies, ["run 1", "run 2", "run 3"], "{chunk:?}");
 
     // F may redact its own event but not alice's (another server's user, and F has no
     // power): both redactions are stored, only the first applies.

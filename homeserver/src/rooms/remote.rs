@@ -13,6 +13,11 @@
 //!    leave, it joins) and the current state becomes the state resolution of the new
 //!    extremities' states; both are written with the event in one transaction.
 //!
+//! A run of received events that each extend the head without changing state
+//! ([`extends_head`]) takes a shorter path ([`place_received`]): the state before each is the
+//! current state, checked from the head's parsed events, and the writer commits the run in
+//! one transaction, as it does local sends.
+//!
 //! Missing so far (the next issue's gap handling): events whose parents or auth events we do
 //! not hold are refused rather than fetched; rejected and soft-failed events are refused
 //! rather than stored as such.
