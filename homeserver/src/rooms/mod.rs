@@ -469,6 +469,46 @@ pub(super) async fn run_writer(state: &AppState, room_id: &RoomId, slot: Arc<Roo
     });
 }
 
+/// The room's cached head, loaded from storage first if the writer has none (at its first
+/// write, or after a failed commit dropped it).
+async fn loaded_head<'a>(
+    state: &AppState,
+    room_id: &RoomId,
+    guard: &'a mut Option<RoomHead>,
+) -> Result<&'a mut RoomHead, Error> {
+    if guard.is_none() {
+        *guard = Some(RoomHead::load(state, room_id).await?);
+    }
+    guard
+        .as_mut()
+        .ok_or_else(|| Error::internal("no room head"))
+}
+
+/// Wakes the tasks of the other servers in the room, and of any whose user one of `targets`
+/// is (e.g. a kick), for events committed at `(since, position]`: once that is safe to read,
+/// because a destination's task reads up to the safe position, and woken before the batch
+/// is safe (another room's commit still open below it) it would find nothing new and sleep
+/// past it.
+fn forward(state: &AppState, head: &mut RoomHead, targets: &[String], since: i64, position: i64) {
+    let ours = state.server_name.as_str();
+    let mut servers = head.remote_servers(ours).to_vec();
+    for target in targets {
+        if let Some((_, server)) = target.split_once(':') {
+            if server != ours && !servers.iter().any(|s| s == server) {
+                servers.push(server.to_owned());
+            }
+        }
+    }
+    if servers.is_empty() {
+        return;
+    }
+    let state = state.clone();
+    tokio::spawn(async move {
+        state.storage.wait_safe(position).await;
+        crate::federation::sender::wake(&state, &servers, since).await;
+    });
+}
+
 /// Writes the events received for the room (see `remote.rs`), in order, and answers each.
 /// A run of events that extend the head one after another without changing state (the
 /// messages of a busy room) is checked against the head and committed together, as local
@@ -500,17 +540,12 @@ async fn write_received_batch(
             let _ = job.reply.send(Ok(job.incoming.event_id.clone()));
             continue;
         }
-        if guard.is_none() {
-            match RoomHead::load(state, room_id).await {
-                Ok(head) => *guard = Some(head),
-                Err(e) => {
-                    let _ = job.reply.send(Err(e));
-                    continue;
-                }
+        let head = match loaded_head(state, room_id, guard).await {
+            Ok(head) => head,
+            Err(e) => {
+                let _ = job.reply.send(Err(e));
+                continue;
             }
-        }
-        let Some(head) = guard.as_mut() else {
-            continue;
         };
         let repeated = run.iter().any(|(p, _)| p.event_id == job.incoming.event_id);
         if !repeated && remote::extends_head(head, &job.incoming, state.server_name.as_str()) {
@@ -565,17 +600,12 @@ async fn write_received(
     guard: &mut Option<RoomHead>,
     job: remote::RemoteJob,
 ) {
-    if guard.is_none() {
-        match RoomHead::load(state, room_id).await {
-            Ok(head) => *guard = Some(head),
-            Err(e) => {
-                let _ = job.reply.send(Err(e));
-                return;
-            }
+    let head = match loaded_head(state, room_id, guard).await {
+        Ok(head) => head,
+        Err(e) => {
+            let _ = job.reply.send(Err(e));
+            return;
         }
-    }
-    let Some(head) = guard.as_mut() else {
-        return;
     };
     match remote::write_remote(state, room_id, head, &job).await {
         Ok((event_id, position, targets)) => {
@@ -586,21 +616,8 @@ async fn write_received(
                 );
                 // Our own events that took this path (an invite the invitee's server signed)
                 // go to the other servers like any.
-                let ours = state.server_name.as_str();
-                if job.incoming.pdu.sender.server_name() == ours {
-                    let mut servers = head.remote_servers(ours).to_vec();
-                    for target in &targets {
-                        if let Some((_, server)) = target.split_once(':') {
-                            if server != ours && !servers.iter().any(|s| s == server) {
-                                servers.push(server.to_owned());
-                            }
-                        }
-                    }
-                    let state = state.clone();
-                    tokio::spawn(async move {
-                        state.storage.wait_safe(position).await;
-                        crate::federation::sender::wake(&state, &servers, position - 1).await;
-                    });
+                if job.incoming.pdu.sender.server_name() == state.server_name.as_str() {
+                    forward(state, head, &targets, position - 1, position);
                 }
             }
             let _ = job.reply.send(Ok(event_id));
@@ -787,19 +804,14 @@ async fn write_batch(
     guard: &mut Option<RoomHead>,
     jobs: Vec<Job>,
 ) {
-    if guard.is_none() {
-        match RoomHead::load(state, room_id).await {
-            Ok(head) => *guard = Some(head),
-            Err(e) => {
-                for job in jobs {
-                    let _ = job.reply.send(Err(e.clone()));
-                }
-                return;
+    let head = match loaded_head(state, room_id, guard).await {
+        Ok(head) => head,
+        Err(e) => {
+            for job in jobs {
+                let _ = job.reply.send(Err(e.clone()));
             }
+            return;
         }
-    }
-    let Some(head) = guard.as_mut() else {
-        return;
     };
     let mut prepared: Vec<(Prepared, oneshot::Sender<Result<OwnedEventId, Error>>)> = Vec::new();
     // Retries of a transaction that is in this very batch: answered with its event.
@@ -894,7 +906,7 @@ async fn write_batch(
 /// Commits `events`, placed one after another on the head (in memory) since its last
 /// commit, in one transaction (one flush), then catches the head's snapshot up and tells
 /// who needs to know: sync waiters (the room's members and `targets`), pushers and, when
-/// `forward` (our users' events), the other servers in the room. On an error nothing is
+/// `to_servers` (our users' events), the other servers in the room. On an error nothing is
 /// stored and the caller must drop the head, which is ahead of storage.
 async fn commit(
     state: &AppState,
@@ -902,7 +914,7 @@ async fn commit(
     head: &mut RoomHead,
     events: &[&Prepared],
     targets: &[String],
-    forward: bool,
+    to_servers: bool,
 ) -> Result<(), Error> {
     let pending: Vec<(&str, &str, &str)> = head
         .pending
@@ -944,28 +956,9 @@ async fn commit(
         position,
         head.interested().chain(targets.iter().map(String::as_str)),
     );
-    if forward {
-        // Other servers in the room (and any whose user a membership event targets, e.g. a
-        // kick) get the batch.
-        let mut servers = head.remote_servers(state.server_name.as_str()).to_vec();
-        for target in targets {
-            if let Some((_, server)) = target.split_once(':') {
-                if server != state.server_name.as_str() && !servers.iter().any(|s| s == server) {
-                    servers.push(server.to_owned());
-                }
-            }
-        }
-        if !servers.is_empty() {
-            let since = persisted.first().map_or(0, |p| p.stream_ordering) - 1;
-            let state = state.clone();
-            tokio::spawn(async move {
-                // A destination's task reads up to the safe position: woken before the
-                // batch is safe to read (another room's commit still open below it), it
-                // would find nothing new and sleep past it.
-                state.storage.wait_safe(position).await;
-                crate::federation::sender::wake(&state, &servers, since).await;
-            });
-        }
+    if to_servers {
+        let since = persisted.first().map_or(0, |p| p.stream_ordering) - 1;
+        forward(state, head, targets, since, position);
     }
     crate::push::sender::wake_when_safe(state, position, notified_users(events.iter().copied()));
     Ok(())
@@ -1130,12 +1123,7 @@ pub async fn template(
     let (version, _) = room_rules(state, room_id).await?;
     let slot = state.room_locks.get(room_id);
     let mut guard = slot.lock().await;
-    if guard.is_none() {
-        *guard = Some(RoomHead::load(state, room_id).await?);
-    }
-    let Some(head) = guard.as_mut() else {
-        return Err(Error::internal("no room head"));
-    };
+    let head = loaded_head(state, room_id, &mut guard).await?;
     let auth_ids = auth_event_ids(head, sender, &send)?;
     let depth = head.extremities.iter().map(|(_, d)| *d).max().unwrap_or(0) + 1;
     let mut object = serde_json::json!({

@@ -226,7 +226,17 @@ async fn auth_state_pdus(
     map: &myelin_storage::StateMap,
     pdu: &Pdu,
 ) -> Result<HashMap<String, Pdu>, Error> {
-    let mut wanted: Vec<String> = Vec::new();
+    let wanted = auth_state_ids(map, pdu);
+    let mut out = HashMap::new();
+    for row in state.storage.get_events(&wanted).await? {
+        out.insert(row.event_id.clone(), parse_row(&row)?);
+    }
+    Ok(out)
+}
+
+/// The IDs in `map` of the events the authorization rules may read for `pdu`: every auth
+/// type but members, plus the members the event is about.
+fn auth_state_ids(map: &myelin_storage::StateMap, pdu: &Pdu) -> Vec<String> {
     let mut users = vec![pdu.sender.to_string()];
     if let Some(key) = &pdu.state_key {
         users.push(key.clone());
@@ -234,17 +244,16 @@ async fn auth_state_pdus(
     if let Some(via) = pdu.content_json()["join_authorised_via_users_server"].as_str() {
         users.push(via.to_owned());
     }
-    for ((t, k), id) in map {
-        let wanted_member = t == "m.room.member" && users.contains(k);
-        if wanted_member || (super::AUTH_TYPES.contains(&t.as_str()) && t != "m.room.member") {
-            wanted.push(id.clone());
-        }
-    }
-    let mut out = HashMap::new();
-    for row in state.storage.get_events(&wanted).await? {
-        out.insert(row.event_id.clone(), parse_row(&row)?);
-    }
-    Ok(out)
+    map.iter()
+        .filter(|((t, k), _)| {
+            if t == "m.room.member" {
+                users.contains(k)
+            } else {
+                super::AUTH_TYPES.contains(&t.as_str())
+            }
+        })
+        .map(|(_, id)| id.clone())
+        .collect()
 }
 
 fn check_state(
@@ -342,21 +351,8 @@ pub(super) async fn place_received(
 ) -> Result<Prepared, Error> {
     let pdu = &incoming.pdu;
     let rules = head.rules.clone();
-    // The current events the rules read (every auth type but members, and the sender's
-    // member event), and the event's own auth events.
-    let sender = pdu.sender.as_str();
-    let mut needed: Vec<String> = head
-        .current
-        .iter()
-        .filter(|((t, k), _)| {
-            if t == "m.room.member" {
-                k == sender
-            } else {
-                super::AUTH_TYPES.contains(&t.as_str())
-            }
-        })
-        .map(|(_, id)| id.clone())
-        .collect();
+    // The current events the rules read, and the event's own auth events.
+    let mut needed = auth_state_ids(&head.current, pdu);
     needed.extend(pdu.auth_events.iter().map(|e| e.to_string()));
     needed.sort_unstable();
     needed.dedup();
