@@ -11,6 +11,29 @@ use crate::{
     Backend, Result, Storage,
 };
 
+/// A room a server may be sent events of, and its users joined at the position asked about
+/// (see [`Storage::rooms_with_server`]).
+#[derive(Debug, Clone)]
+pub struct ServerInRoom {
+    pub room_id: String,
+    pub joined: Vec<String>,
+}
+
+/// `content.membership` of a member event's PDU (`None`: not readable).
+pub fn membership_of(pdu: &str) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Member {
+        content: Content,
+    }
+    #[derive(serde::Deserialize)]
+    struct Content {
+        membership: String,
+    }
+    serde_json::from_str::<Member>(pdu)
+        .ok()
+        .map(|m| m.content.membership)
+}
+
 /// An event stored as an outlier: held for authorization and state, never in a timeline.
 #[derive(Debug, Clone, Copy)]
 pub struct Outlier<'a> {
@@ -262,16 +285,13 @@ impl Storage {
         Ok(())
     }
 
-    /// The rooms `server` is to be sent events of after stream position `since`: where a
-    /// user of it is joined (`None`), and where none is but the membership of one of its
-    /// users changed after `since` (a kick, a ban, a leave), with the position of the latest
-    /// such change (the sender then sends that server the change itself, the kick or ban it
-    /// must hear of, and nothing else of the room).
-    pub async fn rooms_with_server(
-        &self,
-        server: &str,
-        since: i64,
-    ) -> Result<Vec<(String, Option<i64>)>> {
+    /// The rooms `server` may be sent events of after stream position `since`: where a user
+    /// of it is joined now, or where the membership of one of its users changed after `since`
+    /// (a join, a kick, a ban, a leave). Each comes with those of its users that were joined
+    /// at `since`; the sender follows the membership events after it to know, event by event,
+    /// whether the server was in the room (so it is sent neither what came before it joined
+    /// nor what happened while it was out).
+    pub async fn rooms_with_server(&self, server: &str, since: i64) -> Result<Vec<ServerInRoom>> {
         let suffix = format!(":{server}");
         // LIKE narrows; the exact suffix is compared here (`_` and `%` may be in names).
         let rows = sqlx::query(
@@ -282,10 +302,9 @@ impl Storage {
         .bind(since)
         .fetch_all(&self.pool)
         .await?;
-        let mut joined: Vec<String> = Vec::new();
-        let mut departed: Vec<(String, i64)> = Vec::new();
+        let mut rooms: Vec<ServerInRoom> = Vec::new();
         for row in rows {
-            let (room, user, membership, position): (String, String, String, i64) = (
+            let (room_id, user, membership, position): (String, String, String, i64) = (
                 row.try_get(0)?,
                 row.try_get(1)?,
                 row.try_get(2)?,
@@ -296,26 +315,58 @@ impl Storage {
             {
                 continue;
             }
-            if membership == "join" {
-                if !joined.contains(&room) {
-                    joined.push(room);
-                }
+            let joined_at_since = if position <= since {
+                membership == "join"
             } else {
-                match departed.iter_mut().find(|(r, _)| *r == room) {
-                    Some((_, cutoff)) => *cutoff = (*cutoff).max(position),
-                    None => departed.push((room, position)),
+                self.joined_before(&room_id, &user, since)
+                    .await?
+                    .unwrap_or(membership == "join")
+            };
+            let index = match rooms.iter().position(|r| r.room_id == room_id) {
+                Some(index) => index,
+                None => {
+                    rooms.push(ServerInRoom {
+                        room_id,
+                        joined: Vec::new(),
+                    });
+                    rooms.len() - 1
                 }
+            };
+            if joined_at_since {
+                rooms[index].joined.push(user);
             }
         }
-        let mut rooms: Vec<(String, Option<i64>)> =
-            joined.iter().map(|r| (r.clone(), None)).collect();
-        rooms.extend(
-            departed
-                .into_iter()
-                .filter(|(r, _)| !joined.contains(r))
-                .map(|(r, cutoff)| (r, Some(cutoff))),
-        );
         Ok(rooms)
+    }
+
+    /// Whether `user` was joined to `room` at stream position `since`, from what the first
+    /// membership event of theirs after it replaced. `None` when no such event is found; an
+    /// event stored before migration 0015 (replacement not recorded) or one replacing an
+    /// event no longer held counts as joined, which sends rather than withholds.
+    async fn joined_before(&self, room: &str, user: &str, since: i64) -> Result<Option<bool>> {
+        let row = sqlx::query(
+            "SELECT e.replaces_state, r.pdu
+             FROM events e LEFT JOIN events r ON r.event_id = e.replaces_state
+             WHERE e.room_id = $1 AND e.event_type = 'm.room.member' AND e.state_key = $2
+               AND e.stream_ordering > $3 AND e.rejected_reason IS NULL
+             ORDER BY e.stream_ordering LIMIT 1",
+        )
+        .bind(room)
+        .bind(user)
+        .bind(since)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let replaced: Option<String> = row.try_get(0)?;
+        // The stored form keeps `content` (only columns the row holds are left out).
+        let stored: Option<String> = row.try_get(1)?;
+        Ok(Some(match (replaced.as_deref(), stored) {
+            (Some(""), _) => false,
+            (Some(_), Some(stored)) => membership_of(&stored).is_none_or(|m| m == "join"),
+            _ => true,
+        }))
     }
 
     /// Up to `limit` timeline events of `rooms` with stream positions in `(after, upto]`, in

@@ -40,7 +40,7 @@ pub use accounts::{DeviceRow, ProfileFieldRefused, TokenOwner, UserRow};
 pub use backup::{BackupKeyRow, BackupScope, BackupVersionRow, BackupWriteError};
 pub use directory::DirectoryUser;
 pub use error::{Error, Result};
-pub use federation::{Destination, Outlier};
+pub use federation::{membership_of, Destination, Outlier, ServerInRoom};
 pub use federation_edus::{NewOutboxEdu, OutboxEdu};
 pub use keys::{ClaimedKey, DeviceKeysRow, KeySignature, KeyUpload, NewKey, UploadOutcome};
 pub use media::{MediaRow, PendingUpload, ThumbnailRow};

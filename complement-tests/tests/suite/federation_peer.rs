@@ -657,7 +657,8 @@ async fn hostile_peer_e2ee_and_media(backend: Backend) {
 backend_tests!(
     a55_scripted_peer_is_checked,
     hostile_peer_e2ee_and_media,
-    restarted_server_tells_peers_it_is_back
+    restarted_server_tells_peers_it_is_back,
+    peer_is_sent_only_what_follows_its_join
 );
 
 /// A server that restarts sends each server it federates with a transaction at once, even
@@ -715,5 +716,98 @@ async fn restarted_server_tells_peers_it_is_back(backend: Backend) {
     assert!(
         announced["pdus"].as_array().is_some_and(|p| p.is_empty()),
         "nothing was queued, so nothing is resent: {announced}"
+    );
+}
+
+/// A server is sent a room's events only while one of its users is in the room: not the
+/// messages from before its first join (a backlog it never had a right to read), not those
+/// from while its user was kicked out, but the kick itself and everything after each join.
+async fn peer_is_sent_only_what_follows_its_join(backend: Backend) {
+    let Some(hs1) = TestServer::start(backend, ServerOptions::default().federating()).await else {
+        return;
+    };
+    let base = hs1
+        .federation_tls_url()
+        .expect("federation listener")
+        .to_owned();
+    let dest = hs1.server_name().to_owned();
+    let alice = hs1.register_user("alice").await;
+    let room_a = alice.create_room(&json!({ "preset": "public_chat" })).await;
+    let room_b = alice.create_room(&json!({ "preset": "public_chat" })).await;
+    let peer = FakePeer::start().await;
+    let fred = peer.user_id("fred");
+    let pdus = || -> Vec<Value> {
+        peer.received
+            .lock()
+            .unwrap()
+            .iter()
+            .flat_map(|t| t["pdus"].as_array().cloned().unwrap_or_default())
+            .collect()
+    };
+    async fn until(pdus: &dyn Fn() -> Vec<Value>, what: &str, found: impl Fn(&Value) -> bool) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+        while !pdus().iter().any(&found) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "hs1 never sent the peer {what}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+    let body_is = |body: &'static str| move |p: &Value| p["content"]["body"] == body;
+
+    // The peer is in room A, and has been sent everything of it.
+    peer_joins(&peer, &base, &dest, &room_a, &fred).await;
+    alice.send_text(&room_a, "in A").await;
+    until(&pdus, "the message in A", body_is("in A")).await;
+
+    // What room B said before the peer joined it is not the peer's to read.
+    alice.send_text(&room_b, "B before the join").await;
+    peer_joins(&peer, &base, &dest, &room_b, &fred).await;
+    alice.send_text(&room_b, "B after the join").await;
+    until(
+        &pdus,
+        "the message after its join",
+        body_is("B after the join"),
+    )
+    .await;
+
+    // Kicked: the kick reaches it, what is said while it is out does not, even once it is
+    // back.
+    let (status, body) = alice
+        .post(
+            &complement_tests::Client::room_path(&room_b, "/kick"),
+            &json!({ "user_id": fred }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    until(&pdus, "the kick", |p| {
+        p["type"] == "m.room.member"
+            && p["state_key"] == fred.as_str()
+            && p["content"]["membership"] == "leave"
+    })
+    .await;
+    alice.send_text(&room_b, "B while the peer is out").await;
+    peer_joins(&peer, &base, &dest, &room_b, &fred).await;
+    alice.send_text(&room_b, "B after the rejoin").await;
+    until(
+        &pdus,
+        "the message after its rejoin",
+        body_is("B after the rejoin"),
+    )
+    .await;
+
+    let bodies: Vec<Value> = pdus()
+        .iter()
+        .map(|p| p["content"]["body"].clone())
+        .filter(|b| b.is_string())
+        .collect();
+    assert!(
+        !bodies.contains(&json!("B before the join")),
+        "the peer was sent what room B said before it joined: {bodies:?}"
+    );
+    assert!(
+        !bodies.contains(&json!("B while the peer is out")),
+        "the peer was sent what room B said while it was kicked out: {bodies:?}"
     );
 }

@@ -20,7 +20,7 @@
 //! replayed in order).
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -391,12 +391,14 @@ async fn send_one(
         .rooms_with_server(destination.as_str(), row.stream_position)
         .await
         .map_err(|e| e.to_string())?;
-    // Rooms the destination has left (or was kicked or banned from) since: up to that change.
-    let cutoffs: HashMap<&str, i64> = rooms
+    // The destination's users joined to each room, as of the event being looked at: it is
+    // sent a room's events only while one of them is (the membership changes of its users
+    // themselves always, so it hears of a kick or ban).
+    let mut joined: HashMap<&str, HashSet<String>> = rooms
         .iter()
-        .filter_map(|(room, cutoff)| Some((room.as_str(), (*cutoff)?)))
+        .map(|r| (r.room_id.as_str(), r.joined.iter().cloned().collect()))
         .collect();
-    let room_ids: Vec<String> = rooms.iter().map(|(room, _)| room.clone()).collect();
+    let room_ids: Vec<String> = rooms.iter().map(|r| r.room_id.clone()).collect();
     let events = state
         .storage
         .room_events_between(
@@ -422,20 +424,22 @@ async fn send_one(
             .sender
             .split_once(':')
             .is_some_and(|(_, s)| s == server);
-        // In a room the destination no longer has anyone in, only the membership change of
-        // its users (the kick or ban it must hear of), never the room's other events.
-        let visible = match cutoffs.get(event.room_id.as_str()) {
-            None => true,
-            Some(cutoff) => {
-                position <= *cutoff
-                    && event.event_type == "m.room.member"
-                    && event
-                        .state_key
-                        .as_deref()
-                        .and_then(|k| k.split_once(':'))
-                        .is_some_and(|(_, s)| s == destination.as_str())
+        let destination_member = event.event_type == "m.room.member"
+            && event
+                .state_key
+                .as_deref()
+                .and_then(|k| k.split_once(':'))
+                .is_some_and(|(_, s)| s == destination.as_str());
+        let members = joined.entry(event.room_id.as_str()).or_default();
+        let visible = destination_member || !members.is_empty();
+        if destination_member && !event.rejected {
+            let user = event.state_key.clone().unwrap_or_default();
+            if myelin_storage::membership_of(&event.pdu).as_deref() == Some("join") {
+                members.insert(user);
+            } else {
+                members.remove(&user);
             }
-        };
+        }
         if local && !event.rejected && visible {
             if pdus.len() == MAX_PDUS_PER_TXN {
                 cut = true;
