@@ -120,6 +120,13 @@ impl FakePeer {
                                         ),
                                         None => (404, br#"{"errcode":"M_NOT_FOUND"}"#.to_vec()),
                                     }
+                                } else if path
+                                    .starts_with("/_matrix/federation/v1/get_missing_events/")
+                                {
+                                    let asked: Value =
+                                        serde_json::from_slice(&body).unwrap_or_default();
+                                    let answer = missing_events(&events.lock().unwrap(), &asked);
+                                    (200, json!({ "events": answer }).to_string().into_bytes())
                                 } else if path.starts_with("/_matrix/federation/v1/send/") {
                                     if let Ok(v) = serde_json::from_slice::<Value>(&body) {
                                         received.lock().unwrap().push(v);
@@ -236,6 +243,46 @@ impl FakePeer {
         let id = format!("${}", reference_hash(&object, &rules).expect("hash"));
         (id, serde_json::to_value(&object).expect("json"))
     }
+}
+
+/// `/get_missing_events` over the events the peer holds: walks `prev_events` back from
+/// `latest_events`, stopping at `earliest_events` and at what it does not hold, at most
+/// `limit` (default 10), oldest first.
+fn missing_events(events: &std::collections::HashMap<String, Value>, asked: &Value) -> Vec<Value> {
+    let ids = |v: &Value| -> Vec<String> {
+        v.as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|i| i.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let limit = asked["limit"].as_u64().unwrap_or(10) as usize;
+    let mut seen: std::collections::HashSet<String> = ids(&asked["earliest_events"])
+        .into_iter()
+        .chain(ids(&asked["latest_events"]))
+        .collect();
+    let mut frontier: Vec<String> = ids(&asked["latest_events"])
+        .iter()
+        .filter_map(|id| events.get(id))
+        .flat_map(|e| ids(&e["prev_events"]))
+        .collect();
+    let mut found = Vec::new();
+    while let Some(id) = frontier.pop() {
+        if found.len() == limit {
+            break;
+        }
+        if !seen.insert(id.clone()) {
+            continue;
+        }
+        if let Some(event) = events.get(&id) {
+            frontier.extend(ids(&event["prev_events"]));
+            found.push(event.clone());
+        }
+    }
+    found.sort_by_key(|e| e["depth"].as_u64());
+    found
 }
 
 pub fn now_ms() -> u64 {

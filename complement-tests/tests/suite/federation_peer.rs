@@ -445,8 +445,9 @@ async fn a55_scripted_peer_is_checked(backend: Backend) {
     );
 }
 
-/// F joins `room_id` on the server at `base` as `user` (make_join, send_join).
-async fn peer_joins(peer: &FakePeer, base: &str, dest: &str, room_id: &str, user: &str) {
+/// F joins `room_id` on the server at `base` as `user` (make_join, send_join); the join's
+/// event ID.
+async fn peer_joins(peer: &FakePeer, base: &str, dest: &str, room_id: &str, user: &str) -> String {
     let (status, template) = peer
         .request(
             base,
@@ -471,6 +472,7 @@ async fn peer_joins(peer: &FakePeer, base: &str, dest: &str, room_id: &str, user
         .request(base, dest, Method::PUT, &path, Some(&join))
         .await;
     assert_eq!(status, 200, "{answer}");
+    join_id
 }
 
 /// What a peer sends and asks about end-to-end encryption is checked: a to-device message
@@ -658,7 +660,8 @@ backend_tests!(
     a55_scripted_peer_is_checked,
     hostile_peer_e2ee_and_media,
     restarted_server_tells_peers_it_is_back,
-    peer_is_sent_only_what_follows_its_join
+    peer_is_sent_only_what_follows_its_join,
+    gaps_are_filled_with_get_missing_events
 );
 
 /// A server that restarts sends each server it federates with a transaction at once, even
@@ -810,4 +813,226 @@ async fn peer_is_sent_only_what_follows_its_join(backend: Backend) {
         !bodies.contains(&json!("B while the peer is out")),
         "the peer was sent what room B said while it was kicked out: {bodies:?}"
     );
+}
+
+/// Gaps in the DAG both ways. F sends only the last of 40 messages built one on another:
+/// hs1 asks F for the rest (`/get_missing_events`, more than it would fetch one by one) and
+/// alice reads all 40 in order. F asks hs1 for what lies before an event: it gets at most
+/// `limit`, newest kept, oldest first, stopping at `earliest_events`, with what it may not
+/// see (history from before its join in a `joined` room) redacted; a server with nobody in
+/// the room is refused.
+async fn gaps_are_filled_with_get_missing_events(backend: Backend) {
+    let Some(hs1) = TestServer::start(backend, ServerOptions::default().federating()).await else {
+        return;
+    };
+    let base = hs1
+        .federation_tls_url()
+        .expect("federation listener")
+        .to_owned();
+    let dest = hs1.server_name().to_owned();
+    let alice = hs1.register_user("alice").await;
+    let room_id = alice
+        .create_room(&json!({
+            "preset": "public_chat",
+            "initial_state": [{
+                "type": "m.room.history_visibility",
+                "state_key": "",
+                "content": { "history_visibility": "joined" },
+            }],
+        }))
+        .await;
+    let secret_id = alice.send_text(&room_id, "before the peer joined").await;
+    let peer = FakePeer::start().await;
+    let fred = peer.user_id("fred");
+    let join_id = peer_joins(&peer, &base, &dest, &room_id, &fred).await;
+    let after_id = alice.send_text(&room_id, "after the join").await;
+    let mut delivered = None;
+    for _ in 0..150 {
+        delivered = peer
+            .received
+            .lock()
+            .unwrap()
+            .iter()
+            .flat_map(|t| t["pdus"].as_array().cloned().unwrap_or_default())
+            .find(|p| p["content"]["body"] == "after the join");
+        if delivered.is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let delivered = delivered.expect("hs1 never sent alice's message to the peer");
+    let (_, state) = alice
+        .get(&complement_tests::Client::room_path(&room_id, "/state"))
+        .await;
+    let power_levels = state
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["type"] == "m.room.power_levels")
+        .unwrap()["event_id"]
+        .clone();
+
+    // F's 40 messages, only the last sent.
+    let version = RoomVersionId::V12;
+    let mut prev = after_id.clone();
+    let mut last = None;
+    for n in 1..=40u64 {
+        let event = json!({
+            "type": "m.room.message",
+            "room_id": room_id,
+            "sender": fred,
+            "origin_server_ts": now_ms(),
+            "content": { "msgtype": "m.text", "body": format!("chain {n}") },
+            "depth": delivered["depth"].as_u64().unwrap() + n,
+            "prev_events": [prev],
+            "auth_events": [power_levels, join_id],
+        });
+        let (id, signed) = peer.sign_event(event, &version);
+        peer.events
+            .lock()
+            .unwrap()
+            .insert(id.clone(), signed.clone());
+        prev = id;
+        last = Some(signed);
+    }
+    let body = json!({
+        "origin": peer.server_name,
+        "origin_server_ts": now_ms(),
+        "pdus": [last.unwrap()],
+    });
+    let (status, answer) = peer
+        .request(
+            &base,
+            &dest,
+            Method::PUT,
+            "/_matrix/federation/v1/send/gap",
+            Some(&body),
+        )
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["pdus"][&prev], json!({}), "{answer}");
+    let chunk = wait_messages(&alice, &room_id, "the whole chain", |c| {
+        c.iter()
+            .filter(|e| {
+                e["content"]["body"]
+                    .as_str()
+                    .is_some_and(|b| b.starts_with("chain "))
+            })
+            .count()
+            == 40
+    })
+    .await;
+    let bodies: Vec<&str> = chunk
+        .iter()
+        .rev()
+        .filter_map(|e| e["content"]["body"].as_str())
+        .filter(|b| b.starts_with("chain "))
+        .collect();
+    let expected: Vec<String> = (1..=40).map(|n| format!("chain {n}")).collect();
+    assert_eq!(bodies, expected, "read in order");
+
+    // F asks hs1.
+    let ask = |earliest: Vec<&str>, latest: Vec<&str>, limit: u64| json!({ "earliest_events": earliest, "latest_events": latest, "limit": limit });
+    let path = format!(
+        "/_matrix/federation/v1/get_missing_events/{}",
+        encode(&room_id)
+    );
+    let (status, answer) = peer
+        .request(
+            &base,
+            &dest,
+            Method::POST,
+            &path,
+            Some(&ask(vec![], vec![&after_id], 50)),
+        )
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    let events = answer["events"].as_array().unwrap();
+    let depths: Vec<u64> = events
+        .iter()
+        .map(|e| e["depth"].as_u64().unwrap())
+        .collect();
+    assert!(
+        depths.windows(2).all(|w| w[0] <= w[1]),
+        "oldest first: {depths:?}"
+    );
+    assert_eq!(events.first().unwrap()["type"], "m.room.create", "{answer}");
+    assert!(
+        !events
+            .iter()
+            .any(|e| e["content"]["body"] == "after the join"),
+        "latest_events are not repeated"
+    );
+    // PDUs of room version 12 carry no event_id: find them by type.
+    let secret = events
+        .iter()
+        .find(|e| e["type"] == "m.room.message")
+        .expect("alice's earlier message is in the DAG's answer");
+    assert!(
+        secret["content"].get("body").is_none(),
+        "history from before F joined a `joined` room is redacted: {secret}"
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| e["type"] == "m.room.member" && e["state_key"] == fred.as_str()),
+        "{answer}"
+    );
+    let (status, answer) = peer
+        .request(
+            &base,
+            &dest,
+            Method::POST,
+            &path,
+            Some(&ask(vec![], vec![&after_id], 2)),
+        )
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    let events = answer["events"].as_array().unwrap();
+    assert_eq!(events.len(), 2, "{answer}");
+    assert_eq!(
+        events[0]["type"], "m.room.message",
+        "the newest two: {answer}"
+    );
+    assert_eq!(
+        events[1]["state_key"],
+        fred.as_str(),
+        "the newest two: {answer}"
+    );
+    let (status, answer) = peer
+        .request(
+            &base,
+            &dest,
+            Method::POST,
+            &path,
+            Some(&ask(vec![&secret_id], vec![&after_id], 50)),
+        )
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    let events = answer["events"].as_array().unwrap();
+    assert_eq!(events.len(), 1, "only F's join lies between: {answer}");
+
+    // A server with nobody in the room.
+    let stranger = FakePeer::start().await;
+    let (status, answer) = stranger
+        .request(
+            &base,
+            &dest,
+            Method::POST,
+            &path,
+            Some(&ask(vec![], vec![&after_id], 50)),
+        )
+        .await;
+    assert_eq!(status, 403, "{answer}");
+    assert_eq!(answer["errcode"], "M_FORBIDDEN", "{answer}");
+    let (status, answer) = peer
+        .request(
+            &base,
+            &dest,
+            Method::POST,
+            &path,
+            Some(&json!({ "limit": 3 })),
+        )
+        .await;
+    assert_eq!(status, 400, "{answer}");
 }

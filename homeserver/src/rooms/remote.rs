@@ -18,9 +18,14 @@
 //! current state, checked from the head's parsed events, and the writer commits the run in
 //! one transaction, as it does local sends.
 //!
-//! Missing so far (the next issue's gap handling): events whose parents or auth events we do
-//! not hold are refused rather than fetched; rejected and soft-failed events are refused
-//! rather than stored as such.
+//! Parents we do not hold are fetched from the sending server before the event is placed
+//! ([`fetch_missing_prevs`]: the gap at once with `/get_missing_events`, up to
+//! [`MAX_MISSING_EVENTS`], then one by one with `/event`); what is served to others for the
+//! same is [`missing_events`].
+//!
+//! Missing so far (the next issue's gap handling): a gap longer than that is refused rather
+//! than accepted with the state fetched (`/state_ids`); auth events we do not hold are not
+//! fetched; rejected and soft-failed events are refused rather than stored as such.
 
 use std::collections::{HashMap, HashSet};
 
@@ -1025,10 +1030,12 @@ pub async fn event_auth_chain(
 /// Most parents one received PDU may make us fetch (all its missing ancestors together).
 pub const MAX_FETCHED_PREVS: usize = 20;
 
-/// Fetches the parents of `incoming` we do not hold from `origin` (`/event`), oldest first,
-/// checks and writes each like any received event, so the event itself can then be placed.
-/// At most `budget` events are fetched in all; beyond it (a longer gap, which the next
-/// issue's `/get_missing_events` handles) the event is refused.
+/// Fetches the parents of `incoming` we do not hold from `origin`, checks and writes them
+/// oldest first like any received event, so the event itself can then be placed. The first
+/// call for a received PDU (`budget` still [`MAX_FETCHED_PREVS`]) asks for the whole gap with
+/// `/get_missing_events` ([`fill_gap`]); what that did not bring is fetched one by one
+/// (`/event`), at most `budget` in all; beyond it (a longer gap: the next issue fetches the
+/// state instead) the event is refused.
 pub async fn fetch_missing_prevs(
     state: &AppState,
     origin: &ruma::ServerName,
@@ -1050,7 +1057,16 @@ pub async fn fetch_missing_prevs(
         .filter(|r| r.stream_ordering.is_some())
         .map(|r| r.event_id)
         .collect();
-    for id in ids.iter().filter(|id| !held.contains(*id)) {
+    let mut missing: Vec<&String> = ids.iter().filter(|id| !held.contains(*id)).collect();
+    if !missing.is_empty() && *budget == MAX_FETCHED_PREVS {
+        // First ask for the whole gap at once; what that does not bring is fetched one by one.
+        match fill_gap(state, origin, rules, incoming).await {
+            Ok(written) => missing.retain(|id| !written.contains(id.as_str())),
+            Err(e) => tracing::info!(%origin, event_id = %incoming.event_id, error = %e,
+                "get_missing_events failed; fetching the parents one by one"),
+        }
+    }
+    for id in missing {
         if *budget == 0 {
             return Err(Error::forbidden(format!(
                 "{}: too many missing prev_events to fetch",
@@ -1081,4 +1097,185 @@ pub async fn fetch_missing_prevs(
         receive(state, parent).await?;
     }
     Ok(())
+}
+
+/// Asks `origin` for the events between the room's forward extremities and `incoming`
+/// (`/get_missing_events`, at most [`MAX_MISSING_EVENTS`]) and writes, oldest first, those
+/// whose parents are then held, like any received event. Returns the IDs written.
+async fn fill_gap(
+    state: &AppState,
+    origin: &ruma::ServerName,
+    rules: &RoomVersionRules,
+    incoming: &Incoming,
+) -> Result<HashSet<String>, Error> {
+    let room_id = incoming.room_id.as_str();
+    let extremities = state.storage.forward_extremities(room_id).await?;
+    let min_depth = extremities.iter().map(|(_, d, _)| *d).min().unwrap_or(0);
+    let earliest: Vec<&str> = extremities.iter().map(|(id, _, _)| id.as_str()).collect();
+    let body = serde_json::json!({
+        "earliest_events": earliest,
+        "latest_events": [incoming.event_id],
+        "limit": MAX_MISSING_EVENTS,
+        "min_depth": min_depth,
+    });
+    let path = format!(
+        "/_matrix/federation/v1/get_missing_events/{}",
+        crate::federation::client::query_value(room_id)
+    );
+    let answer = state
+        .federation
+        .post_json(origin, &path, &body)
+        .await
+        .map_err(|e| Error::forbidden(format!("get_missing_events from {origin}: {e}")))?;
+    let mut events = Vec::new();
+    for value in answer["events"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .take(MAX_MISSING_EVENTS)
+    {
+        let Ok(object) = serde_json::from_value::<CanonicalJsonObject>(value.clone()) else {
+            continue;
+        };
+        match verify(state, rules, object).await {
+            Ok(event) if event.room_id == incoming.room_id => events.push(event),
+            Ok(_) => {}
+            Err(e) => tracing::info!(%origin, error = %e, "refused a missing event"),
+        }
+    }
+    events.sort_by_key(|e| e.pdu.depth);
+    events.dedup_by(|a, b| a.event_id == b.event_id);
+    // Only those that connect to what is held (or to one before them in the answer).
+    let prevs: Vec<String> = events
+        .iter()
+        .flat_map(|e| e.pdu.prev_events.iter().map(|p| p.to_string()))
+        .collect();
+    let mut connected: HashSet<String> = state
+        .storage
+        .get_events(&prevs)
+        .await?
+        .into_iter()
+        .filter(|r| r.stream_ordering.is_some())
+        .map(|r| r.event_id)
+        .collect();
+    let mut batch = Vec::new();
+    for event in events {
+        let id = event.event_id.to_string();
+        if connected.contains(&id) {
+            continue;
+        }
+        if event
+            .pdu
+            .prev_events
+            .iter()
+            .all(|p| connected.contains(p.as_str()))
+        {
+            connected.insert(id);
+            batch.push(event);
+        }
+    }
+    let mut written = HashSet::new();
+    for result in receive_many(state, batch).await {
+        match result {
+            Ok(id) => {
+                written.insert(id.to_string());
+            }
+            Err(e) => tracing::info!(%origin, error = %e, "refused a missing event"),
+        }
+    }
+    Ok(written)
+}
+
+/// Whether `server` has a user joined to `room_id` (only such a server may send into the
+/// room or read its DAG).
+pub async fn server_joined(
+    state: &AppState,
+    room_id: &str,
+    server: &ruma::ServerName,
+) -> Result<bool, Error> {
+    Ok(state
+        .storage
+        .room_members(room_id)
+        .await?
+        .iter()
+        .any(|(user, m, _)| {
+            m == "join"
+                && user
+                    .split_once(':')
+                    .is_some_and(|(_, s)| s == server.as_str())
+        }))
+}
+
+/// Most events one `/get_missing_events` answer holds, whatever the asker's `limit`.
+pub const MAX_MISSING_EVENTS: usize = 100;
+
+/// The events of `room_id` before `latest` and after `earliest` (walking `prev_events` back
+/// from `latest`, stopping at `earliest` and below `min_depth`), at most `limit`, oldest
+/// first, for `/get_missing_events`. Those `server` may not see (history visibility) are
+/// given redacted, so the DAG still connects but their content stays here.
+pub async fn missing_events(
+    state: &AppState,
+    server: &ruma::ServerName,
+    room_id: &RoomId,
+    earliest: &[String],
+    latest: &[String],
+    limit: usize,
+    min_depth: i64,
+) -> Result<Vec<serde_json::Value>, Error> {
+    let limit = limit.min(MAX_MISSING_EVENTS);
+    let (_, rules) = super::room_rules(state, room_id).await?;
+    let mut seen: HashSet<String> = earliest.iter().chain(latest).cloned().collect();
+    let in_dag = |row: &myelin_storage::EventRow| {
+        row.room_id == room_id.as_str()
+            && (row.stream_ordering.is_some() || row.state_before.is_some())
+    };
+    let mut frontier: Vec<String> = Vec::new();
+    for row in state.storage.get_events(latest).await? {
+        if in_dag(&row) {
+            frontier.extend(prev_event_ids(&row));
+        }
+    }
+    let mut found: Vec<myelin_storage::EventRow> = Vec::new();
+    while !frontier.is_empty() && found.len() < limit {
+        frontier.retain(|id| seen.insert(id.clone()));
+        let mut rows = state.storage.get_events(&frontier).await?;
+        // Newest first, so what the limit leaves out is the oldest.
+        rows.sort_by_key(|r| std::cmp::Reverse((r.depth, r.stream_ordering)));
+        frontier = Vec::new();
+        for row in rows {
+            if found.len() == limit {
+                break;
+            }
+            if !in_dag(&row) || row.depth < min_depth {
+                continue;
+            }
+            frontier.extend(prev_event_ids(&row));
+            found.push(row);
+        }
+    }
+    found.sort_by_key(|r| (r.depth, r.stream_ordering));
+    let mut events = Vec::with_capacity(found.len());
+    for row in &found {
+        let pdu: CanonicalJsonObject = row.parse_pdu().map_err(Error::internal)?;
+        let pdu = if server_may_see(state, server, row).await? {
+            pdu
+        } else {
+            myelin_federation::pdu::redact_pdu(&pdu, &rules).map_err(Error::internal)?
+        };
+        events.push(serde_json::to_value(pdu).map_err(Error::internal)?);
+    }
+    Ok(events)
+}
+
+/// The `prev_events` of a stored event.
+fn prev_event_ids(row: &myelin_storage::EventRow) -> Vec<String> {
+    #[derive(serde::Deserialize)]
+    struct Prevs {
+        #[serde(default)]
+        prev_events: Vec<String>,
+    }
+    row.parse_pdu::<Prevs>()
+        .map(|p| p.prev_events)
+        .unwrap_or_default()
 }

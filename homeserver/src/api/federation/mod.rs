@@ -7,7 +7,7 @@
 
 use axum::{
     extract::State,
-    routing::{get, put},
+    routing::{get, post, put},
     Json, Router,
 };
 use serde::Deserialize;
@@ -88,6 +88,10 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/_matrix/federation/v1/event_auth/{room_id}/{event_id}",
             get(get_event_authorization),
+        )
+        .route(
+            "/_matrix/federation/v1/get_missing_events/{room_id}",
+            post(get_missing_events),
         );
     key::routes(media::routes(e2ee::routes(router)))
         .fallback(unknown_endpoint)
@@ -885,18 +889,7 @@ async fn check_pdu(
         .map(|i| i.event_id.to_string());
     let result = async {
         // Only a server with a member in the room may send into it.
-        let in_room = state
-            .storage
-            .room_members(room_id.as_str())
-            .await?
-            .iter()
-            .any(|(user, m, _)| {
-                m == "join"
-                    && user
-                        .split_once(':')
-                        .is_some_and(|(_, s)| s == origin.as_str())
-            });
-        if !in_room {
+        if !crate::rooms::remote::server_joined(state, room_id.as_str(), origin).await? {
             return Err(Error::forbidden("The sending server is not in the room"));
         }
         let incoming = crate::rooms::remote::verify(state, &rules, object).await?;
@@ -1049,6 +1042,54 @@ async fn get_event_authorization(
     visible_event(&state, &request.origin, &event_id, Some(&room_id)).await?;
     let auth_chain = crate::rooms::remote::event_auth_chain(&state, &event_id).await?;
     Ok(Json(json!({ "auth_chain": auth_chain })))
+}
+
+#[derive(serde::Deserialize)]
+struct MissingEventsBody {
+    earliest_events: Vec<String>,
+    latest_events: Vec<String>,
+    #[serde(default = "default_missing_limit")]
+    limit: u64,
+    #[serde(default)]
+    min_depth: i64,
+}
+
+fn default_missing_limit() -> u64 {
+    10
+}
+
+/// POST /_matrix/federation/v1/get_missing_events/{roomId}
+///
+/// The events between what the asking server has (`earliest_events`) and what it was sent
+/// (`latest_events`), so it can fill a gap; only for a server with a member in the room.
+///
+/// <https://spec.matrix.org/latest/server-server-api/#post_matrixfederationv1get_missing_eventsroomid>
+async fn get_missing_events(
+    State(state): State<AppState>,
+    axum::extract::Path(room_id): axum::extract::Path<String>,
+    request: ServerRequest,
+) -> Result<Json<Value>, Error> {
+    let room_id =
+        ruma::RoomId::parse(&room_id).map_err(|_| Error::invalid_param("Invalid room ID"))?;
+    let body: MissingEventsBody = serde_json::from_slice(&request.body)
+        .map_err(|e| Error::bad_json(format!("Invalid body: {e}")))?;
+    if body.latest_events.len() + body.earliest_events.len() > 1_000 {
+        return Err(Error::invalid_param("Too many events named"));
+    }
+    if !crate::rooms::remote::server_joined(&state, room_id.as_str(), &request.origin).await? {
+        return Err(Error::forbidden("The asking server is not in the room"));
+    }
+    let events = crate::rooms::remote::missing_events(
+        &state,
+        &request.origin,
+        &room_id,
+        &body.earliest_events,
+        &body.latest_events,
+        usize::try_from(body.limit).unwrap_or(usize::MAX),
+        body.min_depth,
+    )
+    .await?;
+    Ok(Json(json!({ "events": events })))
 }
 
 /// GET and POST /_matrix/federation/v1/publicRooms
