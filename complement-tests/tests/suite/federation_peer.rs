@@ -815,9 +815,9 @@ async fn peer_is_sent_only_what_follows_its_join(backend: Backend) {
     );
 }
 
-/// Gaps in the DAG both ways. F sends only the last of 40 messages built one on another:
-/// hs1 asks F for the rest (`/get_missing_events`, more than it would fetch one by one) and
-/// alice reads all 40 in order. F asks hs1 for what lies before an event: it gets at most
+/// Gaps in the DAG both ways. F sends only the last of 150 messages built one on another:
+/// hs1 asks F for the rest (`/get_missing_events`, in pages, far more than it would fetch one
+/// by one) and alice reads all 150 in order. F asks hs1 for what lies before an event: it gets at most
 /// `limit`, newest kept, oldest first, stopping at `earliest_events`, with what it may not
 /// see (history from before its join in a `joined` room) redacted; a server with nobody in
 /// the room is refused.
@@ -872,11 +872,12 @@ async fn gaps_are_filled_with_get_missing_events(backend: Backend) {
         .unwrap()["event_id"]
         .clone();
 
-    // F's 40 messages, only the last sent.
+    // F's 150 messages (more than one answer of hs1's asking holds), only the last sent.
     let version = RoomVersionId::V12;
     let mut prev = after_id.clone();
     let mut last = None;
-    for n in 1..=40u64 {
+    let mut chain_ids = Vec::new();
+    for n in 1..=150u64 {
         let event = json!({
             "type": "m.room.message",
             "room_id": room_id,
@@ -892,6 +893,7 @@ async fn gaps_are_filled_with_get_missing_events(backend: Backend) {
             .lock()
             .unwrap()
             .insert(id.clone(), signed.clone());
+        chain_ids.push(id.clone());
         prev = id;
         last = Some(signed);
     }
@@ -911,7 +913,7 @@ async fn gaps_are_filled_with_get_missing_events(backend: Backend) {
         .await;
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["pdus"][&prev], json!({}), "{answer}");
-    let chunk = wait_messages(&alice, &room_id, "the whole chain", |c| {
+    let chunk = wait_messages(&alice, &room_id, "the chain's last 100", |c| {
         c.iter()
             .filter(|e| {
                 e["content"]["body"]
@@ -919,7 +921,7 @@ async fn gaps_are_filled_with_get_missing_events(backend: Backend) {
                     .is_some_and(|b| b.starts_with("chain "))
             })
             .count()
-            == 40
+            == 100
     })
     .await;
     let bodies: Vec<&str> = chunk
@@ -928,8 +930,16 @@ async fn gaps_are_filled_with_get_missing_events(backend: Backend) {
         .filter_map(|e| e["content"]["body"].as_str())
         .filter(|b| b.starts_with("chain "))
         .collect();
-    let expected: Vec<String> = (1..=40).map(|n| format!("chain {n}")).collect();
+    let expected: Vec<String> = (51..=150).map(|n| format!("chain {n}")).collect();
     assert_eq!(bodies, expected, "read in order");
+    let (status, first) = alice
+        .get(&complement_tests::Client::room_path(
+            &room_id,
+            &format!("/event/{}", encode(&chain_ids[0])),
+        ))
+        .await;
+    assert_eq!(status, 200, "the chain's first message: {first}");
+    assert_eq!(first["content"]["body"], "chain 1", "{first}");
 
     // F asks hs1.
     let ask = |earliest: Vec<&str>, latest: Vec<&str>, limit: u64| json!({ "earliest_events": earliest, "latest_events": latest, "limit": limit });

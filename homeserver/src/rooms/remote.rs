@@ -19,8 +19,8 @@
 //! one transaction, as it does local sends.
 //!
 //! Parents we do not hold are fetched from the sending server before the event is placed
-//! ([`fetch_missing_prevs`]: the gap at once with `/get_missing_events`, up to
-//! [`MAX_MISSING_EVENTS`], then one by one with `/event`); what is served to others for the
+//! ([`fetch_missing_prevs`]: the gap with `/get_missing_events`, up to [`MAX_GAP_FILLED`]
+//! in pages, then one by one with `/event`); what is served to others for the
 //! same is [`missing_events`].
 //!
 //! Missing so far (the next issue's gap handling): a gap longer than that is refused rather
@@ -1100,7 +1100,8 @@ pub async fn fetch_missing_prevs(
 }
 
 /// Asks `origin` for the events between the room's forward extremities and `incoming`
-/// (`/get_missing_events`, at most [`MAX_MISSING_EVENTS`]) and writes, oldest first, those
+/// (`/get_missing_events`, pages of [`MAX_MISSING_EVENTS`], at most [`MAX_GAP_FILLED`] in
+/// all) and writes, oldest first, those
 /// whose parents are then held, like any received event. Returns the IDs written.
 async fn fill_gap(
     state: &AppState,
@@ -1112,37 +1113,73 @@ async fn fill_gap(
     let extremities = state.storage.forward_extremities(room_id).await?;
     let min_depth = extremities.iter().map(|(_, d, _)| *d).min().unwrap_or(0);
     let earliest: Vec<&str> = extremities.iter().map(|(id, _, _)| id.as_str()).collect();
-    let body = serde_json::json!({
-        "earliest_events": earliest,
-        "latest_events": [incoming.event_id],
-        "limit": MAX_MISSING_EVENTS,
-        "min_depth": min_depth,
-    });
     let path = format!(
         "/_matrix/federation/v1/get_missing_events/{}",
         crate::federation::client::query_value(room_id)
     );
-    let answer = state
-        .federation
-        .post_json(origin, &path, &body)
-        .await
-        .map_err(|e| Error::forbidden(format!("get_missing_events from {origin}: {e}")))?;
-    let mut events = Vec::new();
-    for value in answer["events"]
-        .as_array()
-        .map(Vec::as_slice)
-        .unwrap_or_default()
-        .iter()
-        .take(MAX_MISSING_EVENTS)
-    {
-        let Ok(object) = serde_json::from_value::<CanonicalJsonObject>(value.clone()) else {
-            continue;
-        };
-        match verify(state, rules, object).await {
-            Ok(event) if event.room_id == incoming.room_id => events.push(event),
-            Ok(_) => {}
-            Err(e) => tracing::info!(%origin, error = %e, "refused a missing event"),
+    // Page back from the event: each request starts at those of the last answer whose
+    // parents are neither held nor had yet.
+    let mut events: Vec<Incoming> = Vec::new();
+    let mut had: HashSet<String> = HashSet::from([incoming.event_id.to_string()]);
+    let mut latest: Vec<String> = vec![incoming.event_id.to_string()];
+    while !latest.is_empty() && events.len() < MAX_GAP_FILLED {
+        let body = serde_json::json!({
+            "earliest_events": earliest,
+            "latest_events": latest,
+            "limit": MAX_MISSING_EVENTS,
+            "min_depth": min_depth,
+        });
+        let answer = state
+            .federation
+            .post_json(origin, &path, &body)
+            .await
+            .map_err(|e| Error::forbidden(format!("get_missing_events from {origin}: {e}")))?;
+        let mut page = Vec::new();
+        for value in answer["events"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+            .iter()
+            .take(MAX_MISSING_EVENTS)
+        {
+            let Ok(object) = serde_json::from_value::<CanonicalJsonObject>(value.clone()) else {
+                continue;
+            };
+            match verify(state, rules, object).await {
+                Ok(event)
+                    if event.room_id == incoming.room_id
+                        && had.insert(event.event_id.to_string()) =>
+                {
+                    page.push(event)
+                }
+                Ok(_) => {}
+                Err(e) => tracing::info!(%origin, error = %e, "refused a missing event"),
+            }
         }
+        let unknown: Vec<String> = page
+            .iter()
+            .flat_map(|e| e.pdu.prev_events.iter().map(|p| p.to_string()))
+            .filter(|p| !had.contains(p))
+            .collect();
+        let held: HashSet<String> = state
+            .storage
+            .get_events(&unknown)
+            .await?
+            .into_iter()
+            .filter(|r| r.stream_ordering.is_some())
+            .map(|r| r.event_id)
+            .collect();
+        latest = page
+            .iter()
+            .filter(|e| {
+                e.pdu
+                    .prev_events
+                    .iter()
+                    .any(|p| !had.contains(p.as_str()) && !held.contains(p.as_str()))
+            })
+            .map(|e| e.event_id.to_string())
+            .collect();
+        events.extend(page);
     }
     events.sort_by_key(|e| e.pdu.depth);
     events.dedup_by(|a, b| a.event_id == b.event_id);
@@ -1209,6 +1246,9 @@ pub async fn server_joined(
 
 /// Most events one `/get_missing_events` answer holds, whatever the asker's `limit`.
 pub const MAX_MISSING_EVENTS: usize = 100;
+
+/// Most events of a gap asked for (in pages of [`MAX_MISSING_EVENTS`]) for one received PDU.
+pub const MAX_GAP_FILLED: usize = 1_000;
 
 /// The events of `room_id` before `latest` and after `earliest` (walking `prev_events` back
 /// from `latest`, stopping at `earliest` and below `min_depth`), at most `limit`, oldest
