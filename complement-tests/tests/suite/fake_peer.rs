@@ -30,6 +30,8 @@ pub struct FakePeer {
     pub received: Arc<Mutex<Vec<Value>>>,
     /// Events the peer serves at `/_matrix/federation/v1/event/{eventId}`, by ID.
     pub events: Arc<Mutex<std::collections::HashMap<String, Value>>>,
+    /// While set, transactions are answered 503 and not recorded (the peer is "down").
+    pub refusing: Arc<std::sync::atomic::AtomicBool>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -72,6 +74,7 @@ impl FakePeer {
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
         let received = Arc::new(Mutex::new(Vec::new()));
         let events: Arc<Mutex<std::collections::HashMap<String, Value>>> = Arc::default();
+        let refusing: Arc<std::sync::atomic::AtomicBool> = Arc::default();
         let key_document = {
             let mut doc = canonical(json!({
                 "server_name": server_name,
@@ -85,6 +88,7 @@ impl FakePeer {
         let task = {
             let received = received.clone();
             let events = events.clone();
+            let refusing = refusing.clone();
             tokio::spawn(async move {
                 loop {
                     let Ok((stream, _)) = listener.accept().await else {
@@ -93,6 +97,7 @@ impl FakePeer {
                     let acceptor = acceptor.clone();
                     let received = received.clone();
                     let events = events.clone();
+                    let refusing = refusing.clone();
                     let key_document = key_document.clone();
                     tokio::spawn(async move {
                         let Ok(tls) = acceptor.accept(stream).await else {
@@ -101,6 +106,7 @@ impl FakePeer {
                         let service = hyper::service::service_fn(move |req: Request<Incoming>| {
                             let received = received.clone();
                             let events = events.clone();
+                            let refusing = refusing.clone();
                             let key_document = key_document.clone();
                             async move {
                                 let path = req.uri().path().to_owned();
@@ -127,6 +133,10 @@ impl FakePeer {
                                         serde_json::from_slice(&body).unwrap_or_default();
                                     let answer = missing_events(&events.lock().unwrap(), &asked);
                                     (200, json!({ "events": answer }).to_string().into_bytes())
+                                } else if path.starts_with("/_matrix/federation/v1/send/")
+                                    && refusing.load(std::sync::atomic::Ordering::SeqCst)
+                                {
+                                    (503, br#"{"errcode":"M_UNKNOWN"}"#.to_vec())
                                 } else if path.starts_with("/_matrix/federation/v1/send/") {
                                     if let Ok(v) = serde_json::from_slice::<Value>(&body) {
                                         received.lock().unwrap().push(v);
@@ -161,6 +171,7 @@ impl FakePeer {
                 .expect("client"),
             received,
             events,
+            refusing,
             task,
         }
     }

@@ -661,7 +661,8 @@ backend_tests!(
     hostile_peer_e2ee_and_media,
     restarted_server_tells_peers_it_is_back,
     peer_is_sent_only_what_follows_its_join,
-    gaps_are_filled_with_get_missing_events
+    gaps_are_filled_with_get_missing_events,
+    a_peer_back_from_an_outage_is_caught_up
 );
 
 /// A server that restarts sends each server it federates with a transaction at once, even
@@ -1045,4 +1046,67 @@ async fn gaps_are_filled_with_get_missing_events(backend: Backend) {
         )
         .await;
     assert_eq!(status, 400, "{answer}");
+}
+
+/// A peer that was down while 80 messages were sent in a room is, once it answers again,
+/// sent the latest of them (not the 80 in order; it may ask for the rest with
+/// `/get_missing_events`), and is then sent the next messages one by one as before.
+async fn a_peer_back_from_an_outage_is_caught_up(backend: Backend) {
+    let Some(hs1) = TestServer::start(backend, ServerOptions::default().federating()).await else {
+        return;
+    };
+    let base = hs1
+        .federation_tls_url()
+        .expect("federation listener")
+        .to_owned();
+    let dest = hs1.server_name().to_owned();
+    let alice = hs1.register_user("alice").await;
+    let room_id = alice.create_room(&json!({ "preset": "public_chat" })).await;
+    let peer = FakePeer::start().await;
+    let fred = peer.user_id("fred");
+    peer_joins(&peer, &base, &dest, &room_id, &fred).await;
+    let bodies = || -> Vec<String> {
+        peer.received
+            .lock()
+            .unwrap()
+            .iter()
+            .flat_map(|t| t["pdus"].as_array().cloned().unwrap_or_default())
+            .filter_map(|p| p["content"]["body"].as_str().map(str::to_owned))
+            .collect()
+    };
+    let wait_for = |body: &'static str| {
+        let bodies = &bodies;
+        async move {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+            while !bodies().iter().any(|b| b == body) {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "hs1 never sent the peer {body}: {:?}",
+                    bodies()
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    };
+    alice.send_text(&room_id, "before the outage").await;
+    wait_for("before the outage").await;
+
+    peer.refusing
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    for n in 1..=80 {
+        alice.send_text(&room_id, &format!("outage {n}")).await;
+    }
+    peer.refusing
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    wait_for("outage 80").await;
+    let during: Vec<String> = bodies()
+        .into_iter()
+        .filter(|b| b.starts_with("outage "))
+        .collect();
+    assert_eq!(during, ["outage 80"], "caught up with the latest only");
+
+    alice.send_text(&room_id, "after 1").await;
+    alice.send_text(&room_id, "after 2").await;
+    wait_for("after 2").await;
+    assert!(bodies().iter().any(|b| b == "after 1"), "{:?}", bodies());
 }

@@ -4,7 +4,7 @@
 //! pipeline after a commit in a room the destination is in. Nothing is queued per event: a
 //! destination's row (migration 0023) holds the stream position up to which it accepted our
 //! events, and its task reads the events our users wrote after it, in the rooms where the
-//! destination has a joined user, and sends them in transactions of at most
+//! destination had a joined user at the time, and sends them in transactions of at most
 //! [`MAX_PDUS_PER_TXN`], one at a time. The position moves only after a 2xx, so a restart
 //! (of either side) resends from there and loses nothing; failures back off (2 s doubling to
 //! an hour), and a destination that comes back is caught up as soon as it talks to us. At
@@ -16,8 +16,11 @@
 //! EDUs ride along: typing, receipts and presence from an in-memory queue (losing one costs
 //! nothing lasting), to-device messages and device-list / signing-key updates from the
 //! destination's durable outbox (migration 0024), deleted only once the peer accepted them.
-//! Missing so far: sending only the latest events after a long outage (today the backlog is
-//! replayed in order).
+//! A destination back after failing, with more than one transaction's worth queued, is caught
+//! up as the spec has it: it is sent only our latest event in each room (and its users'
+//! membership changes) and asks for the rest with `/get_missing_events` ([`select`]).
+//! A server is sent a room's events only while one of its users is joined (from its
+//! position on, the sender follows their membership event by event).
 
 use std::{
     collections::{HashMap, HashSet},
@@ -349,6 +352,136 @@ async fn send_pending(
     result.map(|more| more || durable.len() == MAX_EDUS_PER_TXN)
 }
 
+/// Most events read from storage at once when choosing what to send.
+const SCAN_PAGE: usize = 4 * MAX_PDUS_PER_TXN;
+
+/// Which of our events `destination` is sent next from the stream after `since` (up to
+/// `upto`), as PDUs, and the position up to which that covers the stream (others' events
+/// are not ours to send). In order, at most [`MAX_PDUS_PER_TXN`]; or, catching up after an
+/// outage (`catch_up`), over the whole backlog only the latest event of ours in each room
+/// (the peer asks for the rest with `/get_missing_events`, as the spec has it) and the
+/// membership changes of the destination's users (so it hears of a kick or ban).
+async fn select(
+    state: &AppState,
+    destination: &ServerName,
+    since: i64,
+    upto: i64,
+    catch_up: bool,
+) -> Result<(Vec<serde_json::Value>, i64), String> {
+    let rooms = state
+        .storage
+        .rooms_with_server(destination.as_str(), since)
+        .await
+        .map_err(|e| e.to_string())?;
+    // The destination's users joined to each room, as of the event being looked at: it is
+    // sent a room's events only while one of them is (the membership changes of its users
+    // themselves always).
+    let mut joined: HashMap<String, HashSet<String>> = rooms
+        .iter()
+        .map(|r| (r.room_id.clone(), r.joined.iter().cloned().collect()))
+        .collect();
+    let room_ids: Vec<String> = rooms.iter().map(|r| r.room_id.clone()).collect();
+    let server = state.server_name.as_str();
+    let mut chosen: Vec<myelin_storage::EventRow> = Vec::new();
+    // Catching up: the index in `chosen` of each room's latest event so far.
+    let mut latest: HashMap<String, usize> = HashMap::new();
+    let mut last = since;
+    let page_size = if catch_up { 5 * SCAN_PAGE } else { SCAN_PAGE };
+    loop {
+        let page = state
+            .storage
+            .room_events_between(&room_ids, last, upto, page_size as i64)
+            .await
+            .map_err(|e| e.to_string())?;
+        for event in page.iter() {
+            let Some(position) = event.stream_ordering else {
+                continue;
+            };
+            let local = event
+                .sender
+                .split_once(':')
+                .is_some_and(|(_, s)| s == server);
+            let destination_member = is_member_of(event, destination);
+            let members = joined.entry(event.room_id.clone()).or_default();
+            let visible = destination_member || !members.is_empty();
+            if destination_member && !event.rejected {
+                let user = event.state_key.clone().unwrap_or_default();
+                if myelin_storage::membership_of(&event.pdu).as_deref() == Some("join") {
+                    members.insert(user);
+                } else {
+                    members.remove(&user);
+                }
+            }
+            if local && !event.rejected && visible {
+                if !catch_up {
+                    if chosen.len() == MAX_PDUS_PER_TXN {
+                        return to_pdus(chosen, last);
+                    }
+                    chosen.push(event.clone());
+                } else {
+                    match latest.get(&event.room_id) {
+                        // The room's latest so far gives way, unless it is a membership
+                        // change of the destination's.
+                        Some(&i) if !is_member_of(&chosen[i], destination) => {
+                            chosen[i] = event.clone()
+                        }
+                        _ => {
+                            latest.insert(event.room_id.clone(), chosen.len());
+                            chosen.push(event.clone());
+                        }
+                    }
+                    if destination_member {
+                        // Kept: the next event of the room takes a new place.
+                        latest.remove(&event.room_id);
+                    }
+                }
+            }
+            last = position;
+        }
+        if page.len() < page_size {
+            // The scan reached `upto`: nothing else lies before it.
+            last = upto;
+            break;
+        }
+        if !catch_up {
+            break;
+        }
+    }
+    if chosen.len() > MAX_PDUS_PER_TXN {
+        // Catching up in more rooms than one transaction holds: up to the last one sent.
+        chosen.sort_by_key(|e| e.stream_ordering);
+        chosen.truncate(MAX_PDUS_PER_TXN);
+        last = chosen
+            .last()
+            .and_then(|e| e.stream_ordering)
+            .unwrap_or(last);
+    }
+    to_pdus(chosen, last)
+}
+
+/// Whether `event` is a membership change of a user of `destination`.
+fn is_member_of(event: &myelin_storage::EventRow, destination: &ServerName) -> bool {
+    event.event_type == "m.room.member"
+        && event
+            .state_key
+            .as_deref()
+            .and_then(|k| k.split_once(':'))
+            .is_some_and(|(_, s)| s == destination.as_str())
+}
+
+fn to_pdus(
+    mut events: Vec<myelin_storage::EventRow>,
+    last: i64,
+) -> Result<(Vec<serde_json::Value>, i64), String> {
+    events.sort_by_key(|e| e.stream_ordering);
+    let pdus = events
+        .iter()
+        .map(|e| e.parse_pdu::<serde_json::Value>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| e.to_string())?;
+    Ok((pdus, last))
+}
+
 /// Puts `edus` (`(edu_type, content)`) for each of `servers` into their durable outboxes,
 /// and wakes their tasks: for what must arrive exactly once even across restarts.
 pub async fn queue_durable_edus(
@@ -386,76 +519,10 @@ async fn send_one(
     edus: &[serde_json::Value],
     announce: bool,
 ) -> Result<bool, String> {
-    let rooms = state
-        .storage
-        .rooms_with_server(destination.as_str(), row.stream_position)
-        .await
-        .map_err(|e| e.to_string())?;
-    // The destination's users joined to each room, as of the event being looked at: it is
-    // sent a room's events only while one of them is (the membership changes of its users
-    // themselves always, so it hears of a kick or ban).
-    let mut joined: HashMap<&str, HashSet<String>> = rooms
-        .iter()
-        .map(|r| (r.room_id.as_str(), r.joined.iter().cloned().collect()))
-        .collect();
-    let room_ids: Vec<String> = rooms.iter().map(|r| r.room_id.clone()).collect();
-    let events = state
-        .storage
-        .room_events_between(
-            &room_ids,
-            row.stream_position,
-            upto,
-            (4 * MAX_PDUS_PER_TXN) as i64,
-        )
-        .await
-        .map_err(|e| e.to_string())?;
-    let server = state.server_name.as_str();
-    let scan_limit = 4 * MAX_PDUS_PER_TXN;
-    // `last`: the position up to which this transaction covers everything (ours are in it,
-    // others' events are not ours to send).
-    let mut pdus = Vec::new();
-    let mut last = row.stream_position;
-    let mut cut = false;
-    for event in &events {
-        let Some(position) = event.stream_ordering else {
-            continue;
-        };
-        let local = event
-            .sender
-            .split_once(':')
-            .is_some_and(|(_, s)| s == server);
-        let destination_member = event.event_type == "m.room.member"
-            && event
-                .state_key
-                .as_deref()
-                .and_then(|k| k.split_once(':'))
-                .is_some_and(|(_, s)| s == destination.as_str());
-        let members = joined.entry(event.room_id.as_str()).or_default();
-        let visible = destination_member || !members.is_empty();
-        if destination_member && !event.rejected {
-            let user = event.state_key.clone().unwrap_or_default();
-            if myelin_storage::membership_of(&event.pdu).as_deref() == Some("join") {
-                members.insert(user);
-            } else {
-                members.remove(&user);
-            }
-        }
-        if local && !event.rejected && visible {
-            if pdus.len() == MAX_PDUS_PER_TXN {
-                cut = true;
-                break;
-            }
-            pdus.push(
-                event
-                    .parse_pdu::<serde_json::Value>()
-                    .map_err(|e| e.to_string())?,
-            );
-        }
-        last = position;
-    }
-    if !cut && events.len() < scan_limit {
-        // The scan reached `upto`: nothing else lies before it.
-        last = upto;
+    let (mut pdus, mut last) = select(state, destination, row.stream_position, upto, false).await?;
+    if last < upto && row.failures > 0 {
+        // Back after failing, with more than one transaction's worth: catch up.
+        (pdus, last) = select(state, destination, row.stream_position, upto, true).await?;
     }
     if pdus.is_empty() && edus.is_empty() && !announce {
         if last > row.stream_position {
@@ -475,7 +542,7 @@ async fn send_one(
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let txn_id = format!("{}-{last}-{}-{seq}", row.stream_position, now_ms());
     let body = json!({
-        "origin": server,
+        "origin": state.server_name.as_str(),
         "origin_server_ts": now_ms(),
         "pdus": pdus,
         "edus": edus,
